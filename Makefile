@@ -1,0 +1,86 @@
+# eds-network — `make help` lists the targets. Every target works from a fresh clone.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EDS := $(VENV)/bin/eds
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install system-deps demo airflow stop status seed night summary test test-all lint format lock \
+        check-config expectations schema clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+system-deps: ## PostgreSQL server binaries, if the machine has none (Debian: apt-get)
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL server binaries"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "no PostgreSQL binaries: run 'sudo apt-get install postgresql' (or pip install pgserver)"; exit 1; fi; \
+	fi
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@command -v python3.11 >/dev/null || { echo "Python 3.11 is required"; exit 1; }
+	@python3.11 -m uv --version >/dev/null 2>&1 || python3.11 -m pip install -q uv
+	@[ -x $(PY) ] || python3.11 -m uv venv -q --python python3.11 $(VENV)
+	python3.11 -m uv pip install -q --python $(PY) -r requirements.txt -r requirements-dev.txt
+	python3.11 -m uv pip install -q --python $(PY) --no-deps -e .
+	python3.11 -m uv pip check --python $(PY)
+	@touch $(STAMP)
+
+install: system-deps $(STAMP) ## venv from the pinned requirements + the project (editable)
+
+demo: install ## start the embedded stack, seed, run a whole network night through Airflow, print the summary
+	$(EDS) demo
+
+airflow: install ## the Airflow UI on the same stack: http://localhost:8080 (login admin, password in .eds/secrets)
+	$(EDS) stack start
+	@echo "Airflow UI: http://localhost:8080  user: admin  password: see .eds/secrets/ui_passwords.json"
+	$(EDS) airflow standalone
+
+stop: ## stop the embedded stack (S3 objects are in memory and go with it)
+	@[ -x $(EDS) ] && $(EDS) stack stop || true
+
+status: install ## is the embedded stack up?
+	$(EDS) stack status
+
+seed: install ## (re)seed the demo hospital sources
+	$(EDS) seed
+
+night: install ## run one network night through Airflow
+	$(EDS) night
+
+summary: install ## print the summary of the last night
+	$(EDS) summary
+
+check-config: install ## validate config/network.yaml
+	$(EDS) check-config
+
+test: install ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: install ## the whole test suite including slow fault-injection tests
+	$(PY) -m pytest -q tests
+
+lint: install ## ruff (with Airflow's AIR rules) + sqlfluff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff formatting and fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+lock: ## recompile the pinned requirements from requirements*.in (uv, PyPI)
+	python3.11 -m uv pip compile -q requirements.in --python-version 3.11 -o requirements.txt
+	python3.11 -m uv pip compile -q requirements-dev.in --python-version 3.11 -o requirements-dev.txt
+
+schema: install ## regenerate the packaged OMOP 5.4 schema from ../shared/reference/ohdsi-dqd-5.4
+	$(PY) -m eds_network.omop ../shared/reference/ohdsi-dqd-5.4/OMOP_CDMv5.4_Field_Level.csv
+
+expectations: install ## regenerate the GX suites in expectations/ from the OHDSI DQD catalogue
+	$(PY) -m eds_network.dqd generate --out expectations
+
+clean: stop ## remove the embedded stack's state (.eds/) and the venv
+	rm -rf .eds $(VENV)
+
+-include deploy/Makefile.compose

@@ -1,0 +1,77 @@
+"""
+### Mutualised level: one DAG per platform (`eds_mutualised__<platform>`)
+
+Runs when every member base has published its night (Asset schedule on the members' `eds_local__<base>`).
+
+1. **consolidate**: apply every new manifested batch of every member to the platform warehouse — files verified
+   against the manifest SHA-256, loaded with COPY into staging tables, merged in one transaction per batch,
+   tombstones applied, a ledger so a batch is never applied twice. A tampered batch is rejected and left in
+   intake; the others load. Patients seen at several sites share one level-1 pseudonym and become one person.
+2. **package**: one Parquet file per table + a manifest in the platform outbox (the platform's Asset).
+3. **record_run**: linkage statistics, cross-site checks and the delivery in the catalogue.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, get_current_context, task
+
+from eds_network.config import Platform, load_network
+
+
+def mutualised_dag(platform: Platform):
+    @dag(
+        dag_id=platform.dag_id,
+        description=f"Mutualised level of {platform.label}: consolidate, link, check, package",
+        schedule=[Asset(name=b.asset_name, uri=b.asset_uri) for b in platform.members],
+        start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Paris"),
+        catchup=False,
+        max_active_runs=1,
+        tags=["eds", "mutualised", f"platform:{platform.id}"],
+        default_args={"owner": "eds-network", "retries": 2},
+        doc_md=__doc__,
+    )
+    def mutualised_level():
+        @task
+        def consolidate() -> dict:
+            from eds_network import consolidate as step
+            from eds_network.airflow_adapter import platform_resources
+
+            p = load_network().platform(platform.id)
+            return step.consolidate(p, p.intake.bucket, p.intake.prefix, platform_resources(p)).ref()
+
+        @task(outlets=[Asset(name=platform.asset_name, uri=platform.asset_uri)])
+        def package(consolidation: dict) -> dict:
+            from eds_network import consolidate as step
+            from eds_network.airflow_adapter import platform_resources
+
+            p = load_network().platform(platform.id)
+            pkg = step.package(p, platform_resources(p), key_versions={"level1": "from-manifests"})
+            get_current_context()["outlet_events"][Asset(name=platform.asset_name, uri=platform.asset_uri)].extra = {
+                "delivery_id": pkg.delivery_id, "rows": pkg.ref()["rows"]}
+            return pkg.ref()
+
+        @task
+        def record_run(consolidation: dict, pkg: dict) -> None:
+            from eds_network import catalogue
+            from eds_network.airflow_adapter import catalogue_dsn
+
+            dsn = catalogue_dsn(load_network())
+            rows = {t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
+                    for t, n in pkg["rows"].items()}
+            catalogue.record_run(
+                dsn, level="mutualised", scope_id=platform.id, batch_id=pkg["delivery_id"],
+                status="partial" if consolidation["rejected"] else "success", tables=rows,
+                dag_run_id=get_current_context()["run_id"],
+                details={"applied": consolidation["applied"], "rejected": consolidation["rejected"],
+                         "linkage": consolidation["linkage"], "checks": consolidation["checks"]},
+            )
+
+        c = consolidate()
+        record_run(c, package(c))
+
+    return mutualised_level()
+
+
+for _platform in load_network().platforms:
+    mutualised_dag(_platform)

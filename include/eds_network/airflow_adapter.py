@@ -1,0 +1,110 @@
+"""The one module that talks to Airflow: resolves connections into the plain resources step modules take.
+
+Step modules never import Airflow; DAG files call these helpers inside task code (never at parse time).
+Key material is registered with Airflow's secrets masker as soon as it is read.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from airflow.sdk import Connection
+from airflow.sdk.log import mask_secret
+
+from eds_network.config import LocalBase, Network, Platform
+from eds_network.consolidate import PlatformResources
+from eds_network.errors import ConfigError
+from eds_network.extract import LocalResources
+from eds_network.pseudonymise import Key
+from eds_network.storage import S3Endpoint
+from eds_network.transfer import NationalResources
+
+
+def _conn(conn_id: str, what: str) -> Connection:
+    try:
+        return Connection.get(conn_id)
+    except Exception as exc:  # the SDK raises its own not-found error type
+        raise ConfigError(f"{what}: Airflow connection {conn_id!r} is not defined ({type(exc).__name__})") from None
+
+
+def pg_dsn(conn_id: str, what: str = "database") -> str:
+    c = _conn(conn_id, what)
+    if c.password:
+        mask_secret(c.password)
+    from urllib.parse import quote
+
+    auth = f"{quote(c.login or '')}:{quote(c.password or '')}@" if c.login else ""
+    return f"postgresql://{auth}{c.host or 'localhost'}:{c.port or 5432}/{c.schema or 'postgres'}"
+
+
+def s3_endpoint(conn_id: str, what: str = "object storage") -> S3Endpoint:
+    c = _conn(conn_id, what)
+    extra = c.extra_dejson
+    if c.password:
+        mask_secret(c.password)
+    return S3Endpoint(
+        endpoint_url=extra.get("endpoint_url"),
+        access_key=c.login or extra.get("aws_access_key_id"),
+        secret_key=c.password or extra.get("aws_secret_access_key"),
+        region=extra.get("region_name", "eu-west-3"),
+    )
+
+
+def key(conn_id: str, what: str) -> Key:
+    c = _conn(conn_id, what)
+    if not c.password:
+        raise ConfigError(f"{what}: connection {conn_id!r} holds no key (password field is empty)")
+    mask_secret(c.password)
+    return Key.from_hex(conn_id, c.password, str(c.extra_dejson.get("version", "v1")))
+
+
+def box_private_key(conn_id: str) -> tuple[bytes, str]:
+    c = _conn(conn_id, "national sealed-box key")
+    mask_secret(c.password)
+    return base64.b64decode(c.password), str(c.extra_dejson.get("version", "v1"))
+
+
+def box_public_key(conn_id: str) -> tuple[bytes, str]:
+    c = _conn(conn_id, "national sealed-box public key")
+    pub = c.extra_dejson.get("public_key")
+    if not pub:
+        raise ConfigError(f"connection {conn_id!r} has no public_key in its extra")
+    return base64.b64decode(pub), str(c.extra_dejson.get("version", "v1"))
+
+
+def local_resources(network: Network, base: LocalBase) -> LocalResources:
+    platform = network.platform(base.platform)
+    public, version = box_public_key(network.national.box_key_connection_id)
+    return LocalResources(
+        source_dsn=pg_dsn(base.source_connection_id, f"source of base {base.id}"),
+        intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
+        intake_bucket=platform.intake.bucket,
+        intake_prefix=platform.intake.prefix,
+        platform_key=key(platform.key_connection_id, f"level-1 key of platform {platform.id}"),
+        transport_key=key(network.transport_key_connection_id, "network transport key"),
+        national_public_key=public,
+        national_key_version=version,
+    )
+
+
+def platform_resources(platform: Platform) -> PlatformResources:
+    return PlatformResources(
+        warehouse_dsn=pg_dsn(platform.warehouse_connection_id, f"warehouse of platform {platform.id}"),
+        intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
+        outbox=s3_endpoint(platform.outbox.connection_id, f"outbox of platform {platform.id}"),
+    )
+
+
+def national_resources(network: Network, platform: Platform) -> NationalResources:
+    private, version = box_private_key(network.national.box_key_connection_id)
+    return NationalResources(
+        outbox=s3_endpoint(platform.outbox.connection_id, f"outbox of platform {platform.id}"),
+        landing=s3_endpoint(network.national.landing_zone.connection_id, "HDH landing zone"),
+        national_key=key(network.national.key_connection_id, "national key"),
+        box_private_key=private,
+        box_key_version=version,
+    )
+
+
+def catalogue_dsn(network: Network) -> str:
+    return pg_dsn(network.catalogue_connection_id, "catalogue")

@@ -1,0 +1,271 @@
+"""The network catalogue (PostgreSQL, SQLAlchemy 2): where each base stands, and what every run did.
+
+Every DAG writes here through this module only. Tables:
+  platform, base                 the configured network (+ reference bases of the national catalogue)
+  milestone                      onboarding milestones with dates (contract_signed, documentation,
+                                 preparation, transfer_channel, available) — reached in any order
+  run, run_table                 one row per level run, row accounting per table
+  delivery                       national deliveries: files, bytes, SHA-256, key versions, receipt
+  audit                          append-only trail of status changes and actions
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
+from eds_network.config import Network
+from eds_network.errors import AccountingError
+
+SCHEMA = "catalogue"
+MILESTONES = ("contract_signed", "documentation", "preparation", "transfer_channel", "available")
+LEVELS = ("local", "mutualised", "national")
+
+metadata = MetaData(schema=SCHEMA)
+
+platform_t = Table(
+    "platform", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("label", Text, nullable=False),
+    Column("kind", String(32), nullable=False),
+)
+base_t = Table(
+    "base", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("label", Text, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("platform_id", String(64), ForeignKey(f"{SCHEMA}.platform.id"), nullable=True),
+    Column("holder", Text),
+    Column("reference", Boolean, nullable=False, server_default="false"),
+)
+milestone_t = Table(
+    "milestone", metadata,
+    Column("base_id", String(64), ForeignKey(f"{SCHEMA}.base.id"), primary_key=True),
+    Column("milestone", String(32), primary_key=True),
+    Column("reached_on", Date, nullable=False),
+    Column("evidence", Text),
+    Column("recorded_by", Text, nullable=False),
+)
+run_t = Table(
+    "run", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("level", String(16), nullable=False),
+    Column("scope_id", String(64), nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("dag_run_id", Text),
+    Column("data_interval_start", DateTime(timezone=True)),
+    Column("data_interval_end", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),
+    Column("details", JSON),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("level", "scope_id", "batch_id", name="run_once_per_batch"),
+)
+run_table_t = Table(
+    "run_table", metadata,
+    Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.run.id", ondelete="CASCADE"), primary_key=True),
+    Column("table_name", String(64), primary_key=True),
+    Column("extracted", BigInteger, nullable=False),
+    Column("published", BigInteger, nullable=False),
+    Column("quarantined", BigInteger, nullable=False),
+    Column("excluded_objection", BigInteger, nullable=False),
+    Column("tombstones", BigInteger, nullable=False, server_default="0"),
+)
+delivery_t = Table(
+    "delivery", metadata,
+    Column("id", Text, primary_key=True),
+    Column("platform_id", String(64), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("manifest_key", Text),
+    Column("files", JSON),
+    Column("bytes", BigInteger),
+    Column("rows", JSON),
+    Column("key_versions", JSON),
+    Column("receipt", JSON),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+audit_t = Table(
+    "audit", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("object", Text, nullable=False),
+    Column("details", JSON),
+)
+
+_APPEND_ONLY = f"""
+CREATE OR REPLACE FUNCTION {SCHEMA}.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit trail is append-only (% refused)', TG_OP; END $$;
+DROP TRIGGER IF EXISTS audit_append_only ON {SCHEMA}.audit;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {SCHEMA}.audit
+  FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
+"""
+
+_engines: dict[str, Engine] = {}
+
+
+def engine(dsn: str) -> Engine:
+    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1) if dsn.startswith("postgresql://") else dsn
+    if url not in _engines:
+        _engines[url] = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    return _engines[url]
+
+
+def create_schema(dsn: str) -> None:
+    eng = engine(dsn)
+    with eng.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        metadata.create_all(conn)
+        conn.execute(text(_APPEND_ONLY))
+
+
+def audit(conn, actor: str, action: str, obj: str, details: dict | None = None) -> None:
+    conn.execute(audit_t.insert().values(actor=actor, action=action, object=obj, details=details or {}))
+
+
+def register_network(dsn: str, network: Network, actor: str = "eds-network") -> None:
+    """Upsert the configured platforms and bases (idempotent)."""
+    with engine(dsn).begin() as conn:
+        for p in network.platforms:
+            conn.execute(insert(platform_t).values(id=p.id, label=p.label, kind=p.kind.value)
+                         .on_conflict_do_update(index_elements=["id"], set_={"label": p.label, "kind": p.kind.value}))
+            for b in p.members:
+                values = {"label": b.label, "kind": b.kind.value, "platform_id": p.id, "holder": p.label}
+                res = conn.execute(insert(base_t).values(id=b.id, **values)
+                                   .on_conflict_do_update(index_elements=["id"], set_=values)
+                                   .returning(text("xmax = 0")))
+                if res.scalar():
+                    audit(conn, actor, "base.registered", f"base:{b.id}", {"platform": p.id})
+
+
+def set_milestone(dsn: str, base_id: str, milestone: str, reached_on: dt.date, *, evidence: str | None,
+                  recorded_by: str) -> None:
+    if milestone not in MILESTONES:
+        raise ValueError(f"unknown milestone {milestone!r}; expected one of {', '.join(MILESTONES)}")
+    with engine(dsn).begin() as conn:
+        conn.execute(insert(milestone_t).values(base_id=base_id, milestone=milestone, reached_on=reached_on,
+                                                evidence=evidence, recorded_by=recorded_by)
+                     .on_conflict_do_update(index_elements=["base_id", "milestone"],
+                                            set_={"reached_on": reached_on, "evidence": evidence,
+                                                  "recorded_by": recorded_by}))
+        audit(conn, recorded_by, "milestone.set", f"base:{base_id}", {"milestone": milestone,
+                                                                      "reached_on": reached_on.isoformat()})
+
+
+def milestones(dsn: str, base_id: str) -> dict[str, dt.date]:
+    with engine(dsn).connect() as conn:
+        rows = conn.execute(select(milestone_t.c.milestone, milestone_t.c.reached_on)
+                            .where(milestone_t.c.base_id == base_id)).all()
+    return dict(rows)
+
+
+def stage(reached: Iterable[str]) -> str:
+    """The furthest onboarding stage, in the national catalogue's order (milestones may come out of order)."""
+    got = set(reached)
+    if set(MILESTONES[:4]) <= got or "available" in got:
+        return "available" if "available" in got else "ready"
+    for m in reversed(MILESTONES[:4]):
+        if m in got:
+            return m
+    return "registered"
+
+
+def record_run(
+    dsn: str,
+    *,
+    level: str,
+    scope_id: str,
+    batch_id: str,
+    status: str,
+    tables: dict[str, dict] | None = None,
+    dag_run_id: str | None = None,
+    interval: tuple[dt.datetime, dt.datetime] | None = None,
+    details: dict[str, Any] | None = None,
+    actor: str = "airflow",
+) -> int:
+    """Record (or replace, on rerun) one level run and its row accounting. Returns the run id."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}")
+    for t, r in (tables or {}).items():
+        if r["extracted"] != r["published"] + r["quarantined"] + r["excluded_objection"]:
+            raise AccountingError("row accounting does not balance", base=scope_id, table=t)
+    values = {
+        "status": status, "dag_run_id": dag_run_id, "details": details or {},
+        "data_interval_start": interval[0] if interval else None,
+        "data_interval_end": interval[1] if interval else None,
+        "recorded_at": func.now(),
+    }
+    with engine(dsn).begin() as conn:
+        run_id = conn.execute(
+            insert(run_t).values(level=level, scope_id=scope_id, batch_id=batch_id, **values)
+            .on_conflict_do_update(constraint="run_once_per_batch", set_=values).returning(run_t.c.id)
+        ).scalar_one()
+        conn.execute(run_table_t.delete().where(run_table_t.c.run_id == run_id))
+        for t, r in (tables or {}).items():
+            conn.execute(run_table_t.insert().values(
+                run_id=run_id, table_name=t, extracted=r["extracted"], published=r["published"],
+                quarantined=r["quarantined"], excluded_objection=r["excluded_objection"],
+                tombstones=r.get("tombstones", 0)))
+        audit(conn, actor, f"run.{level}.{status}", f"{level}:{scope_id}", {"batch_id": batch_id})
+    return run_id
+
+
+def record_delivery(dsn: str, *, delivery_id: str, platform_id: str, level: str, status: str,
+                    manifest_key: str | None, files: list[dict], rows: dict, key_versions: dict,
+                    receipt: dict | None = None, actor: str = "airflow") -> None:
+    values = {"platform_id": platform_id, "level": level, "status": status, "manifest_key": manifest_key,
+              "files": files, "bytes": sum(f.get("bytes", 0) for f in files), "rows": rows,
+              "key_versions": key_versions, "receipt": receipt, "recorded_at": func.now()}
+    with engine(dsn).begin() as conn:
+        conn.execute(insert(delivery_t).values(id=delivery_id, **values)
+                     .on_conflict_do_update(index_elements=["id"], set_=values))
+        audit(conn, actor, f"delivery.{status}", f"delivery:{delivery_id}", {"platform": platform_id,
+                                                                             "level": level})
+
+
+def latest_runs(dsn: str) -> list[dict]:
+    """Per (level, scope): the latest run with its table totals — what the demo summary and the UI show."""
+    q = text(f"""
+        SELECT DISTINCT ON (r.level, r.scope_id) r.id, r.level, r.scope_id, r.batch_id, r.status, r.details,
+               r.recorded_at
+        FROM {SCHEMA}.run r ORDER BY r.level, r.scope_id, r.recorded_at DESC""")
+    with engine(dsn).connect() as conn:
+        runs = [dict(r._mapping) for r in conn.execute(q)]
+        for r in runs:
+            r["tables"] = {row.table_name: dict(row._mapping) for row in conn.execute(
+                select(run_table_t).where(run_table_t.c.run_id == r["id"]))}
+    return runs
+
+
+def deliveries(dsn: str) -> list[dict]:
+    with engine(dsn).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(delivery_t).order_by(delivery_t.c.recorded_at))]
+
+
+def count(dsn: str, table: Table) -> int:
+    with engine(dsn).connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+

@@ -1,0 +1,211 @@
+"""`eds` — the operator's command line for the embedded stack and the demo.
+
+  eds stack start|stop|status     the embedded PostgreSQL + S3 endpoint (+ Airflow metadata DB migration)
+  eds seed                        (re)create the demo hospital sources (Synthea27Nj + generated hospitals)
+  eds night [--date D]            run one whole network night through Airflow (`airflow dags test`, flow order)
+  eds summary                     per base and level: rows, files delivered with SHA-256, catalogue stage
+  eds demo                        stack start + seed + night + summary
+  eds airflow ARGS…               any Airflow CLI command against the embedded stack
+  eds check-config [FILE]         validate a network file
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import subprocess
+import sys
+import time
+from zoneinfo import ZoneInfo
+
+from eds_network.config import Network, load_network
+from eds_network.errors import EdsError
+
+log = logging.getLogger("eds")
+
+PARIS = ZoneInfo("Europe/Paris")
+# The demo's night: the data interval [2026-11-21 01:00, 2026-11-22 01:00) Europe/Paris. Seeded rows are
+# stamped inside it, so one nightly run carries the whole demo data set; fixed so two demos give the same counts.
+DEMO_NIGHT_END = dt.datetime(2026, 11, 22, 1, 0, tzinfo=PARIS)
+
+
+def demo_interval(end: dt.datetime = DEMO_NIGHT_END) -> tuple[dt.datetime, dt.datetime]:
+    return end - dt.timedelta(days=1), end
+
+
+def _stack():
+    from eds_network.stack import Stack
+
+    return Stack.default()
+
+
+def cmd_stack(args) -> int:
+    s = _stack()
+    if args.action == "start":
+        s.start(load_network())
+        print(f"embedded stack up: PostgreSQL 127.0.0.1:{s.pg_port}, S3 {s.s3_endpoint}, state in {s.root}")
+    elif args.action == "stop":
+        s.stop()
+        print("embedded stack stopped (S3 objects were in memory and are gone; PostgreSQL data stays in .eds/)")
+    else:
+        for k, v in s.status().items():
+            print(f"{k:10s} {'up' if v else 'down'}")
+    return 0
+
+
+def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> dict[str, dict[str, int]]:
+    from eds_network import catalogue, seed
+
+    s = _stack()
+    out = {}
+    for b in network.local_bases:
+        t0 = time.monotonic()
+        out[b.id] = seed.seed_base(s.dsn(f"src_{b.id}"), network, b.id, stamp)
+        log.info("seeded %s: %d rows in %.1fs", b.id, sum(out[b.id].values()), time.monotonic() - t0)
+    dsn = s.dsn("catalogue")
+    for b in network.local_bases:
+        have = catalogue.milestones(dsn, b.id)
+        for m in ("contract_signed", "documentation"):
+            if m not in have:
+                catalogue.set_milestone(dsn, b.id, m, dt.date(2026, 1, 15), evidence="demo network",
+                                        recorded_by="eds seed")
+    return out
+
+
+def cmd_seed(args) -> int:
+    network = load_network()
+    counts = seed_network(network, demo_interval())
+    for base, tables in counts.items():
+        print(f"{base}: " + ", ".join(f"{t}={n}" for t, n in tables.items()))
+    return 0
+
+
+def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple[str, bool, float]]:
+    """Run every DAG once, in flow order, through Airflow (`airflow dags test` records in the metadata DB)."""
+    s = _stack()
+    results = []
+    plan = [(b.dag_id, end.isoformat()) for b in network.local_bases]
+    plan += [(p.dag_id, None) for p in network.platforms]
+    plan += [("eds_national", None)]
+    for dag_id, logical in plan:
+        t0 = time.monotonic()
+        args = ["dags", "test", dag_id] + ([logical] if logical else [])
+        res = s.airflow(*args, check=False, capture=True)
+        ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
+        el = time.monotonic() - t0
+        results.append((dag_id, ok, el))
+        print(f"  {dag_id:32s} {'ok' if ok else 'FAILED'}  ({el:.0f}s)", flush=True)
+        if not ok:
+            logfile = s.logs / f"{dag_id}.log"
+            logfile.write_text(res.stdout + "\n" + res.stderr)
+            print(f"    see {logfile}", flush=True)
+    return results
+
+
+def cmd_night(args) -> int:
+    end = dt.datetime.fromisoformat(args.date) if args.date else DEMO_NIGHT_END
+    results = run_night(load_network(), end)
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def summary(network: Network) -> str:
+    from eds_network import catalogue
+
+    dsn = _stack().dsn("catalogue")
+    runs = catalogue.latest_runs(dsn)
+    lines = ["", "eds-network — summary of the last night", "=" * 100]
+    hdr = f"{'level':11s} {'scope':10s} {'status':8s} {'extracted':>10s} {'published':>10s} {'quarantined':>11s} " \
+          f"{'excl.obj.':>9s} {'tombst.':>7s}  stage"
+    lines.append(hdr)
+    lines.append("-" * 100)
+    order = {"local": 0, "mutualised": 1, "national": 2}
+    for r in sorted(runs, key=lambda r: (order[r["level"]], r["scope_id"])):
+        tot = {k: sum(t[k] for t in r["tables"].values()) for k in
+               ("extracted", "published", "quarantined", "excluded_objection", "tombstones")}
+        stage = catalogue.stage(catalogue.milestones(dsn, r["scope_id"])) if r["level"] == "local" else ""
+        lines.append(f"{r['level']:11s} {r['scope_id']:10s} {r['status']:8s} {tot['extracted']:>10,d} "
+                     f"{tot['published']:>10,d} {tot['quarantined']:>11,d} {tot['excluded_objection']:>9,d} "
+                     f"{tot['tombstones']:>7,d}  {stage}")
+        if r["level"] == "mutualised":
+            link = (r["details"] or {}).get("linkage", {})
+            lines.append(f"{'':11s} linkage: {link.get('persons', 0)} persons, {link.get('persons_multi_site', 0)}"
+                         f" seen at 2+ sites, overlap {link.get('overlap', {})}")
+    lines.append("")
+    lines.append("national deliveries (HDH landing zone)")
+    lines.append("-" * 100)
+    for d in catalogue.deliveries(dsn):
+        receipt = (d["receipt"] or {}).get("status", "-")
+        lines.append(f"{d['id']}  platform={d['platform_id']}  status={d['status']}  receipt={receipt}  "
+                     f"{d['bytes'] or 0:,d} bytes")
+        for f in d["files"] or []:
+            lines.append(f"    {f['key']:70s} rows={f['rows']:>7,d}  sha256={f['sha256']}")
+    return "\n".join(lines)
+
+
+def cmd_summary(args) -> int:
+    print(summary(load_network()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    network = load_network()
+    t0 = time.monotonic()
+    print("1/4 starting the embedded stack (PostgreSQL, S3 endpoint, Airflow metadata DB)…", flush=True)
+    _stack().start(network)
+    print("2/4 seeding the hospital sources…", flush=True)
+    for base, tables in seed_network(network, demo_interval()).items():
+        print(f"  {base}: {sum(tables.values()):,d} rows in {len(tables)} tables", flush=True)
+    print(f"3/4 running the network night {demo_interval()[0]:%Y-%m-%d %H:%M} → {demo_interval()[1]:%Y-%m-%d %H:%M}"
+          " (Europe/Paris) through Airflow…", flush=True)
+    results = run_night(network)
+    print("4/4 summary", flush=True)
+    print(summary(network))
+    print(f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080). "
+          "Stop everything: `make stop`.")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def cmd_airflow(args) -> int:
+    s = _stack()
+    return s.airflow(*args.rest, check=False).returncode
+
+
+def cmd_check_config(args) -> int:
+    n = load_network(args.file)
+    print(f"ok: {len(n.platforms)} platforms, {len(n.local_bases)} local bases")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("stack")
+    st.add_argument("action", choices=["start", "stop", "status"])
+    st.set_defaults(fn=cmd_stack)
+    sub.add_parser("seed").set_defaults(fn=cmd_seed)
+    nt = sub.add_parser("night")
+    nt.add_argument("--date", help="end of the data interval (ISO 8601), default the demo night")
+    nt.set_defaults(fn=cmd_night)
+    sub.add_parser("summary").set_defaults(fn=cmd_summary)
+    sub.add_parser("demo").set_defaults(fn=cmd_demo)
+    af = sub.add_parser("airflow")
+    af.add_argument("rest", nargs=argparse.REMAINDER)
+    af.set_defaults(fn=cmd_airflow)
+    cc = sub.add_parser("check-config")
+    cc.add_argument("file", nargs="?")
+    cc.set_defaults(fn=cmd_check_config)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except EdsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The network configuration: `config/network.yaml`, validated by pydantic.
+
+`load_network()` is called at DAG parse time, so it only reads the YAML file: no database, no network.
+An invalid file raises `ConfigError` whose message names the file, the key path and the problem, e.g.
+`config/network.yaml: platforms[1].members[0].schedule: invalid cron expression '0 25 * * *'`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from croniter import croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from eds_network import omop
+from eds_network.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "config" / "network.yaml"
+ID_PATTERN = r"^[a-z][a-z0-9_]{1,40}$"
+
+
+def _cron(value: str) -> str:
+    if not croniter.is_valid(value):
+        raise ValueError(f"invalid cron expression {value!r}")
+    return value
+
+
+def _tz(value: str) -> str:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_cron)]
+TimeZone = Annotated[str, AfterValidator(_tz)]
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseKind(StrEnum):
+    hospital_eds = "hospital_eds"
+    registry = "registry"
+    cohort = "cohort"
+
+
+class PlatformKind(StrEnum):
+    regional = "regional"
+    thematic = "thematic"
+
+
+class SeedSpec(_Model):
+    """How `eds seed` fills this base's demo source. Ignored in production."""
+
+    source: Literal["synthea27nj", "generated"] = "generated"
+    patients: int = Field(default=200, ge=1, le=10_000_000)
+    seed: int = 0
+    shared_with: list[Ident] = Field(
+        default_factory=list, description="bases whose patients this base also treats (linkage ground truth)"
+    )
+    shared_fraction: float = Field(default=0.3, ge=0, le=1)
+    objectors: int = Field(default=2, ge=0, description="patients put in the opposition registry")
+
+
+class LocalBase(_Model):
+    id: Ident
+    label: str
+    kind: BaseKind = BaseKind.hospital_eds
+    site_number: int = Field(ge=1, le=9000, description="namespaces this site's event ids at the platform")
+    finess: str | None = Field(default=None, pattern=r"^\d{9}$")
+    source_connection_id: str
+    tables: list[str] = Field(default_factory=lambda: list(omop.DEFAULT_TABLES))
+    schedule: Cron = "0 1 * * *"
+    timezone: TimeZone = "Europe/Paris"
+    start_date: dt.date = dt.date(2026, 1, 1)
+    seed: SeedSpec = Field(default_factory=SeedSpec)
+    quality_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-check overrides keyed 'checkName:table.column': {threshold_pct: …} or "
+        "{disabled: true, reason: …}",
+    )
+    # Filled by the platform validator below; never written in YAML.
+    platform: str = ""
+    asset_uri: str = ""
+
+    @field_validator("tables")
+    @classmethod
+    def _tables_exist(cls, tables: list[str]) -> list[str]:
+        tables = [t.lower() for t in tables]
+        for t in tables:
+            if t in ("note", "note_nlp"):
+                raise ValueError(f"table {t!r} holds free text and never leaves the local level")
+            if t not in omop.CLINICAL_TABLES:
+                raise ValueError(f"{t!r} is not an OMOP CDM 5.4 clinical table")
+        if "person" not in tables:
+            raise ValueError("'person' must be in scope: every other table refers to it")
+        if len(set(tables)) != len(tables):
+            raise ValueError("a table is listed twice")
+        order = {t: i for i, t in enumerate(omop.DEFAULT_TABLES)}
+        return sorted(tables, key=lambda t: order.get(t, len(order)))
+
+    @property
+    def dag_id(self) -> str:
+        return f"eds_local__{self.id}"
+
+    @property
+    def asset_name(self) -> str:
+        return f"eds_local__{self.id}"
+
+    @property
+    def start_date_dt(self) -> dt.datetime:
+        import pendulum
+
+        return pendulum.datetime(self.start_date.year, self.start_date.month, self.start_date.day, tz=self.timezone)
+
+
+class S3Location(_Model):
+    connection_id: str
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{2,62}$")]
+    prefix: str = ""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        return f"{v}/" if v else ""
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+class Platform(_Model):
+    id: Ident
+    label: str
+    kind: PlatformKind
+    warehouse_connection_id: str
+    intake: S3Location
+    outbox: S3Location
+    key_connection_id: str = Field(description="level-1 HMAC key shared by the members of this platform")
+    members: list[LocalBase] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stamp_members(self) -> Platform:
+        for m in self.members:
+            object.__setattr__(m, "platform", self.id)
+            object.__setattr__(m, "asset_uri", f"{self.intake.uri}{m.id}/")
+        return self
+
+    @property
+    def dag_id(self) -> str:
+        return f"eds_mutualised__{self.id}"
+
+    @property
+    def asset_name(self) -> str:
+        return f"eds_mutualised__{self.id}"
+
+    @property
+    def asset_uri(self) -> str:
+        return self.outbox.uri
+
+
+class NationalTarget(_Model):
+    id: Ident = "hdh"
+    label: str = "Health Data Hub"
+    landing_zone: S3Location
+    allow_plain_http_loopback: bool = Field(
+        default=False, description="accept an http:// endpoint on 127.0.0.0/8 (embedded stack only)"
+    )
+    key_connection_id: str = "eds_key_national"
+    box_key_connection_id: str = "eds_key_national_box"
+
+
+class Network(_Model):
+    name: str
+    transport_key_connection_id: str = "eds_key_transport"
+    catalogue_connection_id: str = "eds_catalogue"
+    national: NationalTarget
+    platforms: list[Platform] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Network:
+        seen: dict[str, str] = {}
+        for p in self.platforms:
+            if p.id in seen:
+                raise ValueError(f"platform id {p.id!r} is used twice")
+            seen[p.id] = "platform"
+            sites: set[int] = set()
+            for b in p.members:
+                if b.id in seen:
+                    raise ValueError(f"base id {b.id!r} is used twice")
+                seen[b.id] = "base"
+                if b.site_number in sites:
+                    raise ValueError(f"site_number {b.site_number} is used twice in platform {p.id!r}")
+                sites.add(b.site_number)
+        bases = {b.id for p in self.platforms for b in p.members}
+        for p in self.platforms:
+            for b in p.members:
+                for other in b.seed.shared_with:
+                    if other not in bases:
+                        raise ValueError(f"base {b.id!r}: seed.shared_with names unknown base {other!r}")
+        return self
+
+    @cached_property
+    def local_bases(self) -> list[LocalBase]:
+        return [b for p in self.platforms for b in p.members]
+
+    def base(self, base_id: str) -> LocalBase:
+        for b in self.local_bases:
+            if b.id == base_id:
+                return b
+        known = ", ".join(b.id for b in self.local_bases)
+        raise ConfigError(f"unknown base {base_id!r} (configured: {known})", base=base_id)
+
+    def platform(self, platform_id: str) -> Platform:
+        for p in self.platforms:
+            if p.id == platform_id:
+                return p
+        raise ConfigError(f"unknown platform {platform_id!r}")
+
+    def platform_of(self, base_id: str) -> Platform:
+        return self.platform(self.base(base_id).platform)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("EDS_NETWORK_CONFIG", DEFAULT_CONFIG))
+
+
+def load_network(path: str | Path | None = None) -> Network:
+    """Read and validate the network file (default: $EDS_NETWORK_CONFIG or config/network.yaml)."""
+    path = Path(path) if path else config_path()
+    try:
+        display = path.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        display = path
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{display}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{display}:{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{display}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Network.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            where = _loc(err["loc"]) or "(top level)"
+            lines.append(f"{display}: {where}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+

@@ -1,0 +1,419 @@
+"""Local level, one table: extract the interval's changes, check, pseudonymise, stage in the platform intake.
+
+The table is streamed: `COPY (SELECT …) TO STDOUT (FORMAT csv)` is parsed by pyarrow's streaming CSV reader
+into record batches, each batch is checked, pseudonymised and appended as a Parquet row group. Memory stays
+bounded by the batch size whatever the table size.
+
+Row accounting per table: extracted = published + quarantined + excluded_objection.
+Quarantined rows never leave the hospital: they are recorded in the source database (`eds_local.quarantine`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from eds_network import omop, quality
+from eds_network.config import LocalBase
+from eds_network.errors import AccountingError, EdsError, QualityError, SourceError
+from eds_network.pseudonymise import Key, PersonMap, level1_batch
+from eds_network.storage import S3Endpoint, sha256_file
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 16 << 20  # bytes of CSV per Arrow record batch (~100-200k rows)
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class LocalResources:
+    """Everything a local task needs, resolved from Airflow connections by the DAG adapter."""
+
+    source_dsn: str = field(repr=False)
+    intake: S3Endpoint
+    intake_bucket: str
+    intake_prefix: str
+    platform_key: Key
+    transport_key: Key
+    national_public_key: bytes
+    national_key_version: str
+
+
+@dataclass(frozen=True)
+class TableBatch:
+    base: str
+    table: str
+    batch_id: str
+    key: str | None
+    sha256: str | None
+    bytes: int
+    extracted: int
+    published: int
+    quarantined: int
+    excluded_objection: int
+    tombstones: int
+    tombstones_key: str | None = None
+    tombstones_sha256: str | None = None
+    warnings: tuple[str, ...] = ()
+    quality: dict = field(default_factory=dict)
+
+    def ref(self) -> dict:
+        """What goes to XCom: references, counts and checksums only."""
+        d = asdict(self)
+        d["warnings"] = list(self.warnings)
+        return d
+
+
+def batch_id(base_id: str, start: dt.datetime, end: dt.datetime) -> str:
+    f = "%Y%m%dT%H%MZ"
+    return f"{base_id}__{start.astimezone(dt.UTC).strftime(f)}__{end.astimezone(dt.UTC).strftime(f)}"
+
+
+def check_interval(base: LocalBase, start: dt.datetime, end: dt.datetime) -> None:
+    now = dt.datetime.now(dt.UTC)
+    if end <= start:
+        raise SourceError(f"empty data interval [{start}, {end})", base=base.id)
+    if end > now:
+        raise SourceError(f"data interval ends in the future ({end.isoformat()}): refusing to extract", base=base.id)
+
+
+def check_source_table(conn: psycopg.Connection, base: LocalBase, table: str) -> list[str]:
+    """The source table exists, has every OMOP 5.4 column with a compatible type, and the change column."""
+    spec = omop.table(table)
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'omop' AND table_name = %s",
+        (table,),
+    ).fetchall()
+    if not rows:
+        raise SourceError("table not found in the source schema 'omop'", base=base.id, table=table)
+    types = dict(rows)
+    compatible = {
+        "bigint": {"bigint", "integer", "smallint"},
+        "double precision": {"double precision", "real", "numeric", "bigint", "integer"},
+        "date": {"date"},
+        "timestamp": {"timestamp without time zone", "timestamp with time zone"},
+    }
+    for c in spec.columns:
+        if c.name not in types:
+            raise SourceError("column missing in the source", base=base.id, table=table, column=c.name)
+        want = c.sql_type
+        ok = compatible.get(want, {"character varying", "text", "character"})
+        if types[c.name] not in ok:
+            raise SourceError(
+                f"source type {types[c.name]!r} does not match OMOP 5.4 {c.datatype!r}",
+                base=base.id,
+                table=table,
+                column=c.name,
+            )
+    if omop.CHANGE_COLUMN not in types:
+        raise SourceError("change column missing: cannot extract incrementally", base=base.id, table=table,
+                          column=omop.CHANGE_COLUMN)
+    return spec.column_names
+
+
+class _CopyStream(io.RawIOBase):
+    """A read-only file over a psycopg COPY TO STDOUT, for pyarrow's streaming CSV reader.
+
+    COPY yields small chunks (about a row each); `readinto` fills the caller's whole buffer so that pyarrow
+    parses full blocks.
+    """
+
+    def __init__(self, chunks: Iterator[memoryview]):
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+        self._eof = False
+        self.nbytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        filled = 0
+        while filled < len(out):
+            if not self._buf:
+                if self._eof:
+                    break
+                try:
+                    self._buf = memoryview(bytes(next(self._chunks)))
+                except StopIteration:
+                    self._eof = True
+                    break
+                self.nbytes += len(self._buf)
+            n = min(len(out) - filled, len(self._buf))
+            out[filled : filled + n] = self._buf[:n]
+            self._buf = self._buf[n:]
+            filled += n
+        return filled
+
+
+def stream_rows(conn: psycopg.Connection, table: str, columns: list[str], start, end) -> Iterator[pa.RecordBatch]:
+    query = sql.SQL("SELECT {cols} FROM omop.{t} WHERE {chg} >= {s} AND {chg} < {e}").format(
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        t=sql.Identifier(table),
+        chg=sql.Identifier(omop.CHANGE_COLUMN),
+        s=sql.Literal(start),
+        e=sql.Literal(end),
+    )
+    types = {c: omop.table(table).column(c).arrow_type for c in columns}
+    yield from stream_query(conn, query, columns, types, table=table)
+
+
+def stream_query(conn: psycopg.Connection, query: sql.Composable, columns: list[str], types: dict[str, pa.DataType],
+                 *, table: str) -> Iterator[pa.RecordBatch]:
+    """Stream any SELECT as Arrow record batches through COPY … TO STDOUT (FORMAT csv)."""
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        stream = _CopyStream(iter(copy))
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        try:
+            yield from reader
+        except pa.ArrowInvalid as exc:
+            # Arrow names the column it could not convert, never prints the row in our message.
+            msg = str(exc).split("\n")[0][:300]
+            raise SourceError(f"value does not fit the OMOP type: {msg}", table=table) from None
+
+
+def _objectors(conn: psycopg.Connection, end) -> set[int]:
+    rows = conn.execute("SELECT person_id FROM identity.opposition WHERE recorded_at < %s", (end,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def _fetch_identities(conn: psycopg.Connection, persons: PersonMap, ids: list[int]) -> None:
+    missing = persons.missing(ids)
+    if missing:
+        cur = conn.execute(
+            "SELECT person_id, nir, birth_date, sex, ipp FROM identity.patient WHERE person_id = ANY(%s)",
+            (missing,),
+        )
+        persons.add(cur)
+
+
+def _record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.Table, reason: str) -> None:
+    """Quarantined rows stay at the local level, in the hospital's own database."""
+    conn.execute(
+        "CREATE SCHEMA IF NOT EXISTS eds_local;"
+        "CREATE TABLE IF NOT EXISTS eds_local.quarantine (batch_id text NOT NULL, table_name text NOT NULL,"
+        " reason text NOT NULL, row_data jsonb, recorded_at timestamptz NOT NULL DEFAULT now())"
+    )
+    if rows.num_rows == 0:
+        return
+    with conn.cursor().copy(
+        "COPY eds_local.quarantine (batch_id, table_name, reason, row_data) FROM STDIN"
+    ) as copy:
+        for rec in rows.to_pylist():
+            copy.write_row((bid, table, reason, json.dumps(rec, default=str)))
+
+
+def _clear_quarantine(conn: psycopg.Connection, bid: str, table: str) -> None:
+    if conn.execute("SELECT to_regclass('eds_local.quarantine')").fetchone()[0]:
+        conn.execute("DELETE FROM eds_local.quarantine WHERE batch_id = %s AND table_name = %s", (bid, table))
+
+
+def _tombstones(conn, base: LocalBase, table: str, persons: PersonMap, start, end) -> pa.Table:
+    """Rows to remove downstream: source deletions in the interval, and (person table) new objections."""
+    kinds: list[str] = []
+    ids: list[int] = []
+    spec = omop.table(table)
+    deleted = conn.execute(
+        "SELECT DISTINCT row_id FROM omop._deleted WHERE table_name = %s AND deleted_at >= %s AND deleted_at < %s",
+        (table, start, end),
+    ).fetchall() if conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0] else []
+    if deleted:
+        local = pa.array([r[0] for r in deleted], pa.int64())
+        if spec.primary_key and spec.primary_key != "person_id":
+            from eds_network.pseudonymise import namespace_ids
+
+            out = namespace_ids(local, base.site_number, table=table, column=spec.primary_key).to_pylist()
+        else:  # keyed by person (death): map to the level-1 person id
+            _fetch_identities(conn, persons, local.to_pylist())
+            known = [p for p in local.to_pylist() if p in persons]
+            out = persons.map_ids(pa.array(known, pa.int64())).to_pylist()
+        kinds += ["row"] * len(out)
+        ids += out
+    if table == "person":
+        new = [r[0] for r in conn.execute(
+            "SELECT person_id FROM identity.opposition WHERE recorded_at >= %s AND recorded_at < %s", (start, end)
+        )]
+        if new:
+            _fetch_identities(conn, persons, new)
+            known = [p for p in new if p in persons]
+            out = persons.map_ids(pa.array(known, pa.int64())).to_pylist()
+            kinds += ["person"] * len(out)
+            ids += out
+    return pa.table({"kind": pa.array(kinds, pa.string()), "id": pa.array(ids, pa.int64())})
+
+
+def extract_table(
+    base: LocalBase,
+    table: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    res: LocalResources,
+    *,
+    overrides: dict | None = None,
+) -> TableBatch:
+    """Extract, check, pseudonymise and stage one table of one base for [start, end)."""
+    check_interval(base, start, end)
+    bid = batch_id(base.id, start, end)
+    t0 = time.monotonic()
+    try:
+        stream_conn = psycopg.connect(res.source_dsn, connect_timeout=10, application_name=f"eds-extract-{table}")
+        aux = psycopg.connect(res.source_dsn, connect_timeout=10, autocommit=True)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(f"source database unreachable: {first}", base=base.id, table=table) from None
+    with stream_conn, aux:
+        try:
+            columns = check_source_table(aux, base, table)
+        except EdsError as exc:
+            exc.base = exc.base or base.id
+            raise
+        objectors = _objectors(aux, end)
+        known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
+        persons = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
+        _clear_quarantine(aux, bid, table)
+
+        extracted = published = quarantined = excluded = 0
+        batch_fatal: list[str] = []
+        warnings: list[str] = []
+        checks: dict[str, dict] = {}
+        workdir = Path(tempfile.mkdtemp(prefix=f"eds-{base.id}-{table}-"))
+        out_path = workdir / f"{table}.parquet"
+        writer: pq.ParquetWriter | None = None
+        last_log = time.monotonic()
+        try:
+            for rb in stream_rows(stream_conn, table, columns, start, end):
+                batch = pa.Table.from_batches([rb])
+                n = batch.num_rows
+                extracted += n
+                # 1. Opposition registry: rows of objecting patients never leave the hospital.
+                if "person_id" in batch.column_names and objectors:
+                    obj = pc.is_in(batch.column("person_id"), value_set=pa.array(sorted(objectors), pa.int64()))
+                    obj = pc.fill_null(obj, False)
+                    n_obj = int(pc.sum(obj).as_py() or 0)
+                    if n_obj:
+                        excluded += n_obj
+                        batch = batch.filter(pc.invert(obj))
+                # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
+                qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids,
+                                         overrides=overrides)
+                for r in qr.results:
+                    agg = checks.setdefault(f"{r.check_name}:{r.column or '-'}", {"rows": 0, "violating_rows": 0,
+                                                                                   "severity": r.severity})
+                    agg["rows"] += r.rows
+                    agg["violating_rows"] += r.violating_rows
+                warnings.extend(w for w in qr.warnings if w not in warnings)
+                if qr.batch_fatal:
+                    batch_fatal.append(quality.fatal_message(qr))
+                keep = qr.keep_mask
+                bad = batch.filter(pc.invert(keep))
+                if bad.num_rows:
+                    _record_quarantine(aux, bid, table, bad, "row-level fatal check")
+                    quarantined += bad.num_rows
+                    batch = batch.filter(keep)
+                # 3. Persons with no identity row cannot be pseudonymised: quarantined, not dropped.
+                if "person_id" in batch.column_names and batch.num_rows:
+                    ids = pc.unique(batch.column("person_id")).to_pylist()
+                    _fetch_identities(aux, persons, ids)
+                    has = pc.is_in(batch.column("person_id"),
+                                   value_set=pa.array([i for i in ids if i in persons], pa.int64()))
+                    nobody = batch.filter(pc.invert(has))
+                    if nobody.num_rows:
+                        _record_quarantine(aux, bid, table, nobody, "person has no identity row")
+                        quarantined += nobody.num_rows
+                        batch = batch.filter(has)
+                # 4. Pseudonymise and append a row group.
+                out = level1_batch(batch, table, persons, base.site_number)
+                if writer is None:
+                    writer = pq.ParquetWriter(out_path, out.schema, compression="zstd")
+                writer.write_table(out)
+                published += out.num_rows
+                if time.monotonic() - last_log > PROGRESS_EVERY_S:
+                    el = time.monotonic() - t0
+                    log.info("%s.%s: %d rows extracted, %.0f rows/s", base.id, table, extracted, extracted / el)
+                    last_log = time.monotonic()
+            if writer is None:  # empty interval: an empty file keeps the manifest uniform
+                writer = pq.ParquetWriter(out_path, _published_schema(table), compression="zstd")
+            writer.close()
+            writer = None
+
+            if batch_fatal:
+                # The whole table is held back at the local level; nothing of it is published.
+                _record_quarantine(aux, bid, table, pa.table({}), "batch-level fatal check")
+                aux.execute(
+                    "INSERT INTO eds_local.quarantine (batch_id, table_name, reason) VALUES (%s, %s, %s)",
+                    (bid, table, "; ".join(batch_fatal)[:2000]),
+                )
+                raise QualityError("; ".join(batch_fatal), base=base.id, table=table)
+
+            if extracted != published + quarantined + excluded:
+                raise AccountingError(
+                    f"extracted {extracted} != published {published} + quarantined {quarantined} + "
+                    f"excluded_objection {excluded}",
+                    base=base.id,
+                    table=table,
+                )
+            tomb = _tombstones(aux, base, table, persons, start, end)
+            s3 = res.intake.client()
+            sha = sha256_file(out_path)
+            key = f"{res.intake_prefix}{base.id}/{bid}/{table}.{sha[:16]}.parquet"
+            s3.upload_file(str(out_path), res.intake_bucket, key)
+            size = out_path.stat().st_size
+            tkey = tsha = None
+            if tomb.num_rows:
+                tpath = workdir / f"{table}.tombstones.parquet"
+                pq.write_table(tomb, tpath)
+                tsha = sha256_file(tpath)
+                tkey = f"{res.intake_prefix}{base.id}/{bid}/{table}.tombstones.{tsha[:16]}.parquet"
+                s3.upload_file(str(tpath), res.intake_bucket, tkey)
+        finally:
+            if writer is not None:
+                writer.close()
+            for p in workdir.glob("*"):
+                p.unlink()
+            workdir.rmdir()
+    el = time.monotonic() - t0
+    log.info(
+        "%s.%s: extracted %d, published %d, quarantined %d, excluded (objection) %d, tombstones %d; "
+        "%.1f MB in %.1fs (%.0f rows/s)",
+        base.id, table, extracted, published, quarantined, excluded, tomb.num_rows, size / 1e6, el,
+        extracted / el if el else 0,
+    )
+    return TableBatch(
+        base=base.id, table=table, batch_id=bid, key=key, sha256=sha, bytes=size, extracted=extracted,
+        published=published, quarantined=quarantined, excluded_objection=excluded, tombstones=tomb.num_rows,
+        tombstones_key=tkey, tombstones_sha256=tsha, warnings=tuple(warnings[:20]), quality=checks,
+    )
+
+
+def _published_schema(table: str) -> pa.Schema:
+    from eds_network.pseudonymise import TOKEN_COLUMN
+
+    schema = omop.table(table).arrow_schema()
+    if table == "person":
+        schema = schema.append(pa.field(TOKEN_COLUMN, pa.string()))
+    return pa.schema([pa.field(f.name, f.type) for f in schema])

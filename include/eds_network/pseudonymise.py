@@ -1,0 +1,266 @@
+"""Pseudonymisation: keyed HMAC-SHA-256 pseudonyms, a distinct key per level (domain).
+
+Level 1 (local -> mutualised platform)
+  linkage identity  = "NIR|<nir>|<birth date>|<sex>" when the NIR is present and its key is valid,
+                      otherwise "SITE|<site>|<ipp>" (site-scoped: never links across sites);
+                      normalised (NFKD, no accents, upper case, no spaces) before hashing.
+  level-1 pseudonym = HMAC-SHA-256(platform key, linkage identity)
+  person_id         = the pseudonym's first 63 bits (collisions are detected and fail loudly)
+  other row ids     = namespaced by site: site_number * 10**12 + local id.
+
+Transport token (for the national level, trust-centre pattern)
+  token  = HMAC-SHA-256(network transport key, linkage identity), a key only hospitals hold;
+  sealed = X25519 sealed box (libsodium, randomised) to the national public key. Platforms carry the sealed
+  value, which differs on every row and links nothing; only the national step can open it.
+
+Level 2 (national)
+  person_id = first 63 bits of HMAC-SHA-256(national key, token): the same patient gets the same national
+  pseudonym whatever platform the rows come from.
+
+Every function works on whole Arrow columns per batch and hashes once per distinct patient.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from eds_network import omop
+from eds_network.errors import EdsError
+
+ID_NAMESPACE = 10**12  # local ids must stay below this; site_number * 10**12 + id fits in 63 bits
+MASK63 = (1 << 63) - 1
+
+# Text columns that may leave the local level: coded values, never free text or names.
+DEFAULT_TEXT_ALLOW_LIST: frozenset[str] = frozenset(
+    {
+        "gender_source_value",
+        "condition_source_value",
+        "drug_source_value",
+        "procedure_source_value",
+        "measurement_source_value",
+        "observation_source_value",
+        "unit_source_value",
+        "route_source_value",
+        "dose_unit_source_value",
+        "cause_source_value",
+        "modifier_source_value",
+        "qualifier_source_value",
+        "condition_status_source_value",
+        "death_type_source_value",
+    }
+)
+# Person columns that are reduced whatever the allow-list says (full birth date, address link).
+PERSON_DROPPED = ("month_of_birth", "day_of_birth", "birth_datetime", "location_id", "person_source_value")
+TOKEN_COLUMN = "_transport_token"
+
+
+@dataclass(frozen=True)
+class Key:
+    """A secret key with its version. `repr` never shows the secret."""
+
+    secret: bytes
+    version: str
+    name: str
+
+    def __repr__(self) -> str:
+        return f"Key(name={self.name!r}, version={self.version!r})"
+
+    @classmethod
+    def from_hex(cls, name: str, hex_secret: str, version: str) -> Key:
+        try:
+            secret = bytes.fromhex(hex_secret.strip())
+        except ValueError:
+            raise EdsError(f"key {name!r} (version {version}) is not hex-encoded") from None
+        if len(secret) < 32:
+            raise EdsError(f"key {name!r} (version {version}) is shorter than 256 bits")
+        return cls(secret, version, name)
+
+
+def nir_is_valid(nir: str | None) -> bool:
+    """French NIR: 13 characters + 2-digit key = 97 - (number mod 97); Corsica 2A/2B -> 19/18."""
+    if not nir:
+        return False
+    n = nir.replace(" ", "").upper()
+    if len(n) != 15:
+        return False
+    body, key = n[:13], n[13:]
+    body = body[:5] + body[5:7].replace("2A", "19").replace("2B", "18") + body[7:]
+    if not (body.isdigit() and key.isdigit()):
+        return False
+    return 97 - int(body) % 97 == int(key)
+
+
+def normalise(text: str) -> str:
+    """Case, accents and spaces do not change a linkage identity."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return "".join(stripped.upper().split())
+
+
+def linkage_identity(nir: str | None, birth_date: str, sex: str, ipp: str, site: str) -> str:
+    if nir_is_valid(nir):
+        return normalise(f"NIR|{nir}|{birth_date}|{sex}")
+    return normalise(f"SITE|{site}|{ipp}")
+
+
+def hmac256(key: Key, message: str | bytes) -> bytes:
+    if isinstance(message, str):
+        message = message.encode()
+    return hmac.new(key.secret, message, hashlib.sha256).digest()
+
+
+def id63(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "big") & MASK63 or 1
+
+
+class PersonMap:
+    """Local person_id -> level-1 person id (and sealed transport token), hashed once per patient.
+
+    Identities are fetched by the caller (only the persons a batch refers to) and passed in; this object keeps
+    pseudonyms only. It never exposes an identity value.
+    """
+
+    def __init__(self, platform_key: Key, transport_key: Key, national_public_key: bytes, site: str):
+        from nacl.public import PublicKey, SealedBox
+
+        self.platform_key = platform_key
+        self.transport_key = transport_key
+        self._box = SealedBox(PublicKey(national_public_key))
+        self.site = site
+        self._ids: dict[int, int] = {}
+        self._tokens: dict[int, bytes] = {}
+        self._seen63: dict[int, bytes] = {}
+        self.site_scoped = 0
+
+    def missing(self, person_ids: Iterable[int]) -> list[int]:
+        return [p for p in person_ids if p not in self._ids]
+
+    def add(self, rows: Iterable[tuple[int, str | None, object, str, str]]) -> None:
+        """rows: (local person_id, nir, birth_date, sex, ipp)."""
+        for person_id, nir, birth_date, sex, ipp in rows:
+            ident = linkage_identity(nir, str(birth_date), sex, ipp, self.site)
+            if ident.startswith("SITE|"):
+                self.site_scoped += 1
+            digest = hmac256(self.platform_key, ident)
+            pid = id63(digest)
+            prior = self._seen63.get(pid)
+            if prior is not None and prior != digest:
+                raise EdsError("level-1 person id collision (63-bit): refuse to merge two patients", table="person")
+            self._seen63[pid] = digest
+            self._ids[person_id] = pid
+            self._tokens[person_id] = hmac256(self.transport_key, ident)
+
+    def __contains__(self, person_id: int) -> bool:
+        return person_id in self._ids
+
+    def map_ids(self, local: pa.Array) -> pa.Array:
+        """Vectorised: map a column of local person ids (via the distinct values) to level-1 ids."""
+        uniq = pc.unique(local.drop_null()).to_pylist()
+        missing = [u for u in uniq if u not in self._ids]
+        if missing:
+            raise EdsError(f"{len(missing)} person ids have no identity row at the local level", column="person_id")
+        keys = pa.array(uniq, type=pa.int64())
+        vals = pa.array([self._ids[u] for u in uniq], type=pa.int64())
+        idx = pc.index_in(local, value_set=keys)
+        return pc.take(vals, idx)
+
+    def sealed_tokens(self, local: pa.Array) -> pa.Array:
+        """One fresh sealed box per row: the same patient gives a different value every time."""
+        return pa.array(
+            [None if p is None else base64.b64encode(self._box.encrypt(self._tokens[p])).decode() for p in
+             local.to_pylist()],
+            type=pa.string(),
+        )
+
+
+def namespace_ids(col: pa.Array, site_number: int, *, table: str, column: str) -> pa.Array:
+    if len(col) == 0:
+        return col
+    mx = pc.max(col).as_py()
+    mn = pc.min(col).as_py()
+    if mx is not None and (mx >= ID_NAMESPACE or mn < 0):
+        raise EdsError(f"ids must be in [0, {ID_NAMESPACE}) to be namespaced by site", table=table, column=column)
+    return pc.add(col, pa.scalar(site_number * ID_NAMESPACE, pa.int64()))
+
+
+def level1_batch(
+    batch: pa.Table,
+    table: str,
+    persons: PersonMap,
+    site_number: int,
+    *,
+    allow_text: frozenset[str] = DEFAULT_TEXT_ALLOW_LIST,
+) -> pa.Table:
+    """Pseudonymise one extracted batch for the platform: ids replaced, identifiers removed or generalised."""
+    spec = omop.table(table)
+    cols: dict[str, pa.Array] = {}
+    for name in batch.column_names:
+        col = batch.column(name).combine_chunks()
+        c = spec.column(name) if spec.has(name) else None
+        if c is None:
+            continue  # not an OMOP column: never forwarded
+        if name == "person_id":
+            col = persons.map_ids(col)
+        elif table == "person" and name in PERSON_DROPPED:
+            col = pa.nulls(len(col), type=col.type)
+        elif c.is_id:
+            col = namespace_ids(col, site_number, table=table, column=name)
+        elif pa.types.is_string(col.type) and name not in allow_text:
+            col = pa.nulls(len(col), type=col.type)
+        cols[name] = col
+    if table == "person":
+        cols[TOKEN_COLUMN] = persons.sealed_tokens(batch.column("person_id").combine_chunks())
+    return pa.table(cols)
+
+
+def national_person_ids(
+    sealed: pa.Array, level1_ids: pa.Array, national_key: Key, private_key: bytes
+) -> Mapping[int, int]:
+    """Open each person's sealed token and derive the level-2 id. Returns level-1 id -> level-2 id."""
+    from nacl.exceptions import CryptoError
+    from nacl.public import PrivateKey, SealedBox
+
+    box = SealedBox(PrivateKey(private_key))
+    out: dict[int, int] = {}
+    seen: dict[int, bytes] = {}
+    for s, pid in zip(sealed.to_pylist(), level1_ids.to_pylist(), strict=True):
+        if s is None:
+            raise EdsError("a person row has no transport token", table="person", column=TOKEN_COLUMN)
+        try:
+            token = box.decrypt(base64.b64decode(s))
+        except (CryptoError, ValueError):
+            raise EdsError(
+                "a transport token cannot be opened with the national key (wrong key version?)",
+                table="person",
+                column=TOKEN_COLUMN,
+            ) from None
+        digest = hmac256(national_key, token)
+        nid = id63(digest)
+        if seen.get(nid, digest) != digest:
+            raise EdsError("level-2 person id collision (63-bit)", table="person")
+        seen[nid] = digest
+        out[pid] = nid
+    return out
+
+
+def remap(col: pa.Array, mapping: Mapping[int, int]) -> tuple[pa.Array, int]:
+    """Map ids through `mapping`; returns the new column and the number of rows with no mapping (null)."""
+    keys = pa.array(list(mapping.keys()), type=pa.int64())
+    vals = pa.array(list(mapping.values()), type=pa.int64())
+    out = pc.take(vals, pc.index_in(col, value_set=keys))
+    missing = int(pc.sum(pc.is_null(out)).as_py() or 0) - int(pc.sum(pc.is_null(col)).as_py() or 0)
+    return out, missing
+
+
+def unkeyed_sha256(values: Iterable[str]) -> np.ndarray:
+    """What NOT to do (used by the dictionary-attack test): a plain hash of the NIR."""
+    return np.array([hashlib.sha256(v.encode()).hexdigest() for v in values])

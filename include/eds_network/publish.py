@@ -1,0 +1,103 @@
+"""Local level: publish one base's batch to its platform intake — verify every staged file, then the manifest.
+
+Staged files are content-addressed (`<table>.<sha256[:16]>.parquet`), so a rerun of the same interval writes
+the same keys for the same content and new keys for new content; the manifest, written last, is the commit.
+Files of the batch that the new manifest no longer lists are removed after it is written. A consumer reads
+only what a manifest lists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from eds_network.config import LocalBase
+from eds_network.errors import AccountingError, IntegrityError
+from eds_network.extract import LocalResources
+from eds_network.storage import list_keys, object_exists, put_json, sha256_object
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "OMOP CDM 5.4"
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class Published:
+    base: str
+    batch_id: str
+    manifest_key: str
+    tables: dict[str, dict]
+    failed_tables: list[str]
+
+    def ref(self) -> dict:
+        return {
+            "base": self.base,
+            "batch_id": self.batch_id,
+            "manifest_key": self.manifest_key,
+            "failed_tables": self.failed_tables,
+            "rows": {t: {k: v[k] for k in ("extracted", "published", "quarantined", "excluded_objection",
+                                            "tombstones")} for t, v in self.tables.items()},
+        }
+
+
+def publish_batch(
+    base: LocalBase,
+    start: dt.datetime,
+    end: dt.datetime,
+    refs: list[dict | None],
+    res: LocalResources,
+) -> Published:
+    """Verify the staged files of every table that succeeded, then write the batch manifest last."""
+    from eds_network.extract import batch_id
+
+    bid = batch_id(base.id, start, end)
+    s3 = res.intake.client()
+    tables: dict[str, dict] = {}
+    for ref in refs:
+        if not ref:
+            continue
+        if ref["extracted"] != ref["published"] + ref["quarantined"] + ref["excluded_objection"]:
+            raise AccountingError("row accounting does not balance", base=base.id, table=ref["table"])
+        for key_field, sha_field in (("key", "sha256"), ("tombstones_key", "tombstones_sha256")):
+            key = ref.get(key_field)
+            if not key:
+                continue
+            head = object_exists(s3, res.intake_bucket, key)
+            if head is None:
+                raise IntegrityError(f"staged file {key} is missing", base=base.id, table=ref["table"])
+            sha, size = sha256_object(s3, res.intake_bucket, key)
+            if sha != ref[sha_field]:
+                raise IntegrityError(f"staged file {key} does not match its SHA-256", base=base.id,
+                                     table=ref["table"])
+        tables[ref["table"]] = {k: ref[k] for k in (
+            "key", "sha256", "bytes", "extracted", "published", "quarantined", "excluded_objection", "tombstones",
+            "tombstones_key", "tombstones_sha256")}
+    failed = sorted(set(base.tables) - set(tables))
+    prefix = f"{res.intake_prefix}{base.id}/{bid}/"
+    manifest_key = prefix + MANIFEST
+    manifest = {
+        "kind": "eds-network/local-batch",
+        "base": base.id,
+        "platform": base.platform,
+        "site_number": base.site_number,
+        "batch_id": bid,
+        "data_interval": {"start": start.isoformat(), "end": end.isoformat()},
+        "schema_version": SCHEMA_VERSION,
+        "key_versions": {"level1": res.platform_key.version, "transport": res.transport_key.version,
+                         "national_box": res.national_key_version},
+        "tables": dict(sorted(tables.items())),
+        "failed_tables": failed,
+        "published_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    put_json(s3, res.intake_bucket, manifest_key, manifest)
+    keep = {manifest_key} | {v["key"] for v in tables.values()} | {
+        v["tombstones_key"] for v in tables.values() if v["tombstones_key"]}
+    stale = [k for k in list_keys(s3, res.intake_bucket, prefix) if k not in keep]
+    for k in stale:
+        s3.delete_object(Bucket=res.intake_bucket, Key=k)
+    log.info("%s: batch %s published, %d tables (%d failed), %d stale files removed", base.id, bid, len(tables),
+             len(failed), len(stale))
+    return Published(base.id, bid, manifest_key, tables, failed)
+

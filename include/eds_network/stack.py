@@ -1,0 +1,428 @@
+"""The embedded stack used by `make demo` and the tests: a real PostgreSQL and a local S3 endpoint.
+
+State lives in `.eds/` (or $EDS_HOME), git-ignored:
+  .eds/pg/                 PostgreSQL cluster (the machine's binaries; the `pgserver` wheel as fallback)
+  .eds/secrets/            generated secrets (mode 0600): DB password, pseudonymisation keys,
+                           Airflow's connections file read by its LocalFilesystemBackend secrets backend
+  .eds/airflow/            AIRFLOW_HOME (airflow.cfg is not used: everything is set by environment)
+  .eds/logs/               server logs
+
+One PostgreSQL server holds Airflow's metadata DB (`airflow`), the catalogue (`catalogue`), one source
+DB per hospital (`src_<base>`) and one warehouse per platform (`wh_<platform>`). The S3 endpoint is a
+moto server on 127.0.0.1: it keeps objects in memory, so they live as long as `make stop` is not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from eds_network.config import REPO_ROOT, Network, load_network
+from eds_network.errors import EdsError
+
+log = logging.getLogger(__name__)
+
+PG_USER = "eds"
+
+
+def home() -> Path:
+    return Path(os.environ.get("EDS_HOME", REPO_ROOT / ".eds")).resolve()
+
+
+def _port(var: str, default: int) -> int:
+    return int(os.environ.get(var, default))
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait_port(port: int, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _free(port):
+            return
+        time.sleep(0.2)
+    raise EdsError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def _pg_bindir() -> Path:
+    """The machine's PostgreSQL binaries (newest version), else the pgserver wheel's."""
+    env = os.environ.get("EDS_PG_BINDIR")
+    if env:
+        return Path(env)
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    if candidates:
+        return candidates[-1].parent
+    try:
+        import pgserver  # type: ignore[import-not-found]
+
+        return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    except ImportError:
+        raise EdsError(
+            "no PostgreSQL server binaries found: install them (apt-get install postgresql) "
+            "or `pip install pgserver`, or set EDS_PG_BINDIR"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Paths, ports and secrets of the embedded stack. Cheap to build; `start()` makes it real."""
+
+    root: Path
+    pg_port: int
+    s3_port: int
+    api_port: int
+
+    @classmethod
+    def default(cls) -> Stack:
+        return cls(
+            root=home(),
+            pg_port=_port("EDS_PG_PORT", 55432),
+            s3_port=_port("EDS_S3_PORT", 55900),
+            api_port=_port("EDS_API_PORT", 8080),
+        )
+
+    # -- paths -----------------------------------------------------------------------------------------
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.root / "airflow"
+
+    @property
+    def connections_file(self) -> Path:
+        return self.secrets_dir / "connections.json"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    # -- secrets ---------------------------------------------------------------------------------------
+    def _secret(self, name: str, make) -> str:
+        path = self.secrets_dir / name
+        if not path.exists():
+            self.secrets_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.secrets_dir, 0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(make())
+        return path.read_text().strip()
+
+    @property
+    def pg_password(self) -> str:
+        return self._secret("pg_password", lambda: secrets.token_urlsafe(24))
+
+    def dsn(self, dbname: str) -> str:
+        return f"postgresql://{PG_USER}:{self.pg_password}@127.0.0.1:{self.pg_port}/{dbname}"
+
+    def sqlalchemy_url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://{PG_USER}:{self.pg_password}@127.0.0.1:{self.pg_port}/{dbname}"
+
+    # -- PostgreSQL ------------------------------------------------------------------------------------
+    def _run_as(self) -> list[str]:
+        """PostgreSQL refuses to run as root: use the `postgres` system user (created if missing)."""
+        if os.geteuid() != 0:
+            return []
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
+        return ["runuser", "-u", "postgres", "--"]
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            for p in [path, *path.rglob("*")]:
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+
+    def pg_running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists() and not _free(self.pg_port)
+
+    def start_postgres(self) -> None:
+        bindir = _pg_bindir()
+        runas = self._run_as()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if not (self.pgdata / "PG_VERSION").exists():
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+            pwfile = self.pgdata.parent / ".pwfile"
+            pwfile.write_text(self.pg_password + "\n")
+            self._chown(self.pgdata)
+            self._chown(pwfile)
+            try:
+                subprocess.run(
+                    [
+                        *runas,
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(self.pgdata),
+                        "-U",
+                        PG_USER,
+                        "--pwfile",
+                        str(pwfile),
+                        "--auth-host=scram-sha-256",
+                        "--auth-local=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--locale=C.UTF-8",
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+            except subprocess.CalledProcessError as exc:
+                raise EdsError(f"initdb failed: {exc.stderr.strip()[-800:]}") from None
+            finally:
+                pwfile.unlink(missing_ok=True)
+            with open(self.pgdata / "postgresql.conf", "a") as f:
+                f.write(
+                    "\n# eds-network embedded stack\n"
+                    "listen_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.pgdata}'\n"
+                    "max_connections = 200\nshared_buffers = 256MB\nfsync = on\n"
+                    "log_min_messages = warning\nlog_statement = 'none'\n"
+                )
+        if self.pg_running():
+            return
+        if not _free(self.pg_port):
+            raise EdsError(f"port {self.pg_port} is taken by another program: set EDS_PG_PORT")
+        logfile = self.logs / "postgres.log"
+        logfile.touch()
+        self._chown(logfile)
+        res = subprocess.run(
+            [*runas, str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-o", f"-p {self.pg_port}", "-l", str(logfile),
+             "-w", "-t", "60", "start"],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            tail = logfile.read_text()[-800:] if logfile.exists() else ""
+            raise EdsError(f"PostgreSQL did not start: {res.stderr.strip()} {tail}")
+        _wait_port(self.pg_port, "PostgreSQL")
+
+    def stop_postgres(self) -> None:
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text().splitlines()[0])
+        try:
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+        except ProcessLookupError:
+            return
+        for _ in range(300):
+            if not pidfile.exists():
+                return
+            time.sleep(0.1)
+
+    def create_database(self, name: str, *, drop: bool = False) -> str:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            if drop:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.dsn(name)
+
+    # -- S3 (moto server) ------------------------------------------------------------------------------
+    @property
+    def _moto_pidfile(self) -> Path:
+        return self.root / "moto.pid"
+
+    def s3_running(self) -> bool:
+        return not _free(self.s3_port)
+
+    def start_s3(self) -> None:
+        if self.s3_running():
+            return
+        self.logs.mkdir(parents=True, exist_ok=True)
+        moto = Path(sys.executable).parent / "moto_server"
+        cmd = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(self.s3_port)]
+        with open(self.logs / "moto.log", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._moto_pidfile.write_text(str(proc.pid))
+        _wait_port(self.s3_port, "moto S3 server")
+
+    def stop_s3(self) -> None:
+        if not self._moto_pidfile.exists():
+            return
+        try:
+            os.killpg(int(self._moto_pidfile.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._moto_pidfile.unlink(missing_ok=True)
+
+    def s3_client(self):
+        from eds_network.storage import s3_client
+
+        return s3_client(self.s3_endpoint, "eds-local", "eds-local-secret", "eu-west-3")
+
+    # -- keys and connections --------------------------------------------------------------------------
+    def keys(self, network: Network) -> dict[str, dict]:
+        """Pseudonymisation keys, generated once into .eds/secrets/keys.json (never into git)."""
+
+        def make() -> str:
+            from nacl.public import PrivateKey
+
+            box = PrivateKey.generate()
+            keys = {
+                "eds_key_transport": {"password": secrets.token_hex(32), "extra": {"version": "v1"}},
+                "eds_key_national": {"password": secrets.token_hex(32), "extra": {"version": "v1"}},
+                "eds_key_national_box": {
+                    "password": base64.b64encode(bytes(box)).decode(),
+                    "extra": {"version": "v1", "public_key": base64.b64encode(bytes(box.public_key)).decode()},
+                },
+            }
+            return json.dumps(keys, indent=2)
+
+        keys = json.loads(self._secret("keys.json", make))
+        changed = False
+        for p in network.platforms:
+            if p.key_connection_id not in keys:
+                keys[p.key_connection_id] = {"password": secrets.token_hex(32), "extra": {"version": "v1"}}
+                changed = True
+        if changed:
+            (self.secrets_dir / "keys.json").write_text(json.dumps(keys, indent=2))
+        return keys
+
+    def connections(self, network: Network) -> dict[str, dict]:
+        pw = self.pg_password
+
+        def pg(db: str) -> dict:
+            return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.pg_port, "login": PG_USER,
+                    "password": pw, "schema": db}
+
+        s3 = {
+            "conn_type": "aws",
+            "login": "eds-local",
+            "password": "eds-local-secret",
+            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "eu-west-3"},
+        }
+        conns: dict[str, dict] = {network.catalogue_connection_id: pg("catalogue")}
+        for p in network.platforms:
+            conns[p.warehouse_connection_id] = pg(f"wh_{p.id}")
+            conns[p.intake.connection_id] = s3
+            conns[p.outbox.connection_id] = s3
+            for b in p.members:
+                conns[b.source_connection_id] = pg(f"src_{b.id}")
+        conns[network.national.landing_zone.connection_id] = s3
+        for conn_id, k in self.keys(network).items():
+            conns[conn_id] = {"conn_type": "generic", **k}
+        return conns
+
+    def write_connections(self, network: Network) -> None:
+        self.secrets_dir.mkdir(parents=True, exist_ok=True)
+        path = self.connections_file
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.connections(network), f, indent=2)
+        tmp.replace(path)
+
+    # -- Airflow ---------------------------------------------------------------------------------------
+    def airflow_env(self) -> dict[str, str]:
+        """Environment for every Airflow process of the embedded stack (CLI, dags test, standalone)."""
+        fernet = self._secret("fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        jwt = self._secret("api_jwt_secret", lambda: secrets.token_urlsafe(32))
+        venv_bin = str(Path(sys.executable).parent)
+        env = {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sqlalchemy_url("airflow").replace("+psycopg", "+psycopg2"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__FERNET_KEY": fernet,
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.secrets_dir / "ui_passwords.json"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt,
+            "AIRFLOW__API__SECRET_KEY": jwt,
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__BASE_URL": f"http://localhost:{self.api_port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{self.api_port}/execution/",
+            "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+            "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"connections_file_path": str(self.connections_file)}),
+            "AIRFLOW__WORKERS__SECRETS_BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+            "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps(
+                {"connections_file_path": str(self.connections_file)}
+            ),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "EDS_HOME": str(self.root),
+            "EDS_PG_PORT": str(self.pg_port),
+            "EDS_S3_PORT": str(self.s3_port),
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "NO_PROXY": "*",
+        }
+        return env
+
+    def airflow(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.airflow_env()}
+        airflow = Path(sys.executable).parent / "airflow"
+        return subprocess.run([str(airflow), *args], env=env, check=check, text=True, capture_output=capture)
+
+    # -- whole stack -----------------------------------------------------------------------------------
+    def start(self, network: Network | None = None, *, migrate: bool = True) -> None:
+        network = network or load_network()
+        t0 = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.start_postgres()
+        for db in ["airflow", "catalogue", *(f"wh_{p.id}" for p in network.platforms),
+                   *(f"src_{b.id}" for b in network.local_bases)]:
+            self.create_database(db)
+        self.start_s3()
+        from eds_network.storage import ensure_bucket
+
+        s3 = self.s3_client()
+        for loc in [network.national.landing_zone, *(p.intake for p in network.platforms),
+                    *(p.outbox for p in network.platforms)]:
+            ensure_bucket(s3, loc.bucket)
+        self.write_connections(network)
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        if migrate:
+            res = self.airflow("db", "migrate", check=False, capture=True)
+            if res.returncode != 0:
+                raise EdsError(f"airflow db migrate failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+        from eds_network import catalogue
+
+        catalogue.create_schema(self.dsn("catalogue"))
+        catalogue.register_network(self.dsn("catalogue"), network)
+        log.info("embedded stack up in %.1fs (PostgreSQL :%d, S3 %s)", time.monotonic() - t0, self.pg_port,
+                 self.s3_endpoint)
+
+    def stop(self) -> None:
+        self.stop_s3()
+        self.stop_postgres()
+
+    def status(self) -> dict[str, bool]:
+        return {"postgres": self.pg_running(), "s3": self.s3_running()}

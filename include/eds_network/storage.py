@@ -1,0 +1,160 @@
+"""Object storage helpers (S3-compatible): clients, checksummed uploads, manifests.
+
+Every file we publish carries our own full-file SHA-256 in its manifest: a multipart ETag or an S3
+composite checksum is not a file hash. Manifests are written last; a consumer reads only what a
+manifest lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from eds_network.errors import TransferError
+
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """What a task needs to reach one S3-compatible endpoint (resolved from an Airflow connection)."""
+
+    endpoint_url: str | None
+    access_key: str | None
+    secret_key: str | None = field(repr=False)
+    region: str = "eu-west-3"
+
+    def client(self):
+        return s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region)
+
+    def is_loopback_http(self) -> bool:
+        if not self.endpoint_url:
+            return False
+        u = urlparse(self.endpoint_url)
+        if u.scheme != "http":
+            return False
+        host = u.hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def require_tls(self, *, allow_loopback_http: bool, what: str) -> None:
+        """Refuse a plain-http endpoint unless it is a loopback address explicitly allowed for local use."""
+        if not self.endpoint_url or urlparse(self.endpoint_url).scheme == "https":
+            return
+        if allow_loopback_http and self.is_loopback_http():
+            return
+        host = urlparse(self.endpoint_url).hostname
+        raise TransferError(
+            f"{what}: endpoint http://{host} is not TLS; only https:// is accepted"
+            + ("" if self.is_loopback_http() else " (plain http is allowed for a loopback address only, when "
+               "national.allow_plain_http_loopback is true)")
+        )
+
+
+def s3_client(endpoint_url: str | None, access_key: str | None, secret_key: str | None, region: str = "eu-west-3"):
+    cfg = Config(
+        region_name=region,
+        retries={"max_attempts": 5, "mode": "standard"},
+        # boto3 >= 1.36 sends new default checksums that some S3-compatible servers reject.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"},
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=cfg,
+    )
+
+
+def ensure_bucket(s3, bucket: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        try:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_object(s3, bucket: str, key: str) -> tuple[str, int]:
+    """Stream an object back and hash it: the only proof that the stored bytes are ours."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    h = hashlib.sha256()
+    size = 0
+    for chunk in body.iter_chunks(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def download(s3, bucket: str, key: str, dest: Path) -> tuple[str, int]:
+    """Download to `dest`, hashing on the way. Returns (sha256, size)."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    h = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as f:
+        for chunk in body.iter_chunks(CHUNK):
+            h.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def object_exists(s3, bucket: str, key: str) -> dict | None:
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def read_json(s3, bucket: str, key: str) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def put_json(s3, bucket: str, key: str, doc: Any, **extra) -> None:
+    body = json.dumps(doc, indent=2, sort_keys=True, default=str).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **extra)
+
+
+def delete_prefix(s3, bucket: str, prefix: str) -> int:
+    n = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if objs:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objs, "Quiet": True})
+            n += len(objs)
+    return n
+
+
+def list_keys(s3, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(o["Key"] for o in page.get("Contents", []))
+    return keys

@@ -1,0 +1,42 @@
+"""Shared fixtures: one real embedded stack (PostgreSQL + S3 endpoint + migrated Airflow DB) per test session.
+
+The test stack has its own state folder (.eds-test/) and ports, so it never touches the demo's `.eds/`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("EDS_HOME", str(REPO / ".eds-test"))
+os.environ.setdefault("EDS_PG_PORT", "56432")
+os.environ.setdefault("EDS_S3_PORT", "56900")
+os.environ.setdefault("EDS_API_PORT", "58080")
+
+
+@pytest.fixture(scope="session")
+def stack():
+    from eds_network.config import load_network
+    from eds_network.stack import Stack
+
+    s = Stack.default()
+    s.start(load_network())
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def fresh_db(stack):
+    """A new empty database on the embedded PostgreSQL; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = stack.create_database(name)
+    yield dsn
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,726 @@
+"""The production deployment shape: docker-compose.yaml, Dockerfile and deploy/, checked without Docker.
+
+No Docker engine is needed: the compose file is read with PyYAML (anchors and `<<` merges resolved), the
+helper scripts are run against temporary directories (openssl, sh) and the connection template is
+rendered against the real config/network.yaml.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yaml"
+HEAD_OVERRIDE = ROOT / "deploy" / "compose.head.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+REQUIREMENTS = ROOT / "requirements.txt"
+NETWORK = ROOT / "config" / "network.yaml"
+DEPLOY = ROOT / "deploy"
+
+REQUIRED_SERVICES = {
+    "airflow-db",
+    "eds-db",
+    "redis",
+    "minio",
+    "minio-init",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+LONG_RUNNING = REQUIRED_SERVICES - {"minio-init", "airflow-init"}
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+SENSITIVE_NAME = re.compile(r"PASSW(OR)?D|SECRET|TOKEN|(^|_)KEY($|_)|CREDENTIAL|PRIVATE_KEY", re.IGNORECASE)
+VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+URL_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:([^@\s/]+)@", re.IGNORECASE)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def load_compose(path: Path = COMPOSE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def with_default(value: str) -> str:
+    """Interpolate like compose with an empty environment: `${VAR:-default}` -> default."""
+    return VAR_REF.sub(lambda m: m.group(3) if m.group(2) in (":-", "-") else "", value)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def is_one_shot(service: dict[str, Any]) -> bool:
+    return str(service.get("restart", "no")) == "no"
+
+
+def airflow_version_pin() -> str:
+    match = re.search(r"^apache-airflow==([0-9][^\s;#]*)", REQUIREMENTS.read_text(encoding="utf-8"), re.MULTILINE)
+    assert match, "requirements.txt has no apache-airflow== pin"
+    return match.group(1)
+
+
+def dockerfile_from() -> str:
+    froms = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(froms) == 1, f"expected one FROM line, got {froms}"
+    return froms[0]
+
+
+def secret_names_of_cmd(value: str) -> list[str]:
+    """Docker secrets an Airflow `*_CMD` value reads (`eds-secret NAME ...` or `/run/secrets/NAME`)."""
+    names = re.findall(r"eds-secret\s+([A-Za-z0-9_.-]+)", value)
+    return names + re.findall(r"/run/secrets/([A-Za-z0-9_.-]+)", value)
+
+
+def find_secret_literals(doc: dict[str, Any]) -> list[str]:
+    """Where a compose document writes a secret value instead of referring to one.
+
+    Environment keys naming a secret (PASSWORD, SECRET, KEY, TOKEN...) must be `*_FILE` pointing at
+    /run/secrets, `*_CMD` reading a Docker secret, or a bare `${VAR}` (no literal default); no string may
+    carry `user:password@` in a URL (the `{}` placeholder of eds-secret and `${VAR}` are fine); secrets
+    come from files, not inline values.
+    """
+    problems: list[str] = []
+    for name, service in (doc.get("services") or {}).items():
+        for key, value in environment(service).items():
+            if not SENSITIVE_NAME.search(key):
+                continue
+            if key.endswith("_FILE") and value.startswith("/run/secrets/"):
+                continue
+            if key.endswith("_CMD") and secret_names_of_cmd(value):
+                continue
+            if re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}", value):
+                continue
+            problems.append(f"services.{name}.environment.{key}={value!r}")
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(node, str):
+            for password in URL_USERINFO.findall(node):
+                if password not in ("{}",) and not password.startswith("${"):
+                    problems.append(f"{path}: credentials in URL {node!r}")
+            if re.search(r"--password[ =](?![\"']?\$)", node):
+                problems.append(f"{path}: literal --password in {node!r}")
+
+    walk(doc, "")
+    for name, secret in (doc.get("secrets") or {}).items():
+        if "file" not in secret:
+            problems.append(f"secrets.{name}: not read from a file ({sorted(secret)})")
+    return problems
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120, **kwargs)
+
+
+needs_openssl = pytest.mark.skipif(
+    not (shutil.which("openssl") and shutil.which("bash")), reason="needs bash and openssl"
+)
+
+
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (shutil.which("openssl") and shutil.which("bash")):
+        pytest.skip("needs bash and openssl")
+    out = tmp_path_factory.mktemp("compose") / "secrets"
+    run(["bash", str(DEPLOY / "create-secrets.sh"), str(out)], env={**os.environ, "EDS_NETWORK_CONFIG": str(NETWORK)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def network() -> Any:
+    if not NETWORK.exists():
+        pytest.skip("config/network.yaml does not exist yet")
+    config = pytest.importorskip("eds_network.config")
+    return config.load_network(NETWORK)
+
+
+@pytest.fixture(scope="module")
+def provision() -> Any:
+    spec = importlib.util.spec_from_file_location("eds_provision", DEPLOY / "airflow" / "provision.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- the compose file ------------------------------------------------------------------------------
+
+
+def test_compose_file_parses_with_services_secrets_and_named_volumes(compose: dict[str, Any]) -> None:
+    assert isinstance(compose, dict)
+    assert isinstance(compose.get("services"), dict) and compose["services"]
+    assert isinstance(compose.get("secrets"), dict) and compose["secrets"]
+    assert isinstance(compose.get("volumes"), dict) and compose["volumes"]
+    assert "x-airflow-common" in compose, "the official x-airflow-common anchor shape is kept"
+
+
+def test_required_services_are_present(services: dict[str, Any]) -> None:
+    missing = REQUIRED_SERVICES - set(services)
+    assert not missing, f"missing services: {sorted(missing)}"
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    assert LONG_RUNNING <= {name for name, s in services.items() if not is_one_shot(s)}
+    for name, service in services.items():
+        if is_one_shot(service):
+            continue
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable"), f"{name} disables its healthcheck"
+        test = check.get("test")
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, (name, test)
+
+
+def test_every_long_running_service_restarts_always(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        assert services[name].get("restart") == "always", f"{name} restart={services[name].get('restart')!r}"
+
+
+def test_only_init_jobs_and_profiled_tools_run_once(services: dict[str, Any]) -> None:
+    awaited = {
+        dep
+        for s in services.values()
+        for dep, cond in (s.get("depends_on") or {}).items()
+        if isinstance(cond, dict) and cond.get("condition") == "service_completed_successfully"
+    }
+    for name, service in services.items():
+        if is_one_shot(service):
+            assert name in awaited or service.get("profiles"), (
+                f"{name} runs once but nothing waits for it: a long-running service without restart policy?"
+            )
+    assert {"minio-init", "airflow-init"} <= awaited
+
+
+def test_every_image_is_pinned_or_built_from_the_dockerfile(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            assert service["build"].get("dockerfile", "Dockerfile") == "Dockerfile", name
+            assert (ROOT / service["build"].get("context", ".") / "Dockerfile").is_file(), name
+        image = with_default(service.get("image", ""))
+        assert image, f"{name} has neither image nor build"
+        reference = image.split("@", 1)[0]
+        assert ":" in reference.rsplit("/", 1)[-1], f"{name}: image {image!r} has no tag"
+        tag = reference.rsplit(":", 1)[1]
+        assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+        if "build" not in service:
+            assert re.search(r"\d", tag), f"{name}: tag {tag!r} names no version"
+
+
+def test_dockerfile_builds_on_the_official_airflow_image_for_python_3_11() -> None:
+    assert dockerfile_from() == f"apache/airflow:{airflow_version_pin()}-python3.11"
+
+
+def test_airflow_version_agrees_between_requirements_dockerfile_and_compose(compose: dict[str, Any]) -> None:
+    pin = airflow_version_pin()
+    from_tag = dockerfile_from().split(":", 1)[1]
+    assert from_tag.split("-python")[0] == pin
+    image = with_default(compose["x-airflow-common"]["image"])
+    assert image.rsplit(":", 1)[1] == pin, f"compose image {image!r} is not tagged with Airflow {pin}"
+    for name in AIRFLOW_SERVICES:
+        assert with_default(compose["services"][name]["image"]) == image, f"{name} does not run the project image"
+
+
+def test_executor_is_celery_for_every_airflow_service(services: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        assert env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor", name
+        assert "AIRFLOW__CELERY__BROKER_URL_CMD" in env or "AIRFLOW__CELERY__BROKER_URL" in env, name
+    assert services["airflow-worker"]["command"][:2] == ["celery", "worker"]
+
+
+def test_metadata_database_is_postgresql(services: dict[str, Any]) -> None:
+    env = environment(services["airflow-scheduler"])
+    conn = with_default(env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", ""))
+    url = conn.split()[-1]
+    assert url.startswith("postgresql"), conn
+    host = re.search(r"@([^:/]+)", url).group(1)
+    assert host in services and services[host]["image"].startswith("postgres:"), host
+    backend = with_default(env.get("AIRFLOW__CELERY__RESULT_BACKEND_CMD", "")).split()[-1]
+    assert backend.startswith("db+postgresql://"), backend
+
+
+def test_execution_api_server_url_points_at_the_api_server_service(services: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        url = with_default(environment(services[name])["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+        match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)/execution/", url)
+        assert match, f"{name}: {url!r}"
+        assert match.group(1) == "airflow-apiserver" and match.group(2) == "8080"
+    assert services["airflow-apiserver"]["command"] == "api-server"
+
+
+def test_workers_are_scalable_without_container_name_host_port_or_hostname(services: dict[str, Any]) -> None:
+    worker = services["airflow-worker"]
+    assert "container_name" not in worker
+    assert "hostname" not in worker
+    for port in worker.get("ports") or []:
+        published = port.get("published") if isinstance(port, dict) else str(port).rsplit(":", 1)[0]
+        assert not published or str(port).count(":") == 0, f"worker publishes a host port: {port!r}"
+    assert not worker.get("ports"), "a scaled worker cannot bind a host port"
+    assert str(worker.get("deploy", {}).get("replicas", 1)) != "0"
+
+
+def test_no_service_pins_a_container_name(services: dict[str, Any]) -> None:
+    assert [n for n, s in services.items() if "container_name" in s] == []
+
+
+def test_no_secret_literal_in_the_compose_files() -> None:
+    for path in (COMPOSE, HEAD_OVERRIDE):
+        assert find_secret_literals(load_compose(path)) == [], path.name
+
+
+def test_secret_literal_detector_flags_inline_secrets() -> None:
+    bad = {
+        "services": {
+            "db": {"environment": {"POSTGRES_PASSWORD": "hunter2", "POSTGRES_PASSWORD_FILE": "/run/secrets/x"}},
+            "app": {
+                "environment": [
+                    "AIRFLOW__CORE__FERNET_KEY=abc",
+                    "API_TOKEN=${TOKEN:-defaulttoken}",
+                    "AIRFLOW__CORE__FERNET_KEY_CMD=echo abc",
+                ],
+                "command": "run --password s3cret",
+            },
+            "x": {"environment": {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://u:pw@db/x"}},
+        },
+        "secrets": {"inline": {"environment": "SOME_VAR"}},
+    }
+    found = "\n".join(find_secret_literals(bad))
+    for needle in ("POSTGRES_PASSWORD=", "FERNET_KEY=", "API_TOKEN", "FERNET_KEY_CMD", "--password", "u:pw@", "inline"):
+        assert needle in found, f"{needle!r} not flagged in:\n{found}"
+    assert "POSTGRES_PASSWORD_FILE" not in found
+
+
+def test_airflow_secret_options_read_secrets_mounted_in_the_same_service(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        mounted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
+        for key, value in environment(service).items():
+            if key.endswith("_CMD"):
+                wanted = secret_names_of_cmd(value)
+                assert wanted, f"{name}.{key} reads no Docker secret: {value!r}"
+                assert set(wanted) <= mounted, f"{name}.{key} reads {wanted} but mounts {sorted(mounted)}"
+            if key.endswith("_FILE") and value.startswith("/run/secrets/"):
+                assert value.removeprefix("/run/secrets/") in mounted, f"{name}.{key}"
+    sensitive = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+    }
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        assert {k + "_CMD" for k in sensitive} <= set(env), f"{name} lacks a secret option"
+
+
+def test_services_reference_only_declared_services_secrets_configs_and_volumes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dep in service.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on unknown {dep}"
+        for s in service.get("secrets") or []:
+            assert (s if isinstance(s, str) else s["source"]) in compose["secrets"], (name, s)
+        for c in service.get("configs") or []:
+            assert (c if isinstance(c, str) else c["source"]) in compose.get("configs", {}), (name, c)
+        for v in service.get("volumes") or []:
+            source = v.split(":", 1)[0] if isinstance(v, str) else v.get("source", "")
+            if source and not source.startswith((".", "/", "$")):
+                assert source in compose["volumes"], f"{name} mounts undeclared volume {source}"
+    for name, config in (compose.get("configs") or {}).items():
+        path = ROOT / config["file"]
+        if "deploy/certs" not in config["file"]:
+            assert path.is_file(), f"config {name}: {config['file']} missing"
+
+
+def test_state_lives_in_named_volumes(services: dict[str, Any]) -> None:
+    expected = {
+        "airflow-db": "/var/lib/postgresql/data",
+        "eds-db": "/var/lib/postgresql/data",
+        "redis": "/data",
+        "minio": "/data",
+    }
+    for name, target in expected.items():
+        mounts = [v for v in services[name].get("volumes", []) if isinstance(v, str)]
+        named = [v for v in mounts if v.endswith(":" + target) and not v.startswith((".", "/"))]
+        assert named, f"{name} keeps {target} outside a named volume: {mounts}"
+
+
+def test_every_secret_is_a_file_under_the_git_ignored_deploy_secrets(compose: dict[str, Any]) -> None:
+    for name, secret in compose["secrets"].items():
+        assert secret["file"] == f"./deploy/secrets/{name}", (name, secret)
+
+
+def test_minio_serves_tls_with_certificates_from_deploy_certs(services: dict[str, Any]) -> None:
+    minio = services["minio"]
+    assert "--certs-dir" in minio["command"]
+    certs_dir = minio["command"][minio["command"].index("--certs-dir") + 1]
+    binds = [v for v in minio["volumes"] if isinstance(v, dict) and v.get("target") == certs_dir]
+    assert binds and binds[0]["source"] == "./deploy/certs/minio" and binds[0]["read_only"], binds
+    assert binds[0]["bind"]["create_host_path"] is False, "a missing cert dir must fail, not start MinIO in clear"
+    assert any(v.startswith("https://") for v in environment(minio).values())
+
+
+def test_head_override_publishes_infrastructure_but_never_workers() -> None:
+    override = load_compose(HEAD_OVERRIDE)["services"]
+    assert "airflow-worker" not in override
+    assert set(override) <= set(load_compose()["services"])
+    for name, service in override.items():
+        for port in service["ports"]:
+            assert port.startswith("${EDS_PRIVATE_ADDR:?"), f"{name} publishes {port!r} beyond the private address"
+
+
+def test_env_example_documents_every_compose_variable_and_holds_no_secret() -> None:
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    documented = dict(line.split("=", 1) for line in example.splitlines() if line.strip() and not line.startswith("#"))
+    used = {m.group(1) for path in (COMPOSE, HEAD_OVERRIDE) for m in VAR_REF.finditer(path.read_text())}
+    assert used - set(documented) == set(), "variables used but not in .env.example"
+    assert [k for k in documented if SENSITIVE_NAME.search(k)] == []
+
+
+# -- Dockerfile and build context -----------------------------------------------------------------
+
+
+def test_dockerfile_installs_pinned_requirements_and_the_project_as_the_airflow_user() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    user_lines = [i for i, line in enumerate(lines) if line.startswith("USER ")]
+    pip_lines = [i for i, line in enumerate(lines) if line.startswith("RUN") and "pip install" in line]
+    assert pip_lines and user_lines and user_lines[0] < pip_lines[0]
+    assert lines[user_lines[-1]] == "USER airflow", "the image must not end running as root"
+    assert all(lines[max(u for u in user_lines if u < p)] == "USER airflow" for p in pip_lines)
+    first, project = lines[pip_lines[0]], lines[pip_lines[-1]]
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in first and "-r /opt/eds/requirements.txt" in first
+    assert "--constraint /opt/eds/requirements.txt" in project and "/opt/airflow" in project
+    for source, target in {
+        "requirements.txt": "/opt/eds/requirements.txt",
+        "pyproject.toml": "/opt/airflow/pyproject.toml",
+        "include/": "/opt/airflow/include/",
+        "dags/": "/opt/airflow/dags/",
+        "plugins/": "/opt/airflow/plugins/",
+        "config/": "/opt/airflow/config/",
+        "expectations/": "/opt/airflow/expectations/",
+        "deploy/airflow/": "/opt/eds/deploy/",
+        "deploy/bin/": "/opt/eds/bin/",
+    }.items():
+        assert re.search(rf"^COPY .*\s{re.escape(source)}\s+{re.escape(target)}$", text, re.MULTILINE), source
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build_context() -> None:
+    patterns = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env", "deploy/secrets", "deploy/certs"} <= patterns
+    needed = {"dags", "plugins", "config", "expectations", "include", "deploy", "deploy/airflow", "deploy/bin"}
+    assert needed.isdisjoint(patterns), "the image needs these paths"
+    assert "requirements.txt" not in patterns and "pyproject.toml" not in patterns
+
+
+def test_generated_secrets_and_certificates_are_git_ignored() -> None:
+    if not shutil.which("git") or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+    for path in ("deploy/secrets/airflow_fernet_key", "deploy/secrets/eds_keys", "deploy/certs/ca.key"):
+        assert ignored(path), f"{path} would be committed"
+    assert not ignored("deploy/secrets.example/README.md")
+    assert not ignored("deploy/create-secrets.sh")
+
+
+# -- helper scripts --------------------------------------------------------------------------------
+
+
+def test_create_secrets_writes_every_declared_secret_once(compose: dict[str, Any], secrets_dir: Path) -> None:
+    files = {p.name for p in secrets_dir.iterdir()}
+    assert files == set(compose["secrets"]), files ^ set(compose["secrets"])
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    for path in secrets_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+        content = path.read_text()
+        assert content and (path.name == "eds_keys" or "\n" not in content), path.name
+    before = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
+    out = run(["bash", str(DEPLOY / "create-secrets.sh"), str(secrets_dir)]).stdout
+    assert "0 new secret" in out
+    assert before == {p.name: p.read_bytes() for p in secrets_dir.iterdir()}, "a re-run changed a secret"
+
+
+def test_create_secrets_makes_valid_fernet_and_pseudonymisation_keys(secrets_dir: Path, network: Any) -> None:
+    from cryptography.fernet import Fernet
+
+    Fernet((secrets_dir / "airflow_fernet_key").read_text())
+    keys = yaml.safe_load((secrets_dir / "eds_keys").read_text())
+    wanted = {p.key_connection_id for p in network.platforms} | {
+        network.transport_key_connection_id,
+        network.national.key_connection_id,
+        network.national.box_key_connection_id,
+    }
+    assert wanted <= set(keys), wanted - set(keys)
+    for conn_id in wanted:
+        assert len(base64.b64decode(keys[conn_id], validate=True)) == 32, conn_id
+    assert len({keys[k] for k in wanted}) == len(wanted), "two connections share a key"
+    box = network.national.box_key_connection_id
+    public = base64.b64decode(keys[f"{box}.public"])
+    nacl_public = pytest.importorskip("nacl.public")
+    assert bytes(nacl_public.PrivateKey(base64.b64decode(keys[box])).public_key) == public
+
+
+def test_create_secrets_adds_the_key_of_a_new_platform_only(tmp_path: Path, secrets_dir: Path) -> None:
+    if not NETWORK.exists():
+        pytest.skip("config/network.yaml does not exist yet")
+    work = tmp_path / "secrets"
+    shutil.copytree(secrets_dir, work)
+    config = tmp_path / "network.yaml"
+    config.write_text(NETWORK.read_text() + "\n# new platform\n    key_connection_id: eds_key_l1_new_platform\n")
+    before = yaml.safe_load((work / "eds_keys").read_text())
+    run(["bash", str(DEPLOY / "create-secrets.sh"), str(work)], env={**os.environ, "EDS_NETWORK_CONFIG": str(config)})
+    after = yaml.safe_load((work / "eds_keys").read_text())
+    assert set(after) - set(before) == {"eds_key_l1_new_platform"}
+    assert all(after[k] == v for k, v in before.items())
+
+
+@needs_openssl
+def test_make_certs_issues_a_minio_certificate_signed_by_its_ca(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    env = {**os.environ, "MINIO_TLS_EXTRA_SANS": "DNS:eds-head.example"}
+    run(["bash", str(DEPLOY / "make-certs.sh"), str(certs)], env=env)
+    crt, key = certs / "minio" / "public.crt", certs / "minio" / "private.key"
+    run(["openssl", "verify", "-CAfile", str(certs / "ca.crt"), str(crt)])
+    text = run(["openssl", "x509", "-in", str(crt), "-noout", "-text"]).stdout
+    san_line = text.split("X509v3 Subject Alternative Name:", 1)[1].strip().splitlines()[0]
+    sans = {name.strip() for name in san_line.split(",")}
+    assert {"DNS:minio", "DNS:localhost", "DNS:eds-head.example"} <= sans, sans
+    assert "TLS Web Server Authentication" in text
+    assert (certs / "minio" / "CAs" / "ca.crt").read_bytes() == (certs / "ca.crt").read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE((certs / "ca.key").stat().st_mode) == 0o600
+    fingerprint = crt.read_bytes()
+    run(["bash", str(DEPLOY / "make-certs.sh"), str(certs)])
+    assert crt.read_bytes() == fingerprint, "an existing certificate was replaced without --force"
+
+
+def test_eds_secret_prints_the_secret_without_newline_and_quotes_it_into_urls(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("p@ss/word\n")
+    script = str(DEPLOY / "bin" / "eds-secret")
+    env = {**os.environ, "EDS_SECRETS_DIR": str(tmp_path)}
+    assert run([sys.executable, script, "pw"], env=env).stdout == "p@ss/word"
+    url = run([sys.executable, script, "pw", "redis://:{}@redis:6379/0"], env=env).stdout
+    assert url == "redis://:p%40ss%2Fword@redis:6379/0"
+    missing = subprocess.run([sys.executable, script, "nope"], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stdout == ""
+
+
+def test_minio_init_creates_every_bucket_of_the_network_with_confined_users(
+    tmp_path: Path, secrets_dir: Path, network: Any
+) -> None:
+    if not shutil.which("sh"):
+        pytest.skip("needs sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "mc.log"
+    (bin_dir / "mc").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    (bin_dir / "mc").chmod(0o755)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("test CA\n")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "EDS_SECRETS_DIR": str(secrets_dir),
+        "EDS_CA_FILE": str(ca),
+        "EDS_MC_DIR": str(tmp_path / "mc"),
+        "EDS_NETWORK_CONFIG": str(NETWORK),
+    }
+    run(["sh", str(DEPLOY / "minio" / "minio-init.sh")], env=env)
+    calls = log.read_text().splitlines()
+    buckets = {loc.bucket for p in network.platforms for loc in (p.intake, p.outbox)}
+    buckets |= {network.national.landing_zone.bucket, "eds-airflow-logs"}
+    created = {c.rsplit("eds/", 1)[1] for c in calls if " mb --ignore-existing eds/" in c}
+    assert created == buckets
+    access = (secrets_dir / "minio_eds_s3_access_key").read_text()
+    hdh = (secrets_dir / "minio_hdh_access_key").read_text()
+    assert any(f"admin policy attach eds eds-platforms --user {access}" in c for c in calls)
+    assert any(f"admin policy attach eds eds-hdh-landing --user {hdh}" in c for c in calls)
+    policy = json.loads((tmp_path / "mc" / "eds-hdh-landing.json").read_text())
+    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::hdh-*", "arn:aws:s3:::hdh-*/*"]
+    assert (tmp_path / "mc" / "certs" / "CAs" / "eds-ca.crt").read_text() == "test CA\n"
+    assert not any("--insecure" in c for c in calls), "minio-init must verify the CA, not skip TLS checks"
+
+
+def test_init_sql_reads_role_passwords_from_docker_secrets() -> None:
+    sql = (DEPLOY / "postgres" / "initdb" / "10-eds-roles.sql").read_text()
+    passwords = re.findall(r"PASSWORD\s+(\S+)", sql)
+    assert passwords and all(p.startswith(":'") for p in passwords), passwords
+    for role in ("catalogue", "warehouse", "source"):
+        assert f"`cat /run/secrets/eds_{role}_db_password`" in sql, role
+
+
+# -- connections ------------------------------------------------------------------------------------
+
+
+def test_connection_template_renders_every_connection_of_the_network(
+    provision: Any, network: Any, secrets_dir: Path
+) -> None:
+    roles = provision.connection_roles(network)
+    template = provision.load_template()
+    lookup = provision.secrets_lookup(secrets_dir, env={})
+    connections, databases = provision.render_connections(template, roles, lookup)
+
+    named = {network.catalogue_connection_id, network.transport_key_connection_id}
+    named |= {network.national.landing_zone.connection_id, network.national.key_connection_id}
+    named |= {network.national.box_key_connection_id}
+    for p in network.platforms:
+        named |= {p.warehouse_connection_id, p.key_connection_id, p.intake.connection_id, p.outbox.connection_id}
+        named |= {b.source_connection_id for b in p.members}
+    assert set(connections) == named
+    assert "${" not in json.dumps(connections), "an unresolved placeholder reached the import file"
+
+    keys = yaml.safe_load((secrets_dir / "eds_keys").read_text())
+    for p in network.platforms:
+        wh = connections[p.warehouse_connection_id]
+        assert wh["conn_type"] == "postgres" and wh["schema"] == p.warehouse_connection_id and wh["port"] == 5432
+        assert wh["password"] == (secrets_dir / "eds_warehouse_db_password").read_text()
+        assert connections[p.key_connection_id]["password"] == keys[p.key_connection_id]
+        for b in p.members:
+            assert connections[b.source_connection_id]["schema"] == b.source_connection_id
+            assert b.id in connections[b.source_connection_id]["description"]
+    key_ids = {p.key_connection_id for p in network.platforms} | {
+        network.transport_key_connection_id,
+        network.national.key_connection_id,
+        network.national.box_key_connection_id,
+    }
+    for conn_id in key_ids:
+        assert connections[conn_id]["password"] == keys[conn_id], f"{conn_id} does not hold its own key"
+    box = connections[network.national.box_key_connection_id]
+    assert json.loads(box["extra"])["public_key"] == keys[f"{network.national.box_key_connection_id}.public"]
+    landing = connections[network.national.landing_zone.connection_id]
+    extra = json.loads(landing["extra"])
+    assert landing["conn_type"] == "aws" and extra["endpoint_url"].startswith("https://")
+    assert extra["verify"] == "/opt/eds/certs/ca.crt"
+    assert landing["login"] == (secrets_dir / "minio_hdh_access_key").read_text()
+    storage = connections[network.platforms[0].intake.connection_id]
+    assert storage["login"] == (secrets_dir / "minio_eds_s3_access_key").read_text()
+    expected_dbs = {p.warehouse_connection_id for p in network.platforms}
+    expected_dbs |= {b.source_connection_id for b in network.local_bases}
+    assert set(databases) == expected_dbs
+
+
+def test_connection_template_honours_environment_and_overrides(provision: Any, network: Any, secrets_dir: Path) -> None:
+    roles = provision.connection_roles(network)
+    template = provision.load_template()
+    base = network.local_bases[0].source_connection_id
+    template["overrides"] = {base: {"host": "eds.hopital.example", "x-create-database": False}}
+    lookup = provision.secrets_lookup(secrets_dir, env={"EDS_DB_HOST": "10.0.0.5", "EDS_DB_PORT": "5433"})
+    connections, databases = provision.render_connections(template, roles, lookup)
+    assert connections[base]["host"] == "eds.hopital.example" and base not in databases
+    assert connections[network.catalogue_connection_id]["host"] == "10.0.0.5"
+    assert connections[network.catalogue_connection_id]["port"] == 5433
+
+
+def test_provision_names_the_fix_when_a_key_is_missing(provision: Any, network: Any, tmp_path: Path) -> None:
+    for name in ("eds_catalogue_db_password", "eds_warehouse_db_password", "eds_source_db_password"):
+        (tmp_path / name).write_text("x")
+    for name in ("minio_eds_s3_access_key", "minio_eds_s3_secret_key", "minio_hdh_access_key", "minio_hdh_secret_key"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "eds_keys").write_text('"unrelated": "x"\n')
+    with pytest.raises(provision.ProvisionError, match="create-secrets.sh"):
+        provision.render_connections(
+            provision.load_template(), provision.connection_roles(network), provision.secrets_lookup(tmp_path, env={})
+        )
+
+
+def test_provision_exports_connections_as_private_airflow_conn_variables(
+    provision: Any, network: Any, secrets_dir: Path, tmp_path: Path
+) -> None:
+    lookup = provision.secrets_lookup(secrets_dir, env={})
+    connections, _ = provision.render_connections(
+        provision.load_template(), provision.connection_roles(network), lookup
+    )
+    out = tmp_path / "conns.env"
+    provision.write_private(out, provision.connections_env(connections))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(connections)
+    for line in lines:
+        name, value = line.split("=", 1)
+        conn_id = name.removeprefix("AIRFLOW_CONN_").lower()
+        assert name.startswith("AIRFLOW_CONN_") and json.loads(value) == connections[conn_id]
+
+
+def test_airflow_init_mounts_every_secret_the_template_reads(services: dict[str, Any]) -> None:
+    template = json.dumps(yaml.safe_load((DEPLOY / "airflow" / "connections.template.yaml").read_text()))
+    read = set(re.findall(r"\$\{secret:([A-Za-z0-9_.-]+)\}", template)) | {"eds_keys", "airflow_admin_password"}
+    mounted = set(services["airflow-init"]["secrets"])
+    assert read <= mounted, read - mounted
+    script = (DEPLOY / "airflow" / "airflow-init.sh").read_text()
+    steps = [script.index(s) for s in ("airflow db migrate", "airflow users create", "provision.py")]
+    assert steps == sorted(steps), "migrate, then admin user, then connections"
+    assert services["airflow-init"]["command"] == ["bash", "/opt/eds/deploy/airflow-init.sh"]
+
+
+# -- make fragment ----------------------------------------------------------------------------------
+
+
+def test_make_fragment_defines_compose_targets_with_tab_indented_recipes(tmp_path: Path) -> None:
+    fragment = DEPLOY / "Makefile.compose"
+    text = fragment.read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", text, re.MULTILINE))
+    assert {"compose-up", "compose-down", "compose-logs"} <= targets
+    in_rule = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^[a-z][a-z-]*:", line):
+            in_rule = True
+        elif in_rule and line.strip() and not line.startswith("#"):
+            assert line.startswith("\t"), f"line {number} of a recipe is not tab-indented: {line!r}"
+        elif not line.strip():
+            in_rule = False
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    (tmp_path / "Makefile").write_text(f"include {fragment}\n")
+    plan = run(["make", "-n", "-C", str(tmp_path), "compose-up", "WORKERS=3"]).stdout
+    order = [plan.index(s) for s in ("create-secrets.sh", "make-certs.sh", "up -d --build")]
+    assert order == sorted(order), plan
+    assert "--scale airflow-worker=3" in plan and f"cd {ROOT}" in plan
