@@ -44,8 +44,9 @@ def local_dag(base: LocalBase):
             network = load_network()
             b = network.base(base.id)
             res = local_resources(network, b)
-            return extract.extract_table(b, table, data_interval_start, data_interval_end, res,
-                                         overrides=b.quality_overrides).ref()
+            return extract.extract_table(
+                b, table, data_interval_start, data_interval_end, res, overrides=b.quality_overrides
+            ).ref()
 
         @task(trigger_rule="all_done", outlets=[Asset(name=base.asset_name, uri=base.asset_uri)])
         def publish_batch(refs, data_interval_start=None, data_interval_end=None) -> dict:
@@ -54,11 +55,14 @@ def local_dag(base: LocalBase):
 
             network = load_network()
             b = network.base(base.id)
-            published = publish.publish_batch(b, data_interval_start, data_interval_end,
-                                              [r for r in refs if r], local_resources(network, b))
+            published = publish.publish_batch(
+                b, data_interval_start, data_interval_end, [r for r in refs if r], local_resources(network, b)
+            )
             get_current_context()["outlet_events"][Asset(name=base.asset_name, uri=base.asset_uri)].extra = {
-                "batch_id": published.batch_id, "tables": len(published.tables),
-                "failed_tables": published.failed_tables}
+                "batch_id": published.batch_id,
+                "tables": len(published.tables),
+                "failed_tables": published.failed_tables,
+            }
             return published.ref()
 
         @task
@@ -68,9 +72,14 @@ def local_dag(base: LocalBase):
 
             ctx = get_current_context()
             catalogue.record_run(
-                catalogue_dsn(load_network()), level="local", scope_id=base.id, batch_id=published["batch_id"],
-                status="partial" if published["failed_tables"] else "success", tables=published["rows"],
-                dag_run_id=ctx["run_id"], interval=(data_interval_start, data_interval_end),
+                catalogue_dsn(load_network()),
+                level="local",
+                scope_id=base.id,
+                batch_id=published["batch_id"],
+                status="partial" if published["failed_tables"] else "success",
+                tables=published["rows"],
+                dag_run_id=ctx["run_id"],
+                interval=(data_interval_start, data_interval_end),
                 details={"failed_tables": published["failed_tables"], "manifest_key": published["manifest_key"]},
             )
 

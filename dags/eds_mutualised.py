@@ -48,7 +48,9 @@ def mutualised_dag(platform: Platform):
             p = load_network().platform(platform.id)
             pkg = step.package(p, platform_resources(p), key_versions={"level1": "from-manifests"})
             get_current_context()["outlet_events"][Asset(name=platform.asset_name, uri=platform.asset_uri)].extra = {
-                "delivery_id": pkg.delivery_id, "rows": pkg.ref()["rows"]}
+                "delivery_id": pkg.delivery_id,
+                "rows": pkg.ref()["rows"],
+            }
             return pkg.ref()
 
         @task
@@ -57,14 +59,24 @@ def mutualised_dag(platform: Platform):
             from eds_network.airflow_adapter import catalogue_dsn
 
             dsn = catalogue_dsn(load_network())
-            rows = {t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
-                    for t, n in pkg["rows"].items()}
+            rows = {
+                t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
+                for t, n in pkg["rows"].items()
+            }
             catalogue.record_run(
-                dsn, level="mutualised", scope_id=platform.id, batch_id=pkg["delivery_id"],
-                status="partial" if consolidation["rejected"] else "success", tables=rows,
+                dsn,
+                level="mutualised",
+                scope_id=platform.id,
+                batch_id=pkg["delivery_id"],
+                status="partial" if consolidation["rejected"] else "success",
+                tables=rows,
                 dag_run_id=get_current_context()["run_id"],
-                details={"applied": consolidation["applied"], "rejected": consolidation["rejected"],
-                         "linkage": consolidation["linkage"], "checks": consolidation["checks"]},
+                details={
+                    "applied": consolidation["applied"],
+                    "rejected": consolidation["rejected"],
+                    "linkage": consolidation["linkage"],
+                    "checks": consolidation["checks"],
+                },
             )
 
         c = consolidate()

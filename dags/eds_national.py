@@ -48,8 +48,10 @@ def eds_national():
         except AlreadyDelivered as exc:
             return {"platform": platform_id, "status": "already_delivered", "detail": str(exc)}
 
-    @task(map_index_template="{{ platform_id }}",
-          outlets=[Asset(name="eds_national__hdh", uri=NETWORK.national.landing_zone.uri)])
+    @task(
+        map_index_template="{{ platform_id }}",
+        outlets=[Asset(name="eds_national__hdh", uri=NETWORK.national.landing_zone.uri)],
+    )
     def receipt(delivery: dict) -> None:
         from eds_network import catalogue
         from eds_network import transfer as step
@@ -59,13 +61,21 @@ def eds_national():
         network = load_network()
         if delivery["status"] != "delivered":
             return
-        doc = step.receipt(network.national, s3_endpoint(network.national.landing_zone.connection_id),
-                           delivery["delivery_id"])
+        doc = step.receipt(
+            network.national, s3_endpoint(network.national.landing_zone.connection_id), delivery["delivery_id"]
+        )
         catalogue.record_delivery(
-            catalogue_dsn(network), delivery_id=delivery["delivery_id"], platform_id=delivery["platform"],
-            level="national", status="received" if doc["status"] == "accepted" else "rejected",
-            manifest_key=delivery["manifest_key"], files=delivery["files"], rows=delivery["rows"],
-            key_versions=delivery["key_versions"], receipt=doc)
+            catalogue_dsn(network),
+            delivery_id=delivery["delivery_id"],
+            platform_id=delivery["platform"],
+            level="national",
+            status="received" if doc["status"] == "accepted" else "rejected",
+            manifest_key=delivery["manifest_key"],
+            files=delivery["files"],
+            rows=delivery["rows"],
+            key_versions=delivery["key_versions"],
+            receipt=doc,
+        )
         if doc["status"] != "accepted":
             raise step.TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
 

@@ -55,7 +55,7 @@ def key(conn_id: str, what: str) -> Key:
     if not c.password:
         raise ConfigError(f"{what}: connection {conn_id!r} holds no key (password field is empty)")
     mask_secret(c.password)
-    return Key.from_hex(conn_id, c.password, str(c.extra_dejson.get("version", "v1")))
+    return Key.from_secret(conn_id, c.password, str(c.extra_dejson.get("version", "v1")))
 
 
 def box_private_key(conn_id: str) -> tuple[bytes, str]:

@@ -46,13 +46,15 @@ LEVELS = ("local", "mutualised", "national")
 metadata = MetaData(schema=SCHEMA)
 
 platform_t = Table(
-    "platform", metadata,
+    "platform",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("label", Text, nullable=False),
     Column("kind", String(32), nullable=False),
 )
 base_t = Table(
-    "base", metadata,
+    "base",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("label", Text, nullable=False),
     Column("kind", String(32), nullable=False),
@@ -61,7 +63,8 @@ base_t = Table(
     Column("reference", Boolean, nullable=False, server_default="false"),
 )
 milestone_t = Table(
-    "milestone", metadata,
+    "milestone",
+    metadata,
     Column("base_id", String(64), ForeignKey(f"{SCHEMA}.base.id"), primary_key=True),
     Column("milestone", String(32), primary_key=True),
     Column("reached_on", Date, nullable=False),
@@ -69,7 +72,8 @@ milestone_t = Table(
     Column("recorded_by", Text, nullable=False),
 )
 run_t = Table(
-    "run", metadata,
+    "run",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("level", String(16), nullable=False),
     Column("scope_id", String(64), nullable=False),
@@ -83,7 +87,8 @@ run_t = Table(
     UniqueConstraint("level", "scope_id", "batch_id", name="run_once_per_batch"),
 )
 run_table_t = Table(
-    "run_table", metadata,
+    "run_table",
+    metadata,
     Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.run.id", ondelete="CASCADE"), primary_key=True),
     Column("table_name", String(64), primary_key=True),
     Column("extracted", BigInteger, nullable=False),
@@ -93,7 +98,8 @@ run_table_t = Table(
     Column("tombstones", BigInteger, nullable=False, server_default="0"),
 )
 delivery_t = Table(
-    "delivery", metadata,
+    "delivery",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("platform_id", String(64), nullable=False),
     Column("level", String(16), nullable=False),
@@ -107,7 +113,8 @@ delivery_t = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 audit_t = Table(
-    "audit", metadata,
+    "audit",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("actor", Text, nullable=False),
@@ -150,35 +157,53 @@ def register_network(dsn: str, network: Network, actor: str = "eds-network") -> 
     """Upsert the configured platforms and bases (idempotent)."""
     with engine(dsn).begin() as conn:
         for p in network.platforms:
-            conn.execute(insert(platform_t).values(id=p.id, label=p.label, kind=p.kind.value)
-                         .on_conflict_do_update(index_elements=["id"], set_={"label": p.label, "kind": p.kind.value}))
+            conn.execute(
+                insert(platform_t)
+                .values(id=p.id, label=p.label, kind=p.kind.value)
+                .on_conflict_do_update(index_elements=["id"], set_={"label": p.label, "kind": p.kind.value})
+            )
             for b in p.members:
                 values = {"label": b.label, "kind": b.kind.value, "platform_id": p.id, "holder": p.label}
-                res = conn.execute(insert(base_t).values(id=b.id, **values)
-                                   .on_conflict_do_update(index_elements=["id"], set_=values)
-                                   .returning(text("xmax = 0")))
+                res = conn.execute(
+                    insert(base_t)
+                    .values(id=b.id, **values)
+                    .on_conflict_do_update(index_elements=["id"], set_=values)
+                    .returning(text("xmax = 0"))
+                )
                 if res.scalar():
                     audit(conn, actor, "base.registered", f"base:{b.id}", {"platform": p.id})
 
 
-def set_milestone(dsn: str, base_id: str, milestone: str, reached_on: dt.date, *, evidence: str | None,
-                  recorded_by: str) -> None:
+def set_milestone(
+    dsn: str, base_id: str, milestone: str, reached_on: dt.date, *, evidence: str | None, recorded_by: str
+) -> None:
     if milestone not in MILESTONES:
         raise ValueError(f"unknown milestone {milestone!r}; expected one of {', '.join(MILESTONES)}")
     with engine(dsn).begin() as conn:
-        conn.execute(insert(milestone_t).values(base_id=base_id, milestone=milestone, reached_on=reached_on,
-                                                evidence=evidence, recorded_by=recorded_by)
-                     .on_conflict_do_update(index_elements=["base_id", "milestone"],
-                                            set_={"reached_on": reached_on, "evidence": evidence,
-                                                  "recorded_by": recorded_by}))
-        audit(conn, recorded_by, "milestone.set", f"base:{base_id}", {"milestone": milestone,
-                                                                      "reached_on": reached_on.isoformat()})
+        conn.execute(
+            insert(milestone_t)
+            .values(
+                base_id=base_id, milestone=milestone, reached_on=reached_on, evidence=evidence, recorded_by=recorded_by
+            )
+            .on_conflict_do_update(
+                index_elements=["base_id", "milestone"],
+                set_={"reached_on": reached_on, "evidence": evidence, "recorded_by": recorded_by},
+            )
+        )
+        audit(
+            conn,
+            recorded_by,
+            "milestone.set",
+            f"base:{base_id}",
+            {"milestone": milestone, "reached_on": reached_on.isoformat()},
+        )
 
 
 def milestones(dsn: str, base_id: str) -> dict[str, dt.date]:
     with engine(dsn).connect() as conn:
-        rows = conn.execute(select(milestone_t.c.milestone, milestone_t.c.reached_on)
-                            .where(milestone_t.c.base_id == base_id)).all()
+        rows = conn.execute(
+            select(milestone_t.c.milestone, milestone_t.c.reached_on).where(milestone_t.c.base_id == base_id)
+        ).all()
     return dict(rows)
 
 
@@ -213,37 +238,70 @@ def record_run(
         if r["extracted"] != r["published"] + r["quarantined"] + r["excluded_objection"]:
             raise AccountingError("row accounting does not balance", base=scope_id, table=t)
     values = {
-        "status": status, "dag_run_id": dag_run_id, "details": details or {},
+        "status": status,
+        "dag_run_id": dag_run_id,
+        "details": details or {},
         "data_interval_start": interval[0] if interval else None,
         "data_interval_end": interval[1] if interval else None,
         "recorded_at": func.now(),
     }
     with engine(dsn).begin() as conn:
         run_id = conn.execute(
-            insert(run_t).values(level=level, scope_id=scope_id, batch_id=batch_id, **values)
-            .on_conflict_do_update(constraint="run_once_per_batch", set_=values).returning(run_t.c.id)
+            insert(run_t)
+            .values(level=level, scope_id=scope_id, batch_id=batch_id, **values)
+            .on_conflict_do_update(constraint="run_once_per_batch", set_=values)
+            .returning(run_t.c.id)
         ).scalar_one()
         conn.execute(run_table_t.delete().where(run_table_t.c.run_id == run_id))
         for t, r in (tables or {}).items():
-            conn.execute(run_table_t.insert().values(
-                run_id=run_id, table_name=t, extracted=r["extracted"], published=r["published"],
-                quarantined=r["quarantined"], excluded_objection=r["excluded_objection"],
-                tombstones=r.get("tombstones", 0)))
+            conn.execute(
+                run_table_t.insert().values(
+                    run_id=run_id,
+                    table_name=t,
+                    extracted=r["extracted"],
+                    published=r["published"],
+                    quarantined=r["quarantined"],
+                    excluded_objection=r["excluded_objection"],
+                    tombstones=r.get("tombstones", 0),
+                )
+            )
         audit(conn, actor, f"run.{level}.{status}", f"{level}:{scope_id}", {"batch_id": batch_id})
     return run_id
 
 
-def record_delivery(dsn: str, *, delivery_id: str, platform_id: str, level: str, status: str,
-                    manifest_key: str | None, files: list[dict], rows: dict, key_versions: dict,
-                    receipt: dict | None = None, actor: str = "airflow") -> None:
-    values = {"platform_id": platform_id, "level": level, "status": status, "manifest_key": manifest_key,
-              "files": files, "bytes": sum(f.get("bytes", 0) for f in files), "rows": rows,
-              "key_versions": key_versions, "receipt": receipt, "recorded_at": func.now()}
+def record_delivery(
+    dsn: str,
+    *,
+    delivery_id: str,
+    platform_id: str,
+    level: str,
+    status: str,
+    manifest_key: str | None,
+    files: list[dict],
+    rows: dict,
+    key_versions: dict,
+    receipt: dict | None = None,
+    actor: str = "airflow",
+) -> None:
+    values = {
+        "platform_id": platform_id,
+        "level": level,
+        "status": status,
+        "manifest_key": manifest_key,
+        "files": files,
+        "bytes": sum(f.get("bytes", 0) for f in files),
+        "rows": rows,
+        "key_versions": key_versions,
+        "receipt": receipt,
+        "recorded_at": func.now(),
+    }
     with engine(dsn).begin() as conn:
-        conn.execute(insert(delivery_t).values(id=delivery_id, **values)
-                     .on_conflict_do_update(index_elements=["id"], set_=values))
-        audit(conn, actor, f"delivery.{status}", f"delivery:{delivery_id}", {"platform": platform_id,
-                                                                             "level": level})
+        conn.execute(
+            insert(delivery_t)
+            .values(id=delivery_id, **values)
+            .on_conflict_do_update(index_elements=["id"], set_=values)
+        )
+        audit(conn, actor, f"delivery.{status}", f"delivery:{delivery_id}", {"platform": platform_id, "level": level})
 
 
 def latest_runs(dsn: str) -> list[dict]:
@@ -255,8 +313,10 @@ def latest_runs(dsn: str) -> list[dict]:
     with engine(dsn).connect() as conn:
         runs = [dict(r._mapping) for r in conn.execute(q)]
         for r in runs:
-            r["tables"] = {row.table_name: dict(row._mapping) for row in conn.execute(
-                select(run_table_t).where(run_table_t.c.run_id == r["id"]))}
+            r["tables"] = {
+                row.table_name: dict(row._mapping)
+                for row in conn.execute(select(run_table_t).where(run_table_t.c.run_id == r["id"]))
+            }
     return runs
 
 
@@ -268,4 +328,3 @@ def deliveries(dsn: str) -> list[dict]:
 def count(dsn: str, table: Table) -> int:
     with engine(dsn).connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
-

@@ -1,12 +1,12 @@
 """`eds` — the operator's command line for the embedded stack and the demo.
 
-  eds stack start|stop|status     the embedded PostgreSQL + S3 endpoint (+ Airflow metadata DB migration)
-  eds seed                        (re)create the demo hospital sources (Synthea27Nj + generated hospitals)
-  eds night [--date D]            run one whole network night through Airflow (`airflow dags test`, flow order)
-  eds summary                     per base and level: rows, files delivered with SHA-256, catalogue stage
-  eds demo                        stack start + seed + night + summary
-  eds airflow ARGS…               any Airflow CLI command against the embedded stack
-  eds check-config [FILE]         validate a network file
+eds stack start|stop|status     the embedded PostgreSQL + S3 endpoint (+ Airflow metadata DB migration)
+eds seed                        (re)create the demo hospital sources (Synthea27Nj + generated hospitals)
+eds night [--date D]            run one whole network night through Airflow (`airflow dags test`, flow order)
+eds summary                     per base and level: rows, files delivered with SHA-256, catalogue stage
+eds demo                        stack start + seed + night + summary
+eds airflow ARGS…               any Airflow CLI command against the embedded stack
+eds check-config [FILE]         validate a network file
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -68,8 +69,9 @@ def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> di
         have = catalogue.milestones(dsn, b.id)
         for m in ("contract_signed", "documentation"):
             if m not in have:
-                catalogue.set_milestone(dsn, b.id, m, dt.date(2026, 1, 15), evidence="demo network",
-                                        recorded_by="eds seed")
+                catalogue.set_milestone(
+                    dsn, b.id, m, dt.date(2026, 1, 15), evidence="demo network", recorded_by="eds seed"
+                )
     return out
 
 
@@ -82,24 +84,37 @@ def cmd_seed(args) -> int:
 
 
 def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple[str, bool, float]]:
-    """Run every DAG once, in flow order, through Airflow (`airflow dags test` records in the metadata DB)."""
+    """Run every DAG once, level by level, through Airflow (`airflow dags test` records in the metadata DB).
+
+    DAGs of one level run side by side (at most $EDS_NIGHT_PARALLEL, default 4), as the scheduler would run
+    them; a level starts when the previous one is done.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     s = _stack()
-    results = []
-    plan = [(b.dag_id, end.isoformat()) for b in network.local_bases]
-    plan += [(p.dag_id, None) for p in network.platforms]
-    plan += [("eds_national", None)]
-    for dag_id, logical in plan:
+    levels = [
+        [(b.dag_id, end.isoformat()) for b in network.local_bases],
+        [(p.dag_id, None) for p in network.platforms],
+        [("eds_national", None)],
+    ]
+
+    def one(item: tuple[str, str | None]) -> tuple[str, bool, float]:
+        dag_id, logical = item
         t0 = time.monotonic()
-        args = ["dags", "test", dag_id] + ([logical] if logical else [])
-        res = s.airflow(*args, check=False, capture=True)
+        res = s.airflow("dags", "test", dag_id, *([logical] if logical else []), check=False, capture=True)
         ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
         el = time.monotonic() - t0
-        results.append((dag_id, ok, el))
         print(f"  {dag_id:32s} {'ok' if ok else 'FAILED'}  ({el:.0f}s)", flush=True)
         if not ok:
             logfile = s.logs / f"{dag_id}.log"
             logfile.write_text(res.stdout + "\n" + res.stderr)
             print(f"    see {logfile}", flush=True)
+        return dag_id, ok, el
+
+    results: list[tuple[str, bool, float]] = []
+    with ThreadPoolExecutor(max_workers=int(os.environ.get("EDS_NIGHT_PARALLEL", "4"))) as pool:
+        for level in levels:
+            results += list(pool.map(one, level))
     return results
 
 
@@ -115,29 +130,39 @@ def summary(network: Network) -> str:
     dsn = _stack().dsn("catalogue")
     runs = catalogue.latest_runs(dsn)
     lines = ["", "eds-network — summary of the last night", "=" * 100]
-    hdr = f"{'level':11s} {'scope':10s} {'status':8s} {'extracted':>10s} {'published':>10s} {'quarantined':>11s} " \
-          f"{'excl.obj.':>9s} {'tombst.':>7s}  stage"
+    hdr = (
+        f"{'level':11s} {'scope':10s} {'status':8s} {'extracted':>10s} {'published':>10s} {'quarantined':>11s} "
+        f"{'excl.obj.':>9s} {'tombst.':>7s}  stage"
+    )
     lines.append(hdr)
     lines.append("-" * 100)
     order = {"local": 0, "mutualised": 1, "national": 2}
     for r in sorted(runs, key=lambda r: (order[r["level"]], r["scope_id"])):
-        tot = {k: sum(t[k] for t in r["tables"].values()) for k in
-               ("extracted", "published", "quarantined", "excluded_objection", "tombstones")}
+        tot = {
+            k: sum(t[k] for t in r["tables"].values())
+            for k in ("extracted", "published", "quarantined", "excluded_objection", "tombstones")
+        }
         stage = catalogue.stage(catalogue.milestones(dsn, r["scope_id"])) if r["level"] == "local" else ""
-        lines.append(f"{r['level']:11s} {r['scope_id']:10s} {r['status']:8s} {tot['extracted']:>10,d} "
-                     f"{tot['published']:>10,d} {tot['quarantined']:>11,d} {tot['excluded_objection']:>9,d} "
-                     f"{tot['tombstones']:>7,d}  {stage}")
+        lines.append(
+            f"{r['level']:11s} {r['scope_id']:10s} {r['status']:8s} {tot['extracted']:>10,d} "
+            f"{tot['published']:>10,d} {tot['quarantined']:>11,d} {tot['excluded_objection']:>9,d} "
+            f"{tot['tombstones']:>7,d}  {stage}"
+        )
         if r["level"] == "mutualised":
             link = (r["details"] or {}).get("linkage", {})
-            lines.append(f"{'':11s} linkage: {link.get('persons', 0)} persons, {link.get('persons_multi_site', 0)}"
-                         f" seen at 2+ sites, overlap {link.get('overlap', {})}")
+            lines.append(
+                f"{'':11s} linkage: {link.get('persons', 0)} persons, {link.get('persons_multi_site', 0)}"
+                f" seen at 2+ sites, overlap {link.get('overlap', {})}"
+            )
     lines.append("")
     lines.append("national deliveries (HDH landing zone)")
     lines.append("-" * 100)
     for d in catalogue.deliveries(dsn):
         receipt = (d["receipt"] or {}).get("status", "-")
-        lines.append(f"{d['id']}  platform={d['platform_id']}  status={d['status']}  receipt={receipt}  "
-                     f"{d['bytes'] or 0:,d} bytes")
+        lines.append(
+            f"{d['id']}  platform={d['platform_id']}  status={d['status']}  receipt={receipt}  "
+            f"{d['bytes'] or 0:,d} bytes"
+        )
         for f in d["files"] or []:
             lines.append(f"    {f['key']:70s} rows={f['rows']:>7,d}  sha256={f['sha256']}")
     return "\n".join(lines)
@@ -156,13 +181,18 @@ def cmd_demo(args) -> int:
     print("2/4 seeding the hospital sources…", flush=True)
     for base, tables in seed_network(network, demo_interval()).items():
         print(f"  {base}: {sum(tables.values()):,d} rows in {len(tables)} tables", flush=True)
-    print(f"3/4 running the network night {demo_interval()[0]:%Y-%m-%d %H:%M} → {demo_interval()[1]:%Y-%m-%d %H:%M}"
-          " (Europe/Paris) through Airflow…", flush=True)
+    print(
+        f"3/4 running the network night {demo_interval()[0]:%Y-%m-%d %H:%M} → {demo_interval()[1]:%Y-%m-%d %H:%M}"
+        " (Europe/Paris) through Airflow…",
+        flush=True,
+    )
     results = run_night(network)
     print("4/4 summary", flush=True)
     print(summary(network))
-    print(f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080). "
-          "Stop everything: `make stop`.")
+    print(
+        f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080). "
+        "Stop everything: `make stop`."
+    )
     return 0 if all(ok for _, ok, _ in results) else 1
 
 

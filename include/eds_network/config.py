@@ -283,4 +283,3 @@ def load_network(path: str | Path | None = None) -> Network:
             where = _loc(err["loc"]) or "(top level)"
             lines.append(f"{display}: {where}: {msg}")
         raise ConfigError("\n".join(lines)) from None
-

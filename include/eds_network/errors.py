@@ -14,7 +14,9 @@ class EdsError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = " ".join(f"{k}={v}" for k, v in (("base", self.base), ("table", self.table), ("column", self.column)) if v)
+        where = " ".join(
+            f"{k}={v}" for k, v in (("base", self.base), ("table", self.table), ("column", self.column)) if v
+        )
         return f"[{where}] {self.message}" if where else self.message
 
 

@@ -120,8 +120,9 @@ def check_source_table(conn: psycopg.Connection, base: LocalBase, table: str) ->
                 column=c.name,
             )
     if omop.CHANGE_COLUMN not in types:
-        raise SourceError("change column missing: cannot extract incrementally", base=base.id, table=table,
-                          column=omop.CHANGE_COLUMN)
+        raise SourceError(
+            "change column missing: cannot extract incrementally", base=base.id, table=table, column=omop.CHANGE_COLUMN
+        )
     return spec.column_names
 
 
@@ -173,8 +174,9 @@ def stream_rows(conn: psycopg.Connection, table: str, columns: list[str], start,
     yield from stream_query(conn, query, columns, types, table=table)
 
 
-def stream_query(conn: psycopg.Connection, query: sql.Composable, columns: list[str], types: dict[str, pa.DataType],
-                 *, table: str) -> Iterator[pa.RecordBatch]:
+def stream_query(
+    conn: psycopg.Connection, query: sql.Composable, columns: list[str], types: dict[str, pa.DataType], *, table: str
+) -> Iterator[pa.RecordBatch]:
     """Stream any SELECT as Arrow record batches through COPY … TO STDOUT (FORMAT csv)."""
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
     with conn.cursor() as cur, cur.copy(copy_sql) as copy:
@@ -221,9 +223,7 @@ def _record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.
     )
     if rows.num_rows == 0:
         return
-    with conn.cursor().copy(
-        "COPY eds_local.quarantine (batch_id, table_name, reason, row_data) FROM STDIN"
-    ) as copy:
+    with conn.cursor().copy("COPY eds_local.quarantine (batch_id, table_name, reason, row_data) FROM STDIN") as copy:
         for rec in rows.to_pylist():
             copy.write_row((bid, table, reason, json.dumps(rec, default=str)))
 
@@ -238,10 +238,14 @@ def _tombstones(conn, base: LocalBase, table: str, persons: PersonMap, start, en
     kinds: list[str] = []
     ids: list[int] = []
     spec = omop.table(table)
-    deleted = conn.execute(
-        "SELECT DISTINCT row_id FROM omop._deleted WHERE table_name = %s AND deleted_at >= %s AND deleted_at < %s",
-        (table, start, end),
-    ).fetchall() if conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0] else []
+    deleted = (
+        conn.execute(
+            "SELECT DISTINCT row_id FROM omop._deleted WHERE table_name = %s AND deleted_at >= %s AND deleted_at < %s",
+            (table, start, end),
+        ).fetchall()
+        if conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0]
+        else []
+    )
     if deleted:
         local = pa.array([r[0] for r in deleted], pa.int64())
         if spec.primary_key and spec.primary_key != "person_id":
@@ -255,9 +259,12 @@ def _tombstones(conn, base: LocalBase, table: str, persons: PersonMap, start, en
         kinds += ["row"] * len(out)
         ids += out
     if table == "person":
-        new = [r[0] for r in conn.execute(
-            "SELECT person_id FROM identity.opposition WHERE recorded_at >= %s AND recorded_at < %s", (start, end)
-        )]
+        new = [
+            r[0]
+            for r in conn.execute(
+                "SELECT person_id FROM identity.opposition WHERE recorded_at >= %s AND recorded_at < %s", (start, end)
+            )
+        ]
         if new:
             _fetch_identities(conn, persons, new)
             known = [p for p in new if p in persons]
@@ -292,6 +299,7 @@ def extract_table(
         except EdsError as exc:
             exc.base = exc.base or base.id
             raise
+        qoverrides = {k: quality.Override(**v) for k, v in (overrides or {}).items()}
         objectors = _objectors(aux, end)
         known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
         persons = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
@@ -319,11 +327,11 @@ def extract_table(
                         excluded += n_obj
                         batch = batch.filter(pc.invert(obj))
                 # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
-                qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids,
-                                         overrides=overrides)
+                qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids, overrides=qoverrides)
                 for r in qr.results:
-                    agg = checks.setdefault(f"{r.check_name}:{r.column or '-'}", {"rows": 0, "violating_rows": 0,
-                                                                                   "severity": r.severity})
+                    agg = checks.setdefault(
+                        f"{r.check_name}:{r.column or '-'}", {"rows": 0, "violating_rows": 0, "severity": r.severity}
+                    )
                     agg["rows"] += r.rows
                     agg["violating_rows"] += r.violating_rows
                 warnings.extend(w for w in qr.warnings if w not in warnings)
@@ -339,8 +347,9 @@ def extract_table(
                 if "person_id" in batch.column_names and batch.num_rows:
                     ids = pc.unique(batch.column("person_id")).to_pylist()
                     _fetch_identities(aux, persons, ids)
-                    has = pc.is_in(batch.column("person_id"),
-                                   value_set=pa.array([i for i in ids if i in persons], pa.int64()))
+                    has = pc.is_in(
+                        batch.column("person_id"), value_set=pa.array([i for i in ids if i in persons], pa.int64())
+                    )
                     nobody = batch.filter(pc.invert(has))
                     if nobody.num_rows:
                         _record_quarantine(aux, bid, table, nobody, "person has no identity row")
@@ -400,13 +409,33 @@ def extract_table(
     log.info(
         "%s.%s: extracted %d, published %d, quarantined %d, excluded (objection) %d, tombstones %d; "
         "%.1f MB in %.1fs (%.0f rows/s)",
-        base.id, table, extracted, published, quarantined, excluded, tomb.num_rows, size / 1e6, el,
+        base.id,
+        table,
+        extracted,
+        published,
+        quarantined,
+        excluded,
+        tomb.num_rows,
+        size / 1e6,
+        el,
         extracted / el if el else 0,
     )
     return TableBatch(
-        base=base.id, table=table, batch_id=bid, key=key, sha256=sha, bytes=size, extracted=extracted,
-        published=published, quarantined=quarantined, excluded_objection=excluded, tombstones=tomb.num_rows,
-        tombstones_key=tkey, tombstones_sha256=tsha, warnings=tuple(warnings[:20]), quality=checks,
+        base=base.id,
+        table=table,
+        batch_id=bid,
+        key=key,
+        sha256=sha,
+        bytes=size,
+        extracted=extracted,
+        published=published,
+        quarantined=quarantined,
+        excluded_objection=excluded,
+        tombstones=tomb.num_rows,
+        tombstones_key=tkey,
+        tombstones_sha256=tsha,
+        warnings=tuple(warnings[:20]),
+        quality=checks,
     )
 
 

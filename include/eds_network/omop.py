@@ -93,8 +93,10 @@ class Column:
     @property
     def is_id(self) -> bool:
         """A row identifier or a reference to one (not a concept id)."""
-        return self.datatype.lower() in ("integer", "bigint") and self.name.endswith("_id") and not (
-            self.name.endswith("concept_id")
+        return (
+            self.datatype.lower() in ("integer", "bigint")
+            and self.name.endswith("_id")
+            and not (self.name.endswith("concept_id"))
         )
 
 
@@ -157,3 +159,31 @@ def table(name: str) -> Table:
         return schema()[name.lower()]
     except KeyError:
         raise KeyError(f"{name!r} is not an OMOP CDM 5.4 table") from None
+
+
+def write_subset(field_level_csv: str, out: str | None = None) -> None:
+    """Regenerate data/omop54_fields.csv from DQD's OMOP_CDMv5.4_Field_Level.csv (`make schema`)."""
+    from pathlib import Path
+
+    cols = [
+        "cdmTableName",
+        "cdmFieldName",
+        "isRequired",
+        "cdmDatatype",
+        "isPrimaryKey",
+        "isForeignKey",
+        "fkTableName",
+        "fkFieldName",
+    ]
+    dest = Path(out) if out else Path(__file__).parent / "data" / "omop54_fields.csv"
+    with open(field_level_csv, encoding="utf-8-sig", newline="") as src, open(dest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for row in csv.DictReader(src):
+            w.writerow([row[c] for c in cols])
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_subset(*sys.argv[1:])

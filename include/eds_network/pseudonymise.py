@@ -29,12 +29,12 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from eds_network import omop
 from eds_network.errors import EdsError
+from eds_network.nir import nir_is_valid
 
 ID_NAMESPACE = 10**12  # local ids must stay below this; site_number * 10**12 + id fits in 63 bits
 MASK63 = (1 << 63) - 1
@@ -75,28 +75,19 @@ class Key:
         return f"Key(name={self.name!r}, version={self.version!r})"
 
     @classmethod
-    def from_hex(cls, name: str, hex_secret: str, version: str) -> Key:
+    def from_secret(cls, name: str, text: str, version: str) -> Key:
+        """A key as stored in a connection's password: hex (embedded stack) or base64 (docker-compose)."""
+        text = text.strip()
         try:
-            secret = bytes.fromhex(hex_secret.strip())
+            secret = bytes.fromhex(text)
         except ValueError:
-            raise EdsError(f"key {name!r} (version {version}) is not hex-encoded") from None
+            try:
+                secret = base64.b64decode(text, validate=True)
+            except ValueError:
+                raise EdsError(f"key {name!r} (version {version}) is neither hex nor base64") from None
         if len(secret) < 32:
             raise EdsError(f"key {name!r} (version {version}) is shorter than 256 bits")
         return cls(secret, version, name)
-
-
-def nir_is_valid(nir: str | None) -> bool:
-    """French NIR: 13 characters + 2-digit key = 97 - (number mod 97); Corsica 2A/2B -> 19/18."""
-    if not nir:
-        return False
-    n = nir.replace(" ", "").upper()
-    if len(n) != 15:
-        return False
-    body, key = n[:13], n[13:]
-    body = body[:5] + body[5:7].replace("2A", "19").replace("2B", "18") + body[7:]
-    if not (body.isdigit() and key.isdigit()):
-        return False
-    return 97 - int(body) % 97 == int(key)
 
 
 def normalise(text: str) -> str:
@@ -176,8 +167,10 @@ class PersonMap:
     def sealed_tokens(self, local: pa.Array) -> pa.Array:
         """One fresh sealed box per row: the same patient gives a different value every time."""
         return pa.array(
-            [None if p is None else base64.b64encode(self._box.encrypt(self._tokens[p])).decode() for p in
-             local.to_pylist()],
+            [
+                None if p is None else base64.b64encode(self._box.encrypt(self._tokens[p])).decode()
+                for p in local.to_pylist()
+            ],
             type=pa.string(),
         )
 
@@ -259,8 +252,3 @@ def remap(col: pa.Array, mapping: Mapping[int, int]) -> tuple[pa.Array, int]:
     out = pc.take(vals, pc.index_in(col, value_set=keys))
     missing = int(pc.sum(pc.is_null(out)).as_py() or 0) - int(pc.sum(pc.is_null(col)).as_py() or 0)
     return out, missing
-
-
-def unkeyed_sha256(values: Iterable[str]) -> np.ndarray:
-    """What NOT to do (used by the dictionary-attack test): a plain hash of the NIR."""
-    return np.array([hashlib.sha256(v.encode()).hexdigest() for v in values])

@@ -37,8 +37,10 @@ class Published:
             "batch_id": self.batch_id,
             "manifest_key": self.manifest_key,
             "failed_tables": self.failed_tables,
-            "rows": {t: {k: v[k] for k in ("extracted", "published", "quarantined", "excluded_objection",
-                                            "tombstones")} for t, v in self.tables.items()},
+            "rows": {
+                t: {k: v[k] for k in ("extracted", "published", "quarantined", "excluded_objection", "tombstones")}
+                for t, v in self.tables.items()
+            },
         }
 
 
@@ -69,11 +71,22 @@ def publish_batch(
                 raise IntegrityError(f"staged file {key} is missing", base=base.id, table=ref["table"])
             sha, size = sha256_object(s3, res.intake_bucket, key)
             if sha != ref[sha_field]:
-                raise IntegrityError(f"staged file {key} does not match its SHA-256", base=base.id,
-                                     table=ref["table"])
-        tables[ref["table"]] = {k: ref[k] for k in (
-            "key", "sha256", "bytes", "extracted", "published", "quarantined", "excluded_objection", "tombstones",
-            "tombstones_key", "tombstones_sha256")}
+                raise IntegrityError(f"staged file {key} does not match its SHA-256", base=base.id, table=ref["table"])
+        tables[ref["table"]] = {
+            k: ref[k]
+            for k in (
+                "key",
+                "sha256",
+                "bytes",
+                "extracted",
+                "published",
+                "quarantined",
+                "excluded_objection",
+                "tombstones",
+                "tombstones_key",
+                "tombstones_sha256",
+            )
+        }
     failed = sorted(set(base.tables) - set(tables))
     prefix = f"{res.intake_prefix}{base.id}/{bid}/"
     manifest_key = prefix + MANIFEST
@@ -85,19 +98,30 @@ def publish_batch(
         "batch_id": bid,
         "data_interval": {"start": start.isoformat(), "end": end.isoformat()},
         "schema_version": SCHEMA_VERSION,
-        "key_versions": {"level1": res.platform_key.version, "transport": res.transport_key.version,
-                         "national_box": res.national_key_version},
+        "key_versions": {
+            "level1": res.platform_key.version,
+            "transport": res.transport_key.version,
+            "national_box": res.national_key_version,
+        },
         "tables": dict(sorted(tables.items())),
         "failed_tables": failed,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     put_json(s3, res.intake_bucket, manifest_key, manifest)
-    keep = {manifest_key} | {v["key"] for v in tables.values()} | {
-        v["tombstones_key"] for v in tables.values() if v["tombstones_key"]}
+    keep = (
+        {manifest_key}
+        | {v["key"] for v in tables.values()}
+        | {v["tombstones_key"] for v in tables.values() if v["tombstones_key"]}
+    )
     stale = [k for k in list_keys(s3, res.intake_bucket, prefix) if k not in keep]
     for k in stale:
         s3.delete_object(Bucket=res.intake_bucket, Key=k)
-    log.info("%s: batch %s published, %d tables (%d failed), %d stale files removed", base.id, bid, len(tables),
-             len(failed), len(stale))
+    log.info(
+        "%s: batch %s published, %d tables (%d failed), %d stale files removed",
+        base.id,
+        bid,
+        len(tables),
+        len(failed),
+        len(stale),
+    )
     return Published(base.id, bid, manifest_key, tables, failed)
-

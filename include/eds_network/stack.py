@@ -215,8 +215,20 @@ class Stack:
         logfile.touch()
         self._chown(logfile)
         res = subprocess.run(
-            [*runas, str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-o", f"-p {self.pg_port}", "-l", str(logfile),
-             "-w", "-t", "60", "start"],
+            [
+                *runas,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-o",
+                f"-p {self.pg_port}",
+                "-l",
+                str(logfile),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             capture_output=True,
             text=True,
         )
@@ -316,8 +328,14 @@ class Stack:
         pw = self.pg_password
 
         def pg(db: str) -> dict:
-            return {"conn_type": "postgres", "host": "127.0.0.1", "port": self.pg_port, "login": PG_USER,
-                    "password": pw, "schema": db}
+            return {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": self.pg_port,
+                "login": PG_USER,
+                "password": pw,
+                "schema": db,
+            }
 
         s3 = {
             "conn_type": "aws",
@@ -397,15 +415,22 @@ class Stack:
         t0 = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         self.start_postgres()
-        for db in ["airflow", "catalogue", *(f"wh_{p.id}" for p in network.platforms),
-                   *(f"src_{b.id}" for b in network.local_bases)]:
+        for db in [
+            "airflow",
+            "catalogue",
+            *(f"wh_{p.id}" for p in network.platforms),
+            *(f"src_{b.id}" for b in network.local_bases),
+        ]:
             self.create_database(db)
         self.start_s3()
         from eds_network.storage import ensure_bucket
 
         s3 = self.s3_client()
-        for loc in [network.national.landing_zone, *(p.intake for p in network.platforms),
-                    *(p.outbox for p in network.platforms)]:
+        for loc in [
+            network.national.landing_zone,
+            *(p.intake for p in network.platforms),
+            *(p.outbox for p in network.platforms),
+        ]:
             ensure_bucket(s3, loc.bucket)
         self.write_connections(network)
         self.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -417,8 +442,9 @@ class Stack:
 
         catalogue.create_schema(self.dsn("catalogue"))
         catalogue.register_network(self.dsn("catalogue"), network)
-        log.info("embedded stack up in %.1fs (PostgreSQL :%d, S3 %s)", time.monotonic() - t0, self.pg_port,
-                 self.s3_endpoint)
+        log.info(
+            "embedded stack up in %.1fs (PostgreSQL :%d, S3 %s)", time.monotonic() - t0, self.pg_port, self.s3_endpoint
+        )
 
     def stop(self) -> None:
         self.stop_s3()

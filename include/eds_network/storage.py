@@ -59,8 +59,12 @@ class S3Endpoint:
         host = urlparse(self.endpoint_url).hostname
         raise TransferError(
             f"{what}: endpoint http://{host} is not TLS; only https:// is accepted"
-            + ("" if self.is_loopback_http() else " (plain http is allowed for a loopback address only, when "
-               "national.allow_plain_http_loopback is true)")
+            + (
+                ""
+                if self.is_loopback_http()
+                else " (plain http is allowed for a loopback address only, when "
+                "national.allow_plain_http_loopback is true)"
+            )
         )
 
 

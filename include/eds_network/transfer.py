@@ -34,8 +34,23 @@ from eds_network.storage import S3Endpoint, download, object_exists, put_json, r
 log = logging.getLogger(__name__)
 
 MULTIPART = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
-FORBIDDEN_COLUMNS = frozenset({TOKEN_COLUMN, "_site", "_batch_id", "person_source_value", "nir", "ipp",
-                               "last_name", "first_name", "birth_date", "address", "postcode", "email", "phone"})
+FORBIDDEN_COLUMNS = frozenset(
+    {
+        TOKEN_COLUMN,
+        "_site",
+        "_batch_id",
+        "person_source_value",
+        "nir",
+        "ipp",
+        "last_name",
+        "first_name",
+        "birth_date",
+        "address",
+        "postcode",
+        "email",
+        "phone",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -104,9 +119,12 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
             local[t] = path
         # Level 2: open the sealed transport tokens, derive national ids; tokens never leave this step.
         person = pq.read_table(local["person"], columns=["person_id", TOKEN_COLUMN])
-        mapping = national_person_ids(person.column(TOKEN_COLUMN).combine_chunks(),
-                                      person.column("person_id").combine_chunks(), res.national_key,
-                                      res.box_private_key)
+        mapping = national_person_ids(
+            person.column(TOKEN_COLUMN).combine_chunks(),
+            person.column("person_id").combine_chunks(),
+            res.national_key,
+            res.box_private_key,
+        )
         del person
         for t, path in local.items():
             out = Path(tmp) / f"{t}.parquet"
@@ -127,12 +145,12 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
                 writer.write_table(tbl)
                 n += tbl.num_rows
             if writer is None:
-                writer = pq.ParquetWriter(out, pa.schema([pf.schema_arrow.field(c) for c in cols]),
-                                          compression="zstd")
+                writer = pq.ParquetWriter(out, pa.schema([pf.schema_arrow.field(c) for c in cols]), compression="zstd")
             writer.close()
             if dropped:
-                raise IntegrityError(f"{dropped} rows refer to a person absent from the delivery", table=t,
-                                     column="person_id")
+                raise IntegrityError(
+                    f"{dropped} rows refer to a person absent from the delivery", table=t, column="person_id"
+                )
             sha = sha256_file(out)
             key = f"{prefix}{t}.{sha[:16]}.parquet"
             _upload_once(land, out, bucket, key, sha, res)
@@ -142,8 +160,12 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
     for f in files:
         verify_object(land, bucket, f)
     doc = {
-        "kind": "eds-network/national-delivery", "delivery_id": delivery_id, "platform": platform.id,
-        "schema_version": SCHEMA_VERSION, "key_versions": key_versions, "files": files,
+        "kind": "eds-network/national-delivery",
+        "delivery_id": delivery_id,
+        "platform": platform.id,
+        "schema_version": SCHEMA_VERSION,
+        "key_versions": key_versions,
+        "files": files,
         "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     try:
@@ -152,8 +174,14 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
         if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
             raise AlreadyDelivered(f"delivery {delivery_id} was published by another run") from None
         raise
-    log.info("%s: delivery %s transferred: %d files, %.1f MB in %.1fs", platform.id, delivery_id, len(files),
-             sum(f["bytes"] for f in files) / 1e6, time.monotonic() - t0)
+    log.info(
+        "%s: delivery %s transferred: %d files, %.1f MB in %.1fs",
+        platform.id,
+        delivery_id,
+        len(files),
+        sum(f["bytes"] for f in files) / 1e6,
+        time.monotonic() - t0,
+    )
     return Delivery(platform.id, delivery_id, "delivered", manifest_key, files, rows, key_versions)
 
 
@@ -162,8 +190,9 @@ def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalR
     if head and head.get("Metadata", {}).get("sha256") == sha and head["ContentLength"] == path.stat().st_size:
         return  # already there from an interrupted attempt: resume, do not resend
     try:
-        s3.upload_file(str(path), bucket, key, Config=MULTIPART,
-                       ExtraArgs={"Metadata": {"sha256": sha}, **_sse_args(res)})
+        s3.upload_file(
+            str(path), bucket, key, Config=MULTIPART, ExtraArgs={"Metadata": {"sha256": sha}, **_sse_args(res)}
+        )
     except Exception as exc:
         _abort_multipart(s3, bucket, key)
         raise TransferError(f"upload of {key} failed: {type(exc).__name__}") from exc
@@ -208,8 +237,13 @@ def receipt(target: NationalTarget, landing: S3Endpoint, delivery_id: str) -> di
                     problems.append(f"{f['table']}: forbidden columns {bad}")
             except (IntegrityError, TransferError) as exc:
                 problems.append(str(exc))
-    doc = {"delivery_id": delivery_id, "checked_at": dt.datetime.now(dt.UTC).isoformat(),
-           "files": len(manifest["files"]), "bytes": sum(f["bytes"] for f in manifest["files"]),
-           "status": "accepted" if not problems else "rejected", "problems": problems}
+    doc = {
+        "delivery_id": delivery_id,
+        "checked_at": dt.datetime.now(dt.UTC).isoformat(),
+        "files": len(manifest["files"]),
+        "bytes": sum(f["bytes"] for f in manifest["files"]),
+        "status": "accepted" if not problems else "rejected",
+        "problems": problems,
+    }
     put_json(s3, bucket, prefix + "_receipt.json", doc, ServerSideEncryption="AES256")
     return doc

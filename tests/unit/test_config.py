@@ -40,14 +40,22 @@ def _set(path, value):
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (_set(["platforms", 1, "members", 0, "schedule"], "0 25 * * *"),
-         "platforms[1].members[0].schedule: invalid cron expression '0 25 * * *'"),
-        (_set(["platforms", 0, "members", 1, "tables"], ["person", "note"]),
-         "platforms[0].members[1].tables: table 'note' holds free text"),
-        (_set(["platforms", 0, "members", 1, "tables"], ["measurement"]),
-         "platforms[0].members[1].tables: 'person' must be in scope"),
-        (_set(["platforms", 0, "members", 0, "tables"], ["person", "measurment"]),
-         "'measurment' is not an OMOP CDM 5.4 clinical table"),
+        (
+            _set(["platforms", 1, "members", 0, "schedule"], "0 25 * * *"),
+            "platforms[1].members[0].schedule: invalid cron expression '0 25 * * *'",
+        ),
+        (
+            _set(["platforms", 0, "members", 1, "tables"], ["person", "note"]),
+            "platforms[0].members[1].tables: table 'note' holds free text",
+        ),
+        (
+            _set(["platforms", 0, "members", 1, "tables"], ["measurement"]),
+            "platforms[0].members[1].tables: 'person' must be in scope",
+        ),
+        (
+            _set(["platforms", 0, "members", 0, "tables"], ["person", "measurment"]),
+            "'measurment' is not an OMOP CDM 5.4 clinical table",
+        ),
         (_set(["platforms", 0, "members", 0, "id"], "Hosp A!"), "platforms[0].members[0].id: String should match"),
         (_set(["platforms", 0, "members", 0, "timezone"], "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
         (_set(["platforms", 0, "members", 0, "site_number"], 2), "site_number 2 is used twice in platform 'idf'"),

@@ -103,22 +103,37 @@ def test_national_id_is_the_same_across_platforms_while_sealed_tokens_differ():
 def test_wrong_national_private_key_is_a_clear_error():
     a = _map(_key("idf"), "750000001", 7, NIR, "0100000007")
     with pytest.raises(EdsError, match="cannot be opened with the national key"):
-        national_person_ids(a.sealed_tokens(pa.array([7])), a.map_ids(pa.array([7])), _key("n"),
-                            bytes(PrivateKey.generate()))
+        national_person_ids(
+            a.sealed_tokens(pa.array([7])), a.map_ids(pa.array([7])), _key("n"), bytes(PrivateKey.generate())
+        )
 
 
 def test_person_batch_loses_identifiers_and_full_birth_date():
     m = _map(_key("idf"), "750000001", 7, NIR, "0100000007")
-    batch = pa.table({
-        "person_id": pa.array([7], pa.int64()), "year_of_birth": [1984], "month_of_birth": [12],
-        "day_of_birth": [3], "birth_datetime": pa.array([dt.datetime(1984, 12, 3)], pa.timestamp("us")),
-        "person_source_value": ["3f8a-uuid"], "gender_source_value": ["M"], "race_source_value": ["white"],
-        "location_id": pa.array([12], pa.int64()), "care_site_id": pa.array([5], pa.int64()),
-    })
+    batch = pa.table(
+        {
+            "person_id": pa.array([7], pa.int64()),
+            "year_of_birth": [1984],
+            "month_of_birth": [12],
+            "day_of_birth": [3],
+            "birth_datetime": pa.array([dt.datetime(1984, 12, 3)], pa.timestamp("us")),
+            "person_source_value": ["3f8a-uuid"],
+            "gender_source_value": ["M"],
+            "race_source_value": ["white"],
+            "location_id": pa.array([12], pa.int64()),
+            "care_site_id": pa.array([5], pa.int64()),
+        }
+    )
     out = level1_batch(batch, "person", m, site_number=3).to_pylist()[0]
     assert out["year_of_birth"] == 1984
-    for col in ("month_of_birth", "day_of_birth", "birth_datetime", "person_source_value", "location_id",
-                "race_source_value"):
+    for col in (
+        "month_of_birth",
+        "day_of_birth",
+        "birth_datetime",
+        "person_source_value",
+        "location_id",
+        "race_source_value",
+    ):
         assert out[col] is None, col
     assert out["gender_source_value"] == "M"
     assert out["care_site_id"] == 3 * 10**12 + 5
@@ -142,8 +157,11 @@ def test_dictionary_attack_recovers_unkeyed_hashes_but_not_our_pseudonyms():
     table = {hashlib.sha256(c.encode()).hexdigest(): c for c in candidates}
     assert table.get(unkeyed) == planted  # the unkeyed hash falls at once
     # Without the key, hashing the same candidates (with birth date and sex) never reproduces our id.
-    guesses = {int.from_bytes(hashlib.sha256(linkage_identity(c, "1984-12-03", "M", "", "").encode()).digest()[:8],
-                              "big") & ((1 << 63) - 1) for c in candidates}
+    guesses = {
+        int.from_bytes(hashlib.sha256(linkage_identity(c, "1984-12-03", "M", "", "").encode()).digest()[:8], "big")
+        & ((1 << 63) - 1)
+        for c in candidates
+    }
     assert ours not in guesses
 
 
@@ -151,4 +169,4 @@ def test_key_repr_never_shows_the_secret():
     k = _key("idf")
     assert k.secret.hex() not in repr(k)
     with pytest.raises(EdsError, match="shorter than 256 bits"):
-        Key.from_hex("k", "ab" * 8, "v1")
+        Key.from_secret("k", "ab" * 8, "v1")

@@ -1,0 +1,232 @@
+"""A whole network night through Airflow on the real embedded stack, then the same night again.
+
+Asserts on what arrives: rows at the platform intake, the warehouse, the HDH landing zone and the catalogue;
+that nothing identifying arrives anywhere; and that a second night changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from eds_network import catalogue, cli, omop, seed
+from eds_network.config import load_network
+from eds_network.storage import list_keys, read_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+NETWORK = load_network()
+START, END = cli.demo_interval()
+
+
+@pytest.fixture(scope="module")
+def night(stack):
+    cli.seed_network(NETWORK, (START, END))
+    first = cli.run_night(NETWORK)
+    return {"first": first}
+
+
+def _parquet_objects(s3, bucket: str, prefix: str = "") -> dict[str, pa.Table]:
+    out = {}
+    for key in list_keys(s3, bucket, prefix):
+        if key.endswith(".parquet"):
+            out[key] = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    return out
+
+
+def _identity_values(stack) -> dict[str, set[str]]:
+    """Identity values of every hospital: NIR, IPP, e-mail, last name."""
+    values: dict[str, set[str]] = {}
+    for b in NETWORK.local_bases:
+        with psycopg.connect(stack.dsn(f"src_{b.id}")) as conn:
+            for col in ("nir", "ipp", "email", "last_name"):
+                q = sql.SQL("SELECT DISTINCT {} FROM identity.patient WHERE {} IS NOT NULL").format(
+                    sql.Identifier(col), sql.Identifier(col)
+                )
+                values.setdefault(col, set()).update(r[0] for r in conn.execute(q))
+    values["last_name"] = {v for v in values["last_name"] if len(v) >= 5}
+    return values
+
+
+def _tokens(text: str) -> set[str]:
+    """Every candidate an identity value could hide in: digit windows of NIR/IPP length, e-mails, words."""
+    out: set[str] = set()
+    for run in re.findall(r"[0-9AB]{10,}", text):
+        for width in (15, 10):
+            out.update(run[i : i + width] for i in range(len(run) - width + 1))
+    out.update(re.findall(r"[\w.+-]+@[\w.-]+", text))
+    out.update(re.findall(r"[^\W\d_][^\W\d_'-]*(?:['-][^\W\d_]+)*", text))
+    return out
+
+
+def _scan(haystacks: dict[str, str], values: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(where, which kind of identifier) for every hit; never the value itself."""
+    hits = []
+    for where, text in haystacks.items():
+        toks = _tokens(text)
+        hits += [(where, kind) for kind, vs in values.items() if toks & vs]
+    return hits
+
+
+def _text_of(table: pa.Table) -> str:
+    return "\n".join(json.dumps(r, default=str, ensure_ascii=False) for r in table.to_pylist())
+
+
+def test_every_dag_of_the_night_succeeds_through_airflow(night):
+    failed = [dag_id for dag_id, ok, _ in night["first"] if not ok]
+    assert failed == []
+
+
+def test_local_rows_arrive_at_the_platform_intake_pseudonymised(night, stack):
+    s3 = stack.s3_client()
+    base = NETWORK.base("hosp_b")
+    platform = NETWORK.platform(base.platform)
+    objs = _parquet_objects(s3, platform.intake.bucket, f"{base.id}/")
+    with psycopg.connect(stack.dsn(f"src_{base.id}")) as conn:
+        objectors = [r[0] for r in conn.execute("SELECT person_id FROM identity.opposition")]
+        for table in base.tables:
+            tables = [
+                t for k, t in objs.items() if k.split("/")[-1].startswith(f"{table}.") and ".tombstones." not in k
+            ]
+            assert len(tables) == 1, table
+            expected = conn.execute(
+                sql.SQL("SELECT count(*) FROM omop.{} WHERE person_id <> ALL(%s)").format(sql.Identifier(table)),
+                (objectors,),
+            ).fetchone()[0]
+            assert tables[0].num_rows == expected, table
+            assert expected > 0, table
+        local_ids = {r[0] for r in conn.execute("SELECT person_id FROM omop.person")}
+    person = next(t for k, t in objs.items() if k.split("/")[-1].startswith("person."))
+    assert not (set(person.column("person_id").to_pylist()) & local_ids)
+    assert set(person.column("month_of_birth").to_pylist()) == {None}
+    assert set(person.column("person_source_value").to_pylist()) == {None}
+
+
+def test_row_accounting_holds_for_every_table_of_every_base(night, stack):
+    runs = {(r["level"], r["scope_id"]): r for r in catalogue.latest_runs(stack.dsn("catalogue"))}
+    for b in NETWORK.local_bases:
+        run = runs[("local", b.id)]
+        assert run["status"] == "success"
+        assert set(run["tables"]) == set(b.tables)
+        for t, r in run["tables"].items():
+            assert r["extracted"] == r["published"] + r["quarantined"] + r["excluded_objection"], (b.id, t)
+        assert sum(r["excluded_objection"] for r in run["tables"].values()) > 0, b.id
+
+
+def test_shared_patients_are_one_person_and_overlap_matches_ground_truth(night, stack):
+    truth = seed.ground_truth(NETWORK)["overlap"]
+    for p in NETWORK.platforms:
+        with psycopg.connect(stack.dsn(f"wh_{p.id}")) as conn:
+            dup = conn.execute("SELECT count(*) - count(DISTINCT person_id) FROM omop.person").fetchone()[0]
+            assert dup == 0
+            got = {
+                (a, b): n
+                for a, b, n in conn.execute(
+                    "SELECT a.base_id, b.base_id, count(*) FROM eds_platform.person_site a JOIN eds_platform.person_site b"
+                    " ON a.person_id = b.person_id AND a.base_id < b.base_id GROUP BY 1, 2"
+                )
+            }
+        members = [m.id for m in p.members]
+        for a in members:
+            for b in members:
+                if a < b:
+                    want = truth.get(a, {}).get(b, 0) or truth.get(b, {}).get(a, 0)
+                    assert got.get((a, b), 0) == want, (a, b)
+    assert any(got for got in [truth["hosp_a"].get("hosp_b", 0)]), "the demo must have shared patients"
+
+
+def test_each_platform_delivery_reaches_the_landing_zone_with_a_receipt(night, stack):
+    s3 = stack.s3_client()
+    zone = NETWORK.national.landing_zone
+    manifests = [k for k in list_keys(s3, zone.bucket, zone.prefix) if k.endswith("/_manifest.json")]
+    assert {read_json(s3, zone.bucket, k)["platform"] for k in manifests} == {p.id for p in NETWORK.platforms}
+    for k in manifests:
+        m = read_json(s3, zone.bucket, k)
+        receipt = read_json(s3, zone.bucket, k.replace("_manifest.json", "_receipt.json"))
+        assert receipt["status"] == "accepted"
+        assert sum(f["rows"] for f in m["files"]) > 0
+        for f in m["files"]:
+            head = s3.head_object(Bucket=zone.bucket, Key=f["key"])
+            assert head["ServerSideEncryption"] in ("AES256", "aws:kms")
+    delivered = {d["platform_id"] for d in catalogue.deliveries(stack.dsn("catalogue")) if d["status"] == "received"}
+    assert delivered == {p.id for p in NETWORK.platforms}
+
+
+def test_one_patient_at_two_platforms_has_one_national_id(night, stack):
+    s3 = stack.s3_client()
+    zone = NETWORK.national.landing_zone
+    persons = {}
+    for key, t in _parquet_objects(s3, zone.bucket, zone.prefix).items():
+        if key.split("/")[-1].startswith("person."):
+            platform = read_json(s3, zone.bucket, key.rsplit("/", 1)[0] + "/_manifest.json")["platform"]
+            persons[platform] = set(t.column("person_id").to_pylist())
+    truth = seed.ground_truth(NETWORK)["bases"]
+    idf_keys = {k for b in ("hosp_a", "hosp_b", "hosp_c") for k in truth[b]["linkage_keys"]}
+    expected = len(idf_keys & set(truth["hosp_d"]["linkage_keys"]))
+    assert expected > 0
+    assert len(persons["idf"] & persons["onco"]) == expected
+
+
+def test_no_identifier_reaches_intake_warehouse_landing_zone_or_catalogue(night, stack):
+    values = _identity_values(stack)
+    assert len(values["nir"]) > 100
+    s3 = stack.s3_client()
+    haystacks: dict[str, str] = {}
+    buckets = [NETWORK.national.landing_zone.bucket] + [
+        b for p in NETWORK.platforms for b in (p.intake.bucket, p.outbox.bucket)
+    ]
+    for bucket in buckets:
+        for key in list_keys(s3, bucket, ""):
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            haystacks[f"s3://{bucket}/{key}"] = (
+                _text_of(pq.read_table(io.BytesIO(body)))
+                if key.endswith(".parquet")
+                else body.decode("utf-8", "replace")
+            )
+    for p in NETWORK.platforms:
+        with psycopg.connect(stack.dsn(f"wh_{p.id}")) as conn:
+            for t in omop.DEFAULT_TABLES:
+                buf = io.BytesIO()
+                with conn.cursor().copy(sql.SQL("COPY omop.{} TO STDOUT").format(sql.Identifier(t))) as cp:
+                    for chunk in cp:
+                        buf.write(chunk)
+                haystacks[f"wh_{p.id}.{t}"] = buf.getvalue().decode()
+    with psycopg.connect(stack.dsn("catalogue")) as conn:
+        for t in ("run", "run_table", "delivery", "audit", "milestone"):
+            rows = conn.execute(sql.SQL("SELECT * FROM catalogue.{}").format(sql.Identifier(t))).fetchall()
+            haystacks[f"catalogue.{t}"] = json.dumps(rows, default=str, ensure_ascii=False)
+    assert _scan(haystacks, values) == []
+    # The scan is not vacuous: one planted NIR in one place is found, and only there.
+    where = sorted(haystacks)[0]
+    planted = {**haystacks, where: haystacks[where] + " " + sorted(values["nir"])[0]}
+    assert _scan(planted, values) == [(where, "nir")]
+
+
+def test_a_second_night_changes_nothing_and_is_not_delivered_twice(night, stack):
+    def snapshot():
+        counts = {}
+        for p in NETWORK.platforms:
+            with psycopg.connect(stack.dsn(f"wh_{p.id}")) as conn:
+                for t in omop.DEFAULT_TABLES:
+                    counts[(p.id, t)] = conn.execute(
+                        sql.SQL("SELECT count(*), count(DISTINCT {}) FROM omop.{}").format(
+                            sql.Identifier(omop.table(t).primary_key or "person_id"), sql.Identifier(t)
+                        )
+                    ).fetchone()
+        zone = NETWORK.national.landing_zone
+        keys = sorted(list_keys(stack.s3_client(), zone.bucket, zone.prefix))
+        return counts, keys
+
+    before = snapshot()
+    again = cli.run_night(NETWORK)
+    assert [d for d, ok, _ in again if not ok] == []
+    after = snapshot()
+    assert after == before
+    assert all(n == d for n, d in after[0].values())
