@@ -76,6 +76,19 @@ def eds_national():
             key_versions=delivery["key_versions"],
             receipt=doc,
         )
+        catalogue.record_run(
+            catalogue_dsn(network),
+            level="national",
+            scope_id=delivery["platform"],
+            batch_id=delivery["delivery_id"],
+            status="success" if doc["status"] == "accepted" else "failed",
+            tables={
+                t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
+                for t, n in delivery["rows"].items()
+            },
+            dag_run_id=get_current_context()["run_id"],
+            details={"receipt": doc["status"], "manifest_key": delivery["manifest_key"]},
+        )
         if doc["status"] != "accepted":
             raise step.TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
 

@@ -208,10 +208,13 @@ def milestones(dsn: str, base_id: str) -> dict[str, dt.date]:
 
 
 def stage(reached: Iterable[str]) -> str:
-    """The furthest onboarding stage, in the national catalogue's order (milestones may come out of order)."""
+    """The onboarding stage, in the national catalogue's order. Milestones may be reached out of order; a base
+    is `available` only when all five are reached, `ready` when the first four are."""
     got = set(reached)
-    if set(MILESTONES[:4]) <= got or "available" in got:
-        return "available" if "available" in got else "ready"
+    if set(MILESTONES) <= got:
+        return "available"
+    if set(MILESTONES[:4]) <= got:
+        return "ready"
     for m in reversed(MILESTONES[:4]):
         if m in got:
             return m

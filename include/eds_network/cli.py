@@ -56,7 +56,7 @@ def cmd_stack(args) -> int:
 
 
 def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> dict[str, dict[str, int]]:
-    from eds_network import catalogue, seed
+    from eds_network import catalogue, reference_bases, seed
 
     s = _stack()
     out = {}
@@ -65,6 +65,7 @@ def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> di
         out[b.id] = seed.seed_base(s.dsn(f"src_{b.id}"), network, b.id, stamp)
         log.info("seeded %s: %d rows in %.1fs", b.id, sum(out[b.id].values()), time.monotonic() - t0)
     dsn = s.dsn("catalogue")
+    reference_bases.seed_reference_bases(dsn)
     for b in network.local_bases:
         have = catalogue.milestones(dsn, b.id)
         for m in ("contract_signed", "documentation"):
@@ -111,6 +112,10 @@ def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple
             print(f"    see {logfile}", flush=True)
         return dag_id, ok, el
 
+    # Register every DAG and Asset once before the parallel runs (concurrent first registrations collide).
+    res = s.airflow("dags", "reserialize", check=False, capture=True)
+    if res.returncode != 0:
+        raise EdsError(f"the DAG folder does not load: {res.stderr.strip()[-1500:]}")
     results: list[tuple[str, bool, float]] = []
     with ThreadPoolExecutor(max_workers=int(os.environ.get("EDS_NIGHT_PARALLEL", "4"))) as pool:
         for level in levels:
@@ -125,7 +130,7 @@ def cmd_night(args) -> int:
 
 
 def summary(network: Network) -> str:
-    from eds_network import catalogue
+    from eds_network import catalogue, lead_time
 
     dsn = _stack().dsn("catalogue")
     runs = catalogue.latest_runs(dsn)
@@ -154,6 +159,24 @@ def summary(network: Network) -> str:
                 f"{'':11s} linkage: {link.get('persons', 0)} persons, {link.get('persons_multi_site', 0)}"
                 f" seen at 2+ sites, overlap {link.get('overlap', {})}"
             )
+    lines.append("")
+    lines.append("onboarding (catalogue milestones; lead time = contract signed → available)")
+    lines.append("-" * 100)
+    for r in lead_time.lead_times(dsn):
+        when = (
+            f"{r['days']} days"
+            if r["days"] is not None
+            else f"{r['elapsed_days']} days so far"
+            if r["elapsed_days"] is not None
+            else "-"
+        )
+        kind = "reference" if r["reference"] else f"platform {r['platform_id']}"
+        lines.append(f"{r['base_id']:14s} {r['stage']:17s} {when:>18s}  {kind:14s} {r['label']}")
+    d = lead_time.distribution(dsn)
+    lines.append(
+        f"lead time vs the {d['target_days']}-day (7-month) target: {d['within_target']} within, "
+        f"{d['over_target']} over, {d['pending']} pending; median {d['median_days']} days"
+    )
     lines.append("")
     lines.append("national deliveries (HDH landing zone)")
     lines.append("-" * 100)

@@ -77,7 +77,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
             sql.SQL("{} {}{}").format(
                 sql.Identifier(c.name),
                 sql.SQL(c.sql_type),
-                sql.SQL(" NOT NULL" if c.required or c.name == conflict_key(t) else ""),
+                sql.SQL(" NOT NULL" if c.name == conflict_key(t) else ""),
             )
             for c in spec.columns
         ]
@@ -191,7 +191,7 @@ def _apply_batch(
                 "DELETE FROM eds_platform.person_site WHERE person_id = ANY(%s) AND base_id = %s",
                 (persons, manifest["base"]),
             )
-            for other in tables:
+            for other in [t for t in tables if t != "person"]:
                 conn.execute(
                     sql.SQL("DELETE FROM omop.{} WHERE person_id = ANY(%s) AND _site = %s").format(
                         sql.Identifier(other)
@@ -290,8 +290,12 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                     conn.commit()
                     applied.append(bid)
                     rows[bid] = r
-                except IntegrityError as exc:
+                except (IntegrityError, psycopg.DataError, psycopg.IntegrityError) as exc:
+                    # Our own verification, or the warehouse refusing a row: the batch stays in intake.
                     conn.rollback()
+                    if not isinstance(exc, IntegrityError):
+                        first = str(exc).splitlines()[0][:200]
+                        exc = IntegrityError(f"warehouse refused the batch: {first}", base=manifest.get("base"))
                     log.error("%s: batch %s rejected, left in intake: %s", platform.id, bid, exc)
                     rejected[bid] = str(exc)
                     conn.execute(

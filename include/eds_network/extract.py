@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -142,6 +143,16 @@ class _CopyStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def empty(self) -> bool:
+        """True when the COPY gave no byte at all (no row). Reads ahead one chunk, kept for `readinto`."""
+        if not self._buf and not self._eof:
+            try:
+                self._buf = memoryview(bytes(next(self._chunks)))
+                self.nbytes += len(self._buf)
+            except StopIteration:
+                self._eof = True
+        return self._eof and not self._buf
+
     def readinto(self, b) -> int:
         out = memoryview(b).cast("B")
         filled = 0
@@ -181,26 +192,59 @@ def stream_query(
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
     with conn.cursor() as cur, cur.copy(copy_sql) as copy:
         stream = _CopyStream(iter(copy))
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types,
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        if stream.empty():
+            # No row in the interval: pyarrow refuses an empty CSV ("Empty CSV file"), which used to fail
+            # every table without a change in the night. Zero batches; the caller writes an empty file.
+            return
+        # open_csv already reads and converts the first block: a bad value in a small table fails here,
+        # so it is inside the try as well (it used to escape as a raw ArrowInvalid).
         try:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types,
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
             yield from reader
         except pa.ArrowInvalid as exc:
-            # Arrow names the column it could not convert, never prints the row in our message.
-            msg = str(exc).split("\n")[0][:300]
-            raise SourceError(f"value does not fit the OMOP type: {msg}", table=table) from None
+            raise _conversion_error(exc, columns, table) from None
+
+
+_ARROW_COLUMN = re.compile(r"In CSV column #(\d+):\s*")
+_QUOTED = re.compile(r"'.*'", re.DOTALL)
+
+
+def _conversion_error(exc: pa.ArrowInvalid, columns: list[str], table: str) -> SourceError:
+    """A SourceError naming the column Arrow could not convert, without the offending value.
+
+    Arrow's message names the column by position and quotes the value ("In CSV column #3: CSV conversion
+    error to timestamp[us]: expected no zone offset in '2021-03-04 10:00:00+00'"): the value may be patient
+    data, so it is cut, and the position is turned into the column name.
+    """
+    first = str(exc).split("\n")[0]
+    column = None
+    m = _ARROW_COLUMN.search(first)
+    if m:
+        i = int(m.group(1))
+        column = columns[i] if i < len(columns) else None
+        first = first[: m.start()] + first[m.end() :]
+    detail = _QUOTED.sub("<value withheld>", first).strip()[:300]
+    return SourceError(f"value does not fit the OMOP type: {detail}", table=table, column=column)
 
 
 def _objectors(conn: psycopg.Connection, end) -> set[int]:
-    rows = conn.execute("SELECT person_id FROM identity.opposition WHERE recorded_at < %s", (end,)).fetchall()
+    """Every patient in the opposition registry at extraction time, whatever the interval.
+
+    `end` is kept for the signature but no longer filters: it used to (`recorded_at < end`), so rerunning an
+    interval that ended before an objection was recorded published that patient's rows again, after the
+    person tombstone of the objection had removed them downstream. An objection applies to everything that
+    leaves the hospital from the moment it is recorded.
+    """
+    rows = conn.execute("SELECT person_id FROM identity.opposition").fetchall()
     return {r[0] for r in rows}
 
 
@@ -284,7 +328,11 @@ def extract_table(
     overrides: dict | None = None,
 ) -> TableBatch:
     """Extract, check, pseudonymise and stage one table of one base for [start, end)."""
-    check_interval(base, start, end)
+    try:
+        check_interval(base, start, end)
+    except EdsError as exc:  # name the table too: the operator sees which mapped task refused
+        exc.table = exc.table or table
+        raise
     bid = batch_id(base.id, start, end)
     t0 = time.monotonic()
     try:
@@ -314,7 +362,7 @@ def extract_table(
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
         try:
-            for rb in stream_rows(stream_conn, table, columns, start, end):
+            for rb in _with_base(stream_rows(stream_conn, table, columns, start, end), base.id):
                 batch = pa.Table.from_batches([rb])
                 n = batch.num_rows
                 extracted += n
@@ -437,6 +485,15 @@ def extract_table(
         warnings=tuple(warnings[:20]),
         quality=checks,
     )
+
+
+def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:
+    """Errors raised while streaming (stream_query knows the table, not the base) name the base too."""
+    try:
+        yield from batches
+    except EdsError as exc:
+        exc.base = exc.base or base_id
+        raise
 
 
 def _published_schema(table: str) -> pa.Schema:

@@ -101,8 +101,21 @@ class Stack:
 
     # -- paths -----------------------------------------------------------------------------------------
     @property
+    def pg_root(self) -> Path:
+        """Where the cluster lives. As root, PostgreSQL runs as the `postgres` user, which may not be able to
+        traverse the checkout's folders (a clone under a 0700 temp folder): the cluster then lives in a
+        world-traversable folder of its own, named after this state folder."""
+        if os.geteuid() != 0:
+            return self.root
+        import hashlib
+        import tempfile
+
+        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"eds-network-pg-{tag}"
+
+    @property
     def pgdata(self) -> Path:
-        return self.root / "pg"
+        return self.pg_root / "pg"
 
     @property
     def secrets_dir(self) -> Path:
@@ -125,11 +138,13 @@ class Stack:
         return f"http://127.0.0.1:{self.s3_port}"
 
     # -- secrets ---------------------------------------------------------------------------------------
-    def _secret(self, name: str, make) -> str:
-        path = self.secrets_dir / name
+    def _secret(self, name: str, make, folder: Path | None = None) -> str:
+        folder = folder or self.secrets_dir
+        path = folder / name
         if not path.exists():
-            self.secrets_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.secrets_dir, 0o700)
+            folder.mkdir(parents=True, exist_ok=True)
+            if folder == self.secrets_dir:
+                os.chmod(folder, 0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(make())
@@ -137,7 +152,8 @@ class Stack:
 
     @property
     def pg_password(self) -> str:
-        return self._secret("pg_password", lambda: secrets.token_urlsafe(24))
+        # Kept next to the cluster it opens (the cluster may live outside the state folder, see pg_root).
+        return self._secret(".pg_password", lambda: secrets.token_urlsafe(24), folder=self.pg_root)
 
     def dsn(self, dbname: str) -> str:
         return f"postgresql://{PG_USER}:{self.pg_password}@127.0.0.1:{self.pg_port}/{dbname}"
@@ -171,8 +187,11 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if not (self.pgdata / "PG_VERSION").exists():
             self.pgdata.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.pg_root, 0o755)
             pwfile = self.pgdata.parent / ".pwfile"
-            pwfile.write_text(self.pg_password + "\n")
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.pg_password + "\n")
             self._chown(self.pgdata)
             self._chown(pwfile)
             try:
@@ -211,7 +230,7 @@ class Stack:
             return
         if not _free(self.pg_port):
             raise EdsError(f"port {self.pg_port} is taken by another program: set EDS_PG_PORT")
-        logfile = self.logs / "postgres.log"
+        logfile = self.pg_root / "postgres.log"
         logfile.touch()
         self._chown(logfile)
         res = subprocess.run(

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import tempfile
 import time
@@ -96,16 +97,11 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
         return Delivery(platform.id, "", "nothing_to_deliver", None, [], {}, {})
     pointer = read_json(out_s3, platform.outbox.bucket, f"{platform.outbox.prefix}_latest.json")
     manifest = read_json(out_s3, platform.outbox.bucket, pointer["manifest_key"])
-    delivery_id = manifest["delivery_id"]
-    prefix = _landing_prefix(target, delivery_id)
+    source_delivery = manifest["delivery_id"]
     bucket = target.landing_zone.bucket
-    manifest_key = prefix + MANIFEST
     key_versions = {"national": res.national_key.version, "national_box": res.box_key_version}
-    if object_exists(land, bucket, manifest_key):
-        log.info("%s: delivery %s is already in the landing zone: nothing sent", platform.id, delivery_id)
-        return Delivery(platform.id, delivery_id, "already_delivered", manifest_key, [], {}, key_versions)
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise IntegrityError(f"delivery {delivery_id}: schema version {manifest.get('schema_version')!r}")
+        raise IntegrityError(f"delivery {source_delivery}: schema version {manifest.get('schema_version')!r}")
     t0 = time.monotonic()
     files: list[dict] = []
     rows: dict[str, int] = {}
@@ -152,16 +148,27 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
                     f"{dropped} rows refer to a person absent from the delivery", table=t, column="person_id"
                 )
             sha = sha256_file(out)
-            key = f"{prefix}{t}.{sha[:16]}.parquet"
-            _upload_once(land, out, bucket, key, sha, res)
-            files.append({"table": t, "key": key, "sha256": sha, "bytes": out.stat().st_size, "rows": n})
+            files.append({"table": t, "path": out, "sha256": sha, "bytes": out.stat().st_size, "rows": n})
             rows[t] = n
+        # The national delivery is named by its content: the same data delivered again is the same delivery
+        # (the platform's sealed tokens are re-randomised on every run, the level-2 output is not).
+        digest = hashlib.sha256("|".join(f"{f['table']}:{f['sha256']}" for f in files).encode()).hexdigest()
+        delivery_id = f"{platform.id}__{digest[:16]}"
+        prefix = _landing_prefix(target, delivery_id)
+        manifest_key = prefix + MANIFEST
+        if object_exists(land, bucket, manifest_key):
+            log.info("%s: delivery %s is already in the landing zone: nothing sent", platform.id, delivery_id)
+            return Delivery(platform.id, delivery_id, "already_delivered", manifest_key, [], {}, key_versions)
+        for f in files:
+            f["key"] = f"{prefix}{f['table']}.{f['sha256'][:16]}.parquet"
+            _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res)
     # Verify every object (size + SHA-256 read back + encryption) before the manifest.
     for f in files:
         verify_object(land, bucket, f)
     doc = {
         "kind": "eds-network/national-delivery",
         "delivery_id": delivery_id,
+        "source_delivery": source_delivery,
         "platform": platform.id,
         "schema_version": SCHEMA_VERSION,
         "key_versions": key_versions,

@@ -28,7 +28,7 @@ PARSE = textwrap.dedent(
         return real_connect(self, address)
     socket.socket.connect = guarded
     from airflow.dag_processing.dagbag import DagBag
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"], include_examples=False)
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     out = {"errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "touched": touched, "dags": {}}
     for dag_id, dag in bag.dags.items():
         out["dags"][dag_id] = {
