@@ -54,12 +54,7 @@ log = logging.getLogger("bench_local")
 
 
 def network(patients: int) -> Network:
-    raw = load_network().model_dump(mode="json")
-    for p in raw["platforms"]:
-        for m in p["members"]:
-            if m["id"] == BASE_ID:
-                m["seed"]["patients"] = patients
-    return Network.model_validate(raw)
+    return load_network().resized(BASE_ID, patients)
 
 
 def resources(stack: Stack, net: Network, dsn: str) -> extract.LocalResources:

@@ -233,6 +233,15 @@ class Network(_Model):
         known = ", ".join(b.id for b in self.local_bases)
         raise ConfigError(f"unknown base {base_id!r} (configured: {known})", base=base_id)
 
+    def resized(self, base_id: str, patients: int) -> Network:
+        """A copy of this network whose generated base `base_id` seeds `patients` patients (tests, benches)."""
+        raw = self.model_dump(mode="json")
+        for p in raw["platforms"]:
+            for m in p["members"]:
+                if m["id"] == base_id:
+                    m["seed"]["patients"] = patients
+        return Network.model_validate(raw)
+
     def platform(self, platform_id: str) -> Platform:
         for p in self.platforms:
             if p.id == platform_id:

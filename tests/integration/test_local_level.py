@@ -51,12 +51,7 @@ def synthea_zip():
 
 def _network(patients: int = PATIENTS) -> Network:
     """The demo network, with hosp_c (generated) resized."""
-    raw = load_network().model_dump(mode="json")
-    for p in raw["platforms"]:
-        for m in p["members"]:
-            if m["id"] == BASE_ID:
-                m["seed"]["patients"] = patients
-    return Network.model_validate(raw)
+    return load_network().resized(BASE_ID, patients)
 
 
 @pytest.fixture(scope="module")

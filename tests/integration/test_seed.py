@@ -52,12 +52,7 @@ def synthea_zip():
 
 def _network(patients: int = 40) -> Network:
     """The demo network, with hosp_c (generated, shares with hosp_b) resized."""
-    raw = load_network().model_dump(mode="json")
-    for p in raw["platforms"]:
-        for m in p["members"]:
-            if m["id"] == "hosp_c":
-                m["seed"]["patients"] = patients
-    return Network.model_validate(raw)
+    return load_network().resized("hosp_c", patients)
 
 
 def _scalar(conn: psycopg.Connection, query: sql.Composable | str, params: tuple = ()):
