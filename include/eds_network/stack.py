@@ -403,6 +403,7 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.secrets_dir / "ui_passwords.json"),
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt,
             "AIRFLOW__API__SECRET_KEY": jwt,
+            "AIRFLOW__API__HOST": "127.0.0.1",  # the embedded stack's UI listens on loopback only
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__BASE_URL": f"http://localhost:{self.api_port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{self.api_port}/execution/",
