@@ -19,7 +19,6 @@ Writes bench/results/local.json and prints a markdown table. Target: median(b) /
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import json
 import logging
@@ -37,9 +36,8 @@ from psycopg import sql
 
 from eds_network import extract, omop, seed
 from eds_network.config import Network, load_network
-from eds_network.pseudonymise import Key
 from eds_network.stack import Stack
-from eds_network.storage import S3Endpoint, delete_prefix
+from eds_network.storage import delete_prefix
 
 BASE_ID = "hosp_c"
 TABLE = "measurement"
@@ -58,18 +56,7 @@ def network(patients: int) -> Network:
 
 
 def resources(stack: Stack, net: Network, dsn: str) -> extract.LocalResources:
-    keys = stack.keys(net)
-    p = net.platform(net.base(BASE_ID).platform)
-    return extract.LocalResources(
-        source_dsn=dsn,
-        intake=S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret"),
-        intake_bucket=p.intake.bucket,
-        intake_prefix=PREFIX,
-        platform_key=Key.from_secret("l1", keys[p.key_connection_id]["password"], "v1"),
-        transport_key=Key.from_secret("transport", keys[net.transport_key_connection_id]["password"], "v1"),
-        national_public_key=base64.b64decode(keys["eds_key_national_box"]["extra"]["public_key"]),
-        national_key_version="v1",
-    )
+    return stack.local_resources(net, BASE_ID, source_dsn=dsn, intake_prefix=PREFIX)
 
 
 def source_db(stack: Stack, patients: int) -> tuple[str, int, float | None]:

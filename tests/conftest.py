@@ -40,3 +40,15 @@ def fresh_db(stack):
 
     with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def synthea_zip():
+    """The Synthea27Nj sample beside the checkout (../shared); tests that need it are skipped without it."""
+    from eds_network import seed
+    from eds_network.errors import SourceError
+
+    try:
+        return seed.synthea_zip_path()
+    except SourceError as exc:
+        pytest.skip(str(exc))

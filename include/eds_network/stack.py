@@ -315,6 +315,36 @@ class Stack:
 
         return s3_client(self.s3_endpoint, "eds-local", "eds-local-secret", "eu-west-3")
 
+    def local_resources(
+        self, network: Network, base_id: str, *, source_dsn: str | None = None, intake_prefix: str | None = None
+    ):
+        """What a local task gets from Airflow connections, built from this stack's own keys (tests, benches)."""
+        from eds_network.extract import LocalResources
+        from eds_network.pseudonymise import Key
+        from eds_network.storage import S3Endpoint
+
+        keys = self.keys(network)
+        platform = network.platform_of(base_id)
+        box = keys[network.national.box_key_connection_id]
+        return LocalResources(
+            source_dsn=source_dsn or self.dsn(f"src_{base_id}"),
+            intake=S3Endpoint(self.s3_endpoint, "eds-local", "eds-local-secret"),
+            intake_bucket=platform.intake.bucket,
+            intake_prefix=platform.intake.prefix if intake_prefix is None else intake_prefix,
+            platform_key=Key.from_secret(
+                platform.key_connection_id,
+                keys[platform.key_connection_id]["password"],
+                keys[platform.key_connection_id]["extra"]["version"],
+            ),
+            transport_key=Key.from_secret(
+                network.transport_key_connection_id,
+                keys[network.transport_key_connection_id]["password"],
+                keys[network.transport_key_connection_id]["extra"]["version"],
+            ),
+            national_public_key=base64.b64decode(box["extra"]["public_key"]),
+            national_key_version=box["extra"]["version"],
+        )
+
     # -- keys and connections --------------------------------------------------------------------------
     def keys(self, network: Network) -> dict[str, dict]:
         """Pseudonymisation keys, generated once into .eds/secrets/keys.json (never into git)."""

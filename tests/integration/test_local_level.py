@@ -8,7 +8,6 @@ into a fresh warehouse. The night test covers the same steps through Airflow.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import io
 import uuid
@@ -23,10 +22,10 @@ from psycopg import sql
 from eds_network import consolidate, extract, omop, publish, seed
 from eds_network.config import LocalBase, Network, load_network
 from eds_network.errors import SourceError
-from eds_network.pseudonymise import ID_NAMESPACE, TOKEN_COLUMN, Key, PersonMap
+from eds_network.pseudonymise import ID_NAMESPACE, TOKEN_COLUMN, PersonMap
 from eds_network.storage import S3Endpoint, list_keys, read_json
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 
 UTC = dt.UTC
 DAY1 = dt.datetime(2025, 3, 1, tzinfo=UTC)
@@ -35,14 +34,6 @@ DAY3 = DAY2 + dt.timedelta(days=1)
 DAY4 = DAY3 + dt.timedelta(days=1)
 BASE_ID = "hosp_c"
 PATIENTS = 40
-
-
-@pytest.fixture(scope="module", autouse=True)
-def synthea_zip():
-    try:
-        return seed.synthea_zip_path()
-    except SourceError as exc:
-        pytest.skip(str(exc))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,19 +76,7 @@ def _endpoint(stack) -> S3Endpoint:
 
 
 def _resources(stack, net: Network, dsn: str, prefix: str) -> extract.LocalResources:
-    keys = stack.keys(net)
-    b = net.base(BASE_ID)
-    p = net.platform(b.platform)
-    return extract.LocalResources(
-        source_dsn=dsn,
-        intake=_endpoint(stack),
-        intake_bucket=p.intake.bucket,
-        intake_prefix=prefix,
-        platform_key=Key.from_secret("l1", keys[p.key_connection_id]["password"], "v1"),
-        transport_key=Key.from_secret("transport", keys[net.transport_key_connection_id]["password"], "v1"),
-        national_public_key=base64.b64decode(keys["eds_key_national_box"]["extra"]["public_key"]),
-        national_key_version="v1",
-    )
+    return stack.local_resources(net, BASE_ID, source_dsn=dsn, intake_prefix=prefix)
 
 
 def _prefix() -> str:

@@ -10,10 +10,9 @@ from psycopg import sql
 
 from eds_network import omop, seed
 from eds_network.config import Network, load_network
-from eds_network.errors import SourceError
 from eds_network.seed import nir_is_valid
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 
 UTC = dt.UTC
 STAMP = (dt.datetime(2025, 3, 1, tzinfo=UTC), dt.datetime(2025, 3, 2, tzinfo=UTC))
@@ -40,14 +39,6 @@ EVENT_DATES = {
     "observation_period": ("observation_period_start_date", "observation_period_end_date"),
     "death": ("death_date",),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def synthea_zip():
-    try:
-        return seed.synthea_zip_path()
-    except SourceError as exc:
-        pytest.skip(str(exc))
 
 
 def _network(patients: int = 40) -> Network:
