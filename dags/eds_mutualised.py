@@ -46,7 +46,7 @@ def mutualised_dag(platform: Platform):
             from eds_network.airflow_adapter import platform_resources
 
             p = load_network().platform(platform.id)
-            pkg = step.package(p, platform_resources(p), key_versions={"level1": "from-manifests"})
+            pkg = step.package(p, platform_resources(p), key_versions=consolidation["key_versions"])
             get_current_context()["outlet_events"][Asset(name=platform.asset_name, uri=platform.asset_uri)].extra = {
                 "delivery_id": pkg.delivery_id,
                 "rows": pkg.ref()["rows"],

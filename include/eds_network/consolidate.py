@@ -55,6 +55,7 @@ class Consolidation:
     rows: dict[str, dict[str, int]]
     linkage: dict = field(default_factory=dict)
     checks: dict = field(default_factory=dict)
+    key_versions: dict[str, list[str]] = field(default_factory=dict)  # from the members' manifests
 
     def ref(self) -> dict:
         return asdict(self)
@@ -316,7 +317,12 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
         linkage["persons"],
         linkage["persons_multi_site"],
     )
-    return Consolidation(platform.id, applied, skipped, rejected, rows, linkage, checks)
+    versions: dict[str, set[str]] = {}
+    for manifest, _ in manifests:
+        for name, version in manifest.get("key_versions", {}).items():
+            versions.setdefault(name, set()).add(version)
+    key_versions = {name: sorted(v) for name, v in sorted(versions.items())}
+    return Consolidation(platform.id, applied, skipped, rejected, rows, linkage, checks, key_versions)
 
 
 def linkage_stats(conn: psycopg.Connection) -> dict:
@@ -372,7 +378,7 @@ class Package:
         }
 
 
-def package(platform: Platform, res: PlatformResources, key_versions: dict[str, str]) -> Package:
+def package(platform: Platform, res: PlatformResources, key_versions: dict[str, list[str]]) -> Package:
     """Export the warehouse as one Parquet file per table + a manifest (written last) in the outbox."""
     tables = _tables(platform)
     s3 = res.outbox.client()

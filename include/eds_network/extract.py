@@ -31,7 +31,7 @@ from psycopg import sql
 from eds_network import omop, quality
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, EdsError, QualityError, SourceError
-from eds_network.pseudonymise import Key, PersonMap, level1_batch
+from eds_network.pseudonymise import TOKEN_COLUMN, Key, PersonMap, level1_batch, namespace_ids
 from eds_network.storage import S3Endpoint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -239,13 +239,12 @@ def _conversion_error(exc: pa.ArrowInvalid, columns: list[str], table: str) -> S
     return SourceError(f"value does not fit the OMOP type: {detail}", table=table, column=column)
 
 
-def _objectors(conn: psycopg.Connection, end) -> set[int]:
+def _objectors(conn: psycopg.Connection) -> set[int]:
     """Every patient in the opposition registry at extraction time, whatever the interval.
 
-    `end` is kept for the signature but no longer filters: it used to (`recorded_at < end`), so rerunning an
-    interval that ended before an objection was recorded published that patient's rows again, after the
-    person tombstone of the objection had removed them downstream. An objection applies to everything that
-    leaves the hospital from the moment it is recorded.
+    Not filtered by the interval: rerunning an interval that ended before an objection was recorded must not
+    publish that patient's rows again after the objection's person tombstone removed them downstream. An
+    objection applies to everything that leaves the hospital from the moment it is recorded.
     """
     rows = conn.execute("SELECT person_id FROM identity.opposition").fetchall()
     return {r[0] for r in rows}
@@ -261,23 +260,21 @@ def _fetch_identities(conn: psycopg.Connection, persons: PersonMap, ids: list[in
         persons.add(cur)
 
 
-def _record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.Table, reason: str) -> None:
-    """Quarantined rows stay at the local level, in the hospital's own database."""
+def _reset_quarantine(conn: psycopg.Connection, bid: str, table: str) -> None:
+    """The hospital's own quarantine table, emptied of this batch's earlier rows for `table` (rerun)."""
     conn.execute(
         "CREATE SCHEMA IF NOT EXISTS eds_local;"
         "CREATE TABLE IF NOT EXISTS eds_local.quarantine (batch_id text NOT NULL, table_name text NOT NULL,"
         " reason text NOT NULL, row_data jsonb, recorded_at timestamptz NOT NULL DEFAULT now())"
     )
-    if rows.num_rows == 0:
-        return
+    conn.execute("DELETE FROM eds_local.quarantine WHERE batch_id = %s AND table_name = %s", (bid, table))
+
+
+def _record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.Table, reason: str) -> None:
+    """Quarantined rows stay at the local level, in the hospital's own database."""
     with conn.cursor().copy("COPY eds_local.quarantine (batch_id, table_name, reason, row_data) FROM STDIN") as copy:
         for rec in rows.to_pylist():
             copy.write_row((bid, table, reason, json.dumps(rec, default=str)))
-
-
-def _clear_quarantine(conn: psycopg.Connection, bid: str, table: str) -> None:
-    if conn.execute("SELECT to_regclass('eds_local.quarantine')").fetchone()[0]:
-        conn.execute("DELETE FROM eds_local.quarantine WHERE batch_id = %s AND table_name = %s", (bid, table))
 
 
 def _tombstones(conn, base: LocalBase, table: str, persons: PersonMap, start, end) -> pa.Table:
@@ -285,19 +282,15 @@ def _tombstones(conn, base: LocalBase, table: str, persons: PersonMap, start, en
     kinds: list[str] = []
     ids: list[int] = []
     spec = omop.table(table)
-    deleted = (
-        conn.execute(
+    deleted = []
+    if conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0]:  # a source may keep no deletion log
+        deleted = conn.execute(
             "SELECT DISTINCT row_id FROM omop._deleted WHERE table_name = %s AND deleted_at >= %s AND deleted_at < %s",
             (table, start, end),
         ).fetchall()
-        if conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0]
-        else []
-    )
     if deleted:
         local = pa.array([r[0] for r in deleted], pa.int64())
         if spec.primary_key and spec.primary_key != "person_id":
-            from eds_network.pseudonymise import namespace_ids
-
             out = namespace_ids(local, base.site_number, table=table, column=spec.primary_key).to_pylist()
         else:  # keyed by person (death): map to the level-1 person id
             _fetch_identities(conn, persons, local.to_pylist())
@@ -351,10 +344,10 @@ def extract_table(
             exc.base = exc.base or base.id
             raise
         qoverrides = {k: quality.Override(**v) for k, v in (overrides or {}).items()}
-        objectors = _objectors(aux, end)
+        objectors = pa.array(sorted(_objectors(aux)), pa.int64())
         known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
         persons = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
-        _clear_quarantine(aux, bid, table)
+        _reset_quarantine(aux, bid, table)
 
         extracted = published = quarantined = excluded = 0
         batch_fatal: list[str] = []
@@ -370,8 +363,8 @@ def extract_table(
                 n = batch.num_rows
                 extracted += n
                 # 1. Opposition registry: rows of objecting patients never leave the hospital.
-                if "person_id" in batch.column_names and objectors:
-                    obj = pc.is_in(batch.column("person_id"), value_set=pa.array(sorted(objectors), pa.int64()))
+                if "person_id" in batch.column_names and len(objectors):
+                    obj = pc.is_in(batch.column("person_id"), value_set=objectors)
                     obj = pc.fill_null(obj, False)
                     n_obj = int(pc.sum(obj).as_py() or 0)
                     if n_obj:
@@ -423,7 +416,6 @@ def extract_table(
 
             if batch_fatal:
                 # The whole table is held back at the local level; nothing of it is published.
-                _record_quarantine(aux, bid, table, pa.table({}), "batch-level fatal check")
                 aux.execute(
                     "INSERT INTO eds_local.quarantine (batch_id, table_name, reason) VALUES (%s, %s, %s)",
                     (bid, table, "; ".join(batch_fatal)[:2000]),
@@ -500,8 +492,6 @@ def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.R
 
 
 def _published_schema(table: str) -> pa.Schema:
-    from eds_network.pseudonymise import TOKEN_COLUMN
-
     schema = omop.table(table).arrow_schema()
     if table == "person":
         schema = schema.append(pa.field(TOKEN_COLUMN, pa.string()))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, IntegrityError
-from eds_network.extract import LocalResources
+from eds_network.extract import LocalResources, batch_id
 from eds_network.storage import list_keys, object_exists, put_json, sha256_object
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,6 @@ def publish_batch(
     res: LocalResources,
 ) -> Published:
     """Verify the staged files of every table that succeeded, then write the batch manifest last."""
-    from eds_network.extract import batch_id
-
     bid = batch_id(base.id, start, end)
     s3 = res.intake.client()
     tables: dict[str, dict] = {}
