@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -100,6 +101,11 @@ class LocalBase(_Model):
         description="per-check overrides keyed 'checkName:table.column': {threshold_pct: …} or "
         "{disabled: true, reason: …}",
     )
+    change_columns: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="per-table change column (a timestamp the hospital EDS maintains) when it is not "
+        f"'{omop.CHANGE_COLUMN}'; null = the table has none: it is snapshotted and diffed by content hash",
+    )
     # Filled by the platform validator below; never written in YAML.
     platform: str = ""
     asset_uri: str = ""
@@ -119,6 +125,19 @@ class LocalBase(_Model):
             raise ValueError("a table is listed twice")
         order = {t: i for i, t in enumerate(omop.DEFAULT_TABLES)}
         return sorted(tables, key=lambda t: order.get(t, len(order)))
+
+    @model_validator(mode="after")
+    def _change_columns_in_scope(self) -> LocalBase:
+        for t, col in self.change_columns.items():
+            if t not in self.tables:
+                raise ValueError(f"change_columns: table {t!r} is not in this base's tables")
+            if col is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", col):
+                raise ValueError(f"change_columns.{t}: {col!r} is not a column name")
+        return self
+
+    def change_column(self, table: str) -> str | None:
+        """The column that dates a row's last change, or None: snapshot and diff by content hash."""
+        return self.change_columns.get(table, omop.CHANGE_COLUMN)
 
     @property
     def dag_id(self) -> str:

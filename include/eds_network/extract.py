@@ -123,11 +123,120 @@ def check_source_table(conn: psycopg.Connection, base: LocalBase, table: str) ->
                 table=table,
                 column=c.name,
             )
-    if omop.CHANGE_COLUMN not in types:
+    change = base.change_column(table)
+    if change is None:
+        if snapshot_key(table) not in types:
+            raise SourceError(
+                "no key column to diff snapshots on", base=base.id, table=table, column=snapshot_key(table)
+            )
+    elif change not in types:
         raise SourceError(
-            "change column missing: cannot extract incrementally", base=base.id, table=table, column=omop.CHANGE_COLUMN
+            "change column missing: cannot extract incrementally (set change_columns."
+            f"{table}: null in the configuration to snapshot and diff this table instead)",
+            base=base.id,
+            table=table,
+            column=change,
+        )
+    elif types[change] not in ("timestamp with time zone", "timestamp without time zone"):
+        raise SourceError(
+            f"change column must be a timestamp, not {types[change]!r}", base=base.id, table=table, column=change
         )
     return spec.column_names
+
+
+# -- tables without a change column: snapshot, diffed by content hash against the last published state -----
+#
+# `eds_local.snapshot_state` (in the hospital's own database, like the quarantine) keeps, per table and row
+# key, the md5 of the row's OMOP columns with the interval end from which it holds (`since`) and the one at
+# which it was replaced or deleted (`until`). Extracting [start, end) publishes the rows whose hash differs
+# from the state valid at `start` and tombstones the keys gone since; the state update is written in the same
+# REPEATABLE READ transaction as the streamed rows, so what is recorded is exactly what was published.
+# Rerunning an interval first drops what that interval recorded (versions since = end, closures at end), so it
+# is a no-op on the result. Runs of one table must not overlap (the nightly DAG has max_active_runs = 1).
+
+
+def snapshot_key(table: str) -> str:
+    """The column identifying a row for snapshot diffs: the primary key, or person_id (death)."""
+    return omop.table(table).primary_key or "person_id"
+
+
+def _ensure_local_schema(conn: psycopg.Connection) -> None:
+    conn.execute(
+        "CREATE SCHEMA IF NOT EXISTS eds_local;"
+        "CREATE TABLE IF NOT EXISTS eds_local.quarantine (batch_id text NOT NULL, table_name text NOT NULL,"
+        " reason text NOT NULL, row_data jsonb, recorded_at timestamptz NOT NULL DEFAULT now());"
+        "CREATE TABLE IF NOT EXISTS eds_local.snapshot_state (table_name text NOT NULL, row_key bigint NOT NULL,"
+        " row_hash text NOT NULL, since timestamptz NOT NULL, until timestamptz);"
+        "CREATE INDEX IF NOT EXISTS snapshot_state_key ON eds_local.snapshot_state (table_name, row_key)"
+    )
+
+
+def _row_hash(table: str, columns: list[str], alias: str = "t") -> sql.Composable:
+    return sql.SQL("md5(ROW({})::text)").format(
+        sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns),
+    )
+
+
+def _valid_at(start: dt.datetime, alias: str = "s") -> sql.Composable:
+    a = sql.Identifier(alias)
+    return sql.SQL("{a}.since <= {s} AND ({a}.until IS NULL OR {a}.until > {s})").format(a=a, s=sql.Literal(start))
+
+
+def _snapshot_filter(table: str, columns: list[str], start: dt.datetime) -> sql.Composable:
+    """WHERE clause: rows new or changed since the state valid at `start`."""
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM eds_local.snapshot_state s WHERE s.table_name = {tn} AND s.row_key = t.{k}"
+        " AND s.row_hash = {h} AND {valid})"
+    ).format(
+        tn=sql.Literal(table),
+        k=sql.Identifier(snapshot_key(table)),
+        h=_row_hash(table, columns),
+        valid=_valid_at(start),
+    )
+
+
+def _snapshot_deleted(conn: psycopg.Connection, table: str, columns: list[str], start: dt.datetime) -> list[int]:
+    """Keys in the state valid at `start` that the source no longer holds (same transaction as the stream)."""
+    q = sql.SQL(
+        "SELECT s.row_key FROM eds_local.snapshot_state s WHERE s.table_name = {tn} AND {valid}"
+        " AND NOT EXISTS (SELECT 1 FROM omop.{t} t WHERE t.{k} = s.row_key) ORDER BY 1"
+    ).format(
+        tn=sql.Literal(table), valid=_valid_at(start), t=sql.Identifier(table), k=sql.Identifier(snapshot_key(table))
+    )
+    return [r[0] for r in conn.execute(q)]
+
+
+def _snapshot_record(
+    conn: psycopg.Connection, table: str, columns: list[str], start: dt.datetime, end: dt.datetime
+) -> None:
+    """Move the table's state to `end` (same transaction and snapshot as the streamed rows)."""
+    tn, e = sql.Literal(table), sql.Literal(end)
+    k = sql.Identifier(snapshot_key(table))
+    # A rerun of this interval: forget what it recorded.
+    conn.execute(sql.SQL("DELETE FROM eds_local.snapshot_state WHERE table_name = {} AND since = {}").format(tn, e))
+    conn.execute(
+        sql.SQL("UPDATE eds_local.snapshot_state SET until = NULL WHERE table_name = {} AND until = {}").format(tn, e)
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _eds_cur ON COMMIT DROP AS SELECT t.{k} AS row_key, {h} AS row_hash FROM omop.{t} t"
+        ).format(k=k, h=_row_hash(table, columns), t=sql.Identifier(table))
+    )
+    conn.execute(
+        sql.SQL(
+            "UPDATE eds_local.snapshot_state s SET until = {e} WHERE s.table_name = {tn} AND s.until IS NULL"
+            " AND {valid} AND NOT EXISTS (SELECT 1 FROM _eds_cur c WHERE c.row_key = s.row_key"
+            " AND c.row_hash = s.row_hash)"
+        ).format(e=e, tn=tn, valid=_valid_at(start))
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO eds_local.snapshot_state (table_name, row_key, row_hash, since)"
+            " SELECT {tn}, c.row_key, c.row_hash, {e} FROM _eds_cur c WHERE NOT EXISTS ("
+            "SELECT 1 FROM eds_local.snapshot_state s WHERE s.table_name = {tn} AND s.row_key = c.row_key"
+            " AND s.row_hash = c.row_hash AND {valid})"
+        ).format(tn=tn, e=e, valid=_valid_at(start))
+    )
 
 
 class _CopyStream(io.RawIOBase):
@@ -176,13 +285,27 @@ class _CopyStream(io.RawIOBase):
         return filled
 
 
-def stream_rows(conn: psycopg.Connection, table: str, columns: list[str], start, end) -> Iterator[pa.RecordBatch]:
-    query = sql.SQL("SELECT {cols} FROM omop.{t} WHERE {chg} >= {s} AND {chg} < {e}").format(
-        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+def stream_rows(
+    conn: psycopg.Connection,
+    table: str,
+    columns: list[str],
+    start,
+    end,
+    *,
+    change_column: str | None = omop.CHANGE_COLUMN,
+) -> Iterator[pa.RecordBatch]:
+    """The interval's rows: changed in [start, end) by the change column, or, without one, differing from the
+    snapshot state valid at `start`."""
+    if change_column is None:
+        where = _snapshot_filter(table, columns, start)
+    else:
+        where = sql.SQL("t.{chg} >= {s} AND t.{chg} < {e}").format(
+            chg=sql.Identifier(change_column), s=sql.Literal(start), e=sql.Literal(end)
+        )
+    query = sql.SQL("SELECT {cols} FROM omop.{t} t WHERE {where}").format(
+        cols=sql.SQL(", ").join(sql.Identifier("t", c) for c in columns),
         t=sql.Identifier(table),
-        chg=sql.Identifier(omop.CHANGE_COLUMN),
-        s=sql.Literal(start),
-        e=sql.Literal(end),
+        where=where,
     )
     types = {c: omop.table(table).column(c).arrow_type for c in columns}
     yield from stream_query(conn, query, columns, types, table=table)
@@ -262,11 +385,7 @@ def _fetch_identities(conn: psycopg.Connection, persons: PersonMap, ids: list[in
 
 def _reset_quarantine(conn: psycopg.Connection, bid: str, table: str) -> None:
     """The hospital's own quarantine table, emptied of this batch's earlier rows for `table` (rerun)."""
-    conn.execute(
-        "CREATE SCHEMA IF NOT EXISTS eds_local;"
-        "CREATE TABLE IF NOT EXISTS eds_local.quarantine (batch_id text NOT NULL, table_name text NOT NULL,"
-        " reason text NOT NULL, row_data jsonb, recorded_at timestamptz NOT NULL DEFAULT now())"
-    )
+    _ensure_local_schema(conn)
     conn.execute("DELETE FROM eds_local.quarantine WHERE batch_id = %s AND table_name = %s", (bid, table))
 
 
@@ -277,19 +396,28 @@ def _record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.
             copy.write_row((bid, table, reason, json.dumps(rec, default=str)))
 
 
-def _tombstones(conn, base: LocalBase, table: str, persons: PersonMap, start, end) -> pa.Table:
-    """Rows to remove downstream: source deletions in the interval, and (person table) new objections."""
+def _tombstones(
+    conn, base: LocalBase, table: str, persons: PersonMap, start, end, snapshot_deleted: list[int] | None = None
+) -> pa.Table:
+    """Rows to remove downstream: source deletions in the interval (the deletion log, or keys gone from a
+    snapshot), and (person table) new objections."""
     kinds: list[str] = []
     ids: list[int] = []
     spec = omop.table(table)
-    deleted = []
-    if conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0]:  # a source may keep no deletion log
-        deleted = conn.execute(
-            "SELECT DISTINCT row_id FROM omop._deleted WHERE table_name = %s AND deleted_at >= %s AND deleted_at < %s",
-            (table, start, end),
-        ).fetchall()
+    deleted: list[int] = []
+    if snapshot_deleted is not None:
+        deleted = snapshot_deleted
+    elif conn.execute("SELECT to_regclass('omop._deleted')").fetchone()[0]:  # a source may keep no deletion log
+        deleted = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT row_id FROM omop._deleted WHERE table_name = %s AND deleted_at >= %s "
+                "AND deleted_at < %s",
+                (table, start, end),
+            )
+        ]
     if deleted:
-        local = pa.array([r[0] for r in deleted], pa.int64())
+        local = pa.array(deleted, pa.int64())
         if spec.primary_key and spec.primary_key != "person_id":
             out = namespace_ids(local, base.site_number, table=table, column=spec.primary_key).to_pylist()
         else:  # keyed by person (death): map to the level-1 person id
@@ -343,6 +471,9 @@ def extract_table(
         except EdsError as exc:
             exc.base = exc.base or base.id
             raise
+        change = base.change_column(table)
+        if change is None:  # snapshot: the streamed rows, the deletions and the new state see one snapshot
+            stream_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         qoverrides = {k: quality.Override(**v) for k, v in (overrides or {}).items()}
         objectors = pa.array(sorted(_objectors(aux)), pa.int64())
         known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
@@ -358,7 +489,7 @@ def extract_table(
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
         try:
-            for rb in _with_base(stream_rows(stream_conn, table, columns, start, end), base.id):
+            for rb in _with_base(stream_rows(stream_conn, table, columns, start, end, change_column=change), base.id):
                 batch = pa.Table.from_batches([rb])
                 n = batch.num_rows
                 extracted += n
@@ -429,7 +560,8 @@ def extract_table(
                     base=base.id,
                     table=table,
                 )
-            tomb = _tombstones(aux, base, table, persons, start, end)
+            gone = _snapshot_deleted(stream_conn, table, columns, start) if change is None else None
+            tomb = _tombstones(aux, base, table, persons, start, end, snapshot_deleted=gone)
             s3 = res.intake.client()
             sha = sha256_file(out_path)
             key = f"{res.intake_prefix}{base.id}/{bid}/{table}.{sha[:16]}.parquet"
@@ -442,6 +574,8 @@ def extract_table(
                 tsha = sha256_file(tpath)
                 tkey = f"{res.intake_prefix}{base.id}/{bid}/{table}.tombstones.{tsha[:16]}.parquet"
                 s3.upload_file(str(tpath), res.intake_bucket, tkey)
+            if change is None:  # committed with the stream's transaction when the block exits
+                _snapshot_record(stream_conn, table, columns, start, end)
         finally:
             if writer is not None:
                 writer.close()

@@ -329,6 +329,79 @@ def test_rerunning_an_interval_is_a_no_op_on_the_result(stack, net, base, source
     assert _warehouse_state(wh) == state1
 
 
+def _without_change_column(conn, table: str) -> None:
+    """Make a source table hold neither change column nor deletion log."""
+    conn.execute(f"DROP TRIGGER {table}_touch_updated_at ON omop.{table}")
+    conn.execute(f"DROP TRIGGER {table}_record_delete ON omop.{table}")
+    conn.execute(f"ALTER TABLE omop.{table} DROP COLUMN {omop.CHANGE_COLUMN} CASCADE")
+
+
+def test_a_table_without_change_column_is_snapshotted_and_diffed_by_content_hash(stack, net, base, source, new_db):
+    """observation_period configured with no change column (and the column dropped from the source): each
+    interval publishes exactly the rows inserted or changed since the last one and tombstones the deleted."""
+    table = "observation_period"
+    snap = base.model_copy(update={"change_columns": {table: None}})
+    assert snap.change_column(table) is None and snap.change_column("measurement") == omop.CHANGE_COLUMN
+    prefix = _prefix()
+    res = _resources(stack, net, source, prefix)
+    nonobj = "person_id <> ALL(%s)"
+    with psycopg.connect(source, autocommit=True) as conn:
+        _without_change_column(conn, table)
+        objectors = _objectors(conn)
+        all_ids = sorted(_source_ids(conn, table, nonobj, (objectors,)))
+
+        refs1, pub1 = _run(snap, DAY1, DAY2, res, tables=["person", table])
+        data1, tombs1 = _arrived(res, pub1)
+        assert _key_ids(data1[table], table) == _ns(base, all_ids) and not tombs1
+
+        # Day 2: one insert, one update, one delete; nothing else changes.
+        new_id = max(all_ids) + 1000
+        conn.execute(
+            f"INSERT INTO omop.{table} SELECT %s, person_id, observation_period_start_date, "
+            f"observation_period_end_date, period_type_concept_id FROM omop.{table} WHERE {table}_id = %s",
+            (new_id, all_ids[0]),
+        )
+        conn.execute(
+            f"UPDATE omop.{table} SET observation_period_end_date = observation_period_end_date + 1 "
+            f"WHERE {table}_id = %s",
+            (all_ids[1],),
+        )
+        conn.execute(f"DELETE FROM omop.{table} WHERE {table}_id = %s", (all_ids[2],))
+        refs2, pub2 = _run(snap, DAY2, DAY3, res, tables=["person", table])
+        data2, tombs2 = _arrived(res, pub2)
+        assert _key_ids(data2[table], table) == _ns(base, [new_id, all_ids[1]])
+        assert refs2[table]["extracted"] == 2
+        assert tombs2[table].to_pylist() == [{"kind": "row", "id": next(iter(_ns(base, [all_ids[2]])))}]
+
+        # Rerunning day 2 gives the same batch; day 3 without a change publishes nothing.
+        refs2b, pub2b = _run(snap, DAY2, DAY3, res, tables=["person", table])
+        assert pub2b.manifest_key == pub2.manifest_key
+        assert {k: refs2b[table][k] for k in ("extracted", "tombstones", "sha256")} == {
+            k: refs2[table][k] for k in ("extracted", "tombstones", "sha256")
+        }
+        refs3, _ = _run(snap, DAY3, DAY4, res, tables=["person", table])
+        assert refs3[table]["extracted"] == 0 and refs3[table]["tombstones"] == 0
+
+    # The batches consolidated hold the same rows as one full extraction of the table.
+    wh_incr = new_db()
+    _consolidate(stack, net, wh_incr, prefix)
+    full_prefix = _prefix()
+    full_src = new_db()
+    seed.seed_base(full_src, net, BASE_ID, (DAY1, DAY2))
+    with psycopg.connect(source) as a, psycopg.connect(full_src, autocommit=True) as b:
+        cols = ", ".join(omop.table(table).column_names)
+        rows = a.execute(f"SELECT {cols} FROM omop.{table}").fetchall()
+        _without_change_column(b, table)
+        b.execute(f"DELETE FROM omop.{table}")
+        with b.cursor().copy(f"COPY omop.{table} ({cols}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+    _run(snap, DAY1, DAY4, _resources(stack, net, full_src, full_prefix), tables=["person", table])
+    wh_full = new_db()
+    _consolidate(stack, net, wh_full, full_prefix)
+    assert _warehouse_state(wh_incr)[table] == _warehouse_state(wh_full)[table]
+
+
 # --------------------------------------------------------------------------------------------------
 # 3. Opposition registry
 

@@ -57,6 +57,14 @@ def _set(path, value):
             "'measurment' is not an OMOP CDM 5.4 clinical table",
         ),
         (_set(["platforms", 0, "members", 0, "id"], "Hosp A!"), "platforms[0].members[0].id: String should match"),
+        (
+            _set(["platforms", 0, "members", 0, "change_columns"], {"specimen": None}),
+            "platforms[0].members[0]: change_columns: table 'specimen' is not in this base's tables",
+        ),
+        (
+            _set(["platforms", 0, "members", 0, "change_columns"], {"measurement": "updated at"}),
+            "change_columns.measurement: 'updated at' is not a column name",
+        ),
         (_set(["platforms", 0, "members", 0, "timezone"], "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
         (_set(["platforms", 0, "members", 0, "site_number"], 2), "site_number 2 is used twice in platform 'idf'"),
         (_set(["platforms", 1, "id"], "idf"), "platform id 'idf' is used twice"),
