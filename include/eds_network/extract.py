@@ -480,7 +480,7 @@ def extract_table(
         persons = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
         _reset_quarantine(aux, bid, table)
 
-        extracted = published = quarantined = excluded = 0
+        extracted = published = quarantined = excluded = read_bytes = 0
         batch_fatal: list[str] = []
         warnings: list[str] = []
         checks: dict[str, dict] = {}
@@ -493,6 +493,7 @@ def extract_table(
                 batch = pa.Table.from_batches([rb])
                 n = batch.num_rows
                 extracted += n
+                read_bytes += rb.nbytes
                 # 1. Opposition registry: rows of objecting patients never leave the hospital.
                 if "person_id" in batch.column_names and len(objectors):
                     obj = pc.is_in(batch.column("person_id"), value_set=objectors)
@@ -538,7 +539,14 @@ def extract_table(
                 published += out.num_rows
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     el = time.monotonic() - t0
-                    log.info("%s.%s: %d rows extracted, %.0f rows/s", base.id, table, extracted, extracted / el)
+                    log.info(
+                        "%s.%s: %d rows extracted (%.0f MB), %.0f rows/s",
+                        base.id,
+                        table,
+                        extracted,
+                        read_bytes / 1e6,
+                        extracted / el,
+                    )
                     last_log = time.monotonic()
             if writer is None:  # empty interval: an empty file keeps the manifest uniform
                 writer = pq.ParquetWriter(out_path, _published_schema(table), compression=STAGING_COMPRESSION)
