@@ -146,6 +146,7 @@ def alembic_config(connection=None):
     cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("version_locations", str(MIGRATIONS / "versions"))
+    cfg.set_main_option("file_template", "%%(rev)s")  # rev ids are NNNN_<slug>: the file name is the id
     cfg.attributes["connection"] = connection
     return cfg
 

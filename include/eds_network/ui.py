@@ -408,7 +408,9 @@ def _timeline(b: dict) -> str:
         if m["milestone"] in b["out_of_order"]:
             cls += " ooo"
         title = f"{m['label']}: " + (
-            f"{m['date']} (recorded by {m.get('recorded_by')})" if m["reached"] else "not reached yet"
+            f"{m['date']}, recorded by {m.get('recorded_by')}; evidence: {m.get('evidence') or '-'}"
+            if m["reached"]
+            else "not reached yet"
         )
         steps.append(
             f"<div class='step {cls}' data-milestone='{m['milestone']}' title='{_e(title)}'><div class='bar'></div>"

@@ -70,10 +70,19 @@ def ui_db(stack):
 
 
 @pytest.fixture(scope="module")
-def api_server(stack, ui_db):
+def data_docs(tmp_path_factory) -> Path:
+    """Data Docs written by a quality run for hosp_a only."""
+    root = tmp_path_factory.mktemp("data_docs")
+    (root / "hosp_a").mkdir()
+    (root / "hosp_a" / "index.html").write_text("<html><title>Data Docs hosp_a</title><body>checks</body></html>")
+    return root
+
+
+@pytest.fixture(scope="module")
+def api_server(stack, ui_db, data_docs):
     """`airflow api-server` of the embedded stack on its API port, with our plugin; yields (base URL, token)."""
     dsn, _ = ui_db
-    env = {**os.environ, **stack.airflow_env(), "EDS_CATALOGUE_DSN": dsn}
+    env = {**os.environ, **stack.airflow_env(), "EDS_CATALOGUE_DSN": dsn, "EDS_DATA_DOCS_DIR": str(data_docs)}
     stack.logs.mkdir(parents=True, exist_ok=True)
     log = stack.logs / "api-server-ui-test.log"
     airflow = Path(sys.executable).parent / "airflow"
@@ -167,6 +176,18 @@ def test_json_api_needs_airflow_authentication(api_server):
     assert plugin["external_views"][0]["href"] == "/eds/" and plugin["fastapi_apps"][0]["url_prefix"] == "/eds"
 
 
+def test_data_docs_are_linked_and_served_when_present(api_server):
+    base, token = api_server
+    bases = {b["id"]: b for b in json.loads(_http(f"{base}/eds/api/bases", token=token)[1])}
+    assert bases["hosp_a"]["links"]["data_docs"] == "/eds/data-docs/hosp_a/"
+    assert bases["hosp_b"]["links"]["data_docs"] is None
+    status, body = _http(f"{base}/eds/data-docs/hosp_a/", token=token, accept="text/html")
+    assert status == 200 and b"Data Docs hosp_a" in body
+    assert _http(f"{base}/eds/data-docs/hosp_a/")[0] in (401, 403)
+    assert _http(f"{base}/eds/data-docs/hosp_b/", token=token)[0] == 404
+    assert _http(f"{base}/eds/data-docs/..%2F..%2Fetc/", token=token)[0] == 404
+
+
 def test_unauthenticated_browser_is_sent_to_the_airflow_login(api_server, browser):
     base, _ = api_server
     page = browser.new_page()
@@ -210,6 +231,7 @@ def test_operator_page_shows_every_base_with_its_milestones(api_server, browser)
         row = page.locator(f"#levels tr[data-base='{b.id}']")
         assert row.locator("td[data-level='local']").get_attribute("data-status") == "success"
         assert row.locator(f"a[href='/dags/{b.dag_id}/runs']").count() == 1
+    assert page.locator("#levels tr[data-base='hosp_a'] a[href='/eds/data-docs/hosp_a/']").count() == 1
     assert page.locator("#levels tr[data-base='hosp_b'] td[data-level='local'] .chip.warn").count() == 1
     assert "no run yet" in page.locator("#levels tr[data-base='hosp_d'] td[data-level='national']").inner_text()
     assert page.locator("#deliveries tr[data-delivery]").count() == 1
