@@ -214,7 +214,7 @@ def cmd_demo(args) -> int:
     print("4/4 summary", flush=True)
     print(summary(network))
     print(
-        f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080). "
+        f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080; page EDS network at /eds/). "
         "Stop everything: `make stop`."
     )
     return 0 if all(ok for _, ok, _ in results) else 1

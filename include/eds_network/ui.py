@@ -158,6 +158,28 @@ def _lead(row: dict, target: int) -> dict:
     return {"days": None, "elapsed_days": None, "state": "not_started", "target_days": target}
 
 
+AUDIT_DETAIL_KEYS = ("milestone", "reached_on", "batch_id", "platform", "level", "kind", "reference")
+
+
+def recent_audit(dsn: str, limit: int = 20) -> list[dict]:
+    """The newest entries of the append-only audit trail: who, what, when, on which object (and a few known
+    detail keys, ids and dates only)."""
+    a = catalogue.audit_t
+    with catalogue.engine(dsn).connect() as conn:
+        rows = conn.execute(select(a).order_by(a.c.id.desc()).limit(max(1, min(limit, 500)))).all()
+    return [
+        {
+            "id": r.id,
+            "at": _iso(r.at),
+            "actor": r.actor,
+            "action": r.action,
+            "object": r.object,
+            "details": {k: v for k, v in (r.details or {}).items() if k in AUDIT_DETAIL_KEYS},
+        }
+        for r in rows
+    ]
+
+
 def data_docs_index(data_docs_dir: Path | None, base_id: str) -> Path | None:
     if data_docs_dir is None:
         return None
@@ -259,6 +281,7 @@ def network_view(
         "bases": bases,
         "deliveries": deliveries,
         "lead_time": lead_time.distribution(dsn, today=today),
+        "audit": recent_audit(dsn),
     }
 
 
@@ -513,6 +536,16 @@ def render_html(view: dict[str, Any], *, api_prefix: str = "/eds/api") -> str:
     else:
         del_html = "<p class='muted' style='padding:0 18px'>No national delivery recorded yet.</p>"
 
+    audit_rows = "".join(
+        f"<tr><td class='small'>{_e(_when(a['at']))}</td><td>{_e(a['actor'])}</td><td><code>{_e(a['action'])}</code>"
+        f"</td><td class='id'>{_e(a['object'])}</td><td class='small muted'>"
+        f"{_e(' · '.join(f'{k} {v}' for k, v in a['details'].items()))}</td></tr>"
+        for a in view.get("audit", [])
+    )
+    audit_html = (
+        "<table id='audit'><thead><tr><th>When</th><th>Who</th><th>Action</th><th>Object</th><th>Details</th></tr>"
+        f"</thead><tbody>{audit_rows}</tbody></table>"
+    )
     dist = (
         f"{lt['available']} of {lt['bases']} bases available: {lt['within_target']} within the "
         f"{lt['target_days']}-day target, {lt['over_target']} over; {lt['pending']} under way "
@@ -534,6 +567,8 @@ def render_html(view: dict[str, Any], *, api_prefix: str = "/eds/api") -> str:
 <p class="small" style="padding:4px 18px 12px;margin:0" id="lead-distribution">{dist}</p></section>
 <section><h2>National deliveries and receipts <small>HDH landing zone</small></h2>
 <div class="scroll">{del_html}</div></section>
+<section><h2>Audit trail <small>latest entries; append-only, enforced by the database</small></h2>
+<div class="scroll">{audit_html}</div></section>
 </main>
 <footer>Counts, dates and statuses from the catalogue only: no patient-level value is shown.
 Reference bases' dates are the catalogue's recorded milestones (see their evidence).</footer>
@@ -617,6 +652,10 @@ def create_app(
             "distribution": v["lead_time"],
             "bases": [{"id": b["id"], "reference": b["reference"], **(b["lead_time"] or {})} for b in v["bases"]],
         }
+
+    @app.get("/api/audit", dependencies=deps)
+    def api_audit(limit: int = 50) -> list[dict]:
+        return recent_audit(dsn(), limit)
 
     @app.get("/data-docs/{base_id}/", dependencies=deps)
     def data_docs(base_id: str) -> FileResponse:

@@ -151,6 +151,9 @@ def test_view_model_flags_quality_out_of_order_milestones_and_lead_times(ui_db):
     assert bases["ref_bndmr"]["levels"] == {}  # reference bases do not flow through this network
     assert [d["id"] for d in view["deliveries"]] == [seeded["deliveries"]["idf"]]
     assert view["deliveries"][0]["receipt"] == "accepted"
+    actions = {a["action"] for a in view["audit"]}
+    assert {"delivery.received", "run.national.success"} <= actions
+    assert view["audit"][0]["id"] > view["audit"][-1]["id"]  # newest first
     json.dumps(view)  # the JSON API serves it as is
 
 
@@ -165,6 +168,8 @@ def test_json_api_needs_airflow_authentication(api_server):
     view = json.loads(body)
     network = load_network()
     assert {b["id"] for b in view["bases"]} == {b.id for b in network.local_bases} | {r.id for r in REFERENCE_BASES}
+    status, body = _http(f"{base}/eds/api/audit?limit=5", token=token)
+    assert status == 200 and len(json.loads(body)) == 5
     status, body = _http(f"{base}/eds/api/bases/ref_oscour", token=token)
     assert status == 200 and json.loads(body)["stage"] == "available"
     assert _http(f"{base}/eds/api/bases/no_such_base", token=token)[0] == 404
@@ -236,6 +241,7 @@ def test_operator_page_shows_every_base_with_its_milestones(api_server, browser)
     assert "no run yet" in page.locator("#levels tr[data-base='hosp_d'] td[data-level='national']").inner_text()
     assert page.locator("#deliveries tr[data-delivery]").count() == 1
     assert "accepted" in page.locator("#deliveries").inner_text()
+    assert "delivery.received" in page.locator("#audit").inner_text()
     page.screenshot(path=str(ARTIFACTS / "eds_network_ui.png"), full_page=True)
 
     # the same page as a view inside the Airflow UI (navigation entry "EDS network")

@@ -60,7 +60,7 @@ def seed_ui_catalogue(dsn: str, network: Network) -> dict:
     deliveries = {}
     for p in network.platforms:
         rows = published[p.id]
-        delivery_id = f"{p.id}-20261122-{abs(hash(p.id)) % 10_000:04d}"
+        delivery_id = f"{p.id}-20261122-0001"
         deliveries[p.id] = delivery_id
         full = {t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0} for t, n in rows.items()}
         catalogue.record_run(
