@@ -157,6 +157,18 @@ def test_view_model_flags_quality_out_of_order_milestones_and_lead_times(ui_db):
     json.dumps(view)  # the JSON API serves it as is
 
 
+def test_plugin_reads_the_catalogue_through_the_airflow_connection(stack):
+    """Without the EDS_CATALOGUE_DSN override, the plugin resolves `eds_catalogue` through Airflow's secrets."""
+    env = {k: v for k, v in {**os.environ, **stack.airflow_env()}.items() if k != "EDS_CATALOGUE_DSN"}
+    code = "import eds_network_ui as p; print(p._dsn())"
+    plugins = str(Path(__file__).resolve().parents[2] / "plugins")
+    res = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "PYTHONPATH": plugins}, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == stack.dsn("catalogue")
+
+
 def test_json_api_needs_airflow_authentication(api_server):
     base, token = api_server
     status, _ = _http(f"{base}/eds/api/network")
