@@ -7,6 +7,7 @@ eds summary                     per base and level: rows, files delivered with S
 eds demo                        stack start + seed + night + summary
 eds airflow ARGS…               any Airflow CLI command against the embedded stack
 eds check-config [FILE]         validate a network file
+eds catalogue upgrade|current|history|revision -m MSG   the catalogue's Alembic migrations
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def cmd_demo(args) -> int:
     print("4/4 summary", flush=True)
     print(summary(network))
     print(
-        f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080). "
+        f"\nwhole demo in {time.monotonic() - t0:.0f}s. Operator UI: `make airflow` (http://localhost:8080; page EDS network at /eds/). "
         "Stop everything: `make stop`."
     )
     return 0 if all(ok for _, ok, _ in results) else 1
@@ -227,6 +228,42 @@ def cmd_airflow(args) -> int:
 def cmd_check_config(args) -> int:
     n = load_network(args.file)
     print(f"ok: {len(n.platforms)} platforms, {len(n.local_bases)} local bases")
+    return 0
+
+
+def cmd_catalogue(args) -> int:
+    from alembic import command
+
+    from eds_network import catalogue
+
+    if args.action == "history":
+        command.history(catalogue.alembic_config(), verbose=False)
+        return 0
+    if args.action == "revision":
+        if not args.message:
+            raise EdsError("eds catalogue revision needs -m MESSAGE")
+        head = catalogue.head_revision() or "0000"
+        number = int(head.split("_", 1)[0]) + 1
+        slug = "_".join(args.message.lower().split())[:40]
+        command.revision(catalogue.alembic_config(), message=args.message, rev_id=f"{number:04d}_{slug}")
+        return 0
+    from sqlalchemy.exc import OperationalError
+
+    dsn = args.dsn or _stack().dsn("catalogue")
+    try:
+        return _catalogue_db_action(args, dsn)
+    except OperationalError as exc:
+        raise EdsError(f"catalogue database unreachable ({exc.orig}); is the stack up (`eds stack start`)?") from None
+
+
+def _catalogue_db_action(args, dsn: str) -> int:
+    from eds_network import catalogue
+
+    if args.action == "upgrade":
+        print(f"catalogue at revision {catalogue.upgrade(dsn, args.revision)}")
+    else:
+        cur, head = catalogue.current_revision(dsn), catalogue.head_revision()
+        print(f"catalogue at revision {cur} (head {head}){'' if cur == head else ': run `eds catalogue upgrade`'}")
     return 0
 
 
@@ -249,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     cc = sub.add_parser("check-config")
     cc.add_argument("file", nargs="?")
     cc.set_defaults(fn=cmd_check_config)
+    ca = sub.add_parser("catalogue", help="the catalogue's Alembic migrations")
+    ca.add_argument("action", choices=["upgrade", "current", "history", "revision"])
+    ca.add_argument("revision", nargs="?", default="head", help="target of upgrade (default head)")
+    ca.add_argument("-m", "--message", help="revision: what the new migration does")
+    ca.add_argument("--dsn", help="catalogue database (default: the embedded stack's)")
+    ca.set_defaults(fn=cmd_catalogue)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -1,0 +1,67 @@
+"""Airflow plugin "EDS network": the operator page and its JSON API, inside the Airflow UI.
+
+- FastAPI app mounted at `/eds` (`/eds/` the page, `/eds/api/...` JSON): built by `eds_network.ui`, behind
+  Airflow's own authentication (`requires_access_view(WEBSITE)`: whoever may use the Airflow UI);
+- an external view "EDS network" in the Airflow navigation that shows `/eds/` inside the UI.
+
+The catalogue is read through the `eds_catalogue` connection (Airflow's secrets backend; `$EDS_CATALOGUE_DSN`
+overrides it); Data Docs, when a
+quality run wrote them, are served from `$EDS_DATA_DOCS_DIR` (default `$EDS_HOME/data_docs/<base>/`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+from airflow.api_fastapi.core_api.security import requires_access_view
+from airflow.plugins_manager import AirflowPlugin
+
+from eds_network import ui
+from eds_network.config import REPO_ROOT, load_network
+
+PREFIX = "/eds"
+
+
+def _dsn() -> str:
+    if os.environ.get("EDS_CATALOGUE_DSN"):  # another catalogue than the connection's (tests, staging)
+        return os.environ["EDS_CATALOGUE_DSN"]
+    from eds_network.airflow_adapter import catalogue_dsn
+
+    return catalogue_dsn(load_network())
+
+
+def _login_url(next_url: str) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager().get_url_login(next_url=next_url)
+
+
+def _data_docs_dir() -> Path:
+    default = Path(os.environ.get("EDS_HOME", REPO_ROOT / ".eds")) / "data_docs"
+    return Path(os.environ.get("EDS_DATA_DOCS_DIR", default))
+
+
+app = ui.create_app(
+    _dsn,
+    load_network,
+    auth=requires_access_view(AccessView.WEBSITE),
+    login_url=_login_url,
+    data_docs_dir=_data_docs_dir(),
+    prefix=PREFIX,
+)
+
+
+class EdsNetworkUiPlugin(AirflowPlugin):
+    name = "eds_network_ui"
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "EDS network"}]
+    external_views = [
+        {
+            "name": "EDS network",
+            "href": f"{PREFIX}/",
+            "url_route": "eds-network",
+            "destination": "nav",
+            "nav_top_level": True,
+        }
+    ]

@@ -1,0 +1,274 @@
+"""The operator page "EDS network" in a real Airflow API server, opened in headless Chromium.
+
+The API server loads `plugins/eds_network_ui.py` from the embedded stack's plugins folder and reads a fresh
+catalogue (EDS_CATALOGUE_DSN) seeded through the catalogue module. The screenshots are saved under
+`tests/artifacts/` (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from ui_catalogue import DEMO_MILESTONES, EXTRA_MILESTONES, seed_ui_catalogue
+
+from eds_network import catalogue, ui
+from eds_network.config import load_network
+from eds_network.reference_bases import REFERENCE_BASES
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = os.environ.get("EDS_CHROMIUM", "/usr/bin/chromium")
+
+
+def _expected_milestones(network) -> dict[str, dict[str, str | None]]:
+    out = {}
+    for b in network.local_bases:
+        got = {**DEMO_MILESTONES, **EXTRA_MILESTONES.get(b.id, {})}
+        out[b.id] = {m: got[m].isoformat() if m in got else None for m in catalogue.MILESTONES}
+    for r in REFERENCE_BASES:
+        out[r.id] = {m: r.milestones[m].isoformat() if m in r.milestones else None for m in catalogue.MILESTONES}
+    return out
+
+
+def _http(url: str, *, token: str | None = None, data: dict | None = None, accept: str = "application/json"):
+    headers = {"Accept": accept}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None
+    if data is not None:
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def ui_db(stack):
+    name = "t_ui_catalogue"
+    dsn = stack.create_database(name, drop=True)
+    seeded = seed_ui_catalogue(dsn, load_network())
+    yield dsn, seeded
+    import psycopg
+
+    catalogue.engine(dsn).dispose()
+    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def data_docs(tmp_path_factory) -> Path:
+    """Data Docs written by a quality run for hosp_a only."""
+    root = tmp_path_factory.mktemp("data_docs")
+    (root / "hosp_a").mkdir()
+    (root / "hosp_a" / "index.html").write_text("<html><title>Data Docs hosp_a</title><body>checks</body></html>")
+    return root
+
+
+@pytest.fixture(scope="module")
+def api_server(stack, ui_db, data_docs):
+    """`airflow api-server` of the embedded stack on its API port, with our plugin; yields (base URL, token)."""
+    dsn, _ = ui_db
+    env = {**os.environ, **stack.airflow_env(), "EDS_CATALOGUE_DSN": dsn, "EDS_DATA_DOCS_DIR": str(data_docs)}
+    stack.logs.mkdir(parents=True, exist_ok=True)
+    log = stack.logs / "api-server-ui-test.log"
+    airflow = Path(sys.executable).parent / "airflow"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(airflow), "api-server", "--host", "127.0.0.1", "--port", str(stack.api_port), "--workers", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{stack.api_port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"airflow api-server exited ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+            try:
+                if _http(f"{base}/api/v2/monitor/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"airflow api-server not up on {base} within 240s; see {log}")
+            time.sleep(1)
+        passwords = json.loads((stack.secrets_dir / "ui_passwords.json").read_text())
+        status, body = _http(f"{base}/auth/token", data={"username": "admin", "password": passwords["admin"]})
+        assert status in (200, 201), body
+        yield base, json.loads(body)["access_token"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser-deps`")
+        pytest.skip(f"no Chromium at {CHROMIUM}: run `make browser-deps`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def test_view_model_flags_quality_out_of_order_milestones_and_lead_times(ui_db):
+    dsn, seeded = ui_db
+    view = ui.network_view(dsn, load_network())
+    bases = {b["id"]: b for b in view["bases"]}
+    assert bases["hosp_b"]["levels"]["local"]["quality"] == "warn"  # 3 rows quarantined
+    assert bases["hosp_a"]["levels"]["local"]["quality"] == "ok"
+    assert bases["hosp_a"]["out_of_order"] == ["transfer_channel"]
+    assert bases["ref_oscour"]["out_of_order"] == ["transfer_channel"]
+    assert bases["ref_bndmr"]["out_of_order"] == []
+    assert bases["hosp_d"]["levels"]["national"] is None  # onco not delivered yet
+    assert bases["hosp_a"]["levels"]["national"]["status"] == "success"
+    assert bases["ref_bndmr"]["lead_time"]["state"] == "within" and bases["ref_bndmr"]["lead_time"]["days"] == 196
+    assert bases["ref_esme"]["lead_time"]["state"] == "over"
+    assert bases["ref_bndmr"]["levels"] == {}  # reference bases do not flow through this network
+    assert [d["id"] for d in view["deliveries"]] == [seeded["deliveries"]["idf"]]
+    assert view["deliveries"][0]["receipt"] == "accepted"
+    actions = {a["action"] for a in view["audit"]}
+    assert {"delivery.received", "run.national.success"} <= actions
+    assert view["audit"][0]["id"] > view["audit"][-1]["id"]  # newest first
+    json.dumps(view)  # the JSON API serves it as is
+
+
+def test_plugin_reads_the_catalogue_through_the_airflow_connection(stack):
+    """Without the EDS_CATALOGUE_DSN override, the plugin resolves `eds_catalogue` through Airflow's secrets."""
+    env = {k: v for k, v in {**os.environ, **stack.airflow_env()}.items() if k != "EDS_CATALOGUE_DSN"}
+    code = "import eds_network_ui as p; print(p._dsn())"
+    plugins = str(Path(__file__).resolve().parents[2] / "plugins")
+    res = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "PYTHONPATH": plugins}, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == stack.dsn("catalogue")
+
+
+def test_json_api_needs_airflow_authentication(api_server):
+    base, token = api_server
+    status, _ = _http(f"{base}/eds/api/network")
+    assert status in (401, 403)
+    status, _ = _http(f"{base}/eds/api/network", token="not-a-jwt")
+    assert status in (401, 403)
+    status, body = _http(f"{base}/eds/api/network", token=token)
+    assert status == 200
+    view = json.loads(body)
+    network = load_network()
+    assert {b["id"] for b in view["bases"]} == {b.id for b in network.local_bases} | {r.id for r in REFERENCE_BASES}
+    status, body = _http(f"{base}/eds/api/audit?limit=5", token=token)
+    assert status == 200 and len(json.loads(body)) == 5
+    status, body = _http(f"{base}/eds/api/bases/ref_oscour", token=token)
+    assert status == 200 and json.loads(body)["stage"] == "available"
+    assert _http(f"{base}/eds/api/bases/no_such_base", token=token)[0] == 404
+    status, body = _http(f"{base}/eds/api/bases/ref_bndmr/healthdcat", token=token)
+    assert status == 200 and "dcat:Dataset" in body.decode()
+    # the plugin is registered with Airflow: FastAPI app and the external view in the navigation
+    status, body = _http(f"{base}/api/v2/plugins", token=token)
+    plugin = next(p for p in json.loads(body)["plugins"] if p["name"] == "eds_network_ui")
+    assert plugin["external_views"][0]["href"] == "/eds/" and plugin["fastapi_apps"][0]["url_prefix"] == "/eds"
+
+
+def test_data_docs_are_linked_and_served_when_present(api_server):
+    base, token = api_server
+    bases = {b["id"]: b for b in json.loads(_http(f"{base}/eds/api/bases", token=token)[1])}
+    assert bases["hosp_a"]["links"]["data_docs"] == "/eds/data-docs/hosp_a/"
+    assert bases["hosp_b"]["links"]["data_docs"] is None
+    status, body = _http(f"{base}/eds/data-docs/hosp_a/", token=token, accept="text/html")
+    assert status == 200 and b"Data Docs hosp_a" in body
+    assert _http(f"{base}/eds/data-docs/hosp_a/")[0] in (401, 403)
+    assert _http(f"{base}/eds/data-docs/hosp_b/", token=token)[0] == 404
+    assert _http(f"{base}/eds/data-docs/..%2F..%2Fetc/", token=token)[0] == 404
+
+
+def test_unauthenticated_browser_is_sent_to_the_airflow_login(api_server, browser):
+    base, _ = api_server
+    page = browser.new_page()
+    page.goto(f"{base}/eds/")
+    assert "/auth/login" in page.url
+    assert "EDS network" not in page.title()
+    page.close()
+
+
+def test_operator_page_shows_every_base_with_its_milestones(api_server, browser):
+    base, token = api_server
+    network = load_network()
+    expected = _expected_milestones(network)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+    ctx.add_cookies([{"name": "_token", "value": token, "url": base}])
+    page = ctx.new_page()
+    resp = page.goto(f"{base}/eds/")
+    assert resp is not None and resp.status == 200
+    assert page.title() == "EDS network"
+    assert page.locator("header h1").inner_text() == "EDS network"
+
+    # every base of the catalogue in the milestones timeline, with its five milestones
+    rows = page.locator("#milestones tr[data-base]")
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.base)")) == sorted(expected)
+    for base_id, milestones in expected.items():
+        row = page.locator(f"#milestones tr[data-base='{base_id}']")
+        for m, day in milestones.items():
+            cell = row.locator(f"[data-milestone='{m}'] .date")
+            assert cell.inner_text() == (day or "not reached"), (base_id, m)
+        reached = {m for m, d in milestones.items() if d}
+        assert row.get_attribute("data-stage") == catalogue.stage(reached), base_id
+    assert page.locator("#milestones tr[data-base='ref_oscour']").inner_text().count("reached out of order") == 1
+    assert (
+        page.locator("#milestones tr[data-base='ref_esme'] [data-lead-state]").get_attribute("data-lead-state")
+        == "over"
+    )
+
+    # every network base x level, linked to its DAG runs
+    for b in network.local_bases:
+        row = page.locator(f"#levels tr[data-base='{b.id}']")
+        assert row.locator("td[data-level='local']").get_attribute("data-status") == "success"
+        assert row.locator(f"a[href='/dags/{b.dag_id}/runs']").count() == 1
+    assert page.locator("#levels tr[data-base='hosp_a'] a[href='/eds/data-docs/hosp_a/']").count() == 1
+    assert page.locator("#levels tr[data-base='hosp_b'] td[data-level='local'] .chip.warn").count() == 1
+    assert "no run yet" in page.locator("#levels tr[data-base='hosp_d'] td[data-level='national']").inner_text()
+    assert page.locator("#deliveries tr[data-delivery]").count() == 1
+    assert "accepted" in page.locator("#deliveries").inner_text()
+    assert "delivery.received" in page.locator("#audit").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "eds_network_ui.png"), full_page=True)
+
+    # the same page as a view inside the Airflow UI (navigation entry "EDS network")
+    page.goto(f"{base}/plugin/eds-network")
+    frame = page.frame_locator("iframe").first
+    frame.locator("#milestones tr[data-base='ref_e_must']").wait_for(timeout=60_000)
+    assert page.get_by_text("EDS network").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "eds_network_ui_in_airflow.png"))
+    ctx.close()
+    assert (ARTIFACTS / "eds_network_ui.png").stat().st_size > 10_000
+
+
+def test_no_internet_asset_on_the_page(api_server):
+    base, token = api_server
+    status, body = _http(f"{base}/eds/", token=token, accept="text/html")
+    assert status == 200
+    text = body.decode()
+    assert "http://" not in text and "https://" not in text and "<script" not in text
