@@ -6,6 +6,7 @@ Every DAG writes here through this module only. Tables:
                                  preparation, transfer_channel, available) — reached in any order
   run, run_table                 one row per level run, row accounting per table
   delivery                       national deliveries: files, bytes, SHA-256, key versions, receipt
+  national_linkage               per pair of national deliveries: persons sharing a level-2 pseudonym
   audit                          append-only trail of status changes and actions
 """
 
@@ -111,6 +112,17 @@ delivery_t = Table(
     Column("rows", JSON),
     Column("key_versions", JSON),
     Column("receipt", JSON),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+national_linkage_t = Table(
+    "national_linkage",
+    metadata,
+    Column("delivery_a", Text, primary_key=True),
+    Column("delivery_b", Text, primary_key=True),
+    Column("platform_a", String(64), nullable=False),
+    Column("platform_b", String(64), nullable=False),
+    Column("shared_persons", BigInteger, nullable=False),
+    Column("summary_key", Text),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 audit_t = Table(
@@ -369,6 +381,75 @@ def record_delivery(
             .on_conflict_do_update(index_elements=["id"], set_=values)
         )
         audit(conn, actor, f"delivery.{status}", f"delivery:{delivery_id}", {"platform": platform_id, "level": level})
+
+
+def record_skipped_delivery(
+    dsn: str, *, platform_id: str, source_delivery: str, skipped: dict[str, list[str]], actor: str = "airflow"
+) -> None:
+    """A platform delivery held back by missing milestones: a national run `skipped` with the reasons, and one
+    audit entry per blocking base naming the milestones it lacks."""
+    record_run(
+        dsn,
+        level="national",
+        scope_id=platform_id,
+        batch_id=f"skipped:{source_delivery}",
+        status="skipped",
+        details={"reason": "milestones", "missing_milestones": skipped},
+        actor=actor,
+    )
+    with engine(dsn).begin() as conn:
+        for base_id, missing in skipped.items():
+            audit(
+                conn,
+                actor,
+                "delivery.skipped",
+                f"base:{base_id}",
+                {"platform": platform_id, "source_delivery": source_delivery, "missing_milestones": missing},
+            )
+
+
+def mark_transfer_channel(
+    dsn: str, base_ids: Iterable[str], on: dt.date | None = None, actor: str = "eds-national"
+) -> list[str]:
+    """A first accepted national receipt proves the transfer channel: record the milestone where missing."""
+    done = []
+    for b in base_ids:
+        if "transfer_channel" not in milestones(dsn, b):
+            set_milestone(
+                dsn,
+                b,
+                "transfer_channel",
+                on or dt.date.today(),
+                evidence="national receipt accepted",
+                recorded_by=actor,
+            )
+            done.append(b)
+    return done
+
+
+def record_national_linkage(dsn: str, summary: dict) -> int:
+    """Store a national linkage summary (see transfer.national_linkage): one row per pair of deliveries."""
+    with engine(dsn).begin() as conn:
+        for pair in summary.get("pairs", []):
+            (pa_, pb), (da, db) = pair["platforms"], pair["deliveries"]
+            values = {
+                "platform_a": pa_,
+                "platform_b": pb,
+                "shared_persons": pair["shared_persons"],
+                "summary_key": summary.get("summary_key"),
+                "recorded_at": func.now(),
+            }
+            conn.execute(
+                insert(national_linkage_t)
+                .values(delivery_a=da, delivery_b=db, **values)
+                .on_conflict_do_update(index_elements=["delivery_a", "delivery_b"], set_=values)
+            )
+    return len(summary.get("pairs", []))
+
+
+def national_linkage(dsn: str) -> list[dict]:
+    with engine(dsn).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(national_linkage_t))]
 
 
 def latest_runs(dsn: str) -> list[dict]:

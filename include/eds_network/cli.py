@@ -69,7 +69,7 @@ def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> di
     reference_bases.seed_reference_bases(dsn)
     for b in network.local_bases:
         have = catalogue.milestones(dsn, b.id)
-        for m in ("contract_signed", "documentation"):
+        for m in ("contract_signed", "documentation", "preparation"):  # preparation: national gate
             if m not in have:
                 catalogue.set_milestone(
                     dsn, b.id, m, dt.date(2026, 1, 15), evidence="demo network", recorded_by="eds seed"

@@ -7,6 +7,12 @@
 - Every object is read back and hashed before the manifest is written. The manifest is written last with a
   conditional write (If-None-Match: *): a delivery is published exactly once even if two runs race; the loser
   gets `AlreadyDelivered`.
+- A failed or interrupted attempt leaves no incomplete multipart upload behind once the delivery is published
+  (and the landing bucket carries a lifecycle rule aborting stale ones); an object that fails verification
+  (checksum, size, encryption) is deleted so that a retry sends it again.
+- Milestone gating: a platform delivery leaves only when every member base has `contract_signed` and
+  `preparation` in the catalogue (the caller passes the milestones); otherwise it is skipped with the reasons.
+- National linkage: per platform pair, the number of persons sharing a level-2 pseudonym, in a summary object.
 - The landing zone never receives an identity value, a level-1 pseudonym or a transport token.
 """
 
@@ -14,27 +20,43 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from eds_network.config import NationalTarget, Platform
-from eds_network.errors import AlreadyDelivered, IntegrityError, TransferError
+from eds_network.errors import IntegrityError, TransferError
 from eds_network.pseudonymise import TOKEN_COLUMN, Key, national_person_ids, remap
 from eds_network.publish import MANIFEST, SCHEMA_VERSION
-from eds_network.storage import S3Endpoint, download, object_exists, put_json, read_json, sha256_file, sha256_object
+from eds_network.storage import (
+    S3Endpoint,
+    download,
+    object_exists,
+    put_json,
+    read_json,
+    sha256_file,
+    sha256_object,
+)
 
 log = logging.getLogger(__name__)
 
 MULTIPART = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
+# A base's data leaves for the national level only once these catalogue milestones are reached.
+REQUIRED_MILESTONES = ("contract_signed", "preparation")
+LIFECYCLE_RULE_ID = "eds-abort-incomplete-multipart"
+ABORT_INCOMPLETE_AFTER_DAYS = 1
+LINKAGE = "linkage/"
 FORBIDDEN_COLUMNS = frozenset(
     {
         TOKEN_COLUMN,
@@ -68,11 +90,14 @@ class NationalResources:
 class Delivery:
     platform: str
     delivery_id: str
-    status: str  # delivered | already_delivered | nothing_to_deliver
+    status: str  # delivered | already_delivered | nothing_to_deliver | skipped
     manifest_key: str | None
     files: list[dict]
     rows: dict[str, int]
     key_versions: dict[str, str]
+    source_delivery: str = ""
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # base -> missing milestones (status skipped)
+    reused: int = 0  # files already in the landing zone from an interrupted attempt: not sent again
 
     def ref(self) -> dict:
         return asdict(self)
@@ -88,7 +113,64 @@ def _landing_prefix(target: NationalTarget, delivery_id: str) -> str:
     return f"{target.landing_zone.prefix}deliveries/{delivery_id}/"
 
 
-def transfer_platform(platform: Platform, target: NationalTarget, res: NationalResources) -> Delivery:
+def delivery_gate(members: Iterable[str], milestones: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Bases that may not be delivered yet, with the milestones they miss (empty: the delivery may leave)."""
+    blocked: dict[str, list[str]] = {}
+    for base in members:
+        reached = set(milestones.get(base, ()))
+        missing = [m for m in REQUIRED_MILESTONES if m not in reached]
+        if missing:
+            blocked[base] = missing
+    return blocked
+
+
+def ensure_abort_lifecycle(s3, bucket: str, days: int = ABORT_INCOMPLETE_AFTER_DAYS) -> bool:
+    """Make sure the landing bucket aborts incomplete multipart uploads older than `days` (idempotent; other
+    rules are kept). Returns False, with a warning, when the endpoint does not let us set it."""
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("NoSuchLifecycleConfiguration", "NoSuchLifecycle"):
+            log.warning(
+                "landing bucket %s: cannot read its lifecycle rules (%s)", bucket, exc.response["Error"]["Code"]
+            )
+            return False
+        rules = []
+    if any(r.get("AbortIncompleteMultipartUpload") and r.get("Status") == "Enabled" for r in rules):
+        return True
+    rules = [r for r in rules if r.get("ID") != LIFECYCLE_RULE_ID] + [
+        {
+            "ID": LIFECYCLE_RULE_ID,
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},
+        }
+    ]
+    try:
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+    except ClientError as exc:
+        log.warning(
+            "landing bucket %s: cannot set the rule aborting stale multipart uploads (%s); ask the landing zone's"
+            " operator to add it",
+            bucket,
+            exc.response["Error"]["Code"],
+        )
+        return False
+    return True
+
+
+def transfer_platform(
+    platform: Platform,
+    target: NationalTarget,
+    res: NationalResources,
+    *,
+    milestones: Mapping[str, Iterable[str]] | None = None,
+) -> Delivery:
+    """Deliver the platform's latest packaged delivery to the landing zone, exactly once.
+
+    `milestones` (base id -> milestones reached, from the catalogue) gates the delivery: when given, the delivery
+    leaves only if every member base has REQUIRED_MILESTONES, else the result has status `skipped` and the reasons.
+    """
     res.landing.require_tls(allow_loopback_http=target.allow_plain_http_loopback, what="HDH landing zone")
     out_s3 = res.outbox.client()
     land = res.landing.client()
@@ -102,6 +184,19 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
     key_versions = {"national": res.national_key.version, "national_box": res.box_key_version}
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise IntegrityError(f"delivery {source_delivery}: schema version {manifest.get('schema_version')!r}")
+    if milestones is not None:
+        blocked = delivery_gate(manifest.get("members") or [b.id for b in platform.members], milestones)
+        if blocked:
+            log.warning(
+                "%s: delivery %s not sent: %s",
+                platform.id,
+                source_delivery,
+                "; ".join(f"base {b} lacks {', '.join(m)}" for b, m in blocked.items()),
+            )
+            return Delivery(
+                platform.id, "", "skipped", None, [], {}, key_versions, source_delivery=source_delivery, skipped=blocked
+            )
+    ensure_abort_lifecycle(land, bucket)
     t0 = time.monotonic()
     files: list[dict] = []
     rows: dict[str, int] = {}
@@ -156,15 +251,50 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
         delivery_id = f"{platform.id}__{digest[:16]}"
         prefix = _landing_prefix(target, delivery_id)
         manifest_key = prefix + MANIFEST
+
+        def already(reason: str) -> Delivery:
+            log.info(
+                "%s: delivery %s is already in the landing zone (%s): nothing sent", platform.id, delivery_id, reason
+            )
+            abort_incomplete_uploads(land, bucket, prefix)
+            return Delivery(
+                platform.id,
+                delivery_id,
+                "already_delivered",
+                manifest_key,
+                [],
+                {},
+                key_versions,
+                source_delivery=source_delivery,
+            )
+
         if object_exists(land, bucket, manifest_key):
-            log.info("%s: delivery %s is already in the landing zone: nothing sent", platform.id, delivery_id)
-            return Delivery(platform.id, delivery_id, "already_delivered", manifest_key, [], {}, key_versions)
+            return already("manifest present")
+        reused = 0
         for f in files:
             f["key"] = f"{prefix}{f['table']}.{f['sha256'][:16]}.parquet"
-            _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res)
+            try:
+                sent = _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res, platform.id)
+            except TransferError:
+                if object_exists(land, bucket, manifest_key):  # a concurrent run finished the delivery
+                    return already("published by a concurrent run")
+                raise
+            reused += not sent
     # Verify every object (size + SHA-256 read back + encryption) before the manifest.
     for f in files:
-        verify_object(land, bucket, f)
+        try:
+            verify_object(land, bucket, f, platform=platform.id)
+        except (IntegrityError, TransferError):
+            if object_exists(land, bucket, manifest_key):  # a concurrent run finished the delivery
+                return already("published by a concurrent run")
+            # A stored object that is not ours must not stay (a retry sends it again); nor may any object of this
+            # attempt that the endpoint stored unencrypted.
+            land.delete_object(Bucket=bucket, Key=f["key"])
+            for g in files:
+                head = object_exists(land, bucket, g["key"])
+                if head is not None and not _encrypted(head):
+                    land.delete_object(Bucket=bucket, Key=g["key"])
+            raise
     doc = {
         "kind": "eds-network/national-delivery",
         "delivery_id": delivery_id,
@@ -175,53 +305,113 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
         "files": files,
         "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
     }
+    body = json.dumps(doc, indent=2, sort_keys=True).encode()
     try:
-        put_json(land, bucket, manifest_key, doc, IfNoneMatch="*", **_sse_args(res))
+        put = land.put_object(
+            Bucket=bucket,
+            Key=manifest_key,
+            Body=body,
+            ContentType="application/json",
+            IfNoneMatch="*",
+            **_sse_args(res),
+        )
     except ClientError as exc:
         if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-            raise AlreadyDelivered(f"delivery {delivery_id} was published by another run") from None
+            return already("conditional write lost to a concurrent run")
         raise
+    if put.get("ServerSideEncryption") not in ("AES256", "aws:kms"):
+        land.delete_object(Bucket=bucket, Key=manifest_key)
+        raise TransferError(
+            f"platform {platform.id}: the landing zone did not apply encryption at rest to {manifest_key}; "
+            "delivery withdrawn"
+        )
+    # Leftovers of interrupted attempts (or of a concurrent run) are useless now that the delivery is published.
+    aborted = abort_incomplete_uploads(land, bucket, prefix)
     log.info(
-        "%s: delivery %s transferred: %d files, %.1f MB in %.1fs",
+        "%s: delivery %s transferred: %d files (%d already there), %.1f MB in %.1fs; %d stale uploads aborted",
         platform.id,
         delivery_id,
         len(files),
+        reused,
         sum(f["bytes"] for f in files) / 1e6,
         time.monotonic() - t0,
+        aborted,
     )
-    return Delivery(platform.id, delivery_id, "delivered", manifest_key, files, rows, key_versions)
+    return Delivery(
+        platform.id,
+        delivery_id,
+        "delivered",
+        manifest_key,
+        files,
+        rows,
+        key_versions,
+        source_delivery=source_delivery,
+        reused=reused,
+    )
 
 
-def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalResources) -> None:
+def _encrypted(head: dict | None) -> bool:
+    return bool(head) and head.get("ServerSideEncryption") in ("AES256", "aws:kms")
+
+
+def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalResources, platform: str) -> bool:
+    """Upload unless the very same bytes are already there (encrypted). Returns whether the file was sent."""
     head = object_exists(s3, bucket, key)
-    if head and head.get("Metadata", {}).get("sha256") == sha and head["ContentLength"] == path.stat().st_size:
-        return  # already there from an interrupted attempt: resume, do not resend
+    if (
+        head
+        and head.get("Metadata", {}).get("sha256") == sha
+        and head["ContentLength"] == path.stat().st_size
+        and _encrypted(head)
+    ):
+        return False  # already there from an interrupted attempt: resume, do not resend
     try:
         s3.upload_file(
             str(path), bucket, key, Config=MULTIPART, ExtraArgs={"Metadata": {"sha256": sha}, **_sse_args(res)}
         )
     except Exception as exc:
         _abort_multipart(s3, bucket, key)
-        raise TransferError(f"upload of {key} failed: {type(exc).__name__}") from exc
+        raise TransferError(f"platform {platform}: upload of {key} failed: {type(exc).__name__}") from exc
+    return True
 
 
 def _abort_multipart(s3, bucket: str, key: str) -> None:
     try:
         for up in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
-            s3.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-    except ClientError:
+            if up["Key"] == key:
+                s3.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+    except (ClientError, BotoCoreError):
         log.warning("could not list/abort incomplete multipart uploads for %s", key)
 
 
-def verify_object(s3, bucket: str, f: dict) -> None:
+def abort_incomplete_uploads(s3, bucket: str, prefix: str) -> int:
+    """Abort every incomplete multipart upload under `prefix`. Returns how many were aborted."""
+    n = 0
+    try:
+        for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            for up in page.get("Uploads", []):
+                s3.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                n += 1
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("could not abort incomplete multipart uploads under %s: %s", prefix, type(exc).__name__)
+    return n
+
+
+def verify_object(s3, bucket: str, f: dict, *, platform: str | None = None) -> None:
+    where = f"platform {platform}: " if platform else ""
     head = object_exists(s3, bucket, f["key"])
     if head is None:
-        raise IntegrityError(f"{f['key']} is missing from the landing zone", table=f.get("table"))
-    if head.get("ServerSideEncryption") not in ("AES256", "aws:kms"):
-        raise TransferError(f"{f['key']}: the landing zone did not apply encryption at rest", table=f.get("table"))
+        raise IntegrityError(f"{where}{f['key']} is missing from the landing zone", table=f.get("table"))
+    if not _encrypted(head):
+        raise TransferError(
+            f"{where}{f['key']}: the landing zone did not apply encryption at rest", table=f.get("table")
+        )
     sha, size = sha256_object(s3, bucket, f["key"])
     if sha != f["sha256"] or size != f["bytes"]:
-        raise IntegrityError(f"{f['key']}: stored object does not match (sha256/size)", table=f.get("table"))
+        raise IntegrityError(
+            f"{where}{f['key']}: stored object does not match what was sent "
+            f"(sha256 {sha[:12]}… vs {f['sha256'][:12]}…, {size} vs {f['bytes']} bytes)",
+            table=f.get("table"),
+        )
 
 
 def receipt(target: NationalTarget, landing: S3Endpoint, delivery_id: str) -> dict:
@@ -254,3 +444,61 @@ def receipt(target: NationalTarget, landing: S3Endpoint, delivery_id: str) -> di
     }
     put_json(s3, bucket, prefix + "_receipt.json", doc, ServerSideEncryption="AES256")
     return doc
+
+
+def national_linkage(
+    target: NationalTarget, landing: S3Endpoint, deliveries: Iterable[dict], *, sse_kms_key_id: str | None = None
+) -> dict:
+    """Per platform pair, how many persons share a level-2 pseudonym in the platforms' current deliveries.
+
+    Reads only the `person_id` column of each delivered person file (checked against its manifest SHA-256) and
+    writes a summary object next to the deliveries, named by the deliveries it covers (written once). Returns the
+    summary (counts and references only)."""
+    landing.require_tls(allow_loopback_http=target.allow_plain_http_loopback, what="HDH landing zone")
+    s3 = landing.client()
+    bucket = target.landing_zone.bucket
+    ids: dict[str, np.ndarray] = {}
+    used: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="eds-linkage-") as tmp:
+        for d in deliveries:
+            if d.get("status") not in ("delivered", "already_delivered") or not d.get("manifest_key"):
+                continue
+            manifest = read_json(s3, bucket, d["manifest_key"])
+            person = next((f for f in manifest["files"] if f["table"] == "person"), None)
+            if person is None:
+                raise IntegrityError(f"delivery {manifest['delivery_id']} has no person file", table="person")
+            path = Path(tmp) / f"{manifest['platform']}.parquet"
+            sha, _ = download(s3, bucket, person["key"], path)
+            if sha != person["sha256"]:
+                raise IntegrityError(f"{person['key']} does not match its manifest", table="person")
+            col = pq.read_table(path, columns=["person_id"]).column("person_id").combine_chunks().drop_null()
+            ids[manifest["platform"]] = np.unique(col.to_numpy(zero_copy_only=False))
+            used[manifest["platform"]] = manifest["delivery_id"]
+            path.unlink()
+    platforms = sorted(ids)
+    pairs = [
+        {
+            "platforms": [a, b],
+            "deliveries": [used[a], used[b]],
+            "shared_persons": int(np.intersect1d(ids[a], ids[b], assume_unique=True).size),
+        }
+        for i, a in enumerate(platforms)
+        for b in platforms[i + 1 :]
+    ]
+    digest = hashlib.sha256("|".join(f"{p}:{used[p]}" for p in platforms).encode()).hexdigest()
+    key = f"{target.landing_zone.prefix}{LINKAGE}{digest[:16]}.json"
+    doc = {
+        "kind": "eds-network/national-linkage",
+        "deliveries": used,
+        "persons": {p: int(ids[p].size) for p in platforms},
+        "pairs": pairs,
+        "computed_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if platforms and object_exists(s3, bucket, key) is None:
+        sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else {}
+        put_json(s3, bucket, key, doc, **(sse or {"ServerSideEncryption": "AES256"}))
+        if not _encrypted(object_exists(s3, bucket, key)):
+            s3.delete_object(Bucket=bucket, Key=key)
+            raise TransferError(f"the landing zone did not apply encryption at rest to {key}")
+    log.info("national linkage over %d platforms: %s", len(platforms), pairs)
+    return {"summary_key": key if platforms else None, **doc}
