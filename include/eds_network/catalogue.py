@@ -307,6 +307,12 @@ def record_delivery(
         audit(conn, actor, f"delivery.{status}", f"delivery:{delivery_id}", {"platform": platform_id, "level": level})
 
 
+def record_key_event(dsn: str, action: str, obj: str, details: dict, actor: str = "airflow") -> None:
+    """Audit a key's use, rotation or retirement: connection ids and versions only, never key material."""
+    with engine(dsn).begin() as conn:
+        audit(conn, actor, action, obj, details)
+
+
 def latest_runs(dsn: str) -> list[dict]:
     """Per (level, scope): the latest run with its table totals — what the demo summary and the UI show."""
     q = text(f"""

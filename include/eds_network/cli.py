@@ -7,6 +7,8 @@ eds summary                     per base and level: rows, files delivered with S
 eds demo                        stack start + seed + night + summary
 eds airflow ARGS…               any Airflow CLI command against the embedded stack
 eds check-config [FILE]         validate a network file
+eds keys list                   the pseudonymisation key connections and their versions (never the keys)
+eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
 """
 
 from __future__ import annotations
@@ -230,6 +232,40 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from eds_network import catalogue, rotation
+
+    network = load_network()
+    s = _stack()
+    if args.action == "list":
+        for conn_id, k in sorted(s.keys(network).items()):
+            extra = k.get("extra", {})
+            retired = ", ".join(extra.get("retired_versions", [])) or "-"
+            print(f"{conn_id:24s} version {extra.get('version', 'v1'):6s} retired: {retired}")
+        return 0
+    conn_id = rotation.key_connection_for(network, platform=args.platform, national=args.national)
+    old, new = rotation.rotate_stack_key(s, network, conn_id)
+    print(f"{conn_id}: version {old} -> {new}.", end=" ")
+    if args.platform:
+        print(
+            f"The next run of each member of platform {args.platform} publishes a full re-extraction under {new}; "
+            f"the platform replaces the {old} rows, retires {old}, and packages again once every member has re-keyed."
+        )
+    else:
+        print(f"The next national transfer delivers every platform's data under level-2 pseudonyms of {new}.")
+    try:
+        catalogue.record_key_event(
+            s.dsn("catalogue"),
+            "key.rotated",
+            f"key:{conn_id}",
+            {"from_version": old, "to_version": new, "platform": args.platform, "national": args.national},
+            actor="eds keys rotate",
+        )
+    except Exception as exc:  # the stack may be down: the rotation itself is done
+        print(f"warning: the catalogue audit could not be written ({type(exc).__name__})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -249,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     cc = sub.add_parser("check-config")
     cc.add_argument("file", nargs="?")
     cc.set_defaults(fn=cmd_check_config)
+    ky = sub.add_parser("keys")
+    ky.add_argument("action", choices=["list", "rotate"])
+    ky.add_argument("--platform", help="rotate this platform's level-1 key")
+    ky.add_argument("--national", action="store_true", help="rotate the national (level-2) key")
+    ky.set_defaults(fn=cmd_keys)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
