@@ -23,6 +23,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from eds_network.errors import EdsError, IntegrityError
@@ -40,12 +41,18 @@ class KeyRotationInProgress(EdsError):
 
 
 def ensure_local_state(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "CREATE SCHEMA IF NOT EXISTS eds_local;"
-        "CREATE TABLE IF NOT EXISTS eds_local.published_state (table_name text PRIMARY KEY,"
-        " fingerprint text NOT NULL, level1_version text NOT NULL, batch_id text NOT NULL,"
-        " full_batch_id text, published_at timestamptz NOT NULL DEFAULT now())"
-    )
+    """The hospital's record of what each table was last published under (autocommit connection)."""
+    if conn.execute("SELECT to_regclass('eds_local.published_state')").fetchone()[0]:
+        return
+    try:
+        conn.execute(
+            "CREATE SCHEMA IF NOT EXISTS eds_local;"
+            "CREATE TABLE IF NOT EXISTS eds_local.published_state (table_name text PRIMARY KEY,"
+            " fingerprint text NOT NULL, level1_version text NOT NULL, batch_id text NOT NULL,"
+            " full_batch_id text, published_at timestamptz NOT NULL DEFAULT now())"
+        )
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+        pass  # created at the same moment by a sibling table task of the first night
 
 
 def needs_full_extraction(conn: psycopg.Connection, table: str, fingerprint: str, batch_id: str) -> bool:
@@ -92,7 +99,14 @@ def ensure_registry(conn: psycopg.Connection, tables: Iterable[str]) -> None:
         " seq bigint GENERATED ALWAYS AS IDENTITY, first_applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
         " retired_at timestamptz)"
     )
-    for t in tables:
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'omop' AND column_name = %s",
+            (KEY_VERSION_COLUMN,),
+        )
+    }
+    for t in [t for t in tables if t not in have]:  # no ALTER (and its exclusive lock) once the column exists
         conn.execute(
             sql.SQL("ALTER TABLE omop.{} ADD COLUMN IF NOT EXISTS {} text").format(
                 sql.Identifier(t), sql.Identifier(KEY_VERSION_COLUMN)
