@@ -90,6 +90,19 @@ def publish_batch(
         }
         tables[ref["table"]]["full"] = bool(ref.get("full"))  # re-keying run: replaces the site's rows
         tables[ref["table"]]["fingerprint"] = ref.get("fingerprint")
+    # Every table of one batch is pseudonymised under the key version the manifest states (a key rotated in the
+    # middle of a run would mix two versions in one batch: the interval is rerun instead).
+    mixed = sorted(
+        t
+        for t, v in tables.items()
+        if v.get("fingerprint") and not v["fingerprint"].startswith(f"level1={res.platform_key.version};")
+    )
+    if mixed:
+        raise IntegrityError(
+            f"tables {mixed} were pseudonymised under another level-1 key version than "
+            f"{res.platform_key.version!r} (key rotated during the run): rerun the interval",
+            base=base.id,
+        )
     failed = sorted(set(base.tables) - set(tables))
     prefix = f"{res.intake_prefix}{base.id}/{bid}/"
     manifest_key = prefix + MANIFEST

@@ -27,6 +27,7 @@ from psycopg import sql
 
 from eds_network import consolidate, extract, omop, publish, seed, transfer
 from eds_network.config import Network, load_network
+from eds_network.errors import IntegrityError
 from eds_network.pseudonymise import Key
 from eds_network.rotation import KeyRotationInProgress
 from eds_network.storage import S3Endpoint, read_json
@@ -244,6 +245,13 @@ def test_rotating_a_platform_key_re_keys_every_row_consistently_and_keeps_nation
     c = w.consolidate("idf")
     assert list(c.rejected.values()) and "retired" in next(iter(c.rejected.values()))
     assert w.warehouse("idf")["rows"] == after["rows"]
+
+    # A batch never mixes key versions: a table pseudonymised under one version is not published under another.
+    hosp_d = net.base("hosp_d")
+    ref = extract.extract_table(hosp_d, "person", DAY2, DAY3, w.res["hosp_d"]).ref()
+    other = dataclasses.replace(w.res["hosp_d"], platform_key=Key(secrets.token_bytes(32), "v9", "eds_key_l1_onco"))
+    with pytest.raises(IntegrityError, match="another level-1 key version"):
+        publish.publish_batch(hosp_d, DAY2, DAY3, [ref], other)
 
 
 def test_rotating_the_national_key_changes_every_level2_id_consistently_across_platforms(stack, new_db):
