@@ -279,3 +279,20 @@ def test_no_key_and_no_level1_pseudonym_reaches_the_landing_zone(night, stack):
             text = body.decode("utf-8", "replace")
         assert not [s for s in spellings if s in text], key
     assert len(national_ids) > 100  # the scan saw the delivered persons
+
+
+def test_catalogue_audit_records_the_key_versions_each_level_used(night, stack):
+    with psycopg.connect(stack.dsn("catalogue")) as conn:
+        used = conn.execute("SELECT object, details FROM catalogue.audit WHERE action = 'key.used'").fetchall()
+    by_object = {}
+    for obj, details in used:
+        by_object.setdefault(obj, []).append(details)
+    for b in NETWORK.local_bases:
+        versions = by_object[f"local:{b.id}"][-1]["key_versions"]
+        assert versions == {"level1": "v1", "transport": "v1", "national_box": "v1"}, b.id
+    for p in NETWORK.platforms:
+        assert by_object[f"national:{p.id}"][-1]["key_versions"] == {"national": "v1", "national_box": "v1"}
+    # versions and ids only: no key material in the audit
+    spellings = {s for ss in _key_spellings(stack).values() for s in ss}
+    text = json.dumps(used, default=str)
+    assert not [s for s in spellings if s in text]
