@@ -80,7 +80,17 @@ def local_dag(base: LocalBase):
                 tables=published["rows"],
                 dag_run_id=ctx["run_id"],
                 interval=(data_interval_start, data_interval_end),
-                details={"failed_tables": published["failed_tables"], "manifest_key": published["manifest_key"]},
+                details={
+                    "failed_tables": published["failed_tables"],
+                    "manifest_key": published["manifest_key"],
+                    "key_versions": published.get("key_versions", {}),
+                },
+            )
+            catalogue.record_key_event(  # which key versions this batch was pseudonymised with (no key)
+                catalogue_dsn(load_network()),
+                "key.used",
+                f"local:{base.id}",
+                {"batch_id": published["batch_id"], "key_versions": published.get("key_versions", {})},
             )
 
         record_run(publish_batch(extract_table.expand(table=base.tables)))

@@ -76,8 +76,16 @@ def mutualised_dag(platform: Platform):
                     "rejected": consolidation["rejected"],
                     "linkage": consolidation["linkage"],
                     "checks": consolidation["checks"],
+                    "key_versions": consolidation["key_versions"],
                 },
             )
+            for version in consolidation.get("retired_key_versions", []):  # key rotation finished at this platform
+                catalogue.record_key_event(
+                    dsn,
+                    "key.retired",
+                    f"key:{platform.key_connection_id}",
+                    {"platform": platform.id, "version": version},
+                )
 
         c = consolidate()
         record_run(c, package(c))

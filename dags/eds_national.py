@@ -123,6 +123,12 @@ def eds_national():
             dag_run_id=get_current_context()["run_id"],
             details={"receipt": doc["status"], "manifest_key": delivery["manifest_key"]},
         )
+        catalogue.record_key_event(
+            catalogue_dsn(network),
+            "key.used",
+            f"national:{delivery['platform']}",
+            {"delivery_id": delivery["delivery_id"], "key_versions": delivery["key_versions"]},
+        )
         if doc["status"] != "accepted":
             raise step.TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
         catalogue.mark_transfer_channel(

@@ -55,13 +55,25 @@ def key(conn_id: str, what: str) -> Key:
     if not c.password:
         raise ConfigError(f"{what}: connection {conn_id!r} holds no key (password field is empty)")
     mask_secret(c.password)
-    return Key.from_secret(conn_id, c.password, str(c.extra_dejson.get("version", "v1")))
+    k = Key.from_secret(conn_id, c.password, str(c.extra_dejson.get("version", "v1")))
+    _mask_bytes(k.secret)
+    return k
+
+
+def _mask_bytes(secret: bytes) -> None:
+    """The key in the other spellings it could leak in (hex, base64), whatever spelling the connection used."""
+    mask_secret(secret.hex())
+    mask_secret(base64.b64encode(secret).decode())
 
 
 def box_private_key(conn_id: str) -> tuple[bytes, str]:
     c = _conn(conn_id, "national sealed-box key")
+    if not c.password:
+        raise ConfigError(f"national sealed-box key: connection {conn_id!r} holds no key (password field is empty)")
     mask_secret(c.password)
-    return base64.b64decode(c.password), str(c.extra_dejson.get("version", "v1"))
+    private = base64.b64decode(c.password)
+    _mask_bytes(private)
+    return private, str(c.extra_dejson.get("version", "v1"))
 
 
 def box_public_key(conn_id: str) -> tuple[bytes, str]:

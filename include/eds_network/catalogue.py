@@ -452,6 +452,12 @@ def national_linkage(dsn: str) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(select(national_linkage_t))]
 
 
+def record_key_event(dsn: str, action: str, obj: str, details: dict, actor: str = "airflow") -> None:
+    """Audit a key's use, rotation or retirement: connection ids and versions only, never key material."""
+    with engine(dsn).begin() as conn:
+        audit(conn, actor, action, obj, details)
+
+
 def latest_runs(dsn: str) -> list[dict]:
     """Per (level, scope): the latest run with its table totals — what the demo summary and the UI show."""
     q = text(f"""

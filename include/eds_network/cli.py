@@ -8,6 +8,8 @@ eds demo                        stack start + seed + night + summary
 eds airflow ARGS…               any Airflow CLI command against the embedded stack
 eds check-config [FILE]         validate a network file
 eds catalogue upgrade|current|history|revision -m MSG   the catalogue's Alembic migrations
+eds keys list                   the pseudonymisation key connections and their versions (never the keys)
+eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
 """
 
 from __future__ import annotations
@@ -107,9 +109,10 @@ def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple
         ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
         el = time.monotonic() - t0
         print(f"  {dag_id:32s} {'ok' if ok else 'FAILED'}  ({el:.0f}s)", flush=True)
+        logfile = s.logs / f"{dag_id}.log"  # kept for every run: the night's task logs (keys are masked)
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        logfile.write_text(res.stdout + "\n" + res.stderr)
         if not ok:
-            logfile = s.logs / f"{dag_id}.log"
-            logfile.write_text(res.stdout + "\n" + res.stderr)
             print(f"    see {logfile}", flush=True)
         return dag_id, ok, el
 
@@ -267,6 +270,40 @@ def _catalogue_db_action(args, dsn: str) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from eds_network import catalogue, rotation
+
+    network = load_network()
+    s = _stack()
+    if args.action == "list":
+        for conn_id, k in sorted(s.keys(network).items()):
+            extra = k.get("extra", {})
+            retired = ", ".join(extra.get("retired_versions", [])) or "-"
+            print(f"{conn_id:24s} version {extra.get('version', 'v1'):6s} retired: {retired}")
+        return 0
+    conn_id = rotation.key_connection_for(network, platform=args.platform, national=args.national)
+    old, new = rotation.rotate_stack_key(s, network, conn_id)
+    print(f"{conn_id}: version {old} -> {new}.", end=" ")
+    if args.platform:
+        print(
+            f"The next run of each member of platform {args.platform} publishes a full re-extraction under {new}; "
+            f"the platform replaces the {old} rows, retires {old}, and packages again once every member has re-keyed."
+        )
+    else:
+        print(f"The next national transfer delivers every platform's data under level-2 pseudonyms of {new}.")
+    try:
+        catalogue.record_key_event(
+            s.dsn("catalogue"),
+            "key.rotated",
+            f"key:{conn_id}",
+            {"from_version": old, "to_version": new, "platform": args.platform, "national": args.national},
+            actor="eds keys rotate",
+        )
+    except Exception as exc:  # the stack may be down: the rotation itself is done
+        print(f"warning: the catalogue audit could not be written ({type(exc).__name__})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -292,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("-m", "--message", help="revision: what the new migration does")
     ca.add_argument("--dsn", help="catalogue database (default: the embedded stack's)")
     ca.set_defaults(fn=cmd_catalogue)
+    ky = sub.add_parser("keys")
+    ky.add_argument("action", choices=["list", "rotate"])
+    ky.add_argument("--platform", help="rotate this platform's level-1 key")
+    ky.add_argument("--national", action="store_true", help="rotate the national (level-2) key")
+    ky.set_defaults(fn=cmd_keys)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -84,6 +84,47 @@ class SeedSpec(_Model):
     objectors: int = Field(default=2, ge=0, description="patients put in the opposition registry")
 
 
+class Pseudonymisation(_Model):
+    """What a platform's members remove, generalise or shift before rows leave the hospital (issue #6).
+
+    Set on the platform (its members share one level-1 key, so they must share one policy); stamped onto each
+    member base. Changing it on a running platform triggers a full re-extraction of every member's tables
+    (the policy's fingerprint is recorded with each published table), like a key rotation.
+    """
+
+    date_shift_days: int = Field(
+        default=0,
+        ge=0,
+        le=3650,
+        description="shift every event date of a patient by one offset in [-N, N] days (never 0) derived from the "
+        "level-1 key; 0 = off (the default: levels that link on dates must keep it off)",
+    )
+    keep_birth_month: bool = Field(default=False, description="month_of_birth is kept (year_of_birth always is)")
+    text_allow_list: list[str] = Field(
+        default_factory=list,
+        description="text columns allowed to leave the hospital in addition to the built-in coded *_source_value "
+        "allow-list (never person_source_value or a free-text column)",
+    )
+
+    @field_validator("text_allow_list")
+    @classmethod
+    def _text_columns(cls, names: list[str]) -> list[str]:
+        from eds_network.pseudonymise import NEVER_ALLOWED_TEXT
+
+        text_columns = {
+            c.name
+            for t in omop.CLINICAL_TABLES
+            for c in omop.table(t).columns
+            if c.datatype.lower().startswith("varchar")
+        }
+        for n in names:
+            if n in NEVER_ALLOWED_TEXT:
+                raise ValueError(f"column {n!r} can carry a name or an identifier and never leaves the hospital")
+            if n not in text_columns:
+                raise ValueError(f"{n!r} is not a text column of an OMOP CDM 5.4 clinical table")
+        return sorted(set(names))
+
+
 class LocalBase(_Model):
     id: Ident
     label: str
@@ -109,6 +150,7 @@ class LocalBase(_Model):
     # Filled by the platform validator below; never written in YAML.
     platform: str = ""
     asset_uri: str = ""
+    pseudonymisation: Pseudonymisation = Field(default_factory=lambda: Pseudonymisation())
 
     @field_validator("tables")
     @classmethod
@@ -178,6 +220,7 @@ class Platform(_Model):
     intake: S3Location
     outbox: S3Location
     key_connection_id: str = Field(description="level-1 HMAC key shared by the members of this platform")
+    pseudonymisation: Pseudonymisation = Field(default_factory=lambda: Pseudonymisation())
     members: list[LocalBase] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -185,6 +228,7 @@ class Platform(_Model):
         for m in self.members:
             object.__setattr__(m, "platform", self.id)
             object.__setattr__(m, "asset_uri", f"{self.intake.uri}{m.id}/")
+            object.__setattr__(m, "pseudonymisation", self.pseudonymisation)
         return self
 
     @property

@@ -28,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop
+from eds_network import omop, rotation
 from eds_network.config import Platform
 from eds_network.errors import IntegrityError
 from eds_network.extract import stream_query
@@ -56,6 +56,7 @@ class Consolidation:
     linkage: dict = field(default_factory=dict)
     checks: dict = field(default_factory=dict)
     key_versions: dict[str, list[str]] = field(default_factory=dict)  # from the members' manifests
+    retired_key_versions: list[str] = field(default_factory=list)  # level-1 versions retired by this run
 
     def ref(self) -> dict:
         return asdict(self)
@@ -84,6 +85,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
         ]
         cols.append(sql.SQL("_site integer NOT NULL"))
         cols.append(sql.SQL("_batch_id text NOT NULL"))
+        cols.append(sql.SQL("{} text").format(sql.Identifier(rotation.KEY_VERSION_COLUMN)))
         if t == "person":
             cols.append(sql.SQL("{} text").format(sql.Identifier(TOKEN_COLUMN)))
         conn.execute(
@@ -109,6 +111,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
             batch_id text NOT NULL, manifest_sha256 text NOT NULL, reason text NOT NULL,
             rejected_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (batch_id, manifest_sha256));
     """)
+    rotation.ensure_registry(conn, tables)
 
 
 def _copy_parquet(conn: psycopg.Connection, path: Path, target: sql.Composable, columns: list[str]) -> int:
@@ -138,6 +141,8 @@ def _apply_batch(
     rows: dict[str, int] = {}
     site = int(manifest["site_number"])
     bid = manifest["batch_id"]
+    version = manifest.get("key_versions", {}).get("level1")
+    replaced = False
     for t in [t for t in tables if t in files]:
         cols = _expected_columns(t)
         stage = sql.Identifier(f"stage_{t}")
@@ -147,22 +152,28 @@ def _apply_batch(
             )
         )
         n = _copy_parquet(conn, files[t], stage, cols)
+        if manifest["tables"][t].get("full"):
+            # Re-keying run (key rotation / policy change): this file is the site's whole table.
+            _replace_site_rows(conn, t, stage, site, manifest["base"])
+            replaced = True
         key = conflict_key(t)
+        meta = ["_site", "_batch_id", rotation.KEY_VERSION_COLUMN]
         updates = sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, "_site", "_batch_id"] if c != key
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
         )
         conn.execute(
             sql.SQL(
-                "INSERT INTO omop.{t} ({cols}, _site, _batch_id) SELECT {cols}, %s, %s FROM {stage} "
+                "INSERT INTO omop.{t} ({cols}, {meta}) SELECT {cols}, %s, %s, %s FROM {stage} "
                 "ON CONFLICT ({key}) DO UPDATE SET {updates}"
             ).format(
                 t=sql.Identifier(t),
                 cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                meta=sql.SQL(", ").join(map(sql.Identifier, meta)),
                 stage=stage,
                 key=sql.Identifier(key),
                 updates=updates,
             ),
-            (site, bid),
+            (site, bid, version),
         )
         if t == "person":
             conn.execute(
@@ -206,7 +217,29 @@ def _apply_batch(
                 (persons,),
             )
         rows[f"{t}.tombstones"] = len(ids)
+    if replaced:
+        # Persons no site refers to any more (their old level-1 pseudonym after a re-keying run) go.
+        conn.execute(
+            "DELETE FROM omop.person p WHERE NOT EXISTS ("
+            "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)"
+        )
+    rotation.register_version(conn, version)
     return rows
+
+
+def _replace_site_rows(conn: psycopg.Connection, table: str, stage: sql.Identifier, site: int, base_id: str) -> None:
+    """A full extraction replaces what this site contributed to `table`: its rows (event ids are namespaced by
+    site, so `_site` tells them apart) or, for `person` (shared between sites), its membership in person_site."""
+    if table == "person":
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM eds_platform.person_site WHERE base_id = %s AND person_id NOT IN "
+                "(SELECT person_id FROM {})"
+            ).format(stage),
+            (base_id,),
+        )
+    else:
+        conn.execute(sql.SQL("DELETE FROM omop.{} WHERE _site = %s").format(sql.Identifier(table)), (site,))
 
 
 def _verify_files(s3, bucket: str, manifest: dict, workdir: Path, tables: list[str]) -> tuple[dict, dict]:
@@ -280,6 +313,9 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                             f"schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}",
                             base=manifest.get("base"),
                         )
+                    rotation.check_not_retired(
+                        conn, manifest.get("key_versions", {}).get("level1"), manifest.get("base", "?")
+                    )
                     files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
                     with conn.transaction():
                         r = _apply_batch(conn, manifest, files, tombs, tables)
@@ -305,6 +341,9 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                         (bid, msha, str(exc)),
                     )
                     conn.commit()
+        retired = rotation.retire_unused(conn, tables)
+        live = rotation.live_versions(conn)
+        conn.commit()
         linkage = linkage_stats(conn)
         checks = platform_checks(conn, tables)
     log.info(
@@ -322,7 +361,9 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
         for name, version in manifest.get("key_versions", {}).items():
             versions.setdefault(name, set()).add(version)
     key_versions = {name: sorted(v) for name, v in sorted(versions.items())}
-    return Consolidation(platform.id, applied, skipped, rejected, rows, linkage, checks, key_versions)
+    if live:  # the level-1 versions the warehouse rows carry, not every version ever seen in the intake
+        key_versions["level1"] = live
+    return Consolidation(platform.id, applied, skipped, rejected, rows, linkage, checks, key_versions, retired)
 
 
 def linkage_stats(conn: psycopg.Connection) -> dict:
@@ -385,6 +426,7 @@ def package(platform: Platform, res: PlatformResources, key_versions: dict[str, 
     bucket, prefix = platform.outbox.bucket, platform.outbox.prefix
     with psycopg.connect(res.warehouse_dsn) as conn:
         ensure_warehouse(conn, tables)
+        rotation.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
         state = conn.execute(
             "SELECT coalesce(string_agg(batch_id || ':' || manifest_sha256, ',' ORDER BY batch_id,"
             " manifest_sha256), '') FROM eds_platform.ledger"

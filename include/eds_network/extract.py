@@ -28,10 +28,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop, quality
+from eds_network import omop, quality, rotation
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, EdsError, QualityError, SourceError
-from eds_network.pseudonymise import TOKEN_COLUMN, Key, PersonMap, level1_batch, namespace_ids
+from eds_network.pseudonymise import (
+    DEFAULT_TEXT_ALLOW_LIST,
+    TOKEN_COLUMN,
+    Key,
+    PersonMap,
+    level1_batch,
+    namespace_ids,
+    policy_fingerprint,
+)
 from eds_network.storage import S3Endpoint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ BLOCK_SIZE = 16 << 20  # bytes of CSV per Arrow record batch (~100-200k rows)
 # (bench/bench_local.py: 6.7 s vs 9.1 s median) for larger files. Long-lived outputs (outbox, landing zone) stay zstd.
 STAGING_COMPRESSION = "snappy"
 PROGRESS_EVERY_S = 5.0
+# Lower bound of a full extraction (re-keying run): every row changed before the end of the interval.
+FULL_EXTRACTION_START = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class TableBatch:
     tombstones_sha256: str | None = None
     warnings: tuple[str, ...] = ()
     quality: dict = field(default_factory=dict)
+    full: bool = False  # a full extraction (re-keying run), not the interval's changes: replaces the site's rows
+    fingerprint: str | None = None  # key version and pseudonymisation policy the rows were produced under
 
     def ref(self) -> dict:
         """What goes to XCom: references, counts and checksums only."""
@@ -477,7 +489,25 @@ def extract_table(
         qoverrides = {k: quality.Override(**v) for k, v in (overrides or {}).items()}
         objectors = pa.array(sorted(_objectors(aux)), pa.int64())
         known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
-        persons = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
+        # Pseudonymisation policy of the platform; a new key version or policy means a full re-extraction.
+        policy = base.pseudonymisation
+        allow_text = DEFAULT_TEXT_ALLOW_LIST | frozenset(policy.text_allow_list)
+        fingerprint = policy_fingerprint(
+            res.platform_key.version,
+            date_shift_days=policy.date_shift_days,
+            keep_birth_month=policy.keep_birth_month,
+            allow_text=allow_text,
+        )
+        full = rotation.needs_full_extraction(aux, table, fingerprint, bid)
+        if full:
+            log.info("%s.%s: key version or policy changed since the last publication: full extraction", base.id, table)
+        persons = PersonMap(
+            res.platform_key,
+            res.transport_key,
+            res.national_public_key,
+            site=base.finess or base.id,
+            date_shift_days=policy.date_shift_days,
+        )
         _reset_quarantine(aux, bid, table)
 
         extracted = published = quarantined = excluded = read_bytes = 0
@@ -489,7 +519,9 @@ def extract_table(
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
         try:
-            for rb in _with_base(stream_rows(stream_conn, table, columns, start, end, change_column=change), base.id):
+            extract_from = FULL_EXTRACTION_START if full else start
+            rows = stream_rows(stream_conn, table, columns, extract_from, end, change_column=change)
+            for rb in _with_base(rows, base.id):
                 batch = pa.Table.from_batches([rb])
                 n = batch.num_rows
                 extracted += n
@@ -532,7 +564,14 @@ def extract_table(
                         quarantined += nobody.num_rows
                         batch = batch.filter(has)
                 # 4. Pseudonymise and append a row group.
-                out = level1_batch(batch, table, persons, base.site_number)
+                out = level1_batch(
+                    batch,
+                    table,
+                    persons,
+                    base.site_number,
+                    allow_text=allow_text,
+                    keep_birth_month=policy.keep_birth_month,
+                )
                 if writer is None:
                     writer = pq.ParquetWriter(out_path, out.schema, compression=STAGING_COMPRESSION)
                 writer.write_table(out)
@@ -621,6 +660,8 @@ def extract_table(
         tombstones_sha256=tsha,
         warnings=tuple(warnings[:20]),
         quality=checks,
+        full=full,
+        fingerprint=fingerprint,
     )
 
 

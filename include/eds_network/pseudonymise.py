@@ -17,6 +17,16 @@ Level 2 (national)
   person_id = first 63 bits of HMAC-SHA-256(national key, token): the same patient gets the same national
   pseudonym whatever platform the rows come from.
 
+Removal and generalisation (level 1)
+  person: month/day/datetime of birth, location and person_source_value emptied (year kept; month kept when the
+  platform's policy says so); text columns emptied unless allow-listed (coded *_source_value only);
+  location (when in scope): zip -> département, address / city / county / coordinates emptied.
+
+Date shifting (off by default; `pseudonymisation.date_shift_days` on the platform)
+  offset = HMAC-SHA-256(platform key, "DATE-SHIFT|" + level-1 pseudonym) mapped to [-N, N] days, never 0:
+  one offset per patient, the same in every table and at every site of the platform, stable across nights;
+  a new key version gives new offsets (the re-keying run re-extracts everything).
+
 Every function works on whole Arrow columns per batch and hashes once per distinct patient.
 """
 
@@ -58,9 +68,26 @@ DEFAULT_TEXT_ALLOW_LIST: frozenset[str] = frozenset(
         "death_type_source_value",
     }
 )
+# Text columns that can carry a name, an identifier or free text: never allow-listed, whatever the config says.
+NEVER_ALLOWED_TEXT: frozenset[str] = frozenset(
+    {"person_source_value", "provider_source_value", "care_site_source_value", "sig", "stop_reason"}
+)
 # Person columns that are reduced whatever the allow-list says (full birth date, address link).
 PERSON_DROPPED = ("month_of_birth", "day_of_birth", "birth_datetime", "location_id", "person_source_value")
+# Location columns that locate a patient more precisely than the département: emptied; zip is generalised.
+LOCATION_DROPPED = (
+    "address_1",
+    "address_2",
+    "city",
+    "county",
+    "state",
+    "latitude",
+    "longitude",
+    "location_source_value",
+)
 TOKEN_COLUMN = "_transport_token"
+DATE_SHIFT_DOMAIN = b"DATE-SHIFT|"
+MICROS_PER_DAY = 86_400_000_000
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,53 @@ def id63(digest: bytes) -> int:
     return int.from_bytes(digest[:8], "big") & MASK63 or 1
 
 
+def date_offset(platform_key: Key, level1_digest: bytes, max_days: int) -> int:
+    """A patient's date offset in [-max_days, max_days], never 0, keyed on the level-1 pseudonym."""
+    r = int.from_bytes(hmac256(platform_key, DATE_SHIFT_DOMAIN + level1_digest)[:8], "big") % (2 * max_days)
+    return r - max_days if r < max_days else r - max_days + 1
+
+
+def shift_dates(col: pa.Array, days: pa.Array) -> pa.Array:
+    """Add `days` (int32, one per row) to a date32 or timestamp column, vectorised; nulls stay null."""
+    if pa.types.is_date32(col.type):
+        return pc.add(col.cast(pa.int32()), days).cast(pa.date32())
+    if pa.types.is_timestamp(col.type):
+        per_day = {"s": 86_400, "ms": 86_400_000, "us": MICROS_PER_DAY, "ns": MICROS_PER_DAY * 1000}[col.type.unit]
+        delta = pc.multiply(days.cast(pa.int64()), pa.scalar(per_day, pa.int64()))
+        return pc.add(col.cast(pa.int64()), delta).cast(col.type)
+    raise TypeError(f"not a date or timestamp column: {col.type}")
+
+
+def is_date_type(t: pa.DataType) -> bool:
+    return pa.types.is_date32(t) or pa.types.is_timestamp(t)
+
+
+def generalise_postcode(col: pa.Array) -> pa.Array:
+    """French postcode -> département code, vectorised: 75011 -> 75, 20167 -> 2A, 20200 -> 2B, 97411 -> 974.
+
+    Anything that is not a 5-digit postcode becomes null (it cannot be generalised, so it does not leave).
+    """
+    clean = pc.replace_substring(col, " ", "")
+    valid = pc.match_substring_regex(clean, r"^\d{5}$")
+    two = pc.utf8_slice_codeunits(clean, 0, 2)
+    three = pc.utf8_slice_codeunits(clean, 0, 3)
+    corsica = pc.if_else(pc.less(clean, pa.scalar("20200")), pa.scalar("2A"), pa.scalar("2B"))
+    dept = pc.if_else(
+        pc.equal(two, pa.scalar("20")),
+        corsica,
+        pc.if_else(pc.is_in(two, value_set=pa.array(["97", "98"])), three, two),
+    )
+    return pc.if_else(pc.fill_null(valid, False), dept, pa.scalar(None, pa.string()))
+
+
+def policy_fingerprint(
+    level1_version: str, *, date_shift_days: int, keep_birth_month: bool, allow_text: Iterable[str]
+) -> str:
+    """What the published rows of a table depend on besides the data: a change means a full re-extraction."""
+    text = hashlib.sha256(",".join(sorted(allow_text)).encode()).hexdigest()[:12]
+    return f"level1={level1_version};shift={date_shift_days};birth_month={int(keep_birth_month)};text={text}"
+
+
 class PersonMap:
     """Local person_id -> level-1 person id (and sealed transport token), hashed once per patient.
 
@@ -120,15 +194,27 @@ class PersonMap:
     pseudonyms only. It never exposes an identity value.
     """
 
-    def __init__(self, platform_key: Key, transport_key: Key, national_public_key: bytes, site: str):
+    def __init__(
+        self,
+        platform_key: Key,
+        transport_key: Key,
+        national_public_key: bytes,
+        site: str,
+        *,
+        date_shift_days: int = 0,
+    ):
         from nacl.public import PublicKey, SealedBox
 
+        if date_shift_days < 0:
+            raise EdsError("date_shift_days must be >= 0 (0 = off)")
         self.platform_key = platform_key
         self.transport_key = transport_key
         self._box = SealedBox(PublicKey(national_public_key))
         self.site = site
+        self.date_shift_days = date_shift_days
         self._ids: dict[int, int] = {}
         self._tokens: dict[int, bytes] = {}
+        self._shift: dict[int, int] = {}
         self._seen63: dict[int, bytes] = {}
         self.site_scoped = 0
 
@@ -149,6 +235,8 @@ class PersonMap:
             self._seen63[pid] = digest
             self._ids[person_id] = pid
             self._tokens[person_id] = hmac256(self.transport_key, ident)
+            if self.date_shift_days:
+                self._shift[person_id] = date_offset(self.platform_key, digest, self.date_shift_days)
 
     def __contains__(self, person_id: int) -> bool:
         return person_id in self._ids
@@ -163,6 +251,13 @@ class PersonMap:
         vals = pa.array([self._ids[u] for u in uniq], type=pa.int64())
         idx = pc.index_in(local, value_set=keys)
         return pc.take(vals, idx)
+
+    def shift_days(self, local: pa.Array) -> pa.Array:
+        """Vectorised: each row's date offset in days (int32), looked up once per distinct patient."""
+        uniq = pc.unique(local.drop_null()).to_pylist()
+        keys = pa.array(uniq, type=pa.int64())
+        vals = pa.array([self._shift.get(u, 0) for u in uniq], type=pa.int32())
+        return pc.take(vals, pc.index_in(local, value_set=keys))
 
     def sealed_tokens(self, local: pa.Array) -> pa.Array:
         """One fresh sealed box per row: the same patient gives a different value every time."""
@@ -192,9 +287,16 @@ def level1_batch(
     site_number: int,
     *,
     allow_text: frozenset[str] = DEFAULT_TEXT_ALLOW_LIST,
+    keep_birth_month: bool = False,
 ) -> pa.Table:
-    """Pseudonymise one extracted batch for the platform: ids replaced, identifiers removed or generalised."""
+    """Pseudonymise one extracted batch for the platform: ids replaced, identifiers removed or generalised,
+    event dates shifted when the platform's policy asks for it."""
     spec = omop.table(table)
+    allow_text = frozenset(allow_text) - NEVER_ALLOWED_TEXT
+    person_dropped = [c for c in PERSON_DROPPED if not (keep_birth_month and c == "month_of_birth")]
+    offsets = None
+    if persons.date_shift_days and "person_id" in batch.column_names:
+        offsets = persons.shift_days(batch.column("person_id").combine_chunks())
     cols: dict[str, pa.Array] = {}
     for name in batch.column_names:
         col = batch.column(name).combine_chunks()
@@ -203,12 +305,18 @@ def level1_batch(
             continue  # not an OMOP column: never forwarded
         if name == "person_id":
             col = persons.map_ids(col)
-        elif table == "person" and name in PERSON_DROPPED:
+        elif table == "person" and name in person_dropped:
             col = pa.nulls(len(col), type=col.type)
+        elif table == "location" and name in LOCATION_DROPPED:
+            col = pa.nulls(len(col), type=col.type)
+        elif table == "location" and name == "zip":
+            col = generalise_postcode(col)
         elif c.is_id:
             col = namespace_ids(col, site_number, table=table, column=name)
         elif pa.types.is_string(col.type) and name not in allow_text:
             col = pa.nulls(len(col), type=col.type)
+        elif offsets is not None and is_date_type(col.type):
+            col = shift_dates(col, offsets)
         cols[name] = col
     if table == "person":
         cols[TOKEN_COLUMN] = persons.sealed_tokens(batch.column("person_id").combine_chunks())

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from eds_network import rotation
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, IntegrityError
 from eds_network.extract import LocalResources, batch_id
@@ -30,6 +31,7 @@ class Published:
     manifest_key: str
     tables: dict[str, dict]
     failed_tables: list[str]
+    key_versions: dict[str, str] = field(default_factory=dict)
 
     def ref(self) -> dict:
         return {
@@ -37,6 +39,7 @@ class Published:
             "batch_id": self.batch_id,
             "manifest_key": self.manifest_key,
             "failed_tables": self.failed_tables,
+            "key_versions": self.key_versions,
             "rows": {
                 t: {k: v[k] for k in ("extracted", "published", "quarantined", "excluded_objection", "tombstones")}
                 for t, v in self.tables.items()
@@ -85,9 +88,29 @@ def publish_batch(
                 "tombstones_sha256",
             )
         }
+        tables[ref["table"]]["full"] = bool(ref.get("full"))  # re-keying run: replaces the site's rows
+        tables[ref["table"]]["fingerprint"] = ref.get("fingerprint")
+    # Every table of one batch is pseudonymised under the key version the manifest states (a key rotated in the
+    # middle of a run would mix two versions in one batch: the interval is rerun instead).
+    mixed = sorted(
+        t
+        for t, v in tables.items()
+        if v.get("fingerprint") and not v["fingerprint"].startswith(f"level1={res.platform_key.version};")
+    )
+    if mixed:
+        raise IntegrityError(
+            f"tables {mixed} were pseudonymised under another level-1 key version than "
+            f"{res.platform_key.version!r} (key rotated during the run): rerun the interval",
+            base=base.id,
+        )
     failed = sorted(set(base.tables) - set(tables))
     prefix = f"{res.intake_prefix}{base.id}/{bid}/"
     manifest_key = prefix + MANIFEST
+    key_versions = {
+        "level1": res.platform_key.version,
+        "transport": res.transport_key.version,
+        "national_box": res.national_key_version,
+    }
     manifest = {
         "kind": "eds-network/local-batch",
         "base": base.id,
@@ -96,16 +119,15 @@ def publish_batch(
         "batch_id": bid,
         "data_interval": {"start": start.isoformat(), "end": end.isoformat()},
         "schema_version": SCHEMA_VERSION,
-        "key_versions": {
-            "level1": res.platform_key.version,
-            "transport": res.transport_key.version,
-            "national_box": res.national_key_version,
-        },
+        "key_versions": key_versions,
+        "pseudonymisation": base.pseudonymisation.model_dump(mode="json"),
         "tables": dict(sorted(tables.items())),
         "failed_tables": failed,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     put_json(s3, res.intake_bucket, manifest_key, manifest)
+    # What each published table now depends on (key version, policy): the next run re-extracts on a change.
+    rotation.record_published(res.source_dsn, bid, res.platform_key.version, tables)
     keep = (
         {manifest_key}
         | {v["key"] for v in tables.values()}
@@ -122,4 +144,4 @@ def publish_batch(
         len(failed),
         len(stale),
     )
-    return Published(base.id, bid, manifest_key, tables, failed)
+    return Published(base.id, bid, manifest_key, tables, failed, key_versions)

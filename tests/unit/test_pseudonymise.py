@@ -147,22 +147,55 @@ def test_negative_or_huge_ids_cannot_be_namespaced():
         level1_batch(batch, "visit_occurrence", m, site_number=1)
 
 
-def test_dictionary_attack_recovers_unkeyed_hashes_but_not_our_pseudonyms():
-    # Every NIR of one birth month/department (a realistic attacker's enumeration, scaled down).
-    candidates = [_nir(f"18412764510{i:02d}") for i in range(100)]
-    planted = candidates[17]
-    m = _map(_key("idf"), "750000001", 1, planted, "0100000001")
-    ours = m.map_ids(pa.array([1])).to_pylist()[0]
-    unkeyed = hashlib.sha256(planted.encode()).hexdigest()
-    table = {hashlib.sha256(c.encode()).hexdigest(): c for c in candidates}
-    assert table.get(unkeyed) == planted  # the unkeyed hash falls at once
-    # Without the key, hashing the same candidates (with birth date and sex) never reproduces our id.
-    guesses = {
-        int.from_bytes(hashlib.sha256(linkage_identity(c, "1984-12-03", "M", "", "").encode()).digest()[:8], "big")
-        & ((1 << 63) - 1)
-        for c in candidates
-    }
-    assert ours not in guesses
+# Planted patients: (sex, birth date, département + commune of birth, order number). An attacker who knows
+# everything but the order number (sex and birth date are in the data, the birthplace is guessable) enumerates
+# every plausible NIR: 999 order numbers, each with its control key.
+PLANTED = [
+    ("1", dt.date(1984, 12, 3), "76451", 89),
+    ("2", dt.date(1971, 2, 17), "75112", 412),
+    ("1", dt.date(2001, 7, 30), "2A004", 7),
+    ("2", dt.date(1958, 10, 9), "69383", 998),
+    ("1", dt.date(1990, 5, 21), "13055", 250),
+]
+
+
+def _nir_of(sex: str, born: dt.date, place: str, order: int) -> str:
+    body = f"{sex}{born:%y%m}{place}{order:03d}"
+    num = int(body.replace("2A", "19").replace("2B", "18"))
+    return body + f"{97 - num % 97:02d}"
+
+
+def test_dictionary_attack_recovers_every_unkeyed_nir_hash_and_none_of_our_pseudonyms():
+    def id63_sha(text: str) -> int:
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & ((1 << 63) - 1)
+
+    assert all(nir_is_valid(_nir_of(*p)) for p in PLANTED)  # linked on the NIR: the attack's target
+    nat = _key("national")
+    m = PersonMap(_key("idf"), TRANSPORT, bytes(BOX.public_key), site="750000001")
+    m.add(
+        (i, _nir_of(sex, born, place, order), born, "M" if sex == "1" else "F", f"IPP{i}")
+        for i, (sex, born, place, order) in enumerate(PLANTED)
+    )
+    local = pa.array(range(len(PLANTED)), pa.int64())
+    level1 = m.map_ids(local)
+    level2 = national_person_ids(m.sealed_tokens(local), level1, nat, bytes(BOX))
+    ours = set(level1.to_pylist()) | set(level2.values())  # everything that leaves a hospital or the platform
+    unkeyed = {id63_sha(_nir_of(*p)): i for i, p in enumerate(PLANTED)}  # a naive peer: SHA-256 of the NIR
+
+    recovered_unkeyed, recovered_ours, tried = set(), set(), 0
+    for i, (sex, born, place, _) in enumerate(PLANTED):
+        for order in range(1, 1000):
+            nir = _nir_of(sex, born, place, order)
+            tried += 1
+            if unkeyed.get(id63_sha(nir)) == i:
+                recovered_unkeyed.add(i)
+            # every unkeyed spelling an attacker could try against our output
+            guesses = {id63_sha(nir), id63_sha(linkage_identity(nir, str(born), "M" if sex == "1" else "F", "", ""))}
+            if guesses & ours:
+                recovered_ours.add(i)
+    assert tried == 999 * len(PLANTED) and m.site_scoped == 0
+    assert recovered_unkeyed == set(range(len(PLANTED)))  # without a key, every planted NIR falls
+    assert recovered_ours == set()  # with the key, none does
 
 
 def test_key_repr_never_shows_the_secret():
