@@ -9,7 +9,7 @@
   `0 7 * * *` Europe/Paris) — the run starts whatever arrived.
 
 Both runs do the same thing. Consolidation takes the night as the members' latest scheduled night end at
-the run's `run_after`; a member without a batch reaching it is recorded **late** in the catalogue
+the run's logical date (deadline and manual runs) or `run_after` (asset-triggered runs, which have none); a member without a batch reaching it is recorded **late** in the catalogue
 (`catalogue.member_arrival`, audited), the others are consolidated all the same. When the late member's
 batch lands, its Asset event starts a new run that loads it and records it `arrived_late`.
 
@@ -28,9 +28,7 @@ batch lands, its Asset event starts a new run that loads it and records it `arri
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, AssetAll, dag, get_current_context, task
-from airflow.timetables.assets import AssetOrTimeSchedule
-from airflow.timetables.trigger import CronTriggerTimetable
+from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
 from eds_network.config import Platform, load_network
 
@@ -58,14 +56,17 @@ def mutualised_dag(platform: Platform):
             from eds_network.standardise import vocabulary_archive
 
             p = load_network().platform(platform.id)
-            run_after = get_current_context()["dag_run"].run_after
+            # The night: a scheduled (deadline) or manual run has a logical date; an asset-triggered one has none
+            # and runs when it is queued.
+            run = get_current_context()["dag_run"]
+            when = run.logical_date or run.run_after
             return step.consolidate(
                 p,
                 p.intake.bucket,
                 p.intake.prefix,
                 platform_resources(p),
                 vocabulary=vocabulary_archive(),
-                night_end=run_after,
+                night_end=when,
             ).ref()
 
         @task(outlets=[Asset(name=platform.asset_name, uri=platform.asset_uri)])
@@ -97,7 +98,10 @@ def mutualised_dag(platform: Platform):
                 level="mutualised",
                 scope_id=platform.id,
                 batch_id=pkg["delivery_id"],
-                status="partial" if consolidation["rejected"] else "success",
+                status="partial"
+                if consolidation["rejected"]
+                or any(a["status"] != "arrived" for a in consolidation["arrivals"].values())
+                else "success",
                 tables=rows,
                 dag_run_id=run_id,
                 details={
