@@ -1,20 +1,34 @@
 """
 ### Mutualised level: one DAG per platform (`eds_mutualised__<platform>`)
 
-Runs when every member base has published its night (Asset schedule on the members' `eds_local__<base>`).
+**When it runs** — `AssetOrTimeSchedule`, one schedule with two triggers:
+
+- *all members arrived*: `AssetAll` of the members' `eds_local__<base>` Assets — the run starts as soon as
+  every member has published its night;
+- *the deadline*: a `CronTriggerTimetable` on the platform's `deadline` (config/network.yaml, default
+  `0 7 * * *` Europe/Paris) — the run starts whatever arrived.
+
+Both runs do the same thing. Consolidation takes the night as the members' latest scheduled night end at
+the run's logical date (deadline and manual runs) or `run_after` (asset-triggered runs, which have none); a member without a batch reaching it is recorded **late** in the catalogue
+(`catalogue.member_arrival`, audited), the others are consolidated all the same. When the late member's
+batch lands, its Asset event starts a new run that loads it and records it `arrived_late`.
 
 1. **consolidate**: apply every new manifested batch of every member to the platform warehouse — files verified
    against the manifest SHA-256, loaded with COPY into staging tables, merged in one transaction per batch,
-   tombstones applied, a ledger so a batch is never applied twice. A tampered batch is rejected and left in
-   intake; the others load. Patients seen at several sites share one level-1 pseudonym and become one person.
+   tombstones applied, a ledger so a batch is never applied twice (a rerun's new version replaces the old one).
+   Each staged table is standardised first: source concepts to standard ones through CONCEPT_RELATIONSHIP
+   'Maps to', units to UCUM (vocabulary loaded once into the warehouse). A tampered batch is rejected and left
+   in intake; the others load. Patients seen at several sites share one level-1 pseudonym and become one
+   person; the same event reported by two sites for one person is flagged as a duplicate, not deleted.
 2. **package**: one Parquet file per table + a manifest in the platform outbox (the platform's Asset).
-3. **record_run**: linkage statistics, cross-site checks and the delivery in the catalogue.
+3. **record_run**: linkage statistics, cross-site checks, the unmapped-concept rate and duplicate events per
+   base and table (`catalogue.platform_table_stats`), each member's arrival, and the delivery in the catalogue.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
 from eds_network.config import Platform, load_network
 
@@ -23,7 +37,10 @@ def mutualised_dag(platform: Platform):
     @dag(
         dag_id=platform.dag_id,
         description=f"Mutualised level of {platform.label}: consolidate, link, check, package",
-        schedule=[Asset(name=b.asset_name, uri=b.asset_uri) for b in platform.members],
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(platform.deadline, timezone=platform.deadline_timezone),
+            assets=AssetAll(*(Asset(name=b.asset_name, uri=b.asset_uri) for b in platform.members)),
+        ),
         start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Paris"),
         catchup=False,
         max_active_runs=1,
@@ -36,9 +53,21 @@ def mutualised_dag(platform: Platform):
         def consolidate() -> dict:
             from eds_network import consolidate as step
             from eds_network.airflow_adapter import platform_resources
+            from eds_network.standardise import vocabulary_archive
 
             p = load_network().platform(platform.id)
-            return step.consolidate(p, p.intake.bucket, p.intake.prefix, platform_resources(p)).ref()
+            # The night: a scheduled (deadline) or manual run has a logical date; an asset-triggered one has none
+            # and runs when it is queued.
+            run = get_current_context()["dag_run"]
+            when = run.logical_date or run.run_after
+            return step.consolidate(
+                p,
+                p.intake.bucket,
+                p.intake.prefix,
+                platform_resources(p),
+                vocabulary=vocabulary_archive(),
+                night_end=when,
+            ).ref()
 
         @task(outlets=[Asset(name=platform.asset_name, uri=platform.asset_uri)])
         def package(consolidation: dict) -> dict:
@@ -59,6 +88,7 @@ def mutualised_dag(platform: Platform):
             from eds_network.airflow_adapter import catalogue_dsn
 
             dsn = catalogue_dsn(load_network())
+            run_id = get_current_context()["run_id"]
             rows = {
                 t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
                 for t, n in pkg["rows"].items()
@@ -68,15 +98,20 @@ def mutualised_dag(platform: Platform):
                 level="mutualised",
                 scope_id=platform.id,
                 batch_id=pkg["delivery_id"],
-                status="partial" if consolidation["rejected"] else "success",
+                status="partial"
+                if consolidation["rejected"]
+                or any(a["status"] != "arrived" for a in consolidation["arrivals"].values())
+                else "success",
                 tables=rows,
-                dag_run_id=get_current_context()["run_id"],
+                dag_run_id=run_id,
                 details={
                     "applied": consolidation["applied"],
+                    "replaced": consolidation["replaced"],
                     "rejected": consolidation["rejected"],
                     "linkage": consolidation["linkage"],
                     "checks": consolidation["checks"],
                     "key_versions": consolidation["key_versions"],
+                    "arrivals": {b: a["status"] for b, a in consolidation["arrivals"].items()},
                 },
             )
             for version in consolidation.get("retired_key_versions", []):  # key rotation finished at this platform
@@ -86,6 +121,10 @@ def mutualised_dag(platform: Platform):
                     f"key:{platform.key_connection_id}",
                     {"platform": platform.id, "version": version},
                 )
+            catalogue.record_platform_stats(
+                dsn, platform.id, consolidation["standardisation"], consolidation["duplicates"]
+            )
+            catalogue.record_arrivals(dsn, platform.id, consolidation["arrivals"], dag_run_id=run_id)
 
         c = consolidate()
         record_run(c, package(c))

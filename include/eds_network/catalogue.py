@@ -8,6 +8,9 @@ Every DAG writes here through this module only. Tables:
   delivery                       national deliveries: files, bytes, SHA-256, key versions, receipt
   national_linkage               per pair of national deliveries: persons sharing a level-2 pseudonym
   audit                          append-only trail of status changes and actions
+  platform_table_stats           per platform, member base and table: rows in the warehouse, unmapped
+                                 concepts (rate) and units, duplicate events flagged (latest consolidation)
+  member_arrival                 per platform, member and night: arrived / late / rejected at consolidation
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     MetaData,
     String,
@@ -134,6 +138,31 @@ audit_t = Table(
     Column("action", Text, nullable=False),
     Column("object", Text, nullable=False),
     Column("details", JSON),
+)
+
+platform_table_stats_t = Table(
+    "platform_table_stats",
+    metadata,
+    Column("platform_id", String(64), primary_key=True),
+    Column("base_id", String(64), primary_key=True),
+    Column("table_name", String(64), primary_key=True),
+    Column("rows", BigInteger, nullable=False),
+    Column("unmapped_concepts", BigInteger, nullable=False),
+    Column("unmapped_rate", Float, nullable=False),
+    Column("unmapped_units", BigInteger, nullable=False, server_default="0"),
+    Column("duplicate_events", BigInteger, nullable=False, server_default="0"),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+member_arrival_t = Table(
+    "member_arrival",
+    metadata,
+    Column("platform_id", String(64), primary_key=True),
+    Column("base_id", String(64), primary_key=True),
+    Column("night_end", DateTime(timezone=True), primary_key=True),
+    Column("status", String(16), nullable=False),  # arrived | late | rejected | arrived_late
+    Column("dag_run_id", Text),
+    Column("reason", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 _engines: dict[str, Engine] = {}
@@ -482,3 +511,83 @@ def deliveries(dsn: str) -> list[dict]:
 def count(dsn: str, table: Table) -> int:
     with engine(dsn).connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def record_platform_stats(
+    dsn: str, platform_id: str, standardisation: dict[str, dict[str, dict]], duplicates: dict[str, dict[str, int]]
+) -> None:
+    """Replace the platform's per base and table statistics with the latest consolidation's."""
+    with engine(dsn).begin() as conn:
+        conn.execute(platform_table_stats_t.delete().where(platform_table_stats_t.c.platform_id == platform_id))
+        for base_id, per_table in standardisation.items():
+            for t, st in per_table.items():
+                conn.execute(
+                    platform_table_stats_t.insert().values(
+                        platform_id=platform_id,
+                        base_id=base_id,
+                        table_name=t,
+                        rows=st["rows"],
+                        unmapped_concepts=st["unmapped_concepts"],
+                        unmapped_rate=st["unmapped_rate"],
+                        unmapped_units=st.get("unmapped_units", 0),
+                        duplicate_events=duplicates.get(base_id, {}).get(t, 0),
+                    )
+                )
+
+
+def platform_stats(dsn: str, platform_id: str | None = None) -> list[dict]:
+    q = select(platform_table_stats_t).order_by(
+        platform_table_stats_t.c.platform_id, platform_table_stats_t.c.base_id, platform_table_stats_t.c.table_name
+    )
+    if platform_id:
+        q = q.where(platform_table_stats_t.c.platform_id == platform_id)
+    with engine(dsn).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def record_arrivals(
+    dsn: str,
+    platform_id: str,
+    arrivals: dict[str, dict],
+    *,
+    dag_run_id: str | None = None,
+    actor: str = "airflow",
+) -> None:
+    """Record each member's arrival for its night ({base: {status, night_end, reason}}). A member recorded
+    late that arrives afterwards becomes `arrived_late` (the lateness is never erased); every status other
+    than `arrived` is audited once."""
+    with engine(dsn).begin() as conn:
+        for base_id, a in arrivals.items():
+            night_end = dt.datetime.fromisoformat(a["night_end"])
+            status = a["status"]
+            before = conn.execute(
+                select(member_arrival_t.c.status).where(
+                    member_arrival_t.c.platform_id == platform_id,
+                    member_arrival_t.c.base_id == base_id,
+                    member_arrival_t.c.night_end == night_end,
+                )
+            ).scalar()
+            if status == "arrived" and before in ("late", "arrived_late"):
+                status = "arrived_late"
+            values = {"status": status, "dag_run_id": dag_run_id, "reason": a.get("reason"), "recorded_at": func.now()}
+            conn.execute(
+                insert(member_arrival_t)
+                .values(platform_id=platform_id, base_id=base_id, night_end=night_end, **values)
+                .on_conflict_do_update(index_elements=["platform_id", "base_id", "night_end"], set_=values)
+            )
+            if status != before and status != "arrived":
+                audit(
+                    conn,
+                    actor,
+                    f"member.{status}",
+                    f"base:{base_id}",
+                    {"platform": platform_id, "night_end": night_end.isoformat()},
+                )
+
+
+def arrivals(dsn: str, platform_id: str | None = None) -> list[dict]:
+    q = select(member_arrival_t).order_by(member_arrival_t.c.night_end, member_arrival_t.c.base_id)
+    if platform_id:
+        q = q.where(member_arrival_t.c.platform_id == platform_id)
+    with engine(dsn).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]

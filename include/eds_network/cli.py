@@ -98,7 +98,8 @@ def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple
     s = _stack()
     levels = [
         [(b.dag_id, end.isoformat()) for b in network.local_bases],
-        [(p.dag_id, None) for p in network.platforms],
+        # The platform runs at the night's end: it consolidates that night (late members are those missing).
+        [(p.dag_id, end.isoformat()) for p in network.platforms],
         [("eds_national", None)],
     ]
 
@@ -163,6 +164,10 @@ def summary(network: Network) -> str:
                 f"{'':11s} linkage: {link.get('persons', 0)} persons, {link.get('persons_multi_site', 0)}"
                 f" seen at 2+ sites, overlap {link.get('overlap', {})}"
             )
+            late = {b: s for b, s in ((r["details"] or {}).get("arrivals") or {}).items() if s != "arrived"}
+            if late:
+                lines.append(f"{'':11s} members not arrived on time: {late}")
+    lines += _standardisation_lines(dsn)
     lines.append("")
     lines.append("onboarding (catalogue milestones; lead time = contract signed → available)")
     lines.append("-" * 100)
@@ -193,6 +198,30 @@ def summary(network: Network) -> str:
         for f in d["files"] or []:
             lines.append(f"    {f['key']:70s} rows={f['rows']:>7,d}  sha256={f['sha256']}")
     return "\n".join(lines)
+
+
+def _standardisation_lines(dsn: str) -> list[str]:
+    """Unmapped-concept rate (and unknown units, duplicate events) per platform, base and table."""
+    from eds_network import catalogue
+
+    stats = catalogue.platform_stats(dsn)
+    if not stats:
+        return []
+    lines = [
+        "",
+        "standardisation at the platforms (concepts not mapped to a standard concept, units not UCUM, "
+        "events also reported by another site)",
+        "-" * 100,
+        f"{'platform':9s} {'base':10s} {'table':22s} {'rows':>9s} {'unmapped':>9s} {'rate':>7s} "
+        f"{'units?':>7s} {'dupl.':>6s}",
+    ]
+    for s in stats:
+        lines.append(
+            f"{s['platform_id']:9s} {s['base_id']:10s} {s['table_name']:22s} {s['rows']:>9,d} "
+            f"{s['unmapped_concepts']:>9,d} {s['unmapped_rate']:>7.2%} {s['unmapped_units']:>7,d} "
+            f"{s['duplicate_events']:>6,d}"
+        )
+    return lines
 
 
 def cmd_summary(args) -> int:

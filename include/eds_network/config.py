@@ -222,6 +222,11 @@ class Platform(_Model):
     key_connection_id: str = Field(description="level-1 HMAC key shared by the members of this platform")
     pseudonymisation: Pseudonymisation = Field(default_factory=lambda: Pseudonymisation())
     members: list[LocalBase] = Field(min_length=1)
+    deadline: Cron = Field(
+        default="0 7 * * *",
+        description="when the platform consolidates with whatever arrived, members missing being recorded late",
+    )
+    deadline_timezone: TimeZone = "Europe/Paris"
 
     @model_validator(mode="after")
     def _stamp_members(self) -> Platform:

@@ -5,6 +5,16 @@
   keys), its tombstones applied, and recorded in a ledger (batch id + manifest SHA-256): applied once.
 - A batch whose file or schema does not match its manifest is rejected with a clear error, left in intake,
   and the other batches still load.
+- Ledger semantics: a batch id is applied once per manifest. A local rerun of an interval republishes the
+  same batch id with new content (re-randomised sealed tokens, late corrections): the new version REPLACES
+  the old one (its rows are removed before the new ones are merged, the old ledger entry is marked replaced),
+  it never adds to it.
+- Standardisation (`standardise`): each staged table is mapped to standard concepts and UCUM units before
+  the merge, so it happens once per batch version.
+- Duplicate events: the same event (person, concept, date, value) reported by two sites of one linked
+  person is flagged in `eds_platform.duplicate_event`, never deleted.
+- Arrivals: with a night end, each member is `arrived`, `late` (no batch reaching the night's end) or
+  `rejected` (its batch for the night was refused).
 - Linkage: rows of the same patient from two sites carry the same level-1 person id, so they become one
   warehouse person; `eds_platform.person_site` records which sites saw each person (overlap statistics).
 - Package: one Parquet file per table + a manifest in the platform outbox, emitted as the platform's Asset.
@@ -28,8 +38,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop, rotation
-from eds_network.config import Platform
+from eds_network import omop, rotation, standardise
+from eds_network.config import LocalBase, Platform
 from eds_network.errors import IntegrityError
 from eds_network.extract import stream_query
 from eds_network.pseudonymise import TOKEN_COLUMN
@@ -57,6 +67,10 @@ class Consolidation:
     checks: dict = field(default_factory=dict)
     key_versions: dict[str, list[str]] = field(default_factory=dict)  # from the members' manifests
     retired_key_versions: list[str] = field(default_factory=list)  # level-1 versions retired by this run
+    standardisation: dict = field(default_factory=dict)  # {base: {table: {rows, unmapped_concepts, …}}}
+    duplicates: dict = field(default_factory=dict)  # {base: {table: flagged rows}}
+    arrivals: dict[str, dict] = field(default_factory=dict)  # {base: {status: arrived|late|rejected, night_end}}
+    replaced: list[str] = field(default_factory=list)  # batch ids whose new version replaced the old one
 
     def ref(self) -> dict:
         return asdict(self)
@@ -110,6 +124,12 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
         CREATE TABLE IF NOT EXISTS eds_platform.rejected (
             batch_id text NOT NULL, manifest_sha256 text NOT NULL, reason text NOT NULL,
             rejected_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (batch_id, manifest_sha256));
+        ALTER TABLE eds_platform.ledger ADD COLUMN IF NOT EXISTS replaced_at timestamptz;
+        ALTER TABLE eds_platform.person_site ADD COLUMN IF NOT EXISTS batch_id text;
+        ALTER TABLE eds_platform.rejected ADD COLUMN IF NOT EXISTS base_id text;
+        CREATE TABLE IF NOT EXISTS eds_platform.duplicate_event (
+            table_name text NOT NULL, row_id bigint NOT NULL, duplicate_of bigint NOT NULL,
+            person_id bigint NOT NULL, site_number integer NOT NULL, PRIMARY KEY (table_name, row_id));
     """)
     rotation.ensure_registry(conn, tables)
 
@@ -135,14 +155,32 @@ def _expected_columns(table: str) -> list[str]:
     return [*cols, TOKEN_COLUMN] if table == "person" else cols
 
 
+def _remove_batch(conn: psycopg.Connection, manifest: dict, tables: list[str]) -> None:
+    """Take out what an earlier version of this batch merged (rows a later batch overwrote are kept)."""
+    bid, base = manifest["batch_id"], manifest["base"]
+    for t in reversed(tables):
+        if t != "person":
+            conn.execute(sql.SQL("DELETE FROM omop.{} WHERE _batch_id = %s").format(sql.Identifier(t)), (bid,))
+    conn.execute("DELETE FROM eds_platform.person_site WHERE base_id = %s AND batch_id = %s", (base, bid))
+
+
 def _apply_batch(
-    conn: psycopg.Connection, manifest: dict, files: dict[str, Path], tombs: dict[str, Path], tables: list[str]
+    conn: psycopg.Connection,
+    manifest: dict,
+    files: dict[str, Path],
+    tombs: dict[str, Path],
+    tables: list[str],
+    *,
+    vocabulary: bool = False,
+    replace: bool = False,
 ) -> dict[str, int]:
     rows: dict[str, int] = {}
     site = int(manifest["site_number"])
     bid = manifest["batch_id"]
     version = manifest.get("key_versions", {}).get("level1")
     replaced = False
+    if replace:
+        _remove_batch(conn, manifest, tables)
     for t in [t for t in tables if t in files]:
         cols = _expected_columns(t)
         stage = sql.Identifier(f"stage_{t}")
@@ -156,15 +194,24 @@ def _apply_batch(
             # Re-keying run (key rotation / policy change): this file is the site's whole table.
             _replace_site_rows(conn, t, stage, site, manifest["base"])
             replaced = True
+        if vocabulary:
+            std = standardise.standardise_stage(conn, t, stage)
+            if std.mapped:
+                rows[f"{t}.mapped_concepts"] = std.mapped
+            if std.units:
+                rows[f"{t}.units_normalised"] = std.units
         key = conflict_key(t)
         meta = ["_site", "_batch_id", rotation.KEY_VERSION_COLUMN]
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
         )
+        # A person row is held by the lowest site number that treats the patient (its later versions update
+        # it; other sites' copies do not), so the warehouse does not depend on the order batches arrive in.
+        only = sql.SQL(" WHERE omop.person._site >= EXCLUDED._site") if t == "person" else sql.SQL("")
         conn.execute(
             sql.SQL(
                 "INSERT INTO omop.{t} ({cols}, {meta}) SELECT {cols}, %s, %s, %s FROM {stage} "
-                "ON CONFLICT ({key}) DO UPDATE SET {updates}"
+                "ON CONFLICT ({key}) DO UPDATE SET {updates}{only}"
             ).format(
                 t=sql.Identifier(t),
                 cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
@@ -172,16 +219,18 @@ def _apply_batch(
                 stage=stage,
                 key=sql.Identifier(key),
                 updates=updates,
+                only=only,
             ),
             (site, bid, version),
         )
         if t == "person":
             conn.execute(
                 sql.SQL(
-                    "INSERT INTO eds_platform.person_site (person_id, base_id, site_number) "
-                    "SELECT person_id, %s, %s FROM {} ON CONFLICT DO NOTHING"
+                    "INSERT INTO eds_platform.person_site (person_id, base_id, site_number, batch_id) "
+                    "SELECT person_id, %s, %s, %s FROM {} "
+                    "ON CONFLICT (person_id, base_id) DO UPDATE SET batch_id = EXCLUDED.batch_id"
                 ).format(stage),
-                (manifest["base"], site),
+                (manifest["base"], site, bid),
             )
         rows[t] = n
     # Tombstones: a person tombstone (objection) removes every row of that patient contributed by this site.
@@ -224,6 +273,13 @@ def _apply_batch(
             "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)"
         )
     rotation.register_version(conn, version)
+    if replace:
+        # Persons the new version no longer carries and no other site treats: gone with their last site.
+        conn.execute(
+            "DELETE FROM omop.person p WHERE p._batch_id = %s AND NOT EXISTS ("
+            "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)",
+            (bid,),
+        )
     return rows
 
 
@@ -280,8 +336,20 @@ def _verify_files(s3, bucket: str, manifest: dict, workdir: Path, tables: list[s
     return files, tombs
 
 
-def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res: PlatformResources) -> Consolidation:
-    """Apply every new manifested batch of every member, in data-interval order."""
+def consolidate(
+    platform: Platform,
+    intake_bucket: str,
+    intake_prefix: str,
+    res: PlatformResources,
+    *,
+    vocabulary: Path | None = None,
+    night_end: dt.datetime | None = None,
+) -> Consolidation:
+    """Apply every new manifested batch of every member, in data-interval order.
+
+    `vocabulary`: the OMOP vocabulary archive to standardise with (loaded once into the warehouse);
+    `night_end`: end of the night this run consolidates, to tell which members are late.
+    """
     t0 = time.monotonic()
     tables = _tables(platform)
     s3 = res.intake.client()
@@ -293,12 +361,15 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                 manifests.append((json.loads(raw), hashlib.sha256(raw).hexdigest()))
     manifests.sort(key=lambda m: (m[0]["data_interval"]["start"], m[0]["base"]))
     applied: list[str] = []
+    replaced: list[str] = []
     rejected: dict[str, str] = {}
     rows: dict[str, dict[str, int]] = {}
     skipped = 0
     with psycopg.connect(res.warehouse_dsn) as conn:
         ensure_warehouse(conn, tables)
         conn.commit()
+        if vocabulary is not None:
+            standardise.ensure_vocabulary(conn, vocabulary)
         for manifest, msha in manifests:
             bid = manifest["batch_id"]
             if conn.execute(
@@ -318,7 +389,21 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                     )
                     files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
                     with conn.transaction():
-                        r = _apply_batch(conn, manifest, files, tombs, tables)
+                        # Another version of this batch applied before (local rerun): this one replaces it.
+                        previous = conn.execute(
+                            "UPDATE eds_platform.ledger SET replaced_at = now() "
+                            "WHERE batch_id = %s AND replaced_at IS NULL RETURNING manifest_sha256",
+                            (bid,),
+                        ).fetchall()
+                        r = _apply_batch(
+                            conn,
+                            manifest,
+                            files,
+                            tombs,
+                            tables,
+                            vocabulary=vocabulary is not None,
+                            replace=bool(previous),
+                        )
                         conn.execute(
                             "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, "
                             "data_interval_start, rows) VALUES (%s, %s, %s, %s, %s)",
@@ -326,6 +411,8 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                         )
                     conn.commit()
                     applied.append(bid)
+                    if previous:
+                        replaced.append(bid)
                     rows[bid] = r
                 except (IntegrityError, psycopg.DataError, psycopg.IntegrityError) as exc:
                     # Our own verification, or the warehouse refusing a row: the batch stays in intake.
@@ -333,12 +420,13 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                     if not isinstance(exc, IntegrityError):
                         first = str(exc).splitlines()[0][:200]
                         exc = IntegrityError(f"warehouse refused the batch: {first}", base=manifest.get("base"))
-                    log.error("%s: batch %s rejected, left in intake: %s", platform.id, bid, exc)
-                    rejected[bid] = str(exc)
+                    reason = f"platform {platform.id}: batch {bid} rejected, left in intake: {exc}"
+                    log.error("%s", reason)
+                    rejected[bid] = reason
                     conn.execute(
-                        "INSERT INTO eds_platform.rejected (batch_id, manifest_sha256, reason) "
-                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                        (bid, msha, str(exc)),
+                        "INSERT INTO eds_platform.rejected (batch_id, manifest_sha256, reason, base_id) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (bid, msha, reason, manifest.get("base")),
                     )
                     conn.commit()
         retired = rotation.retire_unused(conn, tables)
@@ -346,15 +434,20 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
         conn.commit()
         linkage = linkage_stats(conn)
         checks = platform_checks(conn, tables)
+        duplicates = flag_duplicates(conn, platform, tables)
+        std = standardise.unmapped(conn, platform, tables)
     log.info(
-        "%s: %d batches applied, %d already applied, %d rejected in %.1fs; %d persons, %d at 2+ sites",
+        "%s: %d batches applied (%d replacing an earlier version), %d already applied, %d rejected in %.1fs; "
+        "%d persons, %d at 2+ sites, %d duplicate events flagged",
         platform.id,
         len(applied),
+        len(replaced),
         skipped,
         len(rejected),
         time.monotonic() - t0,
         linkage["persons"],
         linkage["persons_multi_site"],
+        sum(n for per in duplicates.values() for n in per.values()),
     )
     versions: dict[str, set[str]] = {}
     for manifest, _ in manifests:
@@ -363,7 +456,104 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
     key_versions = {name: sorted(v) for name, v in sorted(versions.items())}
     if live:  # the level-1 versions the warehouse rows carry, not every version ever seen in the intake
         key_versions["level1"] = live
-    return Consolidation(platform.id, applied, skipped, rejected, rows, linkage, checks, key_versions, retired)
+    return Consolidation(
+        platform.id,
+        applied,
+        skipped,
+        rejected,
+        rows,
+        linkage,
+        checks,
+        key_versions,
+        retired_key_versions=retired,
+        standardisation=std,
+        duplicates=duplicates,
+        arrivals=arrivals(platform, [m for m, _ in manifests], rejected, night_end) if night_end else {},
+        replaced=replaced,
+    )
+
+
+def night_end_of(base: LocalBase, when: dt.datetime) -> dt.datetime:
+    """End of the member's latest night at `when`: its schedule's last fire time at or before `when`."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    local = when.astimezone(ZoneInfo(base.timezone))
+    it = croniter(base.schedule, local + dt.timedelta(seconds=1))
+    return it.get_prev(dt.datetime)
+
+
+def arrivals(platform: Platform, manifests: list[dict], rejected: dict[str, str], when: dt.datetime) -> dict[str, dict]:
+    """Per member, for its latest night at `when`: `arrived` when a batch of it reaches the night's end,
+    `rejected` when every such batch was refused (the reason is in `rejected`), `late` when none (yet)."""
+    out: dict[str, dict] = {}
+    for b in platform.members:
+        end = night_end_of(b, when)
+        mine = [
+            m
+            for m in manifests
+            if m.get("base") == b.id and dt.datetime.fromisoformat(m["data_interval"]["end"]) >= end
+        ]
+        if not mine:
+            status = "late"
+        elif all(m["batch_id"] in rejected for m in mine):
+            status = "rejected"
+        else:
+            status = "arrived"
+        reason = next((rejected[m["batch_id"]] for m in mine if m["batch_id"] in rejected), None)
+        out[b.id] = {"status": status, "night_end": end.isoformat(), "reason": reason}
+    return out
+
+
+# Per event table: the columns that make two sites' rows the same event (besides person_id).
+_EVENT_IDENTITY: dict[str, tuple[str, ...]] = {
+    "condition_occurrence": ("condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("drug_concept_id", "drug_exposure_start_date", "quantity"),
+    "procedure_occurrence": ("procedure_concept_id", "procedure_date"),
+    "device_exposure": ("device_concept_id", "device_exposure_start_date"),
+    "measurement": ("measurement_concept_id", "measurement_date", "value_as_number", "value_as_concept_id"),
+    "observation": ("observation_concept_id", "observation_date", "value_as_number", "value_as_string"),
+    "specimen": ("specimen_concept_id", "specimen_date"),
+}
+
+
+def flag_duplicates(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> dict[str, dict[str, int]]:
+    """Flag events a second site reported for the same linked person (same concept, date, value).
+
+    The first site's row (lowest site number, then lowest id) is the reference; rows of the other sites are
+    recorded in eds_platform.duplicate_event with the row they duplicate. Nothing is deleted. Recomputed as
+    a whole in one transaction, so the result does not depend on how often consolidation ran.
+    Returns {base: {table: flagged rows}}.
+    """
+    bases = {b.site_number: b.id for b in platform.members}
+    out: dict[str, dict[str, int]] = {b.id: {} for b in platform.members}
+    with conn.transaction():
+        conn.execute("DELETE FROM eds_platform.duplicate_event")
+        for t in tables:
+            cols = _EVENT_IDENTITY.get(t)
+            spec = omop.table(t)
+            if not cols or not all(spec.has(c) for c in cols):
+                continue
+            key = sql.Identifier(conflict_key(t))
+            part = sql.SQL(", ").join(map(sql.Identifier, ("person_id", *cols)))
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO eds_platform.duplicate_event (table_name, row_id, duplicate_of, person_id, site_number) "
+                    "SELECT %s, id, first_id, person_id, _site FROM ("
+                    " SELECT {key} AS id, person_id, _site, first_value({key}) OVER w AS first_id,"
+                    " first_value(_site) OVER w AS first_site FROM omop.{t}"
+                    " WINDOW w AS (PARTITION BY {part} ORDER BY _site, {key})) x "
+                    "WHERE _site <> first_site"
+                ).format(key=key, part=part, t=sql.Identifier(t)),
+                (t,),
+            )
+        for t, site, n in conn.execute(
+            "SELECT table_name, site_number, count(*) FROM eds_platform.duplicate_event GROUP BY 1, 2 ORDER BY 1, 2"
+        ):
+            if site in bases:
+                out[bases[site]][t] = n
+    return out
 
 
 def linkage_stats(conn: psycopg.Connection) -> dict:

@@ -35,6 +35,9 @@ PARSE = textwrap.dedent(
             "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md and dag.doc_md.strip()),
             "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries} for t in dag.tasks},
             "timetable": type(dag.timetable).__name__,
+            "deadline": str(getattr(getattr(dag.timetable, "timetable", None), "expression", "")),
+            "deadline_tz": str(getattr(getattr(dag.timetable, "timetable", None), "timezone", "")),
+            "asset_condition": str(getattr(dag.timetable, "asset_condition", "")),
         }
     print("JSON:" + json.dumps(out))
     """
@@ -76,3 +79,13 @@ def test_every_dag_is_tagged_documented_owned_and_retried(parsed):
 def test_local_dags_have_real_nightly_data_intervals(parsed):
     for b in load_network().local_bases:
         assert parsed["dags"][b.dag_id]["timetable"] == "CronDataIntervalTimetable"
+
+
+def test_platform_dags_run_when_all_members_arrived_or_at_their_deadline(parsed):
+    for p in load_network().platforms:
+        d = parsed["dags"][p.dag_id]
+        assert d["timetable"] == "AssetOrTimeSchedule"
+        assert (d["deadline"], d["deadline_tz"]) == (p.deadline, p.deadline_timezone)
+        assert d["asset_condition"].startswith("AssetAll(")
+        for b in p.members:
+            assert f"name='{b.asset_name}'" in d["asset_condition"], b.id
