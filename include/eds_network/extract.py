@@ -74,6 +74,9 @@ class TableBatch:
     tombstones_sha256: str | None = None
     warnings: tuple[str, ...] = ()
     quality: dict = field(default_factory=dict)
+    # Seconds spent per phase of the step (stream = COPY + CSV parsing, quality, pseudonymise, parquet, upload…):
+    # measured by the step itself so that benches and logs report where the time goes, not guesses.
+    timings: dict = field(default_factory=dict)
 
     def ref(self) -> dict:
         """What goes to XCom: references, counts and checksums only."""
@@ -357,8 +360,15 @@ def extract_table(
         out_path = workdir / f"{table}.parquet"
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
+        timer = _PhaseTimer()
         try:
-            for rb in _with_base(stream_rows(stream_conn, table, columns, start, end), base.id):
+            rows_iter = _with_base(stream_rows(stream_conn, table, columns, start, end), base.id)
+            while True:
+                with timer("stream"):
+                    rb = next(rows_iter, None)
+                if rb is None:
+                    break
+                timer.start("objection")
                 batch = pa.Table.from_batches([rb])
                 n = batch.num_rows
                 extracted += n
@@ -371,6 +381,7 @@ def extract_table(
                         excluded += n_obj
                         batch = batch.filter(pc.invert(obj))
                 # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
+                timer.start("quality")
                 qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids, overrides=qoverrides)
                 for r in qr.results:
                     agg = checks.setdefault(
@@ -388,6 +399,7 @@ def extract_table(
                     quarantined += bad.num_rows
                     batch = batch.filter(keep)
                 # 3. Persons with no identity row cannot be pseudonymised: quarantined, not dropped.
+                timer.start("identities")
                 if "person_id" in batch.column_names and batch.num_rows:
                     ids = pc.unique(batch.column("person_id")).to_pylist()
                     _fetch_identities(aux, persons, ids)
@@ -400,18 +412,22 @@ def extract_table(
                         quarantined += nobody.num_rows
                         batch = batch.filter(has)
                 # 4. Pseudonymise and append a row group.
+                timer.start("pseudonymise")
                 out = level1_batch(batch, table, persons, base.site_number)
+                timer.start("parquet")
                 if writer is None:
                     writer = pq.ParquetWriter(out_path, out.schema, compression=STAGING_COMPRESSION)
                 writer.write_table(out)
                 published += out.num_rows
+                timer.stop()
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     el = time.monotonic() - t0
                     log.info("%s.%s: %d rows extracted, %.0f rows/s", base.id, table, extracted, extracted / el)
                     last_log = time.monotonic()
             if writer is None:  # empty interval: an empty file keeps the manifest uniform
                 writer = pq.ParquetWriter(out_path, _published_schema(table), compression=STAGING_COMPRESSION)
-            writer.close()
+            with timer("parquet"):
+                writer.close()
             writer = None
 
             if batch_fatal:
@@ -429,7 +445,9 @@ def extract_table(
                     base=base.id,
                     table=table,
                 )
-            tomb = _tombstones(aux, base, table, persons, start, end)
+            with timer("tombstones"):
+                tomb = _tombstones(aux, base, table, persons, start, end)
+            timer.start("upload")
             s3 = res.intake.client()
             sha = sha256_file(out_path)
             key = f"{res.intake_prefix}{base.id}/{bid}/{table}.{sha[:16]}.parquet"
@@ -442,6 +460,7 @@ def extract_table(
                 tsha = sha256_file(tpath)
                 tkey = f"{res.intake_prefix}{base.id}/{bid}/{table}.tombstones.{tsha[:16]}.parquet"
                 s3.upload_file(str(tpath), res.intake_bucket, tkey)
+            timer.stop()
         finally:
             if writer is not None:
                 writer.close()
@@ -479,7 +498,37 @@ def extract_table(
         tombstones_sha256=tsha,
         warnings=tuple(warnings[:20]),
         quality=checks,
+        timings={**timer.seconds, "total": round(el, 4)},
     )
+
+
+class _PhaseTimer:
+    """Wall seconds per named phase of a step: `start(name)` closes the running phase and opens `name`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._t = 0.0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._name, self._t = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._name is not None:
+            el = time.perf_counter() - self._t
+            self.seconds[self._name] = round(self.seconds.get(self._name, 0.0) + el, 4)
+            self._name = None
+
+    def __call__(self, name: str) -> _PhaseTimer:
+        self.start(name)
+        return self
+
+    def __enter__(self) -> _PhaseTimer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:
