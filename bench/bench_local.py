@@ -87,15 +87,34 @@ def interval_sql(columns: list[str]) -> sql.Composable:
     )
 
 
-def raw_copy(dsn: str) -> tuple[float, int]:
-    """The extraction's own SELECT through COPY, drained to nothing. Returns (seconds, CSV bytes)."""
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process from /proc (the PostgreSQL backend serving a COPY)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def raw_copy(dsn: str, cpu: dict | None = None) -> tuple[float, int]:
+    """The extraction's own SELECT through COPY, drained to nothing. Returns (seconds, CSV bytes).
+
+    `cpu`, if given, receives the CPU seconds of this client and of the server backend: on a shared machine
+    wall time depends on the neighbours, CPU time much less.
+    """
     query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(interval_sql(omop.table(TABLE).column_names))
-    t0 = time.perf_counter()
     nbytes = 0
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur, cur.copy(query) as copy:
-        for chunk in copy:
-            nbytes += len(chunk)
-    return time.perf_counter() - t0, nbytes
+    with psycopg.connect(dsn) as conn:
+        backend = conn.info.backend_pid
+        s0, c0, t0 = _proc_cpu_s(backend), time.process_time(), time.perf_counter()
+        with conn.cursor() as cur, cur.copy(query) as copy:
+            for chunk in copy:
+                nbytes += len(chunk)
+        el, c1, s1 = time.perf_counter() - t0, time.process_time(), _proc_cpu_s(backend)
+    if cpu is not None:
+        cpu["client_cpu_s"] = c1 - c0
+        cpu["server_cpu_s"] = (s1 - s0) if s0 is not None and s1 is not None else None
+    return el, nbytes
 
 
 def full_extract(stack: Stack, net: Network, dsn: str) -> tuple[float, extract.TableBatch]:
@@ -160,14 +179,24 @@ def child(argv: list[str]) -> None:
     stack = Stack.default()
     net = network(patients)
     if kind == "extract":
+        c0 = time.process_time()  # every thread of this process
         el, tb = full_extract(stack, net, stack.dsn(f"bench_local_{patients}"))
-        child_report(seconds=el, rows=tb.extracted, published=tb.published, parquet_bytes=tb.bytes, timings=tb.timings)
+        child_report(
+            seconds=el,
+            cpu_s=time.process_time() - c0,
+            rows=tb.extracted,
+            published=tb.published,
+            parquet_bytes=tb.bytes,
+            timings=tb.timings,
+        )
     elif kind == "peer":
         out = Path(argv[2])
+        c0 = time.process_time()
         el, n = naive_peer(stack, net, patients, out)
+        cpu = time.process_time() - c0
         size = out.stat().st_size
         out.unlink()
-        child_report(seconds=el, rows=n, parquet_bytes=size)
+        child_report(seconds=el, cpu_s=cpu, rows=n, parquet_bytes=size)
     else:
         raise SystemExit(f"unknown child {kind!r}")
 
@@ -206,7 +235,7 @@ def _phase_shares(runs: list[dict]) -> dict:
     }
 
 
-def run(stack: Stack, *, quick: bool, reps: int, peer_reps: int) -> dict:
+def run(stack: Stack, *, quick: bool, reps: int, big_reps: int, peer_reps: int) -> dict:
     """Items 1 (ours vs raw COPY, quality share), 2 (ours vs the pandas peer), 3 (peak RSS, small vs big)."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
     (small_label, small), (big_label, big) = sizes.items()
@@ -218,11 +247,15 @@ def run(stack: Stack, *, quick: bool, reps: int, peer_reps: int) -> dict:
         log.info("%s: %d patients, %d %s rows (seed %s)", label, patients, rows, TABLE,
                  f"{seeded_s:.0f}s" if seeded_s else "reused")  # fmt: skip
         raw_copy(dsn)  # warm: both sides read from shared buffers / the page cache
-        raw_s, ours_s, children = [], [], []
+        raw_s, ours_s, children, raw_cpu = [], [], [], []
         nbytes = 0
-        for i in range(reps):  # interleaved, so that a burst of contention hits both sides alike
-            el, nbytes = raw_copy(dsn)
+        for i in range(
+            reps if label == small_label else big_reps
+        ):  # interleaved, so that a burst of contention hits both sides alike
+            cpu: dict = {}
+            el, nbytes = raw_copy(dsn, cpu)
             raw_s.append(el)
+            raw_cpu.append(cpu)
             rep = run_child(SCRIPT, "extract", str(patients))
             if rep["rows"] != rows:
                 raise RuntimeError(f"extract_table saw {rep['rows']} rows, the source holds {rows}")
@@ -232,6 +265,11 @@ def run(stack: Stack, *, quick: bool, reps: int, peer_reps: int) -> dict:
                      label, i + 1, el, rep["seconds"], rep["timings"].get("quality", 0), rep["peak_rss_mb"])  # fmt: skip
         sa, sb = stats(raw_s), stats(ours_s)
         shares = _phase_shares(children)
+        # CPU seconds: what the neighbours on a shared machine do not change much. The server side of both
+        # is the same COPY; its CPU is measured on the raw side (the backend of that connection).
+        server = stats([c["server_cpu_s"] or 0.0 for c in raw_cpu])
+        cpu_raw = stats([c["client_cpu_s"] + (c["server_cpu_s"] or 0.0) for c in raw_cpu])
+        cpu_ours = stats([c["cpu_s"] + server["median"] for c in children])
         per_size[label] = {
             "patients": patients,
             "rows": rows,
@@ -241,9 +279,14 @@ def run(stack: Stack, *, quick: bool, reps: int, peer_reps: int) -> dict:
             "raw_copy_s": sa,
             "extract_s": sb,
             "ratio_extract_over_raw": ratio(sb, sa),
+            "raw_copy_cpu_s": cpu_raw,
+            "raw_copy_server_cpu_s": server,
+            "extract_cpu_s": cpu_ours,
+            "cpu_ratio_extract_over_raw": ratio(cpu_ours, cpu_raw),
             "rows_per_s_raw": rows / sa["median"],
             "rows_per_s_extract": rows / sb["median"],
             "phase_seconds": [c["timings"] for c in children],
+            "children_cpu": [{"cpu_s": c["cpu_s"]} for c in children],
             "phase_share_median": shares,
             "quality_share": shares.get("quality", 0.0),
             "peak_rss_mb": stats([c["peak_rss_mb"] for c in children]),
@@ -253,13 +296,14 @@ def run(stack: Stack, *, quick: bool, reps: int, peer_reps: int) -> dict:
 
     # Item 2: the naive peer on the small size, in child processes (it needs GBs at 2 M rows).
     s = per_size[small_label]
-    peer_s, peer_rss = [], []
+    peer_s, peer_rss, peer_cpu = [], [], []
     tmp = RESULTS_DIR / "peer.parquet"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     for i in range(peer_reps):
         rep = run_child(SCRIPT, "peer", str(small), str(tmp))
         peer_s.append(rep["seconds"])
         peer_rss.append(rep["peak_rss_mb"])
+        peer_cpu.append(rep["cpu_s"])
         log.info("%s peer #%d: %.1fs, peak RSS %.0f MB, %d rows", small_label, i + 1, rep["seconds"],
                  rep["peak_rss_mb"], rep["rows"])  # fmt: skip
     sp = stats(peer_s)
@@ -269,6 +313,8 @@ def run(stack: Stack, *, quick: bool, reps: int, peer_reps: int) -> dict:
         "peer_s": sp,
         "peer_peak_rss_mb": stats(peer_rss),
         "speedup_ours_vs_peer": ratio(sp, s["extract_s"]),
+        "peer_client_cpu_s": stats(peer_cpu),
+        "cpu_speedup_ours_vs_peer": ratio(stats(peer_cpu), stats([c["cpu_s"] for c in s["children_cpu"]])),
         "peer_over_raw_copy": ratio(sp, s["raw_copy_s"]),
     }
     # Item 3: peak RSS, small vs big.
