@@ -104,7 +104,20 @@ def run_consolidate(stack: Stack, *, patients: int, reps: int) -> dict:
 
 
 def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
-    s3 = stack.s3_client()
+    import boto3
+    from botocore.config import Config
+
+    # moto assembles a completed multipart upload in Python: on a busy machine CompleteMultipartUpload of 1 GiB
+    # takes longer than botocore's default 60 s read timeout, and the retry then fails (upload id gone). Both
+    # sides use this same client, with a long timeout and no retry.
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id="eds-local",
+        aws_secret_access_key="eds-local-secret",
+        region_name="eu-west-3",
+        config=Config(read_timeout=900, retries={"max_attempts": 1}),
+    )
     bucket = "bench-upload"
     ensure_bucket(s3, bucket)
     sse = SimpleNamespace(sse_kms_key_id=None)  # what `_upload_once` reads of NationalResources: SSE-S3

@@ -14,10 +14,14 @@ import datetime as dt
 import io
 import json
 import logging
+import queue
 import re
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,14 @@ from eds_network.storage import S3Endpoint, sha256_file
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16 << 20  # bytes of CSV per Arrow record batch (~100-200k rows)
+# The pipeline overlaps its stages in threads (bounded queues: memory stays bounded): a reader thread drains
+# the COPY into blocks of COPY_BLOCK bytes (one Python call per row is the floor of any extraction, so it
+# gets a thread of its own), pyarrow parses them a batch ahead (PREFETCH_BATCHES) while this thread checks
+# and pseudonymises, and a writer thread appends Parquet row groups (at most PENDING_WRITES behind).
+COPY_BLOCK = 4 << 20
+COPY_BLOCKS_AHEAD = 4
+PREFETCH_BATCHES = 1
+PENDING_WRITES = 1
 # Staged intake files are read once by the platform: snappy costs ~25 % less local time than zstd on 2 M rows
 # (bench/bench_local.py: 6.7 s vs 9.1 s median) for larger files. Long-lived outputs (outbox, landing zone) stay zstd.
 STAGING_COMPRESSION = "snappy"
@@ -179,6 +191,70 @@ class _CopyStream(io.RawIOBase):
         return filled
 
 
+def _copy_blocks(copy) -> Iterator[bytes]:
+    """COPY rows (one memoryview per row) joined into blocks of about COPY_BLOCK bytes."""
+    parts: list = []
+    size = 0
+    append = parts.append
+    for chunk in copy:
+        append(chunk)
+        size += len(chunk)
+        if size >= COPY_BLOCK:
+            yield b"".join(parts)
+            parts.clear()
+            size = 0
+    if parts:
+        yield b"".join(parts)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator, depth: int, name: str) -> Iterator:
+    """Iterate `items` in a thread of its own, at most `depth` items ahead; its errors are raised here.
+
+    Closing this generator (or an error here) stops the thread and waits for it, then closes `items` on the
+    calling thread: a COPY left half-read is finished by the thread that opened it.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _DONE))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+
+    thread = threading.Thread(target=pump, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
 def stream_rows(conn: psycopg.Connection, table: str, columns: list[str], start, end) -> Iterator[pa.RecordBatch]:
     query = sql.SQL("SELECT {cols} FROM omop.{t} WHERE {chg} >= {s} AND {chg} < {e}").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
@@ -197,27 +273,37 @@ def stream_query(
     """Stream any SELECT as Arrow record batches through COPY … TO STDOUT (FORMAT csv)."""
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
     with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        stream = _CopyStream(iter(copy))
-        if stream.empty():
-            # No row in the interval: pyarrow refuses an empty CSV ("Empty CSV file"), which used to fail
-            # every table without a change in the night. Zero batches; the caller writes an empty file.
-            return
-        # open_csv already reads and converts the first block: a bad value in a small table fails here,
-        # so it is inside the try as well (it used to escape as a raw ArrowInvalid).
+        blocks = prefetch(_copy_blocks(copy), COPY_BLOCKS_AHEAD, f"eds-copy-{table}")
+        stream = _CopyStream(blocks)
         try:
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=types,
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
-            yield from reader
-        except pa.ArrowInvalid as exc:
-            raise _conversion_error(exc, columns, table) from None
+            yield from _parse_csv(stream, columns, types, table)
+        finally:
+            blocks.close()  # stops the reader thread before the COPY is finished or abandoned
+
+
+def _parse_csv(
+    stream: _CopyStream, columns: list[str], types: dict[str, pa.DataType], table: str
+) -> Iterator[pa.RecordBatch]:
+    if stream.empty():
+        # No row in the interval: pyarrow refuses an empty CSV ("Empty CSV file"), which used to fail
+        # every table without a change in the night. Zero batches; the caller writes an empty file.
+        return
+    # open_csv already reads and converts the first block: a bad value in a small table fails here,
+    # so it is inside the try as well (it used to escape as a raw ArrowInvalid).
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        raise _conversion_error(exc, columns, table) from None
 
 
 _ARROW_COLUMN = re.compile(r"In CSV column #(\d+):\s*")
@@ -361,8 +447,16 @@ def extract_table(
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
         timer = _PhaseTimer()
+        # Parquet row groups are appended by a writer thread (pyarrow releases the GIL while encoding)
+        # while this thread checks and pseudonymises the next batch.
+        write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eds-parquet-{table}")
+        pending: deque[Future] = deque()
+        rows_iter = prefetch(
+            _with_base(stream_rows(stream_conn, table, columns, start, end), base.id),
+            PREFETCH_BATCHES,
+            f"eds-parse-{table}",
+        )
         try:
-            rows_iter = _with_base(stream_rows(stream_conn, table, columns, start, end), base.id)
             while True:
                 with timer("stream"):
                     rb = next(rows_iter, None)
@@ -417,7 +511,9 @@ def extract_table(
                 timer.start("parquet")
                 if writer is None:
                     writer = pq.ParquetWriter(out_path, out.schema, compression=STAGING_COMPRESSION)
-                writer.write_table(out)
+                pending.append(write_pool.submit(writer.write_table, out))
+                while len(pending) > PENDING_WRITES:
+                    pending.popleft().result()
                 published += out.num_rows
                 timer.stop()
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
@@ -427,6 +523,8 @@ def extract_table(
             if writer is None:  # empty interval: an empty file keeps the manifest uniform
                 writer = pq.ParquetWriter(out_path, _published_schema(table), compression=STAGING_COMPRESSION)
             with timer("parquet"):
+                while pending:
+                    pending.popleft().result()
                 writer.close()
             writer = None
 
@@ -462,6 +560,8 @@ def extract_table(
                 s3.upload_file(str(tpath), res.intake_bucket, tkey)
             timer.stop()
         finally:
+            rows_iter.close()
+            write_pool.shutdown(wait=True)
             if writer is not None:
                 writer.close()
             for p in workdir.glob("*"):
