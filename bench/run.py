@@ -82,7 +82,11 @@ def run(selected: list[str], *, quick: bool, keep_stack: bool = False, stack: St
         for name in [b for b in ALL if b in selected]:
             load = load_average()
             t0 = time.monotonic()
-            res[name] = benches[name]()
+            try:
+                res[name] = benches[name]()
+            except Exception as exc:  # one broken benchmark must not lose the others' numbers
+                log.exception("benchmark %s failed", name)
+                res[name] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
             # Per benchmark: when, how long, and how busy the machine was (other work shares the cores).
             res[name]["measured"] = {
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -114,7 +118,7 @@ def _ok(met: bool) -> str:
 
 def targets(doc: dict) -> list[dict]:
     """One row per measured target: what, rows, ours, reference, ratio, target, met."""
-    r = doc["results"]
+    r = {k: v for k, v in doc["results"].items() if "error" not in v}
     rows: list[dict] = []
     if "local" in r:
         loc = r["local"]
@@ -249,8 +253,11 @@ def markdown(doc: dict) -> str:
             f"| {name} | {m.get('at', '?')} | {m.get('seconds', 0):.0f} | "
             f"{m.get('load_average_before', ['?'])[0]} -> {m.get('load_average_after', ['?'])[0]} |"
         )
+    for name, r in doc["results"].items():
+        if "error" in r:
+            lines += ["", f"**{name} failed**: `{r['error']}`"]
     loc = doc["results"].get("local")
-    if loc:
+    if loc and "error" not in loc:
         lines += [
             "",
             "Where the local step's time goes (median share of `extract_table`, from `TableBatch.timings`):",
@@ -263,7 +270,7 @@ def markdown(doc: dict) -> str:
                 f"| {s['rows']:,} | " + " | ".join(f"{v * 100:.0f} %" for v in s["phase_share_median"].values()) + " |"
             )
     d = doc["results"].get("dagparse")
-    if d:
+    if d and "error" not in d:
         lines += ["", "Per-file parse time Airflow records (`DagBag.dagbag_stats`, as `airflow dags report`):", ""]
         lines += ["| file | median [min-max] |", "| --- | --- |"]
         lines += [f"| `{f}` | {_s(st)} |" for f, st in d["per_file_s"].items()]
