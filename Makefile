@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install system-deps demo airflow stop status seed night summary test test-all lint format lock \
-        check-config expectations schema clean browser-deps
+        check-config expectations schema clean browser-deps bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,12 @@ lint: install ## ruff (with Airflow's AIR rules) + sqlfluff
 format: install ## apply ruff formatting and fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+bench: install ## benchmarks on generated data -> bench/results.json + BENCHMARKS.md (BENCH_QUICK=1: small, 1 run)
+	@# Bytecode first: without it every fresh process (bench children, Airflow tasks) recompiles pandas/Airflow.
+	@$(PY) -m compileall -q -j 2 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') include \
+	  >/dev/null 2>&1 || true
+	$(PY) bench/run.py $(if $(BENCH_QUICK),--quick) $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 lock: ## recompile the pinned requirements from requirements*.in (uv, PyPI)
 	python3.11 -m uv pip compile -q requirements.in --python-version 3.11 -o requirements.txt

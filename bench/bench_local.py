@@ -1,32 +1,31 @@
-"""Benchmark of the local level's extraction against a raw COPY of the same rows (run manually, not a test).
+"""Local level benchmarks (issue #12 items 1-3; targets of #4, #5 and #6). Not a test: run by `bench/run.py`.
 
-    EDS_HOME=/tmp/eds-bench EDS_PG_PORT=57432 EDS_S3_PORT=57900 .venv/bin/python bench/bench_local.py [--quick]
+Seeds one generated base (hosp_c resized: PERSON + MEASUREMENT only) into a database of its own
+(`bench_local_<patients>`, reused by later runs) and measures, interleaved in the same run:
 
-Seeds one generated base (hosp_c resized: PERSON + MEASUREMENT only) into a database of its own on the
-embedded stack given by the environment (EDS_HOME, EDS_PG_PORT, EDS_S3_PORT; started if needed), then
-measures, 3 repetitions each, in the same process:
+  raw     `COPY (SELECT <OMOP columns> FROM omop.measurement WHERE <interval>) TO STDOUT (FORMAT csv)` drained
+          with psycopg: the extraction's own SELECT, the floor of any extraction;
+  ours    `extract.extract_table` for MEASUREMENT over an interval covering every row (COPY streamed to Arrow,
+          opposition filter, quality checks, level-1 pseudonymisation, Parquet, upload to the intake), each run
+          in a fresh child process that reports the step's own phase timings (`TableBatch.timings`) and its
+          peak RSS;
+  peer    a naive pandas peer: `pd.read_sql` joined to the identity table, objectors dropped, a row-wise
+          HMAC (`DataFrame.apply`), ids namespaced, free text emptied, `to_parquet` (child process, peak RSS).
 
-  (a) raw   `COPY (SELECT <OMOP columns> FROM omop.measurement WHERE <interval>) TO STDOUT (FORMAT csv)`
-            drained with psycopg (the same SELECT as the extraction: the floor of any extraction);
-  (b) full  `extract.extract_table` for MEASUREMENT over an interval covering every row: COPY streamed to
-            Arrow, opposition filter, quality checks, level-1 pseudonymisation, Parquet, upload to S3.
-
-and the peak RSS of (b) in a fresh subprocess (ru_maxrss). Sizes: ~2M rows (5,600 patients) and ~8M rows
-(22,400 patients; skipped with --quick). A seeded database is reused by later runs (`bench_local_<n>`).
-Writes bench/results/local.json and prints a markdown table. Target: median(b) / median(a) <= 2.0.
+Manual use (stack from the environment: EDS_HOME, EDS_PG_PORT, EDS_S3_PORT):
+    .venv/bin/python bench/bench_local.py --profile 5600   # cProfile of one extraction -> bench/results/
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
+import io
 import json
 import logging
 import os
-import platform
-import resource
-import statistics
-import subprocess
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -34,29 +33,34 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from eds_network import extract, omop, seed
-from eds_network.config import Network, load_network
-from eds_network.stack import Stack
-from eds_network.storage import delete_prefix
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, child_report, ratio, run_child, stats  # noqa: E402
+
+from eds_network import extract, omop, seed  # noqa: E402
+from eds_network.config import Network, load_network  # noqa: E402
+from eds_network.stack import Stack  # noqa: E402
+from eds_network.storage import delete_prefix  # noqa: E402
 
 BASE_ID = "hosp_c"
 TABLE = "measurement"
 STAMP = (dt.datetime(2025, 3, 1, tzinfo=dt.UTC), dt.datetime(2025, 3, 2, tzinfo=dt.UTC))
 INTERVAL = (dt.datetime(2025, 2, 28, tzinfo=dt.UTC), dt.datetime(2025, 3, 3, tzinfo=dt.UTC))
-SIZES = {"2M": 5_600, "8M": 22_400}
-REPS = 3
+# ~361 MEASUREMENT rows per generated patient: 5,600 patients ~ 2 M rows, 22,400 ~ 8 M rows.
+FULL_SIZES = {"2M": 5_600, "8M": 22_400}
+QUICK_SIZES = {"20k": 56, "80k": 224}
 PREFIX = "bench-local/"
-RESULTS = Path(__file__).resolve().parent / "results" / "local.json"
+SCRIPT = Path(__file__).resolve()
 
-log = logging.getLogger("bench_local")
+log = logging.getLogger("bench.local")
 
 
 def network(patients: int) -> Network:
     return load_network().resized(BASE_ID, patients)
 
 
-def resources(stack: Stack, net: Network, dsn: str) -> extract.LocalResources:
-    return stack.local_resources(net, BASE_ID, source_dsn=dsn, intake_prefix=PREFIX)
+def resources(stack: Stack, net: Network, dsn: str, prefix: str = PREFIX) -> extract.LocalResources:
+    return stack.local_resources(net, BASE_ID, source_dsn=dsn, intake_prefix=prefix)
 
 
 def source_db(stack: Stack, patients: int) -> tuple[str, int, float | None]:
@@ -73,140 +77,273 @@ def source_db(stack: Stack, patients: int) -> tuple[str, int, float | None]:
     return dsn, counts[TABLE], time.monotonic() - t0
 
 
-def raw_copy(dsn: str) -> tuple[float, int]:
-    """(a): the extraction's own SELECT, through COPY, drained to nothing."""
-    columns = omop.table(TABLE).column_names
-    query = sql.SQL("COPY (SELECT {cols} FROM omop.{t} WHERE {c} >= {s} AND {c} < {e}) TO STDOUT (FORMAT csv)").format(
+def interval_sql(columns: list[str]) -> sql.Composable:
+    return sql.SQL("SELECT {cols} FROM omop.{t} WHERE {c} >= {s} AND {c} < {e}").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
         t=sql.Identifier(TABLE),
         c=sql.Identifier(omop.CHANGE_COLUMN),
         s=sql.Literal(INTERVAL[0]),
         e=sql.Literal(INTERVAL[1]),
     )
-    t0 = time.perf_counter()
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process from /proc (the PostgreSQL backend serving a COPY)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def raw_copy(dsn: str, cpu: dict | None = None) -> tuple[float, int]:
+    """The extraction's own SELECT through COPY, drained to nothing. Returns (seconds, CSV bytes).
+
+    `cpu`, if given, receives the CPU seconds of this client and of the server backend: on a shared machine
+    wall time depends on the neighbours, CPU time much less.
+    """
+    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(interval_sql(omop.table(TABLE).column_names))
     nbytes = 0
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur, cur.copy(query) as copy, open(os.devnull, "wb") as null:
-        for chunk in copy:
-            null.write(chunk)
-            nbytes += len(chunk)
-    return time.perf_counter() - t0, nbytes
+    with psycopg.connect(dsn) as conn:
+        backend = conn.info.backend_pid
+        s0, c0, t0 = _proc_cpu_s(backend), time.process_time(), time.perf_counter()
+        with conn.cursor() as cur, cur.copy(query) as copy:
+            for chunk in copy:
+                nbytes += len(chunk)
+        el, c1, s1 = time.perf_counter() - t0, time.process_time(), _proc_cpu_s(backend)
+    if cpu is not None:
+        cpu["client_cpu_s"] = c1 - c0
+        cpu["server_cpu_s"] = (s1 - s0) if s0 is not None and s1 is not None else None
+    return el, nbytes
 
 
 def full_extract(stack: Stack, net: Network, dsn: str) -> tuple[float, extract.TableBatch]:
-    """(b): extract_table, everything included (quality, pseudonymisation, Parquet, upload)."""
     res = resources(stack, net, dsn)
     t0 = time.perf_counter()
     tb = extract.extract_table(net.base(BASE_ID), TABLE, *INTERVAL, res)
     return time.perf_counter() - t0, tb
 
 
-def child(patients: int) -> None:
-    """Subprocess mode: one extraction, then report this process's peak RSS."""
-    stack = Stack.default()
-    dsn = stack.dsn(f"bench_local_{patients}")
-    el, tb = full_extract(stack, network(patients), dsn)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": el, "rows": tb.extracted, "peak_rss_kb": peak_kb}))
+# -- the naive pandas peer ------------------------------------------------------------------------------
 
 
-def stats(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
+def naive_peer(stack: Stack, net: Network, patients: int, out: Path) -> tuple[float, int]:
+    """What a first script would do: one DataFrame, a join to identities, a Python HMAC per row."""
+    import pandas as pd
+    import sqlalchemy
 
+    from eds_network.pseudonymise import DEFAULT_TEXT_ALLOW_LIST, ID_NAMESPACE, hmac256, id63, linkage_identity
 
-def bench_size(stack: Stack, label: str, patients: int) -> dict:
-    net = network(patients)
-    dsn, rows, seeded_s = source_db(stack, patients)
-    log.info("%s: %d patients, %d %s rows (seed %s)", label, patients, rows, TABLE,
-             f"{seeded_s:.0f}s" if seeded_s else "reused")  # fmt: skip
-    raw_copy(dsn)  # warm the cache: both measurements read from shared buffers / page cache
-    a, b = [], []
-    nbytes = 0
-    tb = None
-    for i in range(REPS):
-        el, nbytes = raw_copy(dsn)
-        a.append(el)
-        log.info("%s (a) raw COPY #%d: %.2fs", label, i + 1, el)
-    for i in range(REPS):
-        el, tb = full_extract(stack, net, dsn)
-        b.append(el)
-        log.info("%s (b) extract_table #%d: %.2fs", label, i + 1, el)
-    assert tb is not None and tb.extracted == rows
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(patients)], check=True, capture_output=True, text=True
+    base = net.base(BASE_ID)
+    key = resources(stack, net, stack.dsn(f"bench_local_{patients}")).platform_key
+    spec = omop.table(TABLE)
+    site = base.finess or base.id
+    engine = sqlalchemy.create_engine(stack.sqlalchemy_url(f"bench_local_{patients}"))
+    t0 = time.perf_counter()
+    cols = ", ".join(f"m.{c}" for c in spec.column_names)
+    query = sqlalchemy.text(
+        f"SELECT {cols}, i.nir, i.birth_date, i.sex, i.ipp FROM omop.{TABLE} m "
+        f"JOIN identity.patient i USING (person_id) WHERE m.{omop.CHANGE_COLUMN} >= :s AND m.{omop.CHANGE_COLUMN} < :e"
     )
-    rep = json.loads(out.stdout.strip().splitlines()[-1])
-    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    delete_prefix(resources(stack, net, dsn).intake.client(), net.platform("idf").intake.bucket, PREFIX)
-    sa, sb = stats(a), stats(b)
+    with engine.connect() as conn:
+        df = pd.read_sql(query, conn, params={"s": INTERVAL[0], "e": INTERVAL[1]})
+        objectors = set(pd.read_sql(sqlalchemy.text("SELECT person_id FROM identity.opposition"), conn)["person_id"])
+    df = df[~df["person_id"].isin(objectors)]
+
+    def pseudonym(r) -> int:
+        nir = r["nir"] if isinstance(r["nir"], str) else None  # pandas turns NULL into NaN
+        return id63(hmac256(key, linkage_identity(nir, str(r["birth_date"]), r["sex"], r["ipp"], site)))
+
+    df["person_id"] = df.apply(pseudonym, axis=1)
+    for c in spec.columns:
+        if c.is_id and c.name != "person_id":
+            df[c.name] = df[c.name] + base.site_number * ID_NAMESPACE
+        elif c.sql_type not in ("bigint", "double precision", "date", "timestamp") and (
+            c.name not in DEFAULT_TEXT_ALLOW_LIST
+        ):
+            df[c.name] = None
+    df = df.drop(columns=["nir", "birth_date", "sex", "ipp"])
+    df.to_parquet(out)
+    el = time.perf_counter() - t0
+    engine.dispose()
+    return el, len(df)
+
+
+# -- child processes ------------------------------------------------------------------------------------
+
+
+def child(argv: list[str]) -> None:
+    """`--child extract N` / `--child peer N`: one measurement in this fresh process, JSON on stdout."""
+    logging.basicConfig(level=logging.WARNING)
+    kind, patients = argv[0], int(argv[1])
+    stack = Stack.default()
+    net = network(patients)
+    if kind == "extract":
+        c0 = time.process_time()  # every thread of this process
+        el, tb = full_extract(stack, net, stack.dsn(f"bench_local_{patients}"))
+        child_report(
+            seconds=el,
+            cpu_s=time.process_time() - c0,
+            rows=tb.extracted,
+            published=tb.published,
+            parquet_bytes=tb.bytes,
+            timings=tb.timings,
+        )
+    elif kind == "peer":
+        out = Path(argv[2])
+        c0 = time.process_time()
+        el, n = naive_peer(stack, net, patients, out)
+        cpu = time.process_time() - c0
+        size = out.stat().st_size
+        out.unlink()
+        child_report(seconds=el, cpu_s=cpu, rows=n, parquet_bytes=size)
+    else:
+        raise SystemExit(f"unknown child {kind!r}")
+
+
+def profile(patients: int) -> Path:
+    """cProfile of one extraction in this process; the 40 costliest functions by cumulative time."""
+    stack = Stack.default()
+    net = network(patients)
+    dsn = stack.dsn(f"bench_local_{patients}")
+    prof = cProfile.Profile()
+    prof.enable()
+    _, tb = full_extract(stack, net, dsn)
+    prof.disable()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"profile_extract_{patients}.txt"
+    buf = io.StringIO()
+    buf.write(f"extract_table {TABLE}, {tb.extracted} rows, phases (s): {json.dumps(tb.timings)}\n\n")
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
+    buf.write("\n")
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    path.write_text(buf.getvalue())
+    return path
+
+
+# -- the benchmark --------------------------------------------------------------------------------------
+
+
+def _phase_shares(runs: list[dict]) -> dict:
+    """Median share of the step's own total per phase, over the runs."""
+    import statistics
+
+    phases = sorted({p for r in runs for p in r["timings"] if p != "total"})
     return {
-        "label": label,
-        "patients": patients,
-        "rows": rows,
-        "csv_bytes": nbytes,
-        "parquet_bytes": tb.bytes,
-        "published": tb.published,
-        "quarantined": tb.quarantined,
-        "excluded_objection": tb.excluded_objection,
-        "seed_seconds": seeded_s,
-        "raw_copy_s": sa,
-        "extract_s": sb,
-        "ratio_b_over_a": sb["median"] / sa["median"],
-        "rows_per_s_raw": rows / sa["median"],
-        "rows_per_s_extract": rows / sb["median"],
-        "extract_peak_rss_mb": rep["peak_rss_kb"] / 1024,
-        "children_max_rss_mb": max(children_kb, before) / 1024,
-        "subprocess_extract_s": rep["seconds"],
+        p: statistics.median(r["timings"].get(p, 0.0) / r["timings"]["total"] for r in runs if r["timings"]["total"])
+        for p in phases
     }
 
 
-def markdown(results: list[dict]) -> str:
-    lines = [
-        "| rows | (a) raw COPY s, median [min-max] | (b) extract_table s, median [min-max] | b/a | "
-        "rows/s (b) | peak RSS (b) |",
-        "| ---: | --- | --- | ---: | ---: | ---: |",
-    ]
-    for r in results:
-        a, b = r["raw_copy_s"], r["extract_s"]
-        lines.append(
-            f"| {r['rows']:,} | {a['median']:.2f} [{a['min']:.2f}-{a['max']:.2f}] | "
-            f"{b['median']:.2f} [{b['min']:.2f}-{b['max']:.2f}] | {r['ratio_b_over_a']:.2f} | "
-            f"{r['rows_per_s_extract']:,.0f} | {r['extract_peak_rss_mb']:,.0f} MB |"
-        )
-    return "\n".join(lines)
+def run(stack: Stack, *, quick: bool, reps: int, big_reps: int, peer_reps: int) -> dict:
+    """Items 1 (ours vs raw COPY, quality share), 2 (ours vs the pandas peer), 3 (peak RSS, small vs big)."""
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    (small_label, small), (big_label, big) = sizes.items()
+    out: dict = {"table": TABLE, "block_size": extract.BLOCK_SIZE, "staging_compression": extract.STAGING_COMPRESSION}
+    per_size: dict[str, dict] = {}
+    for label, patients in sizes.items():
+        net = network(patients)
+        dsn, rows, seeded_s = source_db(stack, patients)
+        log.info("%s: %d patients, %d %s rows (seed %s)", label, patients, rows, TABLE,
+                 f"{seeded_s:.0f}s" if seeded_s else "reused")  # fmt: skip
+        raw_copy(dsn)  # warm: both sides read from shared buffers / the page cache
+        raw_s, ours_s, children, raw_cpu = [], [], [], []
+        nbytes = 0
+        for i in range(
+            reps if label == small_label else big_reps
+        ):  # interleaved, so that a burst of contention hits both sides alike
+            cpu: dict = {}
+            el, nbytes = raw_copy(dsn, cpu)
+            raw_s.append(el)
+            raw_cpu.append(cpu)
+            rep = run_child(SCRIPT, "extract", str(patients))
+            if rep["rows"] != rows:
+                raise RuntimeError(f"extract_table saw {rep['rows']} rows, the source holds {rows}")
+            children.append(rep)
+            ours_s.append(rep["seconds"])
+            log.info("%s #%d: raw COPY %.2fs, extract_table %.2fs (quality %.2fs), peak RSS %.0f MB",
+                     label, i + 1, el, rep["seconds"], rep["timings"].get("quality", 0), rep["peak_rss_mb"])  # fmt: skip
+        sa, sb = stats(raw_s), stats(ours_s)
+        shares = _phase_shares(children)
+        # CPU seconds: what the neighbours on a shared machine do not change much. The server side of both
+        # is the same COPY; its CPU is measured on the raw side (the backend of that connection).
+        server = stats([c["server_cpu_s"] or 0.0 for c in raw_cpu])
+        cpu_raw = stats([c["client_cpu_s"] + (c["server_cpu_s"] or 0.0) for c in raw_cpu])
+        cpu_ours = stats([c["cpu_s"] + server["median"] for c in children])
+        per_size[label] = {
+            "patients": patients,
+            "rows": rows,
+            "seed_seconds": seeded_s,
+            "csv_bytes": nbytes,
+            "parquet_bytes": children[-1]["parquet_bytes"],
+            "raw_copy_s": sa,
+            "extract_s": sb,
+            "ratio_extract_over_raw": ratio(sb, sa),
+            "raw_copy_cpu_s": cpu_raw,
+            "raw_copy_server_cpu_s": server,
+            "extract_cpu_s": cpu_ours,
+            "cpu_ratio_extract_over_raw": ratio(cpu_ours, cpu_raw),
+            "rows_per_s_raw": rows / sa["median"],
+            "rows_per_s_extract": rows / sb["median"],
+            "phase_seconds": [c["timings"] for c in children],
+            "children_cpu": [{"cpu_s": c["cpu_s"]} for c in children],
+            "phase_share_median": shares,
+            "quality_share": shares.get("quality", 0.0),
+            "peak_rss_mb": stats([c["peak_rss_mb"] for c in children]),
+        }
+        delete_prefix(resources(stack, net, dsn).intake.client(), net.platform_of(BASE_ID).intake.bucket, PREFIX)
+    out["sizes"] = per_size
+
+    # Item 2: the naive peer on the small size, in child processes (it needs GBs at 2 M rows).
+    s = per_size[small_label]
+    peer_s, peer_rss, peer_cpu = [], [], []
+    tmp = RESULTS_DIR / "peer.parquet"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for i in range(peer_reps):
+        rep = run_child(SCRIPT, "peer", str(small), str(tmp))
+        peer_s.append(rep["seconds"])
+        peer_rss.append(rep["peak_rss_mb"])
+        peer_cpu.append(rep["cpu_s"])
+        log.info("%s peer #%d: %.1fs, peak RSS %.0f MB, %d rows", small_label, i + 1, rep["seconds"],
+                 rep["peak_rss_mb"], rep["rows"])  # fmt: skip
+    sp = stats(peer_s)
+    out["peer"] = {
+        "size": small_label,
+        "rows": s["rows"],
+        "peer_s": sp,
+        "peer_peak_rss_mb": stats(peer_rss),
+        "speedup_ours_vs_peer": ratio(sp, s["extract_s"]),
+        "peer_client_cpu_s": stats(peer_cpu),
+        "cpu_speedup_ours_vs_peer": ratio(stats(peer_cpu), stats([c["cpu_s"] for c in s["children_cpu"]])),
+        "peer_over_raw_copy": ratio(sp, s["raw_copy_s"]),
+    }
+    # Item 3: peak RSS, small vs big.
+    a, b = per_size[small_label]["peak_rss_mb"], per_size[big_label]["peak_rss_mb"]
+    out["rss"] = {
+        "small": small_label,
+        "big": big_label,
+        "small_mb": a,
+        "big_mb": b,
+        "growth": ratio(b, a),
+        "max_mb": max(a["max"], b["max"]),
+    }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2M rows only (skip 8M)")
-    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", type=int, metavar="PATIENTS", help="cProfile one extraction of a seeded size")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if args.child:
         child(args.child)
-        return
-    log.setLevel(logging.INFO)
-    t0 = time.monotonic()
-    stack = Stack.default()
-    stack.start(load_network(), migrate=False)
-    sizes = {"2M": SIZES["2M"]} if args.quick else SIZES
-    results = [bench_size(stack, label, n) for label, n in sizes.items()]
-    doc = {
-        "bench": "local extraction vs raw COPY",
-        "table": TABLE,
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "block_size": extract.BLOCK_SIZE,
-        "repetitions": REPS,
-        "target_ratio": 2.0,
-        "results": results,
-        "total_seconds": time.monotonic() - t0,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2))
-    print(markdown(results))
-    print(f"\n{RESULTS} written in {doc['total_seconds']:.0f}s")
+    elif args.profile:
+        logging.basicConfig(level=logging.WARNING)
+        print(profile(args.profile))
+    else:
+        ap.error("run the benchmarks with bench/run.py (or `make bench`)")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("EDS_HOME", str(Path(__file__).resolve().parents[1] / ".eds-bench"))
     main()

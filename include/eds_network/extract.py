@@ -14,10 +14,14 @@ import datetime as dt
 import io
 import json
 import logging
+import queue
 import re
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +49,14 @@ from eds_network.storage import S3Endpoint, sha256_file
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16 << 20  # bytes of CSV per Arrow record batch (~100-200k rows)
+# The pipeline overlaps its stages in threads (bounded queues: memory stays bounded): a reader thread drains
+# the COPY into blocks of COPY_BLOCK bytes (one Python call per row is the floor of any extraction, so it
+# gets a thread of its own), pyarrow parses them a batch ahead (PREFETCH_BATCHES) while this thread checks
+# and pseudonymises, and a writer thread appends Parquet row groups (at most PENDING_WRITES behind).
+COPY_BLOCK = 4 << 20
+COPY_BLOCKS_AHEAD = 4
+PREFETCH_BATCHES = 1
+PENDING_WRITES = 1
 # Staged intake files are read once by the platform: snappy costs ~25 % less local time than zstd on 2 M rows
 # (bench/bench_local.py: 6.7 s vs 9.1 s median) for larger files. Long-lived outputs (outbox, landing zone) stay zstd.
 STAGING_COMPRESSION = "snappy"
@@ -86,6 +98,9 @@ class TableBatch:
     quality: dict = field(default_factory=dict)
     full: bool = False  # a full extraction (re-keying run), not the interval's changes: replaces the site's rows
     fingerprint: str | None = None  # key version and pseudonymisation policy the rows were produced under
+    # Seconds spent per phase of the step (stream = COPY + CSV parsing, quality, pseudonymise, parquet, upload…):
+    # measured by the step itself so that benches and logs report where the time goes, not guesses.
+    timings: dict = field(default_factory=dict)
 
     def ref(self) -> dict:
         """What goes to XCom: references, counts and checksums only."""
@@ -297,6 +312,70 @@ class _CopyStream(io.RawIOBase):
         return filled
 
 
+def _copy_blocks(copy) -> Iterator[bytes]:
+    """COPY rows (one memoryview per row) joined into blocks of about COPY_BLOCK bytes."""
+    parts: list = []
+    size = 0
+    append = parts.append
+    for chunk in copy:
+        append(chunk)
+        size += len(chunk)
+        if size >= COPY_BLOCK:
+            yield b"".join(parts)
+            parts.clear()
+            size = 0
+    if parts:
+        yield b"".join(parts)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator, depth: int, name: str) -> Iterator:
+    """Iterate `items` in a thread of its own, at most `depth` items ahead; its errors are raised here.
+
+    Closing this generator (or an error here) stops the thread and waits for it, then closes `items` on the
+    calling thread: a COPY left half-read is finished by the thread that opened it.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _DONE))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+
+    thread = threading.Thread(target=pump, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
 def stream_rows(
     conn: psycopg.Connection,
     table: str,
@@ -329,27 +408,37 @@ def stream_query(
     """Stream any SELECT as Arrow record batches through COPY … TO STDOUT (FORMAT csv)."""
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
     with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        stream = _CopyStream(iter(copy))
-        if stream.empty():
-            # No row in the interval: pyarrow refuses an empty CSV ("Empty CSV file"), which used to fail
-            # every table without a change in the night. Zero batches; the caller writes an empty file.
-            return
-        # open_csv already reads and converts the first block: a bad value in a small table fails here,
-        # so it is inside the try as well (it used to escape as a raw ArrowInvalid).
+        blocks = prefetch(_copy_blocks(copy), COPY_BLOCKS_AHEAD, f"eds-copy-{table}")
+        stream = _CopyStream(blocks)
         try:
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=types,
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
-            yield from reader
-        except pa.ArrowInvalid as exc:
-            raise _conversion_error(exc, columns, table) from None
+            yield from _parse_csv(stream, columns, types, table)
+        finally:
+            blocks.close()  # stops the reader thread before the COPY is finished or abandoned
+
+
+def _parse_csv(
+    stream: _CopyStream, columns: list[str], types: dict[str, pa.DataType], table: str
+) -> Iterator[pa.RecordBatch]:
+    if stream.empty():
+        # No row in the interval: pyarrow refuses an empty CSV ("Empty CSV file"), which used to fail
+        # every table without a change in the night. Zero batches; the caller writes an empty file.
+        return
+    # open_csv already reads and converts the first block: a bad value in a small table fails here,
+    # so it is inside the try as well (it used to escape as a raw ArrowInvalid).
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        raise _conversion_error(exc, columns, table) from None
 
 
 _ARROW_COLUMN = re.compile(r"In CSV column #(\d+):\s*")
@@ -518,10 +607,24 @@ def extract_table(
         out_path = workdir / f"{table}.parquet"
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
+        timer = _PhaseTimer()
+        # Parquet row groups are appended by a writer thread (pyarrow releases the GIL while encoding)
+        # while this thread checks and pseudonymises the next batch.
+        write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"eds-parquet-{table}")
+        pending: deque[Future] = deque()
+        extract_from = FULL_EXTRACTION_START if full else start
+        rows_iter = prefetch(
+            _with_base(stream_rows(stream_conn, table, columns, extract_from, end, change_column=change), base.id),
+            PREFETCH_BATCHES,
+            f"eds-parse-{table}",
+        )
         try:
-            extract_from = FULL_EXTRACTION_START if full else start
-            rows = stream_rows(stream_conn, table, columns, extract_from, end, change_column=change)
-            for rb in _with_base(rows, base.id):
+            while True:
+                with timer("stream"):
+                    rb = next(rows_iter, None)
+                if rb is None:
+                    break
+                timer.start("objection")
                 batch = pa.Table.from_batches([rb])
                 n = batch.num_rows
                 extracted += n
@@ -535,6 +638,7 @@ def extract_table(
                         excluded += n_obj
                         batch = batch.filter(pc.invert(obj))
                 # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
+                timer.start("quality")
                 qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids, overrides=qoverrides)
                 for r in qr.results:
                     agg = checks.setdefault(
@@ -552,6 +656,7 @@ def extract_table(
                     quarantined += bad.num_rows
                     batch = batch.filter(keep)
                 # 3. Persons with no identity row cannot be pseudonymised: quarantined, not dropped.
+                timer.start("identities")
                 if "person_id" in batch.column_names and batch.num_rows:
                     ids = pc.unique(batch.column("person_id")).to_pylist()
                     _fetch_identities(aux, persons, ids)
@@ -564,6 +669,7 @@ def extract_table(
                         quarantined += nobody.num_rows
                         batch = batch.filter(has)
                 # 4. Pseudonymise and append a row group.
+                timer.start("pseudonymise")
                 out = level1_batch(
                     batch,
                     table,
@@ -572,10 +678,14 @@ def extract_table(
                     allow_text=allow_text,
                     keep_birth_month=policy.keep_birth_month,
                 )
+                timer.start("parquet")
                 if writer is None:
                     writer = pq.ParquetWriter(out_path, out.schema, compression=STAGING_COMPRESSION)
-                writer.write_table(out)
+                pending.append(write_pool.submit(writer.write_table, out))
+                while len(pending) > PENDING_WRITES:
+                    pending.popleft().result()
                 published += out.num_rows
+                timer.stop()
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     el = time.monotonic() - t0
                     log.info(
@@ -589,7 +699,10 @@ def extract_table(
                     last_log = time.monotonic()
             if writer is None:  # empty interval: an empty file keeps the manifest uniform
                 writer = pq.ParquetWriter(out_path, _published_schema(table), compression=STAGING_COMPRESSION)
-            writer.close()
+            with timer("parquet"):
+                while pending:
+                    pending.popleft().result()
+                writer.close()
             writer = None
 
             if batch_fatal:
@@ -607,8 +720,10 @@ def extract_table(
                     base=base.id,
                     table=table,
                 )
-            gone = _snapshot_deleted(stream_conn, table, columns, start) if change is None else None
-            tomb = _tombstones(aux, base, table, persons, start, end, snapshot_deleted=gone)
+            with timer("tombstones"):
+                gone = _snapshot_deleted(stream_conn, table, columns, start) if change is None else None
+                tomb = _tombstones(aux, base, table, persons, start, end, snapshot_deleted=gone)
+            timer.start("upload")
             s3 = res.intake.client()
             sha = sha256_file(out_path)
             key = f"{res.intake_prefix}{base.id}/{bid}/{table}.{sha[:16]}.parquet"
@@ -623,7 +738,10 @@ def extract_table(
                 s3.upload_file(str(tpath), res.intake_bucket, tkey)
             if change is None:  # committed with the stream's transaction when the block exits
                 _snapshot_record(stream_conn, table, columns, start, end)
+            timer.stop()
         finally:
+            rows_iter.close()
+            write_pool.shutdown(wait=True)
             if writer is not None:
                 writer.close()
             for p in workdir.glob("*"):
@@ -662,7 +780,37 @@ def extract_table(
         quality=checks,
         full=full,
         fingerprint=fingerprint,
+        timings={**timer.seconds, "total": round(el, 4)},
     )
+
+
+class _PhaseTimer:
+    """Wall seconds per named phase of a step: `start(name)` closes the running phase and opens `name`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._t = 0.0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._name, self._t = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._name is not None:
+            el = time.perf_counter() - self._t
+            self.seconds[self._name] = round(self.seconds.get(self._name, 0.0) + el, 4)
+            self._name = None
+
+    def __call__(self, name: str) -> _PhaseTimer:
+        self.start(name)
+        return self
+
+    def __enter__(self) -> _PhaseTimer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:

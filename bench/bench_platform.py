@@ -1,0 +1,158 @@
+"""Platform and national benchmarks (issue #12 items 4 and 5). Not a test: run by `bench/run.py`.
+
+Item 4, consolidation: the 2 M MEASUREMENT rows of the local bench are extracted and published once as a
+manifested batch in a bench prefix of the platform intake; then, per run, in a fresh warehouse database:
+  ours   `consolidate.consolidate` (list manifests, download + SHA-256 verify, COPY into staging, upsert into
+         the indexed warehouse table in one transaction, ledger, linkage statistics, cross-site checks);
+  raw    `COPY … FROM STDIN (FORMAT csv)` of the same rows (CSV prepared beforehand, not timed) into an
+         unindexed table with the same columns: the floor of getting these rows into PostgreSQL.
+
+Item 5, national upload: a file of random (incompressible) bytes, per run:
+  ours   the `transfer` upload path: SHA-256 of the file, multipart upload with SSE and the checksum in the
+         metadata (`transfer._upload_once`), then `transfer.verify_object` (HEAD: encryption, then the whole
+         object read back and hashed);
+  raw    boto3 `upload_file` of the same bytes to the same endpoint (default transfer settings).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_local  # noqa: E402
+from common import ratio, stats  # noqa: E402
+
+from eds_network import consolidate, extract, omop, publish, transfer  # noqa: E402
+from eds_network.stack import Stack  # noqa: E402
+from eds_network.storage import delete_prefix, download, ensure_bucket, sha256_file  # noqa: E402
+
+log = logging.getLogger("bench.platform")
+PREFIX = "bench-consolidate/"
+UPLOAD_PREFIX = "bench-upload/"
+
+
+def _raw_copy_in(dsn: str, csv_path: Path, columns: list[str]) -> float:
+    spec = omop.table(bench_local.TABLE)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS raw_measurement")
+        conn.execute(
+            sql.SQL("CREATE TABLE raw_measurement ({})").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(spec.column(c).sql_type)) for c in columns
+                )
+            )
+        )
+        stmt = sql.SQL("COPY raw_measurement ({}) FROM STDIN (FORMAT csv)").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(stmt) as copy, open(csv_path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                copy.write(chunk)
+        return time.perf_counter() - t0
+
+
+def run_consolidate(stack: Stack, *, patients: int, reps: int) -> dict:
+    net = bench_local.network(patients)
+    dsn, rows, _ = bench_local.source_db(stack, patients)
+    base = net.base(bench_local.BASE_ID)
+    platform = net.platform_of(base.id)
+    res = bench_local.resources(stack, net, dsn, prefix=PREFIX)
+    s3 = res.intake.client()
+    delete_prefix(s3, platform.intake.bucket, PREFIX)
+    tb = extract.extract_table(base, bench_local.TABLE, *bench_local.INTERVAL, res)
+    publish.publish_batch(base, *bench_local.INTERVAL, [tb.ref()], res)
+    columns = omop.table(bench_local.TABLE).column_names
+    ours, raw = [], []
+    with tempfile.TemporaryDirectory(prefix="eds-bench-") as tmp:
+        parquet, csv_path = Path(tmp) / "m.parquet", Path(tmp) / "m.csv"
+        download(s3, platform.intake.bucket, tb.key, parquet)
+        with pacsv.CSVWriter(
+            csv_path,
+            pq.read_schema(parquet),
+            write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"),
+        ) as w:
+            for rb in pq.ParquetFile(parquet).iter_batches(batch_size=200_000, columns=columns):
+                w.write_batch(rb)
+        for i in range(reps):  # interleaved
+            wh = stack.create_database("bench_wh", drop=True)
+            pres = consolidate.PlatformResources(warehouse_dsn=wh, intake=res.intake, outbox=res.intake)
+            t0 = time.perf_counter()
+            c = consolidate.consolidate(platform, platform.intake.bucket, PREFIX, pres)
+            el = time.perf_counter() - t0
+            loaded = next(iter(c.rows.values()), {}).get(bench_local.TABLE)
+            if len(c.applied) != 1 or loaded != tb.published:
+                raise RuntimeError(f"consolidation applied {c.applied} with {loaded} rows, expected {tb.published}")
+            ours.append(el)
+            raw.append(_raw_copy_in(stack.create_database("bench_raw", drop=True), csv_path, columns))
+            log.info("consolidate #%d: %.2fs, raw COPY in %.2fs", i + 1, ours[-1], raw[-1])
+    delete_prefix(s3, platform.intake.bucket, PREFIX)
+    so, sr = stats(ours), stats(raw)
+    return {"rows": tb.published, "consolidate_s": so, "raw_copy_in_s": sr, "ratio": ratio(so, sr)}
+
+
+def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
+    import boto3
+    from botocore.config import Config
+
+    # moto assembles a completed multipart upload in Python: on a busy machine CompleteMultipartUpload of 1 GiB
+    # takes longer than botocore's default 60 s read timeout, and the retry then fails (upload id gone). Both
+    # sides use this same client, with a long timeout and no retry.
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id="eds-local",
+        aws_secret_access_key="eds-local-secret",
+        region_name="eu-west-3",
+        config=Config(read_timeout=900, retries={"max_attempts": 1}),
+    )
+    bucket = "bench-upload"
+    ensure_bucket(s3, bucket)
+    sse = SimpleNamespace(sse_kms_key_id=None)  # what `_upload_once` reads of NationalResources: SSE-S3
+    ours, raw = [], []
+    with tempfile.TemporaryDirectory(prefix="eds-bench-") as tmp:
+        path = Path(tmp) / "blob.bin"
+        with open(path, "wb") as f:
+            left = size_bytes
+            while left:
+                n = min(left, 16 << 20)
+                f.write(os.urandom(n))
+                left -= n
+        for i in range(reps):  # interleaved
+            key = f"{UPLOAD_PREFIX}ours-{i}.bin"
+            t0 = time.perf_counter()
+            sha = sha256_file(path)
+            transfer._upload_once(s3, path, bucket, key, sha, sse)
+            transfer.verify_object(s3, bucket, {"key": key, "sha256": sha, "bytes": size_bytes, "table": "bench"})
+            ours.append(time.perf_counter() - t0)
+            delete_prefix(s3, bucket, UPLOAD_PREFIX)
+            t0 = time.perf_counter()
+            s3.upload_file(str(path), bucket, f"{UPLOAD_PREFIX}raw-{i}.bin")
+            raw.append(time.perf_counter() - t0)
+            delete_prefix(s3, bucket, UPLOAD_PREFIX)
+            log.info("upload #%d: ours %.2fs, raw upload_file %.2fs", i + 1, ours[-1], raw[-1])
+    so, sr = stats(ours), stats(raw)
+    return {
+        "bytes": size_bytes,
+        "upload_s": so,
+        "raw_upload_file_s": sr,
+        "ratio": ratio(so, sr),
+        "mb_per_s_ours": size_bytes / 1e6 / so["median"],
+        "mb_per_s_raw": size_bytes / 1e6 / sr["median"],
+        "multipart": {
+            "threshold": transfer.MULTIPART.multipart_threshold,
+            "chunk": transfer.MULTIPART.multipart_chunksize,
+        },
+    }

@@ -1,0 +1,60 @@
+"""The benchmark harness (`make bench`) cannot rot: its quick mode of the local benchmark runs end to end.
+
+No timing is asserted (timings belong to bench/, never to tests); the test checks that every number the
+report needs is measured and consistent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"eds_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def quick_local(stack):
+    run = _load("run")
+    return run, run.run(["local"], quick=True, stack=stack)
+
+
+def test_quick_local_bench_measures_every_reported_number(stack, quick_local):
+    run, doc = quick_local
+    local = doc["results"]["local"]
+    bench_local = _load("bench_local")
+    for label, patients in bench_local.QUICK_SIZES.items():
+        s = local["sizes"][label]
+        with psycopg.connect(stack.dsn(f"bench_local_{patients}")) as conn:
+            assert s["rows"] == conn.execute("SELECT count(*) FROM omop.measurement").fetchone()[0] > 0
+        assert s["raw_copy_s"]["median"] > 0 and s["extract_s"]["median"] > 0
+        assert s["csv_bytes"] > 0 and s["parquet_bytes"] > 0
+        # The step's own timer saw every phase, and the phases add up to no more than its total.
+        timings = s["phase_seconds"][0]
+        assert {"stream", "quality", "pseudonymise", "parquet", "upload"} <= set(timings)
+        assert sum(v for k, v in timings.items() if k != "total") <= timings["total"] * 1.01
+        assert 0 < s["quality_share"] < 1
+        assert s["peak_rss_mb"]["median"] > 50  # a real child process with pyarrow loaded, not this one
+    peer = local["peer"]
+    small = local["sizes"][peer["size"]]
+    assert 0 < peer["rows"] <= small["rows"] and peer["peer_s"]["median"] > 0
+    assert peer["peer_peak_rss_mb"]["median"] > 0
+    assert local["rss"]["growth"] > 0
+    # The report renders every target of the local benchmark and the document is plain JSON.
+    table = run.markdown(doc)
+    for item in ("1. local pipeline", "1b. share of the step in quality checks", "2. local pipeline vs naive",
+                 "3. peak RSS"):  # fmt: skip
+        assert item in table
+    assert json.loads(json.dumps(doc, default=str))["mode"] == "quick"
