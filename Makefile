@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install system-deps demo airflow stop status seed night summary test test-all lint format lock \
-        check-config expectations schema clean
+        check-config expectations schema clean browser-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,10 +56,17 @@ summary: install ## print the summary of the last night
 check-config: install ## validate config/network.yaml
 	$(EDS) check-config
 
-test: install ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
+browser-deps: ## Chromium for the headless-browser tests (Debian: apt-get, only if /usr/bin/chromium is missing)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no /usr/bin/chromium: run 'sudo apt-get install chromium'"; exit 1; fi; \
+	fi
+
+test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: install ## the whole test suite including slow fault-injection tests
+test-all: install browser-deps ## the whole test suite including slow fault-injection tests
 	$(PY) -m pytest -q tests
 
 lint: install ## ruff (with Airflow's AIR rules) + sqlfluff

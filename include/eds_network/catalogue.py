@@ -7,6 +7,7 @@ Every DAG writes here through this module only. Tables:
   run, run_table                 one row per level run, row accounting per table
   delivery                       national deliveries: files, bytes, SHA-256, key versions, receipt
   audit                          append-only trail of status changes and actions
+  onboarding_report              per base and onboarding DAG run: schema comparison, volume profile, backfill
 """
 
 from __future__ import annotations
@@ -121,6 +122,18 @@ audit_t = Table(
     Column("action", Text, nullable=False),
     Column("object", Text, nullable=False),
     Column("details", JSON),
+)
+
+onboarding_report_t = Table(
+    "onboarding_report",
+    metadata,
+    Column("base_id", String(64), nullable=False),
+    Column("dag_run_id", Text, nullable=False),
+    Column("kind", String(16), nullable=False),  # schema | profile | backfill
+    Column("report", JSON, nullable=False),
+    Column("recorded_by", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("base_id", "dag_run_id", "kind", name="onboarding_report_once"),
 )
 
 _APPEND_ONLY = f"""
