@@ -120,3 +120,15 @@ def national_resources(network: Network, platform: Platform) -> NationalResource
 
 def catalogue_dsn(network: Network) -> str:
     return pg_dsn(network.catalogue_connection_id, "catalogue")
+
+
+def airflow_api(conn_id: str):
+    """Airflow's own REST API (onboarding backfills): URL and service account from an HTTP connection."""
+    from eds_network.onboard import AirflowApi
+
+    c = _conn(conn_id, "Airflow REST API")
+    if c.password:
+        mask_secret(c.password)
+    extra = c.extra_dejson
+    url = extra.get("base_url") or f"{c.schema or 'http'}://{c.host or 'localhost'}:{c.port or 8080}"
+    return AirflowApi(url, c.login or "admin", c.password or "")

@@ -11,6 +11,7 @@ Every DAG writes here through this module only. Tables:
   platform_table_stats           per platform, member base and table: rows in the warehouse, unmapped
                                  concepts (rate) and units, duplicate events flagged (latest consolidation)
   member_arrival                 per platform, member and night: arrived / late / rejected at consolidation
+  onboarding_report              per base and onboarding DAG run: schema comparison, volume profile, backfill
 """
 
 from __future__ import annotations
@@ -164,6 +165,18 @@ member_arrival_t = Table(
     Column("reason", Text),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+onboarding_report_t = Table(
+    "onboarding_report",
+    metadata,
+    Column("base_id", String(64), nullable=False),
+    Column("dag_run_id", Text, nullable=False),
+    Column("kind", String(16), nullable=False),  # schema | profile | backfill
+    Column("report", JSON, nullable=False),
+    Column("recorded_by", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("base_id", "dag_run_id", "kind", name="onboarding_report_once"),
+)
+
 
 _engines: dict[str, Engine] = {}
 

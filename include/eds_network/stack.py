@@ -155,6 +155,18 @@ class Stack:
         # Kept next to the cluster it opens (the cluster may live outside the state folder, see pg_root).
         return self._secret(".pg_password", lambda: secrets.token_urlsafe(24), folder=self.pg_root)
 
+    def ui_password(self, user: str = "admin") -> str:
+        """The Airflow UI password of `user`, in the file the simple auth manager reads (created if missing)."""
+        path = self.secrets_dir / "ui_passwords.json"
+        passwords = json.loads(path.read_text()) if path.exists() else {}
+        if user not in passwords:
+            passwords[user] = secrets.token_urlsafe(16)
+            self.secrets_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(passwords) + "\n")
+        return passwords[user]
+
     def dsn(self, dbname: str) -> str:
         return f"postgresql://{PG_USER}:{self.pg_password}@127.0.0.1:{self.pg_port}/{dbname}"
 
@@ -400,6 +412,15 @@ class Stack:
             for b in p.members:
                 conns[b.source_connection_id] = pg(f"src_{b.id}")
         conns[network.national.landing_zone.connection_id] = s3
+        # Airflow's own REST API, for the onboarding DAG's backfills (the UI's admin user of this stack).
+        conns["eds_airflow_api"] = {
+            "conn_type": "http",
+            "host": "localhost",
+            "port": self.api_port,
+            "schema": "http",
+            "login": "admin",
+            "password": self.ui_password(),
+        }
         for conn_id, k in self.keys(network).items():
             conns[conn_id] = {"conn_type": "generic", **k}
         return conns

@@ -1,0 +1,211 @@
+"""
+### Onboarding a base (`eds_onboard_base`): manual, from the Trigger form
+
+Brings a new base's history in safely, from the Airflow UI. Add the base to `config/network.yaml` (and its
+source connection) first: its `eds_local__<base>` DAG appears paused. Then trigger this DAG with its form:
+
+1. **register**: validates the form (start before end, nothing in the future), registers the base in the
+   catalogue with an audit entry naming you, and (not in a dry run) the `preparation` milestone.
+2. **check_schema**: connects to the source and compares every table with OMOP CDM 5.4 (missing / extra /
+   mistyped columns); the report is in the task log and in `catalogue.onboarding_report`.
+3. **profile**: rows per table and month over the range, and proposed per-base quality thresholds
+   (`quality_overrides` to copy into the base's entry when the observed completeness is below DQD's default).
+4. **backfill**: unless dry run, launches Airflow's own backfill of `eds_local__<base>` over the range (at most
+   *max parallel intervals* at a time), reports progress (intervals done / total, rows published so far) and
+   leaves the DAG unpaused for its nightly runs once every interval succeeded (paused again otherwise).
+
+A failed interval is re-run alone: clear its failed task instances in `eds_local__<base>` (Grid view), then
+trigger this DAG again with *reprocess* = `failed`. Each interval is one batch: rerunning it replaces its batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from eds_network import omop
+from eds_network.config import load_network
+
+NETWORK = load_network()
+BASES = [b.id for b in NETWORK.local_bases]
+_today = dt.date.today()
+_six_months_ago = (_today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+for _ in range(5):
+    _six_months_ago = (_six_months_ago - dt.timedelta(days=1)).replace(day=1)
+
+
+def _operator() -> str:
+    user = getattr(get_current_context()["dag_run"], "triggering_user_name", None)
+    return user or "operator"
+
+
+@dag(
+    dag_id="eds_onboard_base",
+    description="Onboard a base: register, compare its schema with OMOP 5.4, profile its history, backfill it",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    is_paused_upon_creation=False,  # manual only: triggering it is the decision
+    tags=["eds", "onboarding"],
+    default_args={"owner": "eds-network", "retries": 2, "retry_delay": dt.timedelta(seconds=30)},
+    doc_md=__doc__,
+    params={
+        "base": Param(
+            BASES[0],
+            type="string",
+            enum=BASES,
+            title="Base",
+            description="The base to onboard, as configured in config/network.yaml.",
+        ),
+        "start_date": Param(
+            _six_months_ago.isoformat(),
+            type="string",
+            format="date",
+            title="Start date",
+            description="First day of the history to bring in (intervals starting on or after it).",
+        ),
+        "end_date": Param(
+            _today.isoformat(),
+            type="string",
+            format="date",
+            title="End date",
+            description="Day after the last day of the history (exclusive); after the start date, not in the "
+            "future. Nightly runs take over from the latest complete interval.",
+        ),
+        "tables": Param(
+            list(omop.DEFAULT_TABLES),
+            type="array",
+            items={"type": "string", "enum": sorted(omop.CLINICAL_TABLES)},
+            examples=sorted(omop.CLINICAL_TABLES),
+            title="Tables",
+            description="Tables to compare and profile (default: the base's tables). The backfill extracts "
+            "every table of the base's configuration.",
+        ),
+        "dry_run": Param(
+            True,
+            type="boolean",
+            title="Dry run",
+            description="Check, profile and list the intervals only: no backfill, no data written.",
+        ),
+        "max_active_runs": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=32,
+            title="Max parallel intervals",
+            description="How many intervals of the backfill run at the same time (Airflow's max_active_runs).",
+        ),
+        "reprocess": Param(
+            "failed",
+            type="string",
+            enum=["none", "failed", "completed"],
+            title="Reprocess",
+            description="Intervals that already ran: 'failed' re-runs the failed ones (default), 'completed' "
+            "re-runs all of them (same rows: each interval replaces its batch), 'none' skips them.",
+        ),
+    },
+)
+def eds_onboard_base():
+    @task
+    def register() -> dict:
+        from eds_network import onboard
+        from eds_network.airflow_adapter import catalogue_dsn
+
+        ctx = get_current_context()
+        network = load_network()
+        req = onboard.parse_request(network, ctx["params"], operator=_operator())
+        if req.ignored_tables:
+            print(f"not in the scope of base {req.base}, ignored: {', '.join(req.ignored_tables)}")
+        onboard.register(catalogue_dsn(network), network, req, ctx["run_id"])
+        print(
+            f"onboarding {req.base} [{req.start_date}, {req.end_date}) requested by {req.operator}"
+            f"{' (dry run)' if req.dry_run else ''}"
+        )
+        return req.ref()
+
+    @task
+    def check_schema(request: dict) -> dict:
+        from eds_network import onboard
+        from eds_network.airflow_adapter import catalogue_dsn, pg_dsn
+
+        network = load_network()
+        req = onboard.OnboardRequest.from_ref(request)
+        base = network.base(req.base)
+        with onboard.connect_source(pg_dsn(base.source_connection_id, f"source of base {base.id}"), base.id) as conn:
+            report = onboard.compare_schema(conn, base.id, req.tables)
+        print(onboard.render_schema(report))
+        ref = report.ref()
+        onboard.store_report(
+            catalogue_dsn(network), base.id, get_current_context()["run_id"], "schema", ref, req.operator
+        )
+        return {"ok": ref["ok"], "tables": {t: {"ok": v["ok"]} for t, v in ref["tables"].items()}}
+
+    @task
+    def profile(request: dict) -> dict:
+        from eds_network import onboard
+        from eds_network.airflow_adapter import catalogue_dsn, pg_dsn
+
+        network = load_network()
+        req = onboard.OnboardRequest.from_ref(request)
+        base = network.base(req.base)
+        start, end = req.bounds(base)
+        with onboard.connect_source(pg_dsn(base.source_connection_id, f"source of base {base.id}"), base.id) as conn:
+            p = onboard.profile(conn, base, req.tables, start, end)
+        print(onboard.render_profile(p))
+        onboard.store_report(
+            catalogue_dsn(network), base.id, get_current_context()["run_id"], "profile", p, req.operator
+        )
+        return {"rows": {t: d["rows"] for t, d in p["tables"].items()}, "proposed": len(p["proposed_overrides"])}
+
+    @task
+    def backfill(request: dict, schema: dict, volumes: dict) -> dict:
+        from eds_network import catalogue, onboard
+        from eds_network.airflow_adapter import airflow_api, catalogue_dsn
+
+        network = load_network()
+        req = onboard.OnboardRequest.from_ref(request)
+        base = network.base(req.base)
+        dsn = catalogue_dsn(network)
+        if not req.dry_run:
+            onboard.require_schema_ok(schema, base.id)
+        api = airflow_api(onboard.AIRFLOW_API_CONNECTION_ID)
+        outcome = onboard.run_backfill(api, base, req, dsn, progress=print)
+        run_id = get_current_context()["run_id"]
+        onboard.store_report(dsn, base.id, run_id, "backfill", outcome.ref(), req.operator)
+        if req.dry_run:
+            return outcome.ref()
+        with catalogue.engine(dsn).begin() as conn:
+            catalogue.audit(
+                conn,
+                req.operator,
+                "onboarding.backfilled" if not outcome.failed else "onboarding.backfill_failed",
+                f"base:{base.id}",
+                {"dag_run_id": run_id, "intervals": outcome.intervals, "failed": len(outcome.failed)},
+            )
+        if outcome.failed:
+            from eds_network.errors import EdsError
+
+            raise EdsError(
+                f"{len(outcome.failed)} of {outcome.intervals} intervals failed ({', '.join(outcome.failed[:10])}): "
+                f"open {base.dag_id}, fix the cause, clear the failed task instances (or trigger this DAG again "
+                "with reprocess=failed); the DAG stays paused until its history is complete",
+                base=base.id,
+            )
+        if "transfer_channel" not in catalogue.milestones(dsn, base.id):
+            catalogue.set_milestone(
+                dsn,
+                base.id,
+                "transfer_channel",
+                dt.date.today(),
+                evidence=f"onboarding backfill of {outcome.intervals} intervals ({run_id})",
+                recorded_by=req.operator,
+            )
+        return outcome.ref()
+
+    req = register()
+    backfill(req, check_schema(req), profile(req))
+
+
+eds_onboard_base()
