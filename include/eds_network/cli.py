@@ -7,6 +7,7 @@ eds summary                     per base and level: rows, files delivered with S
 eds demo                        stack start + seed + night + summary
 eds airflow ARGS…               any Airflow CLI command against the embedded stack
 eds check-config [FILE]         validate a network file
+eds leak-scan [--json]          look for the hospitals' identifiers in every output (exit 1 on any hit)
 """
 
 from __future__ import annotations
@@ -230,6 +231,18 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_leak_scan(args) -> int:
+    from eds_network import leakscan
+
+    network = load_network()
+    report, ids = leakscan.scan_stack(_stack(), network, summary=summary(network))
+    print(leakscan.report_json(report) if args.json else report.text())
+    if not len(ids):
+        print("error: no identity value found in the sources: nothing to look for", file=sys.stderr)
+        return 2
+    return 0 if report.clean else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -249,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     cc = sub.add_parser("check-config")
     cc.add_argument("file", nargs="?")
     cc.set_defaults(fn=cmd_check_config)
+    ls = sub.add_parser("leak-scan", help="scan every output of the embedded stack for direct identifiers")
+    ls.add_argument("--json", action="store_true", help="machine-readable report")
+    ls.set_defaults(fn=cmd_leak_scan)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

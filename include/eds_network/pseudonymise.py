@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -175,6 +176,29 @@ class PersonMap:
         )
 
 
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"(?<![0-9])(?:0|\+33 ?|0033 ?)[1-9](?:[ .-]?[0-9]{2}){4}(?![0-9])")
+_NIR_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])[12](?: ?[0-9AB]){14}(?![0-9])")
+
+
+def looks_like_identifier(value: str) -> bool:
+    """An e-mail address, a French phone number or a valid-key NIR inside a coded value (a misfiled identifier)."""
+    if _EMAIL.search(value) or _PHONE.search(value):
+        return True
+    return any(nir_is_valid(m.group(0).replace(" ", "")) for m in _NIR_CANDIDATE.finditer(value.upper()))
+
+
+def scrub_identifiers(col: pa.Array) -> pa.Array:
+    """Null the values of an allowed text column that carry an identifier; checked once per distinct value."""
+    if len(col) == 0 or col.null_count == len(col):
+        return col
+    bad = [v for v in pc.unique(col).to_pylist() if v is not None and looks_like_identifier(v)]
+    if not bad:
+        return col
+    mask = pc.fill_null(pc.is_in(col, value_set=pa.array(bad, col.type)), False)
+    return pc.if_else(mask, pa.nulls(len(col), col.type), col)
+
+
 def namespace_ids(col: pa.Array, site_number: int, *, table: str, column: str) -> pa.Array:
     if len(col) == 0:
         return col
@@ -209,6 +233,8 @@ def level1_batch(
             col = namespace_ids(col, site_number, table=table, column=name)
         elif pa.types.is_string(col.type) and name not in allow_text:
             col = pa.nulls(len(col), type=col.type)
+        elif pa.types.is_string(col.type):
+            col = scrub_identifiers(col)  # a coded value may still hold a misfiled NIR, e-mail or phone
         cols[name] = col
     if table == "person":
         cols[TOKEN_COLUMN] = persons.sealed_tokens(batch.column("person_id").combine_chunks())
