@@ -28,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop
+from eds_network import faults, omop
 from eds_network.config import Platform
 from eds_network.errors import IntegrityError
 from eds_network.extract import stream_query
@@ -44,6 +44,8 @@ class PlatformResources:
     warehouse_dsn: str = field(repr=False)
     intake: S3Endpoint
     outbox: S3Endpoint
+    # The platform's current level-1 key version: a batch pseudonymised with another version would not link.
+    level1_key_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,9 +282,17 @@ def consolidate(platform: Platform, intake_bucket: str, intake_prefix: str, res:
                             f"schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}",
                             base=manifest.get("base"),
                         )
+                    got_version = (manifest.get("key_versions") or {}).get("level1")
+                    if res.level1_key_version and got_version != res.level1_key_version:
+                        raise IntegrityError(
+                            f"batch pseudonymised with level-1 key version {got_version!r}, the platform's key is "
+                            f"{res.level1_key_version!r}: its pseudonyms would not link; rerun the interval",
+                            base=manifest.get("base"),
+                        )
                     files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
                     with conn.transaction():
                         r = _apply_batch(conn, manifest, files, tombs, tables)
+                        faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
                         conn.execute(
                             "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, "
                             "data_interval_start, rows) VALUES (%s, %s, %s, %s, %s)",

@@ -28,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop, quality
+from eds_network import faults, omop, quality
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, EdsError, QualityError, SourceError
 from eds_network.pseudonymise import TOKEN_COLUMN, Key, PersonMap, level1_batch, namespace_ids
@@ -405,6 +405,7 @@ def extract_table(
                     writer = pq.ParquetWriter(out_path, out.schema, compression=STAGING_COMPRESSION)
                 writer.write_table(out)
                 published += out.num_rows
+                faults.inject("extract.mid_copy")  # tests: a worker killed while the COPY streams
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     el = time.monotonic() - t0
                     log.info("%s.%s: %d rows extracted, %.0f rows/s", base.id, table, extracted, extracted / el)

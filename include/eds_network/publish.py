@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from eds_network import faults
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, IntegrityError
 from eds_network.extract import LocalResources, batch_id
@@ -105,6 +106,7 @@ def publish_batch(
         "failed_tables": failed,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
+    faults.inject("publish.after_upload_before_manifest")  # tests: files staged, no manifest yet
     put_json(s3, res.intake_bucket, manifest_key, manifest)
     keep = (
         {manifest_key}
@@ -122,4 +124,5 @@ def publish_batch(
         len(failed),
         len(stale),
     )
+    faults.inject("publish.after_manifest")  # tests: batch published, catalogue not updated yet
     return Published(base.id, bid, manifest_key, tables, failed)

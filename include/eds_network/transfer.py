@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from eds_network import faults
 from eds_network.config import NationalTarget, Platform
 from eds_network.errors import AlreadyDelivered, IntegrityError, TransferError
 from eds_network.pseudonymise import TOKEN_COLUMN, Key, national_person_ids, remap
@@ -175,6 +176,7 @@ def transfer_platform(platform: Platform, target: NationalTarget, res: NationalR
         "files": files,
         "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
     }
+    faults.inject("transfer.before_manifest")  # tests: objects delivered, manifest not written
     try:
         put_json(land, bucket, manifest_key, doc, IfNoneMatch="*", **_sse_args(res))
     except ClientError as exc:
