@@ -107,9 +107,10 @@ def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple
         ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
         el = time.monotonic() - t0
         print(f"  {dag_id:32s} {'ok' if ok else 'FAILED'}  ({el:.0f}s)", flush=True)
+        # `airflow dags test` runs the tasks in its own process: their logs are its output, kept per DAG.
+        logfile = s.logs / f"{dag_id}.log"
+        logfile.write_text(res.stdout + "\n" + res.stderr)
         if not ok:
-            logfile = s.logs / f"{dag_id}.log"
-            logfile.write_text(res.stdout + "\n" + res.stderr)
             print(f"    see {logfile}", flush=True)
         return dag_id, ok, el
 

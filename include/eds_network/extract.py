@@ -10,6 +10,7 @@ Quarantined rows never leave the hospital: they are recorded in the source datab
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -337,7 +338,7 @@ def extract_table(
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"source database unreachable: {first}", base=base.id, table=table) from None
-    with stream_conn, aux:
+    with _connection_lost_is_a_source_error(base.id, table), stream_conn, aux:
         try:
             columns = check_source_table(aux, base, table)
         except EdsError as exc:
@@ -357,6 +358,9 @@ def extract_table(
         out_path = workdir / f"{table}.parquet"
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
+        t_now = dt.datetime.now(dt.UTC)
+        # tests: the source server restarts mid-task (its sessions are terminated)
+        faults.inject("extract.source_lost", conn=aux, pid=stream_conn.info.backend_pid)
         try:
             for rb in _with_base(stream_rows(stream_conn, table, columns, start, end), base.id):
                 batch = pa.Table.from_batches([rb])
@@ -387,6 +391,15 @@ def extract_table(
                     _record_quarantine(aux, bid, table, bad, "row-level fatal check")
                     quarantined += bad.num_rows
                     batch = batch.filter(keep)
+                # 2b. Rows no step downstream could carry: ids outside [0, 10**12), events starting in the
+                # future (later than the extraction itself, plus a day for time zones).
+                rules = _unpublishable_rows(batch, table, t_now)
+                for reason, bad_mask in rules:
+                    bad = batch.filter(bad_mask)
+                    _record_quarantine(aux, bid, table, bad, reason)
+                    quarantined += bad.num_rows
+                if rules:
+                    batch = batch.filter(pc.invert(_any(m for _, m in rules)))
                 # 3. Persons with no identity row cannot be pseudonymised: quarantined, not dropped.
                 if "person_id" in batch.column_names and batch.num_rows:
                     ids = pc.unique(batch.column("person_id")).to_pylist()
@@ -481,6 +494,71 @@ def extract_table(
         warnings=tuple(warnings[:20]),
         quality=checks,
     )
+
+
+@contextlib.contextmanager
+def _connection_lost_is_a_source_error(base_id: str, table: str) -> Iterator[None]:
+    """The source server going away mid-task (restart, failover) is a SourceError naming base and table."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"source connection lost during extraction: {first[:200]}", base=base_id, table=table
+        ) from None
+
+
+def _event_start_columns(table: str) -> list[str]:
+    """Columns dating when the recorded event started (OMOP naming): `<x>_start_date(time)`, `<x>_date(time)` of
+    the event tables, `death_date`. End dates may legitimately lie ahead (an ongoing prescription)."""
+    stem = table.replace("_occurrence", "").replace("_exposure", "")
+    names = omop.table(table).column_names
+    return [
+        c
+        for c in names
+        if c.endswith(("_start_date", "_start_datetime")) or c in (f"{stem}_date", f"{stem}_datetime", "death_date")
+    ]
+
+
+def _unpublishable_rows(batch: pa.Table, table: str, now: dt.datetime) -> list[tuple[str, pa.Array]]:
+    """(reason naming the column, mask) for each rule a row breaks; masks are disjoint and never null."""
+    from eds_network.pseudonymise import ID_NAMESPACE
+
+    if not batch.num_rows:
+        return []
+    out: list[tuple[str, pa.Array]] = []
+    taken = pa.array([False] * batch.num_rows)
+    spec = omop.table(table)
+    rules: list[tuple[str, pa.Array]] = []
+    for name in batch.column_names:
+        c = spec.column(name) if spec.has(name) else None
+        if c is not None and c.is_id and name != "person_id":
+            col = batch.column(name)
+            rules.append(
+                (
+                    f"{name}: id outside [0, {ID_NAMESPACE})",
+                    pc.or_(pc.less(col, 0), pc.greater_equal(col, ID_NAMESPACE)),
+                )
+            )
+    limit = (now.astimezone(dt.UTC) + dt.timedelta(days=1)).replace(tzinfo=None)
+    for name in _event_start_columns(table):
+        if name in batch.column_names:
+            col = batch.column(name)
+            bound = pa.scalar(limit.date() if pa.types.is_date(col.type) else limit, col.type)
+            rules.append((f"{name}: event in the future", pc.greater(col, bound)))
+    for reason, mask in rules:
+        mask = pc.and_(pc.fill_null(mask, False), pc.invert(taken))
+        if pc.any(mask).as_py():
+            out.append((reason, mask))
+            taken = pc.or_(taken, mask)
+    return out
+
+
+def _any(masks) -> pa.Array:
+    out = None
+    for m in masks:
+        out = m if out is None else pc.or_(out, m)
+    return out
 
 
 def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:

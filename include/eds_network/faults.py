@@ -2,7 +2,7 @@
 
 `EDS_FAULT` is a comma-separated list of `<point>[@<n>][:<action>]`:
 
-- `<point>`: a name passed to `inject()` by step code (`extract.mid_copy`, `publish.after_upload_before_manifest`,
+- `<point>`: a name passed to `inject()` by step code (`extract.mid_copy`, `extract.source_lost`, `publish.after_upload_before_manifest`,
   `publish.after_manifest`, `consolidate.mid_merge`, `transfer.before_manifest`), or `s3.<Operation>` for any S3
   call of our clients (`s3.UploadPart`, `s3.CompleteMultipartUpload`, `s3.PutObject`, …);
 - `@<n>`: fire at the n-th time the point is reached in this process (default: the first);
@@ -53,8 +53,12 @@ def inject(point: str, **context) -> None:
             from botocore.exceptions import EndpointConnectionError
 
             raise EndpointConnectionError(endpoint_url=str(context.get("endpoint", "injected")))
-        if action == "terminate" and "conn" in context:  # the server ends the session (restart, crash)
-            context["conn"].execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        if action == "terminate" and "conn" in context:  # the server ends a session (restart, crash)
+            pid = context.get("pid")
+            if pid:
+                context["conn"].execute("SELECT pg_terminate_backend(%s)", (pid,))
+            else:
+                context["conn"].execute("SELECT pg_terminate_backend(pg_backend_pid())")
         raise InjectedFault(f"injected fault at {point}")
 
 

@@ -30,28 +30,33 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 from psycopg import sql
 
 CHUNK = 1 << 20  # characters of text scanned at once
 MIN_NAME = 5
 KINDS = ("nir", "ipp", "last_name", "first_name", "address", "phone", "email")
-_TOKEN = re.compile(r"[0-9a-z@_+'.\-]+")
+# Token characters: letters, digits and the punctuation of e-mail addresses and names; anything else separates.
+_KEEP = b"0123456789abcdefghijklmnopqrstuvwxyz@_+'.-"
+_SEPARATE = bytes(c if c in _KEEP else 32 for c in range(256))
 _EDGE = ".-_'+"
 
 
 def _norm(text: str) -> str:
-    """Case-folded, accents removed (NFKD), so 'Église' and 'eglise' match."""
-    text = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    """Case-folded, accents removed (NFKD, ASCII only), so 'Église' and 'eglise' match."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return text.lower()
+
+
+def _raw_tokens(text: str) -> list[str]:
+    """`text` already normalised (`_norm`)."""
+    return text.encode("ascii", "ignore").translate(_SEPARATE).decode("ascii").split()
 
 
 def tokens(text: str) -> list[str]:
-    out = []
-    for t in _TOKEN.findall(_norm(text)):
-        t = t.strip(_EDGE)
-        if t:
-            out.append(t)
-    return out
+    """Lower-case ASCII tokens; punctuation at a token's edges is dropped ("Dupont." is "dupont")."""
+    return [s for s in (t.strip(_EDGE) for t in _raw_tokens(_norm(text))) if s]
 
 
 @dataclass(frozen=True)
@@ -65,35 +70,68 @@ class Hit:
         return f"{self.kind} in {self.where}"
 
 
+_DIGIT_RUN = re.compile(r"(?<![0-9a-z])[0-9]{1,3}(?: [0-9]{1,3}){2,}(?![0-9a-z])")
+
+
+def _digit_runs(text: str) -> set[str]:
+    """Numbers written in groups ("06 12 34 56 78", "1 85 05 …"): every contiguous part of 4+ groups, joined."""
+    out = set()
+    for m in _DIGIT_RUN.finditer(text):
+        g = m.group(0).split(" ")
+        out.update("".join(g[i:j]) for i in range(len(g)) for j in range(i + 4, len(g) + 1))
+    return out
+
+
 class Identifiers:
-    """The values to look for, indexed by their first token."""
+    """The values to look for. Single-token values (and grouped numbers, compacted) are found by set lookups;
+    multi-word values (addresses) by their rarest word, then as a token sequence."""
 
     def __init__(self, values: dict[str, Iterable[str]]):
-        self._index: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        self._single: dict[str, str] = {}  # token -> kind
+        multi: list[tuple[list[str], str]] = []
         self.counts: dict[str, int] = {}
         for kind, vs in values.items():
             n = 0
             for v in vs:
                 for variant in _variants(kind, v):
-                    toks = tuple(tokens(variant))
-                    if toks:
-                        self._index.setdefault(toks[0], []).append((toks, kind))
-                        n += 1
+                    toks = tokens(variant)
+                    if all(t.isdigit() for t in toks):
+                        toks = ["".join(toks)] if toks else []
+                    if len(toks) == 1:
+                        self._single.setdefault(toks[0], kind)
+                    elif toks:
+                        multi.append((toks, kind))
+                    n += bool(toks)
             self.counts[kind] = n
+        freq: dict[str, int] = {}
+        for toks, _ in multi:
+            for t in set(toks):
+                freq[t] = freq.get(t, 0) + 1
+        self._multi: dict[str, list[tuple[frozenset[str], str, str]]] = {}
+        for toks, kind in multi:
+            rare = min(toks, key=lambda t: (freq[t], -len(t)))
+            self._multi.setdefault(rare, []).append((frozenset(toks), " " + " ".join(toks) + " ", kind))
+        self._single_keys = frozenset(self._single)
+        self._multi_keys = frozenset(self._multi)
 
     def __len__(self) -> int:
         return sum(self.counts.values())
 
     def kinds_in(self, text: str) -> set[str]:
-        toks = tokens(text)
-        found: set[str] = set()
-        index = self._index
-        for i, t in enumerate(toks):
-            cands = index.get(t)
-            if not cands:
-                continue
-            for seq, kind in cands:
-                if kind not in found and tuple(toks[i : i + len(seq)]) == seq:
+        norm = _norm(text)
+        toks = _raw_tokens(norm)
+        present = set(toks)
+        present |= {t.strip(_EDGE) for t in present if t[0] in _EDGE or t[-1] in _EDGE}
+        present |= _digit_runs(norm)
+        found = {self._single[t] for t in present & self._single_keys}
+        joined = None
+        for rare in present & self._multi_keys:
+            for need, seq, kind in self._multi[rare]:
+                if kind in found or not need <= present:
+                    continue
+                if joined is None:
+                    joined = " " + " ".join(t.strip(_EDGE) for t in toks) + " "
+                if seq in joined:
                     found.add(kind)
         return found
 
@@ -218,17 +256,22 @@ def s3_places(s3, bucket: str, prefix: str = "", area: str = "s3") -> Iterator[P
 
     for key in list_keys(s3, bucket, prefix):
         where = f"s3://{bucket}/{key}"
+        try:
+            obj = s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                continue  # deleted since the listing (a rerun replacing its batch)
+            raise
         if key.endswith(".parquet"):
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # one staged file; decoded by row group
+            body = obj["Body"].read()  # one file at a time; decoded row group by row group
             try:
-                yield area, where, parquet_text(io.BytesIO(body))
+                pq.ParquetFile(io.BytesIO(body))
+            except (pa.ArrowInvalid, OSError):  # not readable as Parquet: scanned as bytes
+                yield area, where, [body.decode("utf-8", "replace")]
                 continue
-            except (pa.ArrowInvalid, OSError):
-                pass  # not readable as Parquet: scanned as bytes
-            yield area, where, [body.decode("utf-8", "replace")]
+            yield area, where, parquet_text(io.BytesIO(body))
         else:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-            yield area, where, _line_chunks(_bytes_text(body.read))
+            yield area, where, _line_chunks(_bytes_text(obj["Body"].read))
 
 
 def _copy_text(dsn: str, schema: str, table: str) -> Iterator[str]:

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from eds_network import catalogue, consolidate, extract, faults, omop, publish, transfer
 from eds_network.config import load_network
-from eds_network.errors import AlreadyDelivered, TransferError
+from eds_network.errors import AlreadyDelivered, SourceError, TransferError
 from eds_network.pseudonymise import Key
 from eds_network.storage import S3Endpoint, list_keys, object_exists, read_json, sha256_file
 
@@ -134,6 +134,25 @@ def test_worker_killed_mid_copy_then_rerun_gives_the_clean_result(stack, world, 
     wh = world["empty"]()
     c = _consolidate(stack, wh, prefix)
     assert not c.rejected
+    assert _warehouse_state(wh) == clean
+
+
+def test_source_restarted_mid_extract_is_a_source_error_and_rerun_gives_the_clean_result(
+    stack, world, clean, monkeypatch
+):
+    prefix = f"test-fault-{uuid.uuid4().hex[:8]}/"
+    dsn = world["clone"](BASE.id)
+    res = stack.local_resources(NET, BASE.id, source_dsn=dsn, intake_prefix=prefix)
+    monkeypatch.setenv(faults.ENV, "extract.source_lost:terminate")
+    with pytest.raises(SourceError, match="source connection lost during extraction") as info:
+        extract.extract_table(BASE, "measurement", DAY1, DAY2, res)
+    assert f"base={BASE.id}" in str(info.value) and "table=measurement" in str(info.value)
+    assert list_keys(stack.s3_client(), PLATFORM.intake.bucket, prefix) == []
+    monkeypatch.delenv(faults.ENV)
+    _local_run(stack, world, prefix, dsn)
+    _with_other_base(stack, world, prefix)
+    wh = world["empty"]()
+    assert not _consolidate(stack, wh, prefix).rejected
     assert _warehouse_state(wh) == clean
 
 

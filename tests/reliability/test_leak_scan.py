@@ -126,13 +126,15 @@ def test_no_identifier_in_any_output_of_the_night(scanned):
 
 @pytest.mark.integration
 @pytest.mark.airflow
-def test_the_scan_reads_xcom_rendered_fields_dag_run_conf_and_task_logs(scanned, stack):
+def test_the_scan_reads_xcom_rendered_fields_dag_run_conf_and_task_logs(scanned, planted_night, stack):
     report, _ = scanned
     with psycopg.connect(stack.dsn("airflow")) as conn:
         assert conn.execute("SELECT count(*) FROM xcom").fetchone()[0] > 0
         assert conn.execute("SELECT count(*) FROM rendered_task_instance_fields").fetchone()[0] > 0
-    logs = list((stack.airflow_home / "logs").rglob("*.log"))
-    assert logs, "the night writes task logs"
+    # `airflow dags test` runs tasks in its own process: the task logs are its output, one file per DAG.
+    logs = [stack.logs / f"{d}.log" for d, _, _ in planted_night["results"]]
+    assert all(p.stat().st_size > 0 for p in logs)
+    assert "extract_table" in logs[0].read_text()
     assert report.places["files"] >= len(logs)
 
 
@@ -197,7 +199,7 @@ def test_the_scanner_finds_a_leak_planted_in_each_kind_of_place(scanned, stack, 
 
                 undo.append(restore)
         # Files: a task log line and a quality data-docs page under the state folder.
-        log = sorted((stack.airflow_home / "logs").rglob("*.log"))[0]
+        log = stack.logs / "eds_local__hosp_b.log"
         original = log.read_bytes()
         log.write_bytes(original + f"INFO phone {phone}\n".encode())
         undo.append(lambda: log.write_bytes(original))
@@ -212,7 +214,7 @@ def test_the_scanner_finds_a_leak_planted_in_each_kind_of_place(scanned, stack, 
             *leakscan.pg_places(stack.dsn(f"wh_{p.id}"), f"wh_{p.id}", area="warehouse"),
             *leakscan.pg_places(stack.dsn("catalogue"), "catalogue", area="catalogue"),
             *leakscan.pg_places(stack.dsn("airflow"), "airflow", area="airflow_db"),
-            *leakscan.file_places(stack.airflow_home / "logs"),
+            *leakscan.file_places(stack.logs),
             *leakscan.file_places(docs),
             leakscan.text_place("summary", cli.summary(NETWORK) + f"\n{email}\n"),
         ]
