@@ -394,6 +394,8 @@ def extract_table(
                 # 2b. Rows no step downstream could carry: ids outside [0, 10**12), events starting in the
                 # future (later than the extraction itself, plus a day for time zones).
                 rules = _unpublishable_rows(batch, table, t_now)
+                if table == "death" and batch.num_rows:
+                    rules += _death_before_birth(aux, batch, rules)
                 for reason, bad_mask in rules:
                     bad = batch.filter(bad_mask)
                     _record_quarantine(aux, bid, table, bad, reason)
@@ -552,6 +554,26 @@ def _unpublishable_rows(batch: pa.Table, table: str, now: dt.datetime) -> list[t
             out.append((reason, mask))
             taken = pc.or_(taken, mask)
     return out
+
+
+def _death_before_birth(conn: psycopg.Connection, batch: pa.Table, rules: list) -> list[tuple[str, pa.Array]]:
+    """DEATH rows dated before the person's year of birth (impossible, not merely implausible): quarantined."""
+    ids = pc.unique(batch.column("person_id")).to_pylist()
+    births = conn.execute(
+        "SELECT person_id, year_of_birth FROM omop.person WHERE person_id = ANY(%s) AND year_of_birth IS NOT NULL",
+        (ids,),
+    ).fetchall()
+    if not births:
+        return []
+    known = pa.array([p for p, _ in births], pa.int64())
+    years = pa.array([int(y) for _, y in births], pa.int64())
+    pos = pc.index_in(batch.column("person_id"), value_set=known)
+    birth_year = pc.take(years, pos)
+    death_year = pc.year(batch.column("death_date"))
+    mask = pc.fill_null(pc.less(death_year, birth_year), False)
+    if rules:
+        mask = pc.and_(mask, pc.invert(_any(m for _, m in rules)))
+    return [("death_date: before the year of birth", mask)] if pc.any(mask).as_py() else []
 
 
 def _any(masks) -> pa.Array:

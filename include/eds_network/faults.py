@@ -59,6 +59,7 @@ def inject(point: str, **context) -> None:
                 context["conn"].execute("SELECT pg_terminate_backend(%s)", (pid,))
             else:
                 context["conn"].execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            return
         raise InjectedFault(f"injected fault at {point}")
 
 

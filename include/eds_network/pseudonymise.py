@@ -181,9 +181,15 @@ _PHONE = re.compile(r"(?<![0-9])(?:0|\+33 ?|0033 ?)[1-9](?:[ .-]?[0-9]{2}){4}(?!
 _NIR_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])[12](?: ?[0-9AB]){14}(?![0-9])")
 
 
+CODE_MAX_LENGTH = 255  # OMOP source values are varchar(50): anything much longer is free text, not a code
+
+
 def looks_like_identifier(value: str) -> bool:
-    """An e-mail address, a French phone number or a valid-key NIR inside a coded value (a misfiled identifier)."""
-    if _EMAIL.search(value) or _PHONE.search(value):
+    """An e-mail address, a French phone number or a valid-key NIR inside a coded value (a misfiled identifier);
+    a value too long to be a code counts as one (it is free text, and scanning it would cost too much)."""
+    if len(value) > CODE_MAX_LENGTH:
+        return True
+    if ("@" in value and _EMAIL.search(value)) or _PHONE.search(value):
         return True
     return any(nir_is_valid(m.group(0).replace(" ", "")) for m in _NIR_CANDIDATE.finditer(value.upper()))
 

@@ -239,6 +239,7 @@ def test_the_scanner_finds_a_leak_planted_in_each_kind_of_place(scanned, stack, 
 
 @pytest.mark.integration
 @pytest.mark.airflow
+@pytest.mark.slow  # a second whole scan: the scan itself is covered above
 def test_eds_leak_scan_cli_exits_0_on_a_clean_stack(planted_night, capsys):
     assert cli.main(["leak-scan"]) == 0
     out = capsys.readouterr().out
