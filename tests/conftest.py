@@ -26,7 +26,8 @@ def stack():
     s = Stack.default()
     s.start(load_network())
     yield s
-    s.stop()
+    if not os.environ.get("EDS_KEEP_STACK"):  # set it to share one running stack between pytest sessions
+        s.stop()
 
 
 @pytest.fixture

@@ -104,6 +104,7 @@ def platform_resources(platform: Platform) -> PlatformResources:
         warehouse_dsn=pg_dsn(platform.warehouse_connection_id, f"warehouse of platform {platform.id}"),
         intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
         outbox=s3_endpoint(platform.outbox.connection_id, f"outbox of platform {platform.id}"),
+        level1_key_version=key(platform.key_connection_id, f"level-1 key of platform {platform.id}").version,
     )
 
 

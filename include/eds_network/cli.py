@@ -10,6 +10,7 @@ eds check-config [FILE]         validate a network file
 eds catalogue upgrade|current|history|revision -m MSG   the catalogue's Alembic migrations
 eds keys list                   the pseudonymisation key connections and their versions (never the keys)
 eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
+eds leak-scan [--json]          look for the hospitals' identifiers in every output (exit 1 on any hit)
 """
 
 from __future__ import annotations
@@ -333,6 +334,18 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_leak_scan(args) -> int:
+    from eds_network import leakscan
+
+    network = load_network()
+    report, ids = leakscan.scan_stack(_stack(), network, summary=summary(network))
+    print(leakscan.report_json(report) if args.json else report.text())
+    if not len(ids):
+        print("error: no identity value found in the sources: nothing to look for", file=sys.stderr)
+        return 2
+    return 0 if report.clean else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -363,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     ky.add_argument("--platform", help="rotate this platform's level-1 key")
     ky.add_argument("--national", action="store_true", help="rotate the national (level-2) key")
     ky.set_defaults(fn=cmd_keys)
+    ls = sub.add_parser("leak-scan", help="scan every output of the embedded stack for direct identifiers")
+    ls.add_argument("--json", action="store_true", help="machine-readable report")
+    ls.set_defaults(fn=cmd_leak_scan)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

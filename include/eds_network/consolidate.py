@@ -38,7 +38,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop, rotation, standardise
+from eds_network import faults, omop, rotation, standardise
 from eds_network.config import LocalBase, Platform
 from eds_network.errors import IntegrityError
 from eds_network.extract import stream_query
@@ -54,6 +54,8 @@ class PlatformResources:
     warehouse_dsn: str = field(repr=False)
     intake: S3Endpoint
     outbox: S3Endpoint
+    # The platform's current level-1 key version: a batch pseudonymised with another version would not link.
+    level1_key_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,18 @@ def consolidate(
                     rotation.check_not_retired(
                         conn, manifest.get("key_versions", {}).get("level1"), manifest.get("base", "?")
                     )
+                    got_version = (manifest.get("key_versions") or {}).get("level1")
+                    if (
+                        res.level1_key_version
+                        and got_version != res.level1_key_version
+                        and got_version not in rotation.live_versions(conn)
+                    ):
+                        raise IntegrityError(
+                            f"batch pseudonymised with level-1 key version {got_version!r}, neither the platform's "
+                            f"key ({res.level1_key_version!r}) nor a version being rotated out: its pseudonyms would "
+                            "not link; rerun the interval",
+                            base=manifest.get("base"),
+                        )
                     files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
                     with conn.transaction():
                         # Another version of this batch applied before (local rerun): this one replaces it.
@@ -404,6 +418,7 @@ def consolidate(
                             vocabulary=vocabulary is not None,
                             replace=bool(previous),
                         )
+                        faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
                         conn.execute(
                             "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, "
                             "data_interval_start, rows) VALUES (%s, %s, %s, %s, %s)",

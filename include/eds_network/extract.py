@@ -10,6 +10,7 @@ Quarantined rows never leave the hospital: they are recorded in the source datab
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -32,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import omop, quality, rotation
+from eds_network import faults, omop, quality, rotation
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, EdsError, QualityError, SourceError
 from eds_network.pseudonymise import (
@@ -566,7 +567,7 @@ def extract_table(
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"source database unreachable: {first}", base=base.id, table=table) from None
-    with stream_conn, aux:
+    with _connection_lost_is_a_source_error(base.id, table), stream_conn, aux:
         try:
             columns = check_source_table(aux, base, table)
         except EdsError as exc:
@@ -607,6 +608,9 @@ def extract_table(
         out_path = workdir / f"{table}.parquet"
         writer: pq.ParquetWriter | None = None
         last_log = time.monotonic()
+        t_now = dt.datetime.now(dt.UTC)
+        # tests: the source server restarts mid-task (its sessions are terminated)
+        faults.inject("extract.source_lost", conn=aux, pid=stream_conn.info.backend_pid)
         timer = _PhaseTimer()
         # Parquet row groups are appended by a writer thread (pyarrow releases the GIL while encoding)
         # while this thread checks and pseudonymises the next batch.
@@ -655,6 +659,17 @@ def extract_table(
                     _record_quarantine(aux, bid, table, bad, "row-level fatal check")
                     quarantined += bad.num_rows
                     batch = batch.filter(keep)
+                # 2b. Rows no step downstream could carry: ids outside [0, 10**12), events starting in the
+                # future (later than the extraction itself, plus a day for time zones).
+                rules = _unpublishable_rows(batch, table, t_now)
+                if table == "death" and batch.num_rows:
+                    rules += _death_before_birth(aux, batch, rules)
+                for reason, bad_mask in rules:
+                    bad = batch.filter(bad_mask)
+                    _record_quarantine(aux, bid, table, bad, reason)
+                    quarantined += bad.num_rows
+                if rules:
+                    batch = batch.filter(pc.invert(_any(m for _, m in rules)))
                 # 3. Persons with no identity row cannot be pseudonymised: quarantined, not dropped.
                 timer.start("identities")
                 if "person_id" in batch.column_names and batch.num_rows:
@@ -686,6 +701,7 @@ def extract_table(
                     pending.popleft().result()
                 published += out.num_rows
                 timer.stop()
+                faults.inject("extract.mid_copy")  # tests: a worker killed while the COPY streams
                 if time.monotonic() - last_log > PROGRESS_EVERY_S:
                     el = time.monotonic() - t0
                     log.info(
@@ -811,6 +827,91 @@ class _PhaseTimer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _connection_lost_is_a_source_error(base_id: str, table: str) -> Iterator[None]:
+    """The source server going away mid-task (restart, failover) is a SourceError naming base and table."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"source connection lost during extraction: {first[:200]}", base=base_id, table=table
+        ) from None
+
+
+def _event_start_columns(table: str) -> list[str]:
+    """Columns dating when the recorded event started (OMOP naming): `<x>_start_date(time)`, `<x>_date(time)` of
+    the event tables, `death_date`. End dates may legitimately lie ahead (an ongoing prescription)."""
+    stem = table.replace("_occurrence", "").replace("_exposure", "")
+    names = omop.table(table).column_names
+    return [
+        c
+        for c in names
+        if c.endswith(("_start_date", "_start_datetime")) or c in (f"{stem}_date", f"{stem}_datetime", "death_date")
+    ]
+
+
+def _unpublishable_rows(batch: pa.Table, table: str, now: dt.datetime) -> list[tuple[str, pa.Array]]:
+    """(reason naming the column, mask) for each rule a row breaks; masks are disjoint and never null."""
+    from eds_network.pseudonymise import ID_NAMESPACE
+
+    if not batch.num_rows:
+        return []
+    out: list[tuple[str, pa.Array]] = []
+    taken = pa.array([False] * batch.num_rows)
+    spec = omop.table(table)
+    rules: list[tuple[str, pa.Array]] = []
+    for name in batch.column_names:
+        c = spec.column(name) if spec.has(name) else None
+        if c is not None and c.is_id and name != "person_id":
+            col = batch.column(name)
+            rules.append(
+                (
+                    f"{name}: id outside [0, {ID_NAMESPACE})",
+                    pc.or_(pc.less(col, 0), pc.greater_equal(col, ID_NAMESPACE)),
+                )
+            )
+    limit = (now.astimezone(dt.UTC) + dt.timedelta(days=1)).replace(tzinfo=None)
+    for name in _event_start_columns(table):
+        if name in batch.column_names:
+            col = batch.column(name)
+            bound = pa.scalar(limit.date() if pa.types.is_date(col.type) else limit, col.type)
+            rules.append((f"{name}: event in the future", pc.greater(col, bound)))
+    for reason, mask in rules:
+        mask = pc.and_(pc.fill_null(mask, False), pc.invert(taken))
+        if pc.any(mask).as_py():
+            out.append((reason, mask))
+            taken = pc.or_(taken, mask)
+    return out
+
+
+def _death_before_birth(conn: psycopg.Connection, batch: pa.Table, rules: list) -> list[tuple[str, pa.Array]]:
+    """DEATH rows dated before the person's year of birth (impossible, not merely implausible): quarantined."""
+    ids = pc.unique(batch.column("person_id")).to_pylist()
+    births = conn.execute(
+        "SELECT person_id, year_of_birth FROM omop.person WHERE person_id = ANY(%s) AND year_of_birth IS NOT NULL",
+        (ids,),
+    ).fetchall()
+    if not births:
+        return []
+    known = pa.array([p for p, _ in births], pa.int64())
+    years = pa.array([int(y) for _, y in births], pa.int64())
+    pos = pc.index_in(batch.column("person_id"), value_set=known)
+    birth_year = pc.take(years, pos)
+    death_year = pc.year(batch.column("death_date"))
+    mask = pc.fill_null(pc.less(death_year, birth_year), False)
+    if rules:
+        mask = pc.and_(mask, pc.invert(_any(m for _, m in rules)))
+    return [("death_date: before the year of birth", mask)] if pc.any(mask).as_py() else []
+
+
+def _any(masks) -> pa.Array:
+    out = None
+    for m in masks:
+        out = m if out is None else pc.or_(out, m)
+    return out
 
 
 def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -270,6 +271,35 @@ class PersonMap:
         )
 
 
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"(?<![0-9])(?:0|\+33 ?|0033 ?)[1-9](?:[ .-]?[0-9]{2}){4}(?![0-9])")
+_NIR_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])[12](?: ?[0-9AB]){14}(?![0-9])")
+
+
+CODE_MAX_LENGTH = 255  # OMOP source values are varchar(50): anything much longer is free text, not a code
+
+
+def looks_like_identifier(value: str) -> bool:
+    """An e-mail address, a French phone number or a valid-key NIR inside a coded value (a misfiled identifier);
+    a value too long to be a code counts as one (it is free text, and scanning it would cost too much)."""
+    if len(value) > CODE_MAX_LENGTH:
+        return True
+    if ("@" in value and _EMAIL.search(value)) or _PHONE.search(value):
+        return True
+    return any(nir_is_valid(m.group(0).replace(" ", "")) for m in _NIR_CANDIDATE.finditer(value.upper()))
+
+
+def scrub_identifiers(col: pa.Array) -> pa.Array:
+    """Null the values of an allowed text column that carry an identifier; checked once per distinct value."""
+    if len(col) == 0 or col.null_count == len(col):
+        return col
+    bad = [v for v in pc.unique(col).to_pylist() if v is not None and looks_like_identifier(v)]
+    if not bad:
+        return col
+    mask = pc.fill_null(pc.is_in(col, value_set=pa.array(bad, col.type)), False)
+    return pc.if_else(mask, pa.nulls(len(col), col.type), col)
+
+
 def namespace_ids(col: pa.Array, site_number: int, *, table: str, column: str) -> pa.Array:
     if len(col) == 0:
         return col
@@ -317,6 +347,8 @@ def level1_batch(
             col = pa.nulls(len(col), type=col.type)
         elif offsets is not None and is_date_type(col.type):
             col = shift_dates(col, offsets)
+        elif pa.types.is_string(col.type):
+            col = scrub_identifiers(col)  # a coded value may still hold a misfiled NIR, e-mail or phone
         cols[name] = col
     if table == "person":
         cols[TOKEN_COLUMN] = persons.sealed_tokens(batch.column("person_id").combine_chunks())

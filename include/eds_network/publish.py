@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from eds_network import rotation
+from eds_network import faults, rotation
 from eds_network.config import LocalBase
 from eds_network.errors import AccountingError, IntegrityError
 from eds_network.extract import LocalResources, batch_id
@@ -125,6 +125,7 @@ def publish_batch(
         "failed_tables": failed,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
+    faults.inject("publish.after_upload_before_manifest")  # tests: files staged, no manifest yet
     put_json(s3, res.intake_bucket, manifest_key, manifest)
     # What each published table now depends on (key version, policy): the next run re-extracts on a change.
     rotation.record_published(res.source_dsn, bid, res.platform_key.version, tables)
@@ -144,4 +145,5 @@ def publish_batch(
         len(failed),
         len(stale),
     )
+    faults.inject("publish.after_manifest")  # tests: batch published, catalogue not updated yet
     return Published(base.id, bid, manifest_key, tables, failed, key_versions)

@@ -19,6 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from eds_network import faults
 from eds_network.errors import TransferError
 
 CHUNK = 8 * 1024 * 1024
@@ -77,13 +78,15 @@ def s3_client(endpoint_url: str | None, access_key: str | None, secret_key: str 
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"},
     )
-    return boto3.client(
+    client = boto3.client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         config=cfg,
     )
+    client.meta.events.register("before-call.s3", faults.s3_hook)  # no-op unless EDS_FAULT is set (tests)
+    return client
 
 
 def ensure_bucket(s3, bucket: str) -> None:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from eds_network import faults
 from eds_network.config import NationalTarget, Platform
 from eds_network.errors import IntegrityError, TransferError
 from eds_network.pseudonymise import TOKEN_COLUMN, Key, national_person_ids, remap
@@ -305,6 +306,7 @@ def transfer_platform(
         "files": files,
         "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
     }
+    faults.inject("transfer.before_manifest")  # tests: objects delivered, manifest not written
     body = json.dumps(doc, indent=2, sort_keys=True).encode()
     try:
         put = land.put_object(

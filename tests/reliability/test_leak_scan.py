@@ -1,0 +1,246 @@
+"""Leak scan: identifiers planted in the sources reach no output of a network night, and the scanner is not blind.
+
+The scanner (`eds_network.leakscan`, also `eds leak-scan`) reads every output place: intake, outbox and landing
+zone objects (Parquet decoded), warehouses, catalogue, Airflow's metadata DB (XCom, rendered fields,
+dag_run.conf, …), files of the state folder (task logs, data docs) and the summary text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eds_network import cli, leakscan
+from eds_network.config import load_network
+from eds_network.pseudonymise import looks_like_identifier, scrub_identifiers
+
+NETWORK = load_network()
+
+# --------------------------------------------------------------------------------------------------
+# The scanner on its own (no stack)
+
+IDS = leakscan.Identifiers(
+    {
+        "nir": ["185057505601205"],
+        "ipp": ["0212345678"],
+        "last_name": ["Lefèvre", "Roy"],
+        "first_name": ["Mathilde"],
+        "address": ["12 rue de l'Église"],
+        "phone": ["06 12 34 56 78"],
+        "email": ["mathilde.lefevre7@poste.example"],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "kinds"),
+    [
+        ("patient 185057505601205 admitted", {"nir"}),
+        ("NIR: 1 85 05 75 056 012 05", {"nir"}),
+        ("ipp=0212345678;", {"ipp"}),
+        ("dr. LEFEVRE saw", {"last_name"}),
+        ('{"name": "mathilde"}', {"first_name"}),
+        ("lives 12 Rue de l'Eglise, Paris", {"address"}),
+        ("tel 0612345678", {"phone"}),
+        ("tel 06 12 34 56 78", {"phone"}),
+        ("<td>mathilde.lefevre7@poste.example</td>", {"email"}),
+        ("id 90212345678 and sha 0212345678ab", set()),  # not inside a longer number or a checksum
+        ("Roy is short: names under 5 letters are words", set()),
+        ("12 rue de la Paix", set()),
+    ],
+)
+def test_scanner_finds_each_kind_of_identifier_and_only_whole_tokens(text, kinds):
+    assert IDS.kinds_in(text) == kinds
+
+
+def test_scanner_reads_parquet_and_reports_place_and_kind_never_the_value(tmp_path):
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": pa.array([1, 2]), "note": pa.array(["ok", "mathilde.lefevre7@poste.example"])}), buf)
+    (tmp_path / "f.parquet").write_bytes(buf.getvalue())
+    (tmp_path / "task.log").write_text("INFO extracted 3 rows\n" * 10_000 + "WARNING patient 185057505601205\n")
+    report = leakscan.scan(leakscan.file_places(tmp_path), IDS)
+    assert {(h.where.rsplit("/", 1)[-1], h.kind) for h in report.hits} == {
+        ("f.parquet", "email"),
+        ("task.log", "nir"),
+    }
+    assert "185057505601205" not in report.text() and "poste.example" not in report.text()
+
+
+@pytest.mark.parametrize(
+    ("value", "identifier"),
+    [
+        ("185057505601205", True),
+        ("NIR 1 85 05 75 056 012 05", True),
+        ("185057505601206", False),  # wrong key: a code, not an NIR
+        ("a.b@c.example", True),
+        ("06 12 34 56 78", True),
+        ("+33 6 12 34 56 78", True),
+        ("44054006", False),
+        ("1231000119100", False),
+        ("C50.9", False),
+        ("mmol/L", False),
+    ],
+)
+def test_coded_values_carrying_an_identifier_are_recognised(value, identifier):
+    assert looks_like_identifier(value) is identifier
+
+
+def test_scrub_nulls_only_identifier_values():
+    col = pa.array(["C50.9", "185057505601205", None, "a.b@c.example", "C50.9"])
+    assert scrub_identifiers(col).to_pylist() == ["C50.9", None, None, None, "C50.9"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A network night with planted identifiers
+
+
+@pytest.fixture(scope="module")
+def scanned(planted_night, stack):
+    assert planted_night["planted"] >= 3 * len(NETWORK.local_bases)
+    text = cli.summary(NETWORK)
+    report, ids = leakscan.scan_stack(stack, NETWORK, summary=text)
+    return report, ids
+
+
+@pytest.mark.integration
+@pytest.mark.airflow
+def test_the_night_with_planted_identifiers_succeeds(planted_night):
+    assert [d for d, ok, _ in planted_night["results"] if not ok] == []
+
+
+@pytest.mark.integration
+@pytest.mark.airflow
+def test_no_identifier_in_any_output_of_the_night(scanned):
+    report, ids = scanned
+    assert set(ids.counts) == set(leakscan.KINDS) and all(ids.counts[k] > 0 for k in leakscan.KINDS), ids.counts
+    assert report.hits == [], report.text()
+    # Every kind of place was actually read, with content in it.
+    for area in ("s3", "warehouse", "catalogue", "airflow_db", "files", "summary"):
+        assert report.chars.get(area, 0) > 0, area
+
+
+@pytest.mark.integration
+@pytest.mark.airflow
+def test_the_scan_reads_xcom_rendered_fields_dag_run_conf_and_task_logs(scanned, planted_night, stack):
+    report, _ = scanned
+    with psycopg.connect(stack.dsn("airflow")) as conn:
+        assert conn.execute("SELECT count(*) FROM xcom").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM rendered_task_instance_fields").fetchone()[0] > 0
+    # `airflow dags test` runs tasks in its own process: the task logs are its output, one file per DAG.
+    logs = [stack.logs / f"{d}.log" for d, _, _ in planted_night["results"]]
+    assert all(p.stat().st_size > 0 for p in logs)
+    assert "extract_table" in logs[0].read_text()
+    assert report.places["files"] >= len(logs)
+
+
+def _first_row(conn, query: str):
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row
+
+
+@pytest.mark.integration
+@pytest.mark.airflow
+def test_the_scanner_finds_a_leak_planted_in_each_kind_of_place(scanned, stack, tmp_path):
+    """So that a clean scan cannot be vacuous: one identifier per place, each found there and only there."""
+    _, ids = scanned
+    with psycopg.connect(stack.dsn("src_hosp_b")) as conn:
+        nir, ipp, email, last, address, phone = _first_row(
+            conn,
+            "SELECT nir, ipp, email, last_name, address, phone FROM identity.patient WHERE nir IS NOT NULL AND "
+            "email IS NOT NULL AND length(last_name) >= 5 AND address IS NOT NULL AND phone IS NOT NULL LIMIT 1",
+        )
+    s3 = stack.s3_client()
+    p = NETWORK.platforms[0]
+    zone = NETWORK.national.landing_zone
+    undo = []
+    try:
+        # S3: a Parquet object in an intake, a JSON object in the landing zone.
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"value_as_string": [nir]}), buf)
+        s3.put_object(Bucket=p.intake.bucket, Key="zz-probe/leak.parquet", Body=buf.getvalue())
+        undo.append(lambda: s3.delete_object(Bucket=p.intake.bucket, Key="zz-probe/leak.parquet"))
+        s3.put_object(Bucket=zone.bucket, Key="zz-probe/leak.json", Body=json.dumps({"contact": email}).encode())
+        undo.append(lambda: s3.delete_object(Bucket=zone.bucket, Key="zz-probe/leak.json"))
+        # Warehouse, catalogue and Airflow metadata (XCom, rendered fields, dag_run.conf): changed, then restored.
+        probes = [
+            (f"wh_{p.id}", "CREATE TABLE public.zz_probe (v text)", "INSERT INTO public.zz_probe VALUES (%s)", ipp),
+            ("catalogue", "CREATE TABLE public.zz_probe (v text)", "INSERT INTO public.zz_probe VALUES (%s)", last),
+        ]
+        for db, ddl, ins, v in probes:
+            with psycopg.connect(stack.dsn(db), autocommit=True) as conn:
+                conn.execute(ddl)
+                conn.execute(ins, (v,))
+
+            def drop(db=db):
+                with psycopg.connect(stack.dsn(db), autocommit=True) as c:
+                    c.execute("DROP TABLE IF EXISTS public.zz_probe")
+
+            undo.append(drop)
+        with psycopg.connect(stack.dsn("airflow"), autocommit=True) as conn:
+            for table, col, pk, v in (
+                ("xcom", "value", "dag_run_id, task_id, map_index, key", {"email": email}),
+                ("rendered_task_instance_fields", "rendered_fields", "dag_id, task_id, run_id, map_index", {"op": nir}),
+                ("dag_run", "conf", "id", {"note": address}),
+            ):
+                where = _first_row(conn, f"SELECT {pk}, {col}::text FROM {table} ORDER BY 1 LIMIT 1")
+                keys, old = where[:-1], where[-1]
+                cond = " AND ".join(f"{k.strip()} = %s" for k in pk.split(","))
+                conn.execute(f"UPDATE {table} SET {col} = %s WHERE {cond}", (json.dumps(v), *keys))
+
+                def restore(table=table, col=col, cond=cond, keys=keys, old=old):
+                    with psycopg.connect(stack.dsn("airflow"), autocommit=True) as c:
+                        c.execute(f"UPDATE {table} SET {col} = %s WHERE {cond}", (old, *keys))
+
+                undo.append(restore)
+        # Files: a task log line and a quality data-docs page under the state folder.
+        log = stack.logs / "eds_local__hosp_b.log"
+        original = log.read_bytes()
+        log.write_bytes(original + f"INFO phone {phone}\n".encode())
+        undo.append(lambda: log.write_bytes(original))
+        docs = stack.root / "zz-probe-data-docs"
+        docs.mkdir(exist_ok=True)
+        (docs / "index.html").write_text(f"<td>{last}</td>", encoding="utf-8")
+        undo.append(lambda: [f.unlink() for f in docs.iterdir()] and docs.rmdir())
+
+        places = [
+            *leakscan.s3_places(s3, p.intake.bucket, "zz-probe/"),
+            *leakscan.s3_places(s3, zone.bucket, "zz-probe/"),
+            *leakscan.pg_places(stack.dsn(f"wh_{p.id}"), f"wh_{p.id}", area="warehouse"),
+            *leakscan.pg_places(stack.dsn("catalogue"), "catalogue", area="catalogue"),
+            *leakscan.pg_places(stack.dsn("airflow"), "airflow", area="airflow_db"),
+            *leakscan.file_places(stack.logs),
+            *leakscan.file_places(docs),
+            leakscan.text_place("summary", cli.summary(NETWORK) + f"\n{email}\n"),
+        ]
+        got = {(h.where, h.kind) for h in leakscan.scan(places, ids).hits}
+    finally:
+        for f in reversed(undo):
+            f()
+    expected = {
+        (f"s3://{p.intake.bucket}/zz-probe/leak.parquet", "nir"),
+        (f"s3://{zone.bucket}/zz-probe/leak.json", "email"),
+        (f"wh_{p.id}:public.zz_probe", "ipp"),
+        ("catalogue:public.zz_probe", "last_name"),
+        ("airflow:public.xcom", "email"),
+        ("airflow:public.rendered_task_instance_fields", "nir"),
+        ("airflow:public.dag_run", "address"),
+        (str(log), "phone"),
+        (str(docs / "index.html"), "last_name"),
+        ("summary", "email"),
+    }
+    assert got == expected
+
+
+@pytest.mark.integration
+@pytest.mark.airflow
+@pytest.mark.slow  # a second whole scan: the scan itself is covered above
+def test_eds_leak_scan_cli_exits_0_on_a_clean_stack(planted_night, capsys):
+    assert cli.main(["leak-scan"]) == 0
+    out = capsys.readouterr().out
+    assert "no direct identifier found" in out
