@@ -9,6 +9,9 @@ Runs when every member base has published its night (Asset schedule on the membe
    intake; the others load. Patients seen at several sites share one level-1 pseudonym and become one person.
 2. **package**: one Parquet file per table + a manifest in the platform outbox (the platform's Asset).
 3. **record_run**: linkage statistics, cross-site checks and the delivery in the catalogue.
+4. **check_warehouse**: DQD-style cross-site checks on the warehouse (foreign keys across sites, duplicate
+   events from two sites) and each member's volume versus its previous nights, stored in the catalogue
+   (`eds quality export --platform <platform>`). Failures are warnings: they never hold the delivery back.
 """
 
 from __future__ import annotations
@@ -79,8 +82,25 @@ def mutualised_dag(platform: Platform):
                 },
             )
 
+        @task
+        def check_warehouse(pkg: dict) -> dict:
+            from eds_network import quality
+            from eds_network.airflow_adapter import catalogue_dsn, platform_resources
+
+            network = load_network()
+            p = network.platform(platform.id)
+            return quality.check_platform(
+                p,
+                platform_resources(p).warehouse_dsn,
+                catalogue_dsn(network),
+                pkg["delivery_id"],
+                dag_run_id=get_current_context()["run_id"],
+            )
+
         c = consolidate()
-        record_run(c, package(c))
+        pkg = package(c)
+        record_run(c, pkg)
+        check_warehouse(pkg)
 
     return mutualised_level()
 

@@ -7,6 +7,7 @@ eds summary                     per base and level: rows, files delivered with S
 eds demo                        stack start + seed + night + summary
 eds airflow ARGS…               any Airflow CLI command against the embedded stack
 eds check-config [FILE]         validate a network file
+eds quality export --base X     the DQD results JSON of a base's latest local run (or --platform P: mutualised)
 """
 
 from __future__ import annotations
@@ -230,6 +231,22 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_quality(args) -> int:
+    import json
+
+    from eds_network import quality
+
+    doc = quality.export_dqd(_stack().dsn("catalogue"), base=args.base, platform=args.platform, batch_id=args.batch)
+    text = json.dumps(doc, indent=1, default=str)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"{len(doc['CheckResults'])} check results written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -249,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     cc = sub.add_parser("check-config")
     cc.add_argument("file", nargs="?")
     cc.set_defaults(fn=cmd_check_config)
+    qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
+    qa.add_argument("action", choices=["export"])
+    who = qa.add_mutually_exclusive_group(required=True)
+    who.add_argument("--base", help="a local base: its latest local run")
+    who.add_argument("--platform", help="a platform: its latest mutualised checks")
+    qa.add_argument("--batch", help="a batch id instead of the latest")
+    qa.add_argument("--out", help="write to this file instead of stdout")
+    qa.set_defaults(fn=cmd_quality)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

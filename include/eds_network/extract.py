@@ -17,7 +17,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -322,8 +322,12 @@ def extract_table(
     res: LocalResources,
     *,
     overrides: dict | None = None,
+    on_checks: Callable[[quality.TableQuality], None] | None = None,
 ) -> TableBatch:
-    """Extract, check, pseudonymise and stage one table of one base for [start, end)."""
+    """Extract, check, pseudonymise and stage one table of one base for [start, end).
+
+    `on_checks` (e.g. `quality.catalogue_recorder(dsn)`) receives the table's DQD-style results, summed over
+    its record batches, with GX Data Docs built on a bounded sample - also when a fatal check stops the table."""
     try:
         check_interval(base, start, end)
     except EdsError as exc:  # name the table too: the operator sees which mapped task refused
@@ -353,6 +357,7 @@ def extract_table(
         batch_fatal: list[str] = []
         warnings: list[str] = []
         checks: dict[str, dict] = {}
+        table_checks = quality.TableChecks(base.id, table, sample_rows=None if on_checks else 0)
         workdir = Path(tempfile.mkdtemp(prefix=f"eds-{base.id}-{table}-"))
         out_path = workdir / f"{table}.parquet"
         writer: pq.ParquetWriter | None = None
@@ -372,6 +377,7 @@ def extract_table(
                         batch = batch.filter(pc.invert(obj))
                 # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
                 qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids, overrides=qoverrides)
+                table_checks.add(qr, batch)
                 for r in qr.results:
                     agg = checks.setdefault(
                         f"{r.check_name}:{r.column or '-'}", {"rows": 0, "violating_rows": 0, "severity": r.severity}
@@ -413,6 +419,8 @@ def extract_table(
                 writer = pq.ParquetWriter(out_path, _published_schema(table), compression=STAGING_COMPRESSION)
             writer.close()
             writer = None
+            if on_checks is not None:
+                on_checks(table_checks.finish(bid, docs=True))
 
             if batch_fatal:
                 # The whole table is held back at the local level; nothing of it is published.
