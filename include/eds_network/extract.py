@@ -350,6 +350,7 @@ def extract_table(
         qoverrides = {k: quality.Override(**v) for k, v in (overrides or {}).items()}
         objectors = pa.array(sorted(_objectors(aux)), pa.int64())
         known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
+        reference = quality_reference(aux)
         persons = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
         _reset_quarantine(aux, bid, table)
 
@@ -376,7 +377,9 @@ def extract_table(
                         excluded += n_obj
                         batch = batch.filter(pc.invert(obj))
                 # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
-                qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids, overrides=qoverrides)
+                qr = quality.check_batch(
+                    base.id, table, batch, known_person_ids=known_person_ids, reference=reference, overrides=qoverrides
+                )
                 table_checks.add(qr, batch)
                 for r in qr.results:
                     agg = checks.setdefault(
@@ -488,6 +491,48 @@ def extract_table(
         warnings=tuple(warnings[:20]),
         quality=checks,
     )
+
+
+REFERENCE_COLUMNS = {  # (schema, table): columns read for the cross-table checks
+    ("omop", "person"): (
+        "person_id",
+        "year_of_birth",
+        "month_of_birth",
+        "day_of_birth",
+        "birth_datetime",
+        "gender_concept_id",
+    ),
+    ("omop", "death"): ("person_id", "death_date"),
+    ("vocab", "concept"): ("concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason"),
+}
+
+
+def quality_reference(conn: psycopg.Connection) -> quality.Reference:
+    """PERSON (birth, gender) and DEATH rows of the source, and its vocabulary (`vocab.concept`) when it has one,
+    for the cross-table checks (plausibleAfterBirth / BeforeDeath / DuringLife, plausibleGender, isForeignKey,
+    fkDomain, fkClass and isStandardValidConcept on concept columns): streamed once per task, kept in memory
+    (one row per patient or concept), never written anywhere. A missing table leaves its checks not applicable."""
+    found: dict[str, pa.Table | None] = {}
+    for (schema_name, table), wanted in REFERENCE_COLUMNS.items():
+        have = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                (schema_name, table),
+            )
+        }
+        cols = [c for c in wanted if c in have]
+        if wanted[0] not in cols or len(cols) < 2:
+            found[table] = None
+            continue
+        spec = omop.table(table)
+        schema = pa.schema([pa.field(c, spec.column(c).arrow_type) for c in cols])
+        query = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(schema_name, table)
+        )
+        batches = list(stream_query(conn, query, cols, dict(zip(cols, schema.types, strict=True)), table=table))
+        found[table] = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+    return quality.Reference(person=found["person"], death=found["death"], concept=found["concept"])
 
 
 def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:

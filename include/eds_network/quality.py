@@ -1570,8 +1570,12 @@ def gx_data_docs(
             context.variables.progress_bars = {"globally": False}
         except Exception:  # older/newer config shapes: progress bars are cosmetic
             pass
-        for name in context.get_site_names():  # the ephemeral default site (a temp dir): never built
+        for name in context.get_site_names():  # the ephemeral default site (an empty temp dir): never built
+            backend = (context.variables.data_docs_sites or {}).get(name, {}).get("store_backend", {})
             context.delete_data_docs_site(name)
+            tmp = Path(str(backend.get("base_directory", "")))
+            if tmp.is_absolute() and tmp.is_dir() and not any(tmp.iterdir()):
+                tmp.rmdir()
         context.add_data_docs_site(
             site_name=site,
             site_config={
@@ -1658,6 +1662,7 @@ VOLUME_MIN_HISTORY = 3
 
 def _warehouse_result(platform: str, table: str, column: str, name: str, total: int, bad: int, **kw) -> CheckResult:
     threshold = kw.pop("threshold_pct", 0.0)
+    total, bad = int(total), int(bad)  # sum() over bigint is numeric
     pct = _pct(bad, total)
     return CheckResult(
         check_name=name,
