@@ -12,7 +12,8 @@ Two engines evaluate the same suite and give the same numbers (`tests/unit/test_
   computed with vectorised `pyarrow.compute` / numpy (null counts, sortedness or direct-address
   counting of integer keys, hash or direct-address set membership, comparisons, value counts on
   concept columns, grouped counts for concept-level checks). The GX suite JSON is then the
-  *definition* of the checks (type, kwargs, mostly, DQD meta); GX itself does not execute.
+  *definition* of the checks (type, kwargs, mostly, DQD meta); GX does not execute in this engine
+  (it runs the same suites on a sample for the Data Docs: see "How Great Expectations is used").
 - `engine="gx"`: one GX 1.x validation per batch, in a process-wide ephemeral context created once
   (expectations parsed once and cached). The Arrow batch becomes a pandas frame (nullable `Int64`
   integers, `datetime64` dates), GX executes every `scope: batch` expectation except `cdmField`
@@ -60,14 +61,45 @@ A column-level fatal check (cdmDatatype: an integer field that is not integer-ty
 when its violating % is above its threshold. Convention and characterization failures only give
 `passed=False` and a warning: the batch is still published.
 
+How Great Expectations is used (decision)
+---------------------------------------
+The Arrow engine is the evaluator of record: it checks *every row* of every batch, and its numbers are
+the ones stored in the catalogue and acted on (quarantine, batch failure, warnings). GX 1.x runs the
+*same suites* for real, on a bounded sample, once per table and run (`TableChecks.finish(docs=True)`,
+called by `extract.extract_table` when the local task records its results): a fresh ephemeral context,
+a pandas data source on the sample (the first `EDS_QUALITY_DOCS_ROWS`, default 1,000, rows checked),
+a Checkpoint whose `UpdateDataDocsAction` builds **GX Data Docs into the state folder**
+(`$EDS_HOME/datadocs/local/<base>/<table>/index.html`, replaced at each run, path stored in the catalogue
+`quality_table.data_docs_path` for the operator UI). The Arrow engine runs on the same sample and every check
+where GX counts a different number of violating rows is recorded (`quality_table.gx_mismatches`; the tests
+inject defects and require 0). Why not GX on every row: measured above, GX costs ~80 s on 2 M rows against
+0.1-0.5 s for Arrow, which would break the 30 % budget; on a 1,000-row sample it costs about a second per
+table plus GX's import (once per process). `EDS_QUALITY_DOCS=off` skips it. `engine="gx"` remains for
+whole-batch cross-checks (tests, investigations).
+
 Privacy
 -------
 No value of the data ever leaves this module: results hold counts, percentages, check names and
 vocabulary concept ids (from the DQD catalogue) only. GX runs with a result format that returns no
-unexpected values, partial lists, index lists or rows (`exclude_unexpected_values`), its result
-objects are reduced to counts at once and never stored, and GX Data Docs are not used:
-`build_data_docs()` writes our own small static HTML (counts and percentages only), which is simpler
-and cannot leak a value through a GX renderer.
+unexpected values, partial lists, index lists or rows (`GX_RESULT_FORMAT`: BASIC with
+`exclude_unexpected_values`, `partial_unexpected_count=0`, no rows), in the per-batch validation and in the
+Data Docs checkpoint alike, so the Data Docs pages show counts and percentages only; the default GX ephemeral
+Data Docs site (a temp dir) is removed, only ours is built. `tests/unit/test_quality.py` plants identifier-like
+values in failing columns and greps every Data Docs HTML/JSON file, with a control run (GX's SUMMARY format)
+proving the same pages would show them otherwise. `build_data_docs()` additionally writes our own small
+static summary page (all tables of a run on one page).
+
+Catalogue and mutualised level
+------------------------------
+`TableChecks` sums the results of one table over its record batches (one entry per check: bounded memory)
+and names the action taken for each (`none`, `warn`, `quarantine_rows`, `fail_batch`);
+`record_table_quality` stores them (`catalogue.quality_check`, `catalogue.quality_table`), replacing a
+previous run of the same batch. At the mutualised level, `warehouse_checks` (SQL on the consolidated
+warehouse: person and visit foreign keys across sites, duplicate events from two sites) and
+`volume_checks` (each member base/table's latest night versus the median of its previous nights, from the
+catalogue's `run_table`) give results in the same DQD shape, stored by `record_platform_quality`.
+`export_dqd` (CLI `eds quality export --base X | --platform P`) rebuilds DQD's results JSON from the catalogue.
+Comparison with DQD's own checks: docs/quality.md.
 
 Overrides (per-base configuration) are keyed by `checkName:table.column` (optionally
 `:conceptId[:unitConceptId]`, the most specific key wins) and either set a new threshold or disable the
