@@ -6,7 +6,8 @@ Every night, for the run's data interval `[data_interval_start, data_interval_en
 1. **extract_table** (one mapped task per OMOP table, named after the table): stream the table's changes
    from the hospital source, exclude patients in the opposition registry, run the DQD-derived quality checks
    (row-level fatal violations are quarantined at the hospital), pseudonymise with the platform's level-1 key,
-   and stage a Parquet file in the platform intake. A table can be retried alone.
+   and stage a Parquet file in the platform intake. A table can be retried alone. Every check's DQD-style
+   result goes to the catalogue (`eds quality export --base <base>`), with GX Data Docs of a bounded sample.
 2. **publish_batch**: verify every staged file (SHA-256 read back), then write the batch manifest last.
    The platform reads manifested batches only. Rerunning an interval replaces its batch.
 3. **record_run**: row accounting per table in the catalogue
@@ -37,15 +38,24 @@ def local_dag(base: LocalBase):
     def local_level():
         @task(map_index_template="{{ table }}")
         def extract_table(table: str, data_interval_start=None, data_interval_end=None) -> dict:
-            from eds_network import extract
-            from eds_network.airflow_adapter import local_resources
+            from eds_network import extract, quality
+            from eds_network.airflow_adapter import catalogue_dsn, local_resources
 
-            get_current_context()["table"] = table  # names the mapped task instance in the UI
+            ctx = get_current_context()
+            ctx["table"] = table  # names the mapped task instance in the UI
             network = load_network()
             b = network.base(base.id)
             res = local_resources(network, b)
+            # DQD-style results per check -> catalogue (also when a fatal check stops the table).
+            record_checks = quality.catalogue_recorder(catalogue_dsn(network), dag_run_id=ctx["run_id"])
             return extract.extract_table(
-                b, table, data_interval_start, data_interval_end, res, overrides=b.quality_overrides
+                b,
+                table,
+                data_interval_start,
+                data_interval_end,
+                res,
+                overrides=b.quality_overrides,
+                on_checks=record_checks,
             ).ref()
 
         @task(trigger_rule="all_done", outlets=[Asset(name=base.asset_name, uri=base.asset_uri)])

@@ -23,6 +23,9 @@ batch lands, its Asset event starts a new run that loads it and records it `arri
 2. **package**: one Parquet file per table + a manifest in the platform outbox (the platform's Asset).
 3. **record_run**: linkage statistics, cross-site checks, the unmapped-concept rate and duplicate events per
    base and table (`catalogue.platform_table_stats`), each member's arrival, and the delivery in the catalogue.
+4. **check_warehouse**: DQD-style cross-site checks on the warehouse (foreign keys across sites, duplicate
+   events from two sites) and each member's volume versus its previous nights, stored in the catalogue
+   (`eds quality export --platform <platform>`). Failures are warnings: they never hold the delivery back.
 """
 
 from __future__ import annotations
@@ -126,8 +129,25 @@ def mutualised_dag(platform: Platform):
             )
             catalogue.record_arrivals(dsn, platform.id, consolidation["arrivals"], dag_run_id=run_id)
 
+        @task
+        def check_warehouse(pkg: dict) -> dict:
+            from eds_network import quality
+            from eds_network.airflow_adapter import catalogue_dsn, platform_resources
+
+            network = load_network()
+            p = network.platform(platform.id)
+            return quality.check_platform(
+                p,
+                platform_resources(p).warehouse_dsn,
+                catalogue_dsn(network),
+                pkg["delivery_id"],
+                dag_run_id=get_current_context()["run_id"],
+            )
+
         c = consolidate()
-        record_run(c, package(c))
+        pkg = package(c)
+        record_run(c, pkg)
+        check_warehouse(pkg)
 
     return mutualised_level()
 

@@ -12,6 +12,8 @@ Every DAG writes here through this module only. Tables:
                                  concepts (rate) and units, duplicate events flagged (latest consolidation)
   member_arrival                 per platform, member and night: arrived / late / rejected at consolidation
   onboarding_report              per base and onboarding DAG run: schema comparison, volume profile, backfill
+  quality_check                  one DQD-style result per check, run and table (local and mutualised levels)
+  quality_table                  per run and table: engine, rows checked, quarantine, GX Data Docs path (UI link)
 """
 
 from __future__ import annotations
@@ -175,6 +177,63 @@ onboarding_report_t = Table(
     Column("recorded_by", Text, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("base_id", "dag_run_id", "kind", name="onboarding_report_once"),
+)
+
+# Data quality (see eds_network.quality): a DQD-style result per check; `base_id` is the base the result is
+# about (the scope itself at the local level, a member base or the platform at the mutualised level).
+quality_check_t = Table(
+    "quality_check",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("level", String(16), nullable=False),
+    Column("scope_id", String(64), nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("table_name", String(64), nullable=False),
+    Column("base_id", String(64), nullable=False),
+    Column("check_id", Text, nullable=False),
+    Column("check_name", String(64), nullable=False),
+    Column("check_level", String(16), nullable=False),
+    Column("field_name", String(64), nullable=False, server_default=""),
+    Column("concept_id", BigInteger),
+    Column("unit_concept_id", BigInteger),
+    Column("category", String(32), nullable=False),
+    Column("subcategory", String(32), nullable=False, server_default=""),
+    Column("context", String(16), nullable=False, server_default=""),
+    Column("severity", String(24), nullable=False),
+    Column("rows_checked", BigInteger, nullable=False),
+    Column("violating_rows", BigInteger, nullable=False),
+    Column("violating_pct", Float, nullable=False),
+    Column("threshold_pct", Float, nullable=False),
+    Column("passed", Boolean),  # NULL: not evaluated (not applicable or disabled)
+    Column("status", String(16), nullable=False),  # passed / failed / not_applicable / disabled
+    Column("action", String(24), nullable=False),  # none / warn / quarantine_rows / fail_batch
+    Column("note", Text),  # not-applicable or disabled reason, override key
+    Column("description", Text),
+    Column("engine", String(16), nullable=False),
+    Column("dag_run_id", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint(
+        "level", "scope_id", "batch_id", "table_name", "base_id", "check_id", name="quality_check_once_per_run"
+    ),
+)
+quality_table_t = Table(
+    "quality_table",
+    metadata,
+    Column("level", String(16), primary_key=True),
+    Column("scope_id", String(64), primary_key=True),
+    Column("batch_id", Text, primary_key=True),
+    Column("table_name", String(64), primary_key=True),
+    Column("engine", String(16), nullable=False),
+    Column("rows_checked", BigInteger, nullable=False),
+    Column("quarantined_rows", BigInteger, nullable=False, server_default="0"),
+    Column("batch_fatal", Boolean, nullable=False, server_default="false"),
+    Column("checks", BigInteger, nullable=False),
+    Column("failed", JSON),  # severity -> number of failed checks
+    Column("data_docs_path", Text),  # GX Data Docs index.html in the state folder (operator UI link)
+    Column("gx_sample_rows", BigInteger),
+    Column("gx_mismatches", BigInteger),  # checks where GX and the Arrow engine disagree on the sample
+    Column("dag_run_id", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 
@@ -604,3 +663,97 @@ def arrivals(dsn: str, platform_id: str | None = None) -> list[dict]:
         q = q.where(member_arrival_t.c.platform_id == platform_id)
     with engine(dsn).connect() as conn:
         return [dict(r._mapping) for r in conn.execute(q)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Data quality results (written through eds_network.quality; counts, percentages and check names only)
+
+
+def record_quality(
+    dsn: str,
+    *,
+    level: str,
+    scope_id: str,
+    batch_id: str,
+    table_name: str,
+    checks: list[dict],
+    summary: dict,
+    dag_run_id: str | None = None,
+) -> int:
+    """Replace the quality results of one (level, scope, batch, table): rerunning a night replaces them.
+
+    `checks`: rows of `quality_check` (without the run key); `summary`: the `quality_table` row's values."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}")
+    key = {"level": level, "scope_id": scope_id, "batch_id": batch_id, "table_name": table_name}
+    with engine(dsn).begin() as conn:
+        conn.execute(quality_check_t.delete().where(*(quality_check_t.c[k] == v for k, v in key.items())))
+        if checks:
+            conn.execute(quality_check_t.insert(), [{**c, **key, "dag_run_id": dag_run_id} for c in checks])
+        values = {**summary, "dag_run_id": dag_run_id, "recorded_at": func.now()}
+        conn.execute(
+            insert(quality_table_t).values(**key, **values).on_conflict_do_update(index_elements=list(key), set_=values)
+        )
+    return len(checks)
+
+
+def quality_batches(dsn: str, level: str, scope_id: str) -> list[str]:
+    """Batch ids with quality results for one scope, the most recently recorded first."""
+    q = (
+        select(quality_table_t.c.batch_id, func.max(quality_table_t.c.recorded_at).label("at"))
+        .where(quality_table_t.c.level == level, quality_table_t.c.scope_id == scope_id)
+        .group_by(quality_table_t.c.batch_id)
+        .order_by(text("at DESC"))
+    )
+    with engine(dsn).connect() as conn:
+        return [r.batch_id for r in conn.execute(q)]
+
+
+def quality_results(dsn: str, level: str, scope_id: str, batch_id: str) -> tuple[list[dict], list[dict]]:
+    """(checks, tables) of one batch: `quality_check` rows and `quality_table` rows, as dicts."""
+    with engine(dsn).connect() as conn:
+        checks = [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(quality_check_t)
+                .where(
+                    quality_check_t.c.level == level,
+                    quality_check_t.c.scope_id == scope_id,
+                    quality_check_t.c.batch_id == batch_id,
+                )
+                .order_by(quality_check_t.c.table_name, quality_check_t.c.base_id, quality_check_t.c.check_id)
+            )
+        ]
+        tables = [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(quality_table_t)
+                .where(
+                    quality_table_t.c.level == level,
+                    quality_table_t.c.scope_id == scope_id,
+                    quality_table_t.c.batch_id == batch_id,
+                )
+                .order_by(quality_table_t.c.table_name)
+            )
+        ]
+    return checks, tables
+
+
+def table_volumes(dsn: str, base_id: str, table_name: str, *, before: dt.datetime | None = None, nights: int = 8):
+    """(data_interval_start, extracted rows) of the base's latest local runs of one table, newest first."""
+    q = (
+        select(run_t.c.data_interval_start, run_table_t.c.extracted)
+        .join(run_table_t, run_table_t.c.run_id == run_t.c.id)
+        .where(
+            run_t.c.level == "local",
+            run_t.c.scope_id == base_id,
+            run_table_t.c.table_name == table_name,
+            run_t.c.data_interval_start.is_not(None),
+        )
+        .order_by(run_t.c.data_interval_start.desc())
+        .limit(nights)
+    )
+    if before is not None:
+        q = q.where(run_t.c.data_interval_start < before)
+    with engine(dsn).connect() as conn:
+        return [(r.data_interval_start, r.extracted) for r in conn.execute(q)]

@@ -11,6 +11,7 @@ eds catalogue upgrade|current|history|revision -m MSG   the catalogue's Alembic 
 eds keys list                   the pseudonymisation key connections and their versions (never the keys)
 eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
 eds leak-scan [--json]          look for the hospitals' identifiers in every output (exit 1 on any hit)
+eds quality export --base X     the DQD results JSON of a base's latest local run (or --platform P: mutualised)
 """
 
 from __future__ import annotations
@@ -346,6 +347,22 @@ def cmd_leak_scan(args) -> int:
     return 0 if report.clean else 1
 
 
+def cmd_quality(args) -> int:
+    import json
+
+    from eds_network import quality
+
+    doc = quality.export_dqd(_stack().dsn("catalogue"), base=args.base, platform=args.platform, batch_id=args.batch)
+    text = json.dumps(doc, indent=1, default=str)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"{len(doc['CheckResults'])} check results written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -379,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("leak-scan", help="scan every output of the embedded stack for direct identifiers")
     ls.add_argument("--json", action="store_true", help="machine-readable report")
     ls.set_defaults(fn=cmd_leak_scan)
+    qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
+    qa.add_argument("action", choices=["export"])
+    who = qa.add_mutually_exclusive_group(required=True)
+    who.add_argument("--base", help="a local base: its latest local run")
+    who.add_argument("--platform", help="a platform: its latest mutualised checks")
+    qa.add_argument("--batch", help="a batch id instead of the latest")
+    qa.add_argument("--out", help="write to this file instead of stdout")
+    qa.set_defaults(fn=cmd_quality)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -552,8 +552,12 @@ def extract_table(
     res: LocalResources,
     *,
     overrides: dict | None = None,
+    on_checks: Callable[[quality.TableQuality], None] | None = None,
 ) -> TableBatch:
-    """Extract, check, pseudonymise and stage one table of one base for [start, end)."""
+    """Extract, check, pseudonymise and stage one table of one base for [start, end).
+
+    `on_checks` (e.g. `quality.catalogue_recorder(dsn)`) receives the table's DQD-style results, summed over
+    its record batches, with GX Data Docs built on a bounded sample - also when a fatal check stops the table."""
     try:
         check_interval(base, start, end)
     except EdsError as exc:  # name the table too: the operator sees which mapped task refused
@@ -579,6 +583,7 @@ def extract_table(
         qoverrides = {k: quality.Override(**v) for k, v in (overrides or {}).items()}
         objectors = pa.array(sorted(_objectors(aux)), pa.int64())
         known_person_ids = pa.array([r[0] for r in aux.execute("SELECT person_id FROM omop.person")], pa.int64())
+        reference = quality_reference(aux)
         # Pseudonymisation policy of the platform; a new key version or policy means a full re-extraction.
         policy = base.pseudonymisation
         allow_text = DEFAULT_TEXT_ALLOW_LIST | frozenset(policy.text_allow_list)
@@ -604,6 +609,7 @@ def extract_table(
         batch_fatal: list[str] = []
         warnings: list[str] = []
         checks: dict[str, dict] = {}
+        table_checks = quality.TableChecks(base.id, table, sample_rows=None if on_checks else 0)
         workdir = Path(tempfile.mkdtemp(prefix=f"eds-{base.id}-{table}-"))
         out_path = workdir / f"{table}.parquet"
         writer: pq.ParquetWriter | None = None
@@ -643,7 +649,10 @@ def extract_table(
                         batch = batch.filter(pc.invert(obj))
                 # 2. Quality: row-level fatal violations quarantined, batch-level fatal stops the table.
                 timer.start("quality")
-                qr = quality.check_batch(base.id, table, batch, known_person_ids=known_person_ids, overrides=qoverrides)
+                qr = quality.check_batch(
+                    base.id, table, batch, known_person_ids=known_person_ids, reference=reference, overrides=qoverrides
+                )
+                table_checks.add(qr, batch)
                 for r in qr.results:
                     agg = checks.setdefault(
                         f"{r.check_name}:{r.column or '-'}", {"rows": 0, "violating_rows": 0, "severity": r.severity}
@@ -720,6 +729,8 @@ def extract_table(
                     pending.popleft().result()
                 writer.close()
             writer = None
+            if on_checks is not None:
+                on_checks(table_checks.finish(bid, docs=True))
 
             if batch_fatal:
                 # The whole table is held back at the local level; nothing of it is published.
@@ -912,6 +923,48 @@ def _any(masks) -> pa.Array:
     for m in masks:
         out = m if out is None else pc.or_(out, m)
     return out
+
+
+REFERENCE_COLUMNS = {  # (schema, table): columns read for the cross-table checks
+    ("omop", "person"): (
+        "person_id",
+        "year_of_birth",
+        "month_of_birth",
+        "day_of_birth",
+        "birth_datetime",
+        "gender_concept_id",
+    ),
+    ("omop", "death"): ("person_id", "death_date"),
+    ("vocab", "concept"): ("concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason"),
+}
+
+
+def quality_reference(conn: psycopg.Connection) -> quality.Reference:
+    """PERSON (birth, gender) and DEATH rows of the source, and its vocabulary (`vocab.concept`) when it has one,
+    for the cross-table checks (plausibleAfterBirth / BeforeDeath / DuringLife, plausibleGender, isForeignKey,
+    fkDomain, fkClass and isStandardValidConcept on concept columns): streamed once per task, kept in memory
+    (one row per patient or concept), never written anywhere. A missing table leaves its checks not applicable."""
+    found: dict[str, pa.Table | None] = {}
+    for (schema_name, table), wanted in REFERENCE_COLUMNS.items():
+        have = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                (schema_name, table),
+            )
+        }
+        cols = [c for c in wanted if c in have]
+        if wanted[0] not in cols or len(cols) < 2:
+            found[table] = None
+            continue
+        spec = omop.table(table)
+        schema = pa.schema([pa.field(c, spec.column(c).arrow_type) for c in cols])
+        query = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(schema_name, table)
+        )
+        batches = list(stream_query(conn, query, cols, dict(zip(cols, schema.types, strict=True)), table=table))
+        found[table] = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+    return quality.Reference(person=found["person"], death=found["death"], concept=found["concept"])
 
 
 def _with_base(batches: Iterator[pa.RecordBatch], base_id: str) -> Iterator[pa.RecordBatch]:

@@ -12,7 +12,8 @@ Two engines evaluate the same suite and give the same numbers (`tests/unit/test_
   computed with vectorised `pyarrow.compute` / numpy (null counts, sortedness or direct-address
   counting of integer keys, hash or direct-address set membership, comparisons, value counts on
   concept columns, grouped counts for concept-level checks). The GX suite JSON is then the
-  *definition* of the checks (type, kwargs, mostly, DQD meta); GX itself does not execute.
+  *definition* of the checks (type, kwargs, mostly, DQD meta); GX does not execute in this engine
+  (it runs the same suites on a sample for the Data Docs: see "How Great Expectations is used").
 - `engine="gx"`: one GX 1.x validation per batch, in a process-wide ephemeral context created once
   (expectations parsed once and cached). The Arrow batch becomes a pandas frame (nullable `Int64`
   integers, `datetime64` dates), GX executes every `scope: batch` expectation except `cdmField`
@@ -60,14 +61,45 @@ A column-level fatal check (cdmDatatype: an integer field that is not integer-ty
 when its violating % is above its threshold. Convention and characterization failures only give
 `passed=False` and a warning: the batch is still published.
 
+How Great Expectations is used (decision)
+---------------------------------------
+The Arrow engine is the evaluator of record: it checks *every row* of every batch, and its numbers are
+the ones stored in the catalogue and acted on (quarantine, batch failure, warnings). GX 1.x runs the
+*same suites* for real, on a bounded sample, once per table and run (`TableChecks.finish(docs=True)`,
+called by `extract.extract_table` when the local task records its results): a fresh ephemeral context,
+a pandas data source on the sample (the first `EDS_QUALITY_DOCS_ROWS`, default 1,000, rows checked),
+a Checkpoint whose `UpdateDataDocsAction` builds **GX Data Docs into the state folder**
+(`$EDS_HOME/datadocs/local/<base>/<table>/index.html`, replaced at each run, path stored in the catalogue
+`quality_table.data_docs_path` for the operator UI). The Arrow engine runs on the same sample and every check
+where GX counts a different number of violating rows is recorded (`quality_table.gx_mismatches`; the tests
+inject defects and require 0). Why not GX on every row: measured above, GX costs ~80 s on 2 M rows against
+0.1-0.5 s for Arrow, which would break the 30 % budget; on a 1,000-row sample it costs about a second per
+table plus GX's import (once per process). `EDS_QUALITY_DOCS=off` skips it. `engine="gx"` remains for
+whole-batch cross-checks (tests, investigations).
+
 Privacy
 -------
 No value of the data ever leaves this module: results hold counts, percentages, check names and
 vocabulary concept ids (from the DQD catalogue) only. GX runs with a result format that returns no
-unexpected values, partial lists, index lists or rows (`exclude_unexpected_values`), its result
-objects are reduced to counts at once and never stored, and GX Data Docs are not used:
-`build_data_docs()` writes our own small static HTML (counts and percentages only), which is simpler
-and cannot leak a value through a GX renderer.
+unexpected values, partial lists, index lists or rows (`GX_RESULT_FORMAT`: BASIC with
+`exclude_unexpected_values`, `partial_unexpected_count=0`, no rows), in the per-batch validation and in the
+Data Docs checkpoint alike, so the Data Docs pages show counts and percentages only; the default GX ephemeral
+Data Docs site (a temp dir) is removed, only ours is built. `tests/unit/test_quality.py` plants identifier-like
+values in failing columns and greps every Data Docs HTML/JSON file, with a control run (GX's SUMMARY format)
+proving the same pages would show them otherwise. `build_data_docs()` additionally writes our own small
+static summary page (all tables of a run on one page).
+
+Catalogue and mutualised level
+------------------------------
+`TableChecks` sums the results of one table over its record batches (one entry per check: bounded memory)
+and names the action taken for each (`none`, `warn`, `quarantine_rows`, `fail_batch`);
+`record_table_quality` stores them (`catalogue.quality_check`, `catalogue.quality_table`), replacing a
+previous run of the same batch. At the mutualised level, `warehouse_checks` (SQL on the consolidated
+warehouse: person and visit foreign keys across sites, duplicate events from two sites) and
+`volume_checks` (each member base/table's latest night versus the median of its previous nights, from the
+catalogue's `run_table`) give results in the same DQD shape, stored by `record_platform_quality`.
+`export_dqd` (CLI `eds quality export --base X | --platform P`) rebuilds DQD's results JSON from the catalogue.
+Comparison with DQD's own checks: docs/quality.md.
 
 Overrides (per-base configuration) are keyed by `checkName:table.column` (optionally
 `:conceptId[:unitConceptId]`, the most specific key wins) and either set a new threshold or disable the
@@ -998,9 +1030,16 @@ def _gx_numerators(ev: _Eval, suites_dir: str, table: str, batch: pa.Table) -> t
     concept_ids = {r.check_id for r in ev.results if r.level == "CONCEPT" and r.evaluated}
     field_ids = {c.check_id for c in ev.plan.field_checks}
     validation = _gx_validate(suites_dir, table, batch, field_ids | concept_ids, ev.params)
+    out = _gx_counts(validation.results, batch)
+    del validation  # nothing of GX's result object outlives this function
+    return out
+
+
+def _gx_counts(gx_results, batch: pa.Table) -> tuple[dict[str, int], list[str]]:
+    """GX expectation results -> (check_id -> unexpected count, check_ids GX failed to evaluate)."""
     out: dict[str, int] = {}
     errors: list[str] = []
-    for r in validation.results:
+    for r in gx_results:
         check_id = r.expectation_config.meta["check_id"]
         if r.exception_info.get("raised_exception") or any(
             isinstance(v, dict) and v.get("raised_exception") for v in r.exception_info.values()
@@ -1016,7 +1055,6 @@ def _gx_numerators(ev: _Eval, suites_dir: str, table: str, batch: pa.Table) -> t
             out[check_id] = 0 if r.success else (batch.num_rows - (col.null_count if col is not None else 0))
         else:
             out[check_id] = int(r.result.get("unexpected_count") or 0)
-    del validation  # nothing of GX's result object outlives this function
     return out, errors
 
 
@@ -1289,3 +1327,677 @@ def build_data_docs(
     path.write_text(doc, encoding="utf-8")
     (out / "dqd_results.json").write_text(json.dumps(to_dqd_json(results), indent=1), encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# One table of one run: results aggregated over its record batches, the action taken, the catalogue
+
+DOCS_ENV = "EDS_QUALITY_DOCS"  # "off" disables the GX Data Docs build of the local level
+DOCS_ROWS_ENV = "EDS_QUALITY_DOCS_ROWS"  # rows of the bounded sample GX validates for Data Docs
+DEFAULT_DOCS_ROWS = 1000
+ROW_ACTIONS = ("none", "warn", "quarantine_rows", "fail_batch")
+
+
+def action(r: CheckResult, quarantine_limit_pct: float = DEFAULT_QUARANTINE_LIMIT_PCT) -> str:
+    """What the pipeline does about one result: none / warn / quarantine_rows / fail_batch."""
+    if r.status != "failed":
+        return "none"
+    if _over_batch_limit(r, quarantine_limit_pct):
+        return "fail_batch"
+    if _row_level(r):
+        return "quarantine_rows"
+    return "warn"
+
+
+@dataclass(frozen=True)
+class DataDocs:
+    """A GX Data Docs site built from a bounded sample, and whether GX agreed with the Arrow engine on it."""
+
+    path: str  # index.html
+    sample_rows: int
+    expectations: int
+    mismatches: tuple[str, ...] = ()  # check ids where GX and Arrow count different violating rows
+    errors: tuple[str, ...] = ()  # check ids GX could not evaluate
+
+
+@dataclass(frozen=True)
+class TableQuality:
+    """The quality of one table in one run: DQD-style results summed over every record batch."""
+
+    base: str
+    table: str
+    batch_id: str
+    engine: str
+    rows: int
+    quarantined_rows: int
+    batch_fatal: bool
+    results: tuple[CheckResult, ...]
+    actions: Mapping[str, str]  # check_id -> action
+    docs: DataDocs | None = None
+
+    def failed(self, severity: str | None = None) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.status == "failed" and severity in (None, r.severity))
+
+    def ref(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "table": self.table,
+            "batch_id": self.batch_id,
+            "rows": self.rows,
+            "quarantined_rows": self.quarantined_rows,
+            "batch_fatal": self.batch_fatal,
+            "checks": len(self.results),
+            "failed": {s: len(self.failed(s)) for s in (FATAL, CONVENTION, CHARACTERIZATION)},
+            "data_docs": self.docs.path if self.docs else None,
+        }
+
+
+class TableChecks:
+    """Sums `check_batch` results over the record batches of one table (memory: one entry per check) and
+    keeps a bounded sample of the rows (the first `sample_rows` checked) for the GX Data Docs."""
+
+    def __init__(self, base: str, table: str, *, sample_rows: int | None = None):
+        self.base, self.table = base, table
+        self.sample_rows = _docs_rows() if sample_rows is None else sample_rows
+        self._acc: dict[str, list] = {}  # check_id -> [first result, rows, violating, evaluated]
+        self._fatal_ids: set[str] = set()
+        self._sample: list[pa.Table] = []
+        self._sampled = 0
+        self.rows = self.quarantined = 0
+        self.batch_fatal = False
+        self.engine = "arrow"
+        self.limit = DEFAULT_QUARANTINE_LIMIT_PCT
+
+    def add(self, q: QualityResult, batch: pa.Table | None = None) -> None:
+        self.rows += q.rows
+        self.quarantined += q.quarantined_rows
+        self.batch_fatal |= q.batch_fatal
+        self.engine, self.limit = q.engine, q.quarantine_limit_pct
+        self._fatal_ids |= {r.check_id for r in q.fatal_failures}
+        for r in q.results:
+            acc = self._acc.setdefault(r.check_id, [r, 0, 0, False])
+            if r.evaluated:
+                if not acc[3]:
+                    acc[0] = r
+                acc[1] += r.rows
+                acc[2] += r.violating_rows
+                acc[3] = True
+        if batch is not None and self._sampled < self.sample_rows and batch.num_rows:
+            part = batch.slice(0, self.sample_rows - self._sampled)
+            self._sample.append(part)
+            self._sampled += part.num_rows
+
+    def sample(self) -> pa.Table | None:
+        if not self._sample:
+            return None
+        return pa.concat_tables(self._sample, promote_options="permissive")
+
+    def results(self) -> list[CheckResult]:
+        out = []
+        for first, rows, violating, evaluated in self._acc.values():
+            if not evaluated:
+                out.append(first)
+                continue
+            pct = _pct(violating, rows)
+            out.append(
+                _replace(
+                    first, rows=rows, violating_rows=violating, violating_pct=pct, passed=pct <= first.threshold_pct
+                )
+            )
+        return out
+
+    def finish(self, batch_id: str, *, docs: bool = False, docs_dir: Path | str | None = None) -> TableQuality:
+        """The table's `TableQuality`; with `docs`, GX validates the sample and builds Data Docs (a failure
+        to build them is logged, never raised: Data Docs are a view, not a gate)."""
+        results = self.results()
+        actions = {}
+        for r in results:
+            a = action(r, self.limit)
+            if a == "quarantine_rows" and r.check_id in self._fatal_ids and self.batch_fatal:
+                a = "fail_batch"
+            actions[r.check_id] = a
+        built = None
+        sample = self.sample()
+        if docs and sample is not None and sample.num_rows:
+            try:
+                built = gx_data_docs(
+                    self.base, self.table, sample, out_dir=docs_dir or docs_path("local", self.base, self.table)
+                )
+            except Exception as exc:  # never a value: GX exceptions are not echoed
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "%s.%s: GX Data Docs not built (%s)", self.base, self.table, type(exc).__name__
+                )
+        return TableQuality(
+            base=self.base,
+            table=self.table,
+            batch_id=batch_id,
+            engine=self.engine,
+            rows=self.rows,
+            quarantined_rows=self.quarantined,
+            batch_fatal=self.batch_fatal,
+            results=tuple(results),
+            actions=actions,
+            docs=built,
+        )
+
+
+def _docs_rows() -> int:
+    if os.environ.get(DOCS_ENV, "").lower() in ("off", "0", "false", "no"):
+        return 0
+    return int(os.environ.get(DOCS_ROWS_ENV, DEFAULT_DOCS_ROWS))
+
+
+def docs_path(level: str, scope: str, table: str) -> Path:
+    """`$EDS_HOME/datadocs/<level>/<scope>/<table>/`: the latest Data Docs of one table (replaced each run)."""
+    from eds_network.stack import home
+
+    return home() / "datadocs" / level / scope / table
+
+
+def _check_row(r: CheckResult, act: str, engine: str) -> dict[str, Any]:
+    return {
+        "base_id": r.base,
+        "check_id": r.check_id or r.dqd_check_id(),
+        "check_name": r.check_name,
+        "check_level": r.level,
+        "field_name": r.column,
+        "concept_id": r.concept_id,
+        "unit_concept_id": r.unit_concept_id,
+        "category": r.category,
+        "subcategory": r.subcategory,
+        "context": r.context,
+        "severity": r.severity,
+        "rows_checked": r.rows,
+        "violating_rows": r.violating_rows,
+        "violating_pct": float(r.violating_pct),
+        "threshold_pct": float(r.threshold_pct),
+        "passed": r.passed if r.evaluated else None,
+        "status": r.status,
+        "action": act,
+        "note": r.disabled_reason or r.not_applicable_reason or r.override,
+        "description": r.description,
+        "engine": engine,
+    }
+
+
+def record_table_quality(dsn: str, tq: TableQuality, *, level: str = "local", dag_run_id: str | None = None) -> int:
+    """Store one table's results in the catalogue (replacing a previous run of the same batch)."""
+    from eds_network import catalogue
+
+    failed = {s: len(tq.failed(s)) for s in (FATAL, CONVENTION, CHARACTERIZATION)}
+    return catalogue.record_quality(
+        dsn,
+        level=level,
+        scope_id=tq.base,
+        batch_id=tq.batch_id,
+        table_name=tq.table,
+        checks=[_check_row(r, tq.actions.get(r.check_id, "none"), tq.engine) for r in tq.results],
+        summary={
+            "engine": tq.engine,
+            "rows_checked": tq.rows,
+            "quarantined_rows": tq.quarantined_rows,
+            "batch_fatal": tq.batch_fatal,
+            "checks": len(tq.results),
+            "failed": failed,
+            "data_docs_path": tq.docs.path if tq.docs else None,
+            "gx_sample_rows": tq.docs.sample_rows if tq.docs else None,
+            "gx_mismatches": len(tq.docs.mismatches) if tq.docs else None,
+        },
+        dag_run_id=dag_run_id,
+    )
+
+
+def catalogue_recorder(dsn: str, *, dag_run_id: str | None = None):
+    """The callback a local task passes to `extract.extract_table(on_checks=…)`."""
+
+    def record(tq: TableQuality) -> None:
+        record_table_quality(dsn, tq, level="local", dag_run_id=dag_run_id)
+
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# GX Data Docs (the same suites, executed by GX on a bounded sample)
+
+
+def gx_data_docs(
+    base: str,
+    table: str,
+    sample: pa.Table,
+    *,
+    out_dir: Path | str,
+    suites_dir: Path | None = None,
+    today: dt.date | None = None,
+    result_format: Mapping[str, Any] | None = None,
+) -> DataDocs:
+    """Validate `sample` with GX 1.x (a Checkpoint in a fresh ephemeral context, the batch-scope
+    expectations of `table`'s suite) and build GX Data Docs into `out_dir` (replaced). The Arrow engine
+    runs on the same sample; every check where the two engines count different violating rows is listed
+    in `mismatches`. `result_format` is for tests only: the default returns no value of the data."""
+    import logging
+    import shutil
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    table = table.lower()
+    sdir = _suites_dir(suites_dir)
+    today = today or dt.date.today()
+    arrow = check_batch(base, table, sample, suites_dir=Path(sdir), today=today, engine="arrow")
+    plan = _plan(sdir, table)
+    ids = {c.check_id for c in plan.field_checks} | {
+        r.check_id for r in arrow.results if r.level == "CONCEPT" and r.evaluated
+    }
+    out = Path(out_dir).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    site = "eds_datadocs"
+    with _GX_LOCK:
+        context = gx.get_context(mode="ephemeral")
+        try:
+            context.variables.progress_bars = {"globally": False}
+        except Exception:  # older/newer config shapes: progress bars are cosmetic
+            pass
+        for name in context.get_site_names():  # the ephemeral default site (an empty temp dir): never built
+            backend = (context.variables.data_docs_sites or {}).get(name, {}).get("store_backend", {})
+            context.delete_data_docs_site(name)
+            tmp = Path(str(backend.get("base_directory", "")))
+            if tmp.is_absolute() and tmp.is_dir() and not any(tmp.iterdir()):
+                tmp.rmdir()
+        context.add_data_docs_site(
+            site_name=site,
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(out)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        batch_definition = (
+            context.data_sources.add_pandas("eds_sample")
+            .add_dataframe_asset(f"{base}.{table}")
+            .add_batch_definition_whole_dataframe("sample")
+        )
+        wanted = [
+            e
+            for e in plan.suite_json["expectations"]
+            if e["meta"]["check_id"] in ids
+            and e["meta"].get("scope") == BATCH
+            and e["type"] != "expect_column_to_exist"
+        ]
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=f"{base}.{table}", expectations=json.loads(json.dumps(wanted)))
+        )
+        vd = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{base}.{table}.sample", data=batch_definition, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{base}.{table}",
+                validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[site])],
+                result_format=dict(result_format or GX_RESULT_FORMAT),
+            )
+        )
+        run = checkpoint.run(
+            batch_parameters={"dataframe": _to_pandas(sample, table)},
+            expectation_parameters=dqd.suite_parameters(today),
+        )
+        counts: dict[str, int] = {}
+        errors: list[str] = []
+        for validation in run.run_results.values():
+            c, e = _gx_counts(validation.results, sample)
+            counts.update(c)
+            errors += e
+        del run
+    mismatches = tuple(
+        sorted(
+            r.check_id
+            for r in arrow.results
+            if r.evaluated and r.check_id in counts and counts[r.check_id] != r.violating_rows
+        )
+    )
+    index = out / "index.html"
+    if not index.is_file():
+        raise QualityError("GX did not write Data Docs", base=base, table=table)
+    return DataDocs(str(index), sample.num_rows, len(counts) + len(errors), mismatches, tuple(sorted(errors)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mutualised level: checks on the consolidated warehouse (SQL), and volume versus history (catalogue)
+
+# Event tables: (concept column, date column, value columns) that make two rows "the same event".
+DUPLICATE_EVENT_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "visit_occurrence": ("visit_concept_id", "visit_start_date", ("visit_end_date",)),
+    "condition_occurrence": ("condition_concept_id", "condition_start_date", ()),
+    "drug_exposure": ("drug_concept_id", "drug_exposure_start_date", ("quantity",)),
+    "procedure_occurrence": ("procedure_concept_id", "procedure_date", ()),
+    "measurement": (
+        "measurement_concept_id",
+        "measurement_date",
+        ("value_as_number", "value_as_concept_id", "unit_concept_id"),
+    ),
+    "observation": (
+        "observation_concept_id",
+        "observation_date",
+        ("value_as_number", "value_as_string", "value_as_concept_id"),
+    ),
+}
+DUPLICATE_THRESHOLD_PCT = 5.0
+VOLUME_DROP_PCT = 50.0
+VOLUME_NIGHTS = 7
+VOLUME_MIN_HISTORY = 3
+
+
+def _warehouse_result(platform: str, table: str, column: str, name: str, total: int, bad: int, **kw) -> CheckResult:
+    threshold = kw.pop("threshold_pct", 0.0)
+    total, bad = int(total), int(bad)  # sum() over bigint is numeric
+    pct = _pct(bad, total)
+    return CheckResult(
+        check_name=name,
+        table=table,
+        column=column,
+        threshold_pct=threshold,
+        rows=int(total),
+        violating_rows=int(bad),
+        violating_pct=pct,
+        passed=pct <= threshold,
+        scope="warehouse",
+        check_id=f"{name}:{table}.{column}" if column else f"{name}:{table}",
+        base=platform,
+        **kw,
+    )
+
+
+def warehouse_checks(conn, platform: str, tables: Iterable[str]) -> list[CheckResult]:
+    """Cross-site checks on the consolidated warehouse (`omop.*` with `_site`), one SQL query per check:
+
+    - isForeignKey (fatal, 0 %): every event's person_id exists in omop.person; every visit_occurrence_id
+      exists in omop.visit_occurrence *and comes from the same site* (an event of site A must not point
+      to a visit of site B).
+    - crossSiteDuplicates (characterization, 5 %): rows of a same person / concept / date / value seen at two
+      or more sites; violating rows are the copies beyond the first of each such group.
+    Results are in the DQD shape (`base` is the platform); not evaluated when a table is missing."""
+    from psycopg import sql
+
+    tables = list(tables)
+    present = {
+        r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'omop'")
+    }
+    out: list[CheckResult] = []
+    fk = {"category": "Conformance", "subcategory": "Relational", "severity": FATAL, "context": "verification"}
+    for t in tables:
+        if t not in present or t == "person":
+            continue
+        spec = omop.table(t)
+        T = sql.Identifier(t)
+        if spec.has("person_id") and "person" in present:
+            total, bad = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), count(*) FILTER (WHERE e.person_id IS NOT NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id)) FROM omop.{} e"
+                ).format(T)
+            ).fetchone()
+            out.append(
+                _warehouse_result(
+                    platform,
+                    t,
+                    "person_id",
+                    "isForeignKey",
+                    total,
+                    bad,
+                    expectation_type="sql",
+                    level="FIELD",
+                    description="person_id found in PERSON (consolidated warehouse, all sites)",
+                    **fk,
+                )
+            )
+        if t != "visit_occurrence" and spec.has("visit_occurrence_id") and "visit_occurrence" in present:
+            total, bad = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), count(*) FILTER (WHERE e.visit_occurrence_id IS NOT NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM omop.visit_occurrence v WHERE v.visit_occurrence_id = e.visit_occurrence_id "
+                    "AND v._site = e._site)) FROM omop.{} e"
+                ).format(T)
+            ).fetchone()
+            out.append(
+                _warehouse_result(
+                    platform,
+                    t,
+                    "visit_occurrence_id",
+                    "isForeignKey",
+                    total,
+                    bad,
+                    expectation_type="sql",
+                    level="FIELD",
+                    description="visit_occurrence_id found in VISIT_OCCURRENCE at the same site",
+                    **fk,
+                )
+            )
+        keys = DUPLICATE_EVENT_KEYS.get(t)
+        if keys and spec.has("person_id"):
+            concept, date, values = keys
+            cols = [c for c in ("person_id", concept, date, *values) if spec.has(c)]
+            total, bad = conn.execute(
+                sql.SQL(
+                    "SELECT coalesce(sum(n), 0), coalesce(sum(n - 1) FILTER (WHERE sites > 1), 0) FROM "
+                    "(SELECT count(*) AS n, count(DISTINCT _site) AS sites FROM omop.{} GROUP BY {}) g"
+                ).format(T, sql.SQL(", ").join(map(sql.Identifier, cols)))
+            ).fetchone()
+            out.append(
+                _warehouse_result(
+                    platform,
+                    t,
+                    concept,
+                    "crossSiteDuplicates",
+                    total,
+                    bad,
+                    threshold_pct=DUPLICATE_THRESHOLD_PCT,
+                    category="Plausibility",
+                    subcategory="Uniqueness",
+                    severity=CHARACTERIZATION,
+                    context="validation",
+                    expectation_type="sql",
+                    level="TABLE",
+                    description=f"same {', '.join(cols)} from two or more sites",
+                )
+            )
+    return out
+
+
+def volume_check(
+    base: str,
+    table: str,
+    today: int | None,
+    history: Sequence[int],
+    *,
+    drop_pct: float = VOLUME_DROP_PCT,
+    min_history: int = VOLUME_MIN_HISTORY,
+) -> CheckResult:
+    """volumeDrop: `today`'s row count versus the median of the previous nights' (`history`).
+    Failed when it is more than `drop_pct` % below; not evaluated on the first nights (fewer than
+    `min_history` previous nights) or when the median is 0. Severity characterization: a warning."""
+    prior = [int(h) for h in history if h is not None]
+    median = statistics.median(prior) if prior else 0
+    expected = int(math.ceil(median))
+    drop = 100.0 * (median - (today or 0)) / median if median > 0 and today is not None else 0.0
+    reason = None
+    if today is None:
+        reason = "no run recorded for this table"
+    elif len(prior) < min_history:
+        reason = f"first nights: {len(prior)} previous night(s), {min_history} needed"
+    elif median <= 0:
+        reason = "no rows in the previous nights"
+    return CheckResult(
+        check_name="volumeDrop",
+        table=table,
+        column="",
+        category="Completeness",
+        subcategory="Volume",
+        severity=CHARACTERIZATION,
+        threshold_pct=float(drop_pct),
+        rows=expected,
+        violating_rows=max(0, expected - int(today or 0)) if reason is None else 0,
+        violating_pct=round(max(drop, 0.0), 6) if reason is None else 0.0,
+        passed=reason is None and drop <= drop_pct,
+        expectation_type="expect_table_row_count_to_be_between",
+        scope="history",
+        context="validation",
+        level="TABLE",
+        check_id=f"volumeDrop:{table}",
+        description=f"row count vs the median of the last {len(prior)} night(s) ({expected} rows)",
+        not_applicable_reason=reason,
+        base=base,
+    )
+
+
+def volume_checks(
+    catalogue_dsn: str,
+    bases: Mapping[str, Iterable[str]],
+    *,
+    nights: int = VOLUME_NIGHTS,
+    drop_pct: float = VOLUME_DROP_PCT,
+    min_history: int = VOLUME_MIN_HISTORY,
+) -> list[CheckResult]:
+    """volumeDrop for each base -> tables: the latest local run's extracted rows (catalogue `run_table`)
+    versus the median of the `nights` previous runs of the same base and table."""
+    from eds_network import catalogue
+
+    out = []
+    for base, tables in bases.items():
+        for t in tables:
+            runs = catalogue.table_volumes(catalogue_dsn, base, t, nights=nights + 1)
+            today = runs[0][1] if runs else None
+            out.append(
+                volume_check(base, t, today, [n for _, n in runs[1:]], drop_pct=drop_pct, min_history=min_history)
+            )
+    return out
+
+
+def record_platform_quality(
+    dsn: str, platform: str, batch_id: str, results: Iterable[CheckResult], *, dag_run_id: str | None = None
+) -> dict[str, Any]:
+    """Store mutualised-level results (warehouse and volume checks) per table; returns counts for XCom.
+    Action: `warn` for every failure (the warehouse is already merged; the operator acts on it)."""
+    by_table: dict[str, list[CheckResult]] = {}
+    for r in results:
+        by_table.setdefault(r.table, []).append(r)
+    failed: dict[str, int] = {}
+    from eds_network import catalogue
+
+    for t, rs in sorted(by_table.items()):
+        rows = [_check_row(r, "warn" if r.status == "failed" else "none", "sql") for r in rs]
+        for r in rs:
+            if r.status == "failed":
+                failed[r.check_id if r.base == platform else f"{r.check_id}@{r.base}"] = 1
+        catalogue.record_quality(
+            dsn,
+            level="mutualised",
+            scope_id=platform,
+            batch_id=batch_id,
+            table_name=t,
+            checks=rows,
+            summary={
+                "engine": "sql",
+                "rows_checked": max((r.rows for r in rs if r.scope == "warehouse"), default=0),
+                "checks": len(rs),
+                "failed": {
+                    s: sum(r.status == "failed" and r.severity == s for r in rs)
+                    for s in (FATAL, CONVENTION, CHARACTERIZATION)
+                },
+            },
+            dag_run_id=dag_run_id,
+        )
+    return {"checks": sum(len(v) for v in by_table.values()), "failed": sorted(failed)}
+
+
+# --------------------------------------------------------------------------------------------------
+# DQD-compatible export from the catalogue
+
+
+def _from_row(row: Mapping[str, Any]) -> CheckResult:
+    na = row["status"] == "not_applicable"
+    disabled = row["status"] == "disabled"
+    return CheckResult(
+        check_name=row["check_name"],
+        table=row["table_name"],
+        column=row["field_name"] or "",
+        category=row["category"],
+        subcategory=row["subcategory"] or "",
+        severity=row["severity"],
+        threshold_pct=float(row["threshold_pct"]),
+        rows=int(row["rows_checked"]),
+        violating_rows=int(row["violating_rows"]),
+        violating_pct=float(row["violating_pct"]),
+        passed=bool(row["passed"]),
+        expectation_type="",
+        scope=row["level"],
+        context=row["context"] or "",
+        level=row["check_level"],
+        concept_id=row["concept_id"],
+        unit_concept_id=row["unit_concept_id"],
+        check_id=row["check_id"],
+        description=row["description"] or "",
+        not_applicable_reason=(row["note"] or "not applicable") if na else None,
+        disabled_reason=(row["note"] or "disabled") if disabled else None,
+        base=row["base_id"],
+    )
+
+
+def export_dqd(
+    dsn: str, *, base: str | None = None, platform: str | None = None, batch_id: str | None = None
+) -> dict[str, Any]:
+    """The DQD results JSON of one run, from the catalogue: a base's local run (`base`) or a platform's
+    mutualised run (`platform`); the latest recorded batch unless `batch_id` is given."""
+    from eds_network import catalogue
+
+    if (base is None) == (platform is None):
+        raise ConfigError("export quality results of one base or one platform")
+    level, scope = ("local", base) if base else ("mutualised", platform)
+    batch = batch_id or next(iter(catalogue.quality_batches(dsn, level, scope)), None)
+    if batch is None:
+        raise QualityError(f"no quality results recorded for {level} {scope}", base=base)
+    checks, tables = catalogue.quality_results(dsn, level, scope, batch)
+    if not checks:
+        raise QualityError(f"no quality results recorded for batch {batch}", base=base)
+    results = []
+    for row in checks:
+        r = _from_row(row)
+        results.append((r, row))
+    doc = to_dqd_json(
+        [r for r, _ in results],
+        metadata={
+            "CDM_SOURCE_NAME": scope,
+            "CDM_SOURCE_ABBREVIATION": scope,
+            "CDM_VERSION": "5.4",
+            "CDM_RELEASE_DATE": min(t["recorded_at"] for t in tables).date().isoformat() if tables else None,
+            "SOURCE_DESCRIPTION": f"eds-network {level} run, batch {batch}",
+            "DQD_VERSION": "eds-network (OHDSI DQD 5.4 check names)",
+            "VOCABULARY_VERSION": None,
+        },
+        started_at=min(r["recorded_at"] for r in checks),
+        ended_at=max(r["recorded_at"] for r in checks),
+    )
+    for item, (_, row) in zip(doc["CheckResults"], results, strict=True):
+        item["action"] = row["action"]
+        item["engine"] = row["engine"]
+        item["batchId"] = batch
+    doc["DataDocs"] = {t["table_name"]: t["data_docs_path"] for t in tables if t.get("data_docs_path")}
+    return doc
+
+
+def check_platform(
+    platform, warehouse_dsn: str, catalogue_dsn: str, batch_id: str, *, dag_run_id: str | None = None
+) -> dict[str, Any]:
+    """The mutualised level's checks for one platform (`config.Platform`): warehouse checks, and the volume
+    of each member base/table versus its previous nights; stored in the catalogue. Returns counts."""
+    import psycopg
+
+    tables = list(dict.fromkeys(t for b in platform.members for t in b.tables))
+    with psycopg.connect(warehouse_dsn) as conn:
+        results = warehouse_checks(conn, platform.id, tables)
+    results += volume_checks(catalogue_dsn, {b.id: b.tables for b in platform.members})
+    return record_platform_quality(catalogue_dsn, platform.id, batch_id, results, dag_run_id=dag_run_id)

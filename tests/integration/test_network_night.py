@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import psycopg
 import pyarrow as pa
@@ -198,14 +199,35 @@ def test_no_identifier_reaches_intake_warehouse_landing_zone_or_catalogue(night,
                         buf.write(chunk)
                 haystacks[f"wh_{p.id}.{t}"] = buf.getvalue().decode()
     with psycopg.connect(stack.dsn("catalogue")) as conn:
-        for t in ("run", "run_table", "delivery", "audit", "milestone"):
+        for t in ("run", "run_table", "delivery", "audit", "milestone", "quality_check", "quality_table"):
             rows = conn.execute(sql.SQL("SELECT * FROM catalogue.{}").format(sql.Identifier(t))).fetchall()
             haystacks[f"catalogue.{t}"] = json.dumps(rows, default=str, ensure_ascii=False)
+    for page in (stack.root / "datadocs").rglob("*.html"):  # GX Data Docs of the local level
+        haystacks[str(page)] = page.read_text(errors="replace")
     assert _scan(haystacks, values) == []
     # The scan is not vacuous: one planted NIR in one place is found, and only there.
     where = sorted(haystacks)[0]
     planted = {**haystacks, where: haystacks[where] + " " + sorted(values["nir"])[0]}
     assert _scan(planted, values) == [(where, "nir")]
+
+
+def test_quality_results_of_every_table_and_platform_are_in_the_catalogue_with_data_docs(night, stack):
+    dsn = stack.dsn("catalogue")
+    for b in NETWORK.local_bases:
+        batch = catalogue.quality_batches(dsn, "local", b.id)[0]
+        checks, tables = catalogue.quality_results(dsn, "local", b.id, batch)
+        assert {t["table_name"] for t in tables} == set(b.tables), b.id
+        assert not [r["check_id"] for r in checks if r["severity"] == "fatal" and r["action"] == "fail_batch"], b.id
+        assert all(
+            t["data_docs_path"] and (stack.root / "datadocs") in Path(t["data_docs_path"]).parents for t in tables
+        )
+        assert all(Path(t["data_docs_path"]).is_file() and t["gx_mismatches"] == 0 for t in tables), b.id
+    for p in NETWORK.platforms:
+        batch = catalogue.quality_batches(dsn, "mutualised", p.id)[0]
+        checks, _ = catalogue.quality_results(dsn, "mutualised", p.id, batch)
+        names = {r["check_name"] for r in checks}
+        assert {"isForeignKey", "crossSiteDuplicates", "volumeDrop"} <= names, p.id
+        assert {r["base_id"] for r in checks if r["check_name"] == "volumeDrop"} == {m.id for m in p.members}
 
 
 def test_a_second_night_changes_nothing_and_is_not_delivered_twice(night, stack):

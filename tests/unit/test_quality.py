@@ -548,3 +548,106 @@ def test_raw_gx_validation_result_holds_no_value():
     assert '"unexpected_count": ' in text
     for planted in ("DUPONT", "1750375123456", str(PLANTED_ID), str(PLANTED_PK), "1912", "partial_unexpected_list"):
         assert planted not in text, planted
+
+
+# ------------------------------------------------------------------------------------------------
+# One table over several record batches: summed results and the action taken
+
+
+def test_table_checks_sum_record_batches_and_name_the_action():
+    tc = quality.TableChecks("chu_test", "measurement", sample_rows=25)
+    known = pa.array([1, 2, 3])
+    first = measurement(20, person_id=[1, 2, 3] * 6 + [None, 3])  # one null person: quarantined
+    dates = [dt.date(2021, 3, 1)] * 20
+    dates[0] = dt.date(1912, 3, 4)  # plausibleValueLow (characterization): a warning
+    second = measurement(20, measurement_id=list(range(101, 121)), measurement_date=dates)
+    for batch in (first, second):
+        tc.add(run(batch, known_person_ids=known, reference=REF), batch)
+    tq = tc.finish("b1")
+    assert tq.rows == 40 and tq.quarantined_rows == 1 and not tq.batch_fatal
+    req = next(r for r in tq.results if r.check_id == "isRequired:measurement.person_id")
+    assert (req.rows, req.violating_rows, req.violating_pct, req.status) == (40, 1, 2.5, "failed")
+    assert tq.actions[req.check_id] == "quarantine_rows"
+    low = next(r for r in tq.results if r.check_id == "plausibleValueLow:measurement.measurement_date")
+    assert (low.rows, low.violating_rows, low.severity) == (40, 1, dqd.CHARACTERIZATION)
+    assert tq.actions[low.check_id] == "warn"
+    assert tq.actions["isPrimaryKey:measurement.measurement_id"] == "none"
+    assert tc.sample().num_rows == 25  # bounded sample: 20 rows of the first batch, 5 of the second
+
+
+def test_a_fatal_table_names_fail_batch_as_the_action():
+    tc = quality.TableChecks("chu_test", "measurement", sample_rows=0)
+    batch = measurement(20, person_id=[None] * 5 + [1] * 15)  # 25 % null person_id > 5 % limit
+    tc.add(run(batch, known_person_ids=pa.array([1])))
+    tq = tc.finish("b1")
+    assert tq.batch_fatal and tq.actions["isRequired:measurement.person_id"] == "fail_batch"
+    assert tq.docs is None and tc.sample() is None
+
+
+def test_volume_check_first_nights_are_not_evaluated_and_an_80_pct_drop_fails():
+    r = quality.volume_check("chu_test", "measurement", 1000, [1000, 1100])
+    assert r.status == "not_applicable" and "first nights" in r.not_applicable_reason
+    r = quality.volume_check("chu_test", "measurement", 200, [1000, 1100, 950, 1000, 1020])
+    assert r.status == "failed" and r.violating_pct == pytest.approx(80.0) and r.severity == dqd.CHARACTERIZATION
+    assert quality.action(r) == "warn"
+    assert quality.volume_check("chu_test", "measurement", 900, [1000] * 5).status == "passed"
+    assert quality.volume_check("chu_test", "measurement", None, [1000] * 5).status == "not_applicable"
+
+
+# ------------------------------------------------------------------------------------------------
+# GX Data Docs on a sample: the same suite executed by GX, agreeing with Arrow, showing no value
+
+PLANTED_VALUE = 1750375123456.0  # an NIR-looking number in a failing column (plausibleValueHigh)
+
+
+def docs_defect_batch() -> pa.Table:
+    b = defect_batch()
+    values = b.column("value_as_number").to_pylist()
+    values[0] = PLANTED_VALUE
+    return b.set_column(b.schema.get_field_index("value_as_number"), "value_as_number", pa.array(values, pa.float64()))
+
+
+def _all_text(folder) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.suffix in (".html", ".json", ".js"))
+
+
+@pytest.fixture(scope="module")
+def gx_docs(tmp_path_factory):
+    pytest.importorskip("great_expectations")
+    out = tmp_path_factory.mktemp("datadocs") / "chu_test" / "measurement"
+    return quality.gx_data_docs("chu_test", "measurement", docs_defect_batch(), out_dir=out, today=TODAY), out
+
+
+def test_gx_data_docs_are_built_and_gx_agrees_with_arrow_on_injected_defects(gx_docs):
+    docs, out = gx_docs
+    assert docs.path == str((out / "index.html").resolve()) and (out / "index.html").is_file()
+    assert list(out.glob("validations/**/*.html")), "a validation page per run"
+    assert docs.sample_rows == 30 and docs.expectations > 20
+    assert docs.mismatches == () and docs.errors == ()
+    text = _all_text(out)
+    # The failures are in the docs (so the grep below looks at pages that do show the failing checks).
+    assert "measurement_id" in text and "value_as_number" in text
+
+
+def test_gx_data_docs_show_no_identifier_like_value(gx_docs):
+    _, out = gx_docs
+    text = _all_text(out)
+    planted = ("DUPONT", "Jean-Michel", "1750375123456", str(PLANTED_ID), str(PLANTED_PK), "1912-03-04", "1912")
+    for value in planted:
+        assert value not in text, value
+
+
+def test_with_gx_default_result_format_the_same_docs_would_leak(tmp_path):
+    """Control: the grep above can fail - GX's own default format puts the planted values in the docs."""
+    pytest.importorskip("great_expectations")
+    out = tmp_path / "leaky"
+    quality.gx_data_docs(
+        "chu_test",
+        "measurement",
+        docs_defect_batch(),
+        out_dir=out,
+        today=TODAY,
+        result_format={"result_format": "SUMMARY"},
+    )
+    text = _all_text(out)
+    assert str(PLANTED_PK) in text or "1750375123456" in text
