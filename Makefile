@@ -23,7 +23,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v python3.11 >/dev/null || { echo "Python 3.11 is required"; exit 1; }
 	@python3.11 -m uv --version >/dev/null 2>&1 || python3.11 -m pip install -q uv
 	@[ -x $(PY) ] || python3.11 -m uv venv -q --python python3.11 $(VENV)
-	python3.11 -m uv pip install -q --python $(PY) -r requirements.txt -r requirements-dev.txt
+	python3.11 -m uv pip install -q --compile-bytecode --python $(PY) -r requirements.txt -r requirements-dev.txt
 	python3.11 -m uv pip install -q --python $(PY) --no-deps -e .
 	python3.11 -m uv pip check --python $(PY)
 	@touch $(STAMP)

@@ -73,6 +73,8 @@ def s3_client(endpoint_url: str | None, access_key: str | None, secret_key: str 
     cfg = Config(
         region_name=region,
         retries={"max_attempts": 5, "mode": "standard"},
+        # completing a large multipart upload can take longer than botocore's 60 s default on a busy endpoint
+        read_timeout=300,
         # boto3 >= 1.36 sends new default checksums that some S3-compatible servers reject.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
