@@ -93,6 +93,10 @@ def eds_national():
 
         get_current_context()["platform_id"] = delivery["platform"]
         network = load_network()
+        if delivery["status"] == "already_delivered" and delivery.get("delivery_id"):
+            catalogue.record_already_delivered(
+                catalogue_dsn(network), platform_id=delivery["platform"], delivery_id=delivery["delivery_id"]
+            )
         if delivery["status"] != "delivered":
             return
         doc = step.receipt(

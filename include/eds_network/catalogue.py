@@ -528,6 +528,19 @@ def mark_transfer_channel(
     return done
 
 
+def record_already_delivered(dsn: str, *, platform_id: str, delivery_id: str, actor: str = "airflow") -> bool:
+    """A national run found its delivery already in the landing zone: the run that delivered it becomes the
+    platform's latest again (its row accounting and receipt kept). Returns whether that run is known here."""
+    with engine(dsn).begin() as conn:
+        n = conn.execute(
+            run_t.update()
+            .where(run_t.c.level == "national", run_t.c.scope_id == platform_id, run_t.c.batch_id == delivery_id)
+            .values(recorded_at=func.now())
+        ).rowcount
+        audit(conn, actor, "delivery.already_delivered", f"delivery:{delivery_id}", {"platform": platform_id})
+    return bool(n)
+
+
 def record_national_linkage(dsn: str, summary: dict) -> int:
     """Store a national linkage summary (see transfer.national_linkage): one row per pair of deliveries."""
     with engine(dsn).begin() as conn:

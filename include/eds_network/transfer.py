@@ -454,8 +454,8 @@ def national_linkage(
     """Per platform pair, how many persons share a level-2 pseudonym in the platforms' current deliveries.
 
     Reads only the `person_id` column of each delivered person file (checked against its manifest SHA-256) and
-    writes a summary object next to the deliveries, named by the deliveries it covers (written once). Returns the
-    summary (counts and references only)."""
+    writes a summary object next to the deliveries, named by the deliveries it covers (written once; none when
+    fewer than two platforms are delivered). Returns the summary (counts and references only)."""
     landing.require_tls(allow_loopback_http=target.allow_plain_http_loopback, what="HDH landing zone")
     s3 = landing.client()
     bucket = target.landing_zone.bucket
@@ -496,11 +496,13 @@ def national_linkage(
         "pairs": pairs,
         "computed_at": dt.datetime.now(dt.UTC).isoformat(),
     }
-    if platforms and object_exists(s3, bucket, key) is None:
+    if len(platforms) < 2:  # nothing to link (a single platform delivered, or others skipped): no object
+        key = None
+    elif object_exists(s3, bucket, key) is None:
         sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else {}
         put_json(s3, bucket, key, doc, **(sse or {"ServerSideEncryption": "AES256"}))
         if not _encrypted(object_exists(s3, bucket, key)):
             s3.delete_object(Bucket=bucket, Key=key)
             raise TransferError(f"the landing zone did not apply encryption at rest to {key}")
     log.info("national linkage over %d platforms: %s", len(platforms), pairs)
-    return {"summary_key": key if platforms else None, **doc}
+    return {"summary_key": key, **doc}

@@ -318,3 +318,42 @@ def test_catalogue_audit_records_the_key_versions_each_level_used(night, stack):
     spellings = {s for ss in _key_spellings(stack).values() for s in ss}
     text = json.dumps(used, default=str)
     assert not [s for s in spellings if s in text]
+
+
+def test_national_linkage_states_shared_persons_per_platform_pair_as_the_ground_truth(night, stack):
+    truth = seed.ground_truth(NETWORK)["bases"]
+    idf_keys = {k for b in ("hosp_a", "hosp_b", "hosp_c") for k in truth[b]["linkage_keys"]}
+    expected = len(idf_keys & set(truth["hosp_d"]["linkage_keys"]))
+    rows = catalogue.national_linkage(stack.dsn("catalogue"))
+    assert [(r["platform_a"], r["platform_b"], r["shared_persons"]) for r in rows] == [("idf", "onco", expected)]
+    s3 = stack.s3_client()
+    summary = read_json(s3, NETWORK.national.landing_zone.bucket, rows[0]["summary_key"])
+    assert summary["pairs"][0]["shared_persons"] == expected
+    assert set(summary["deliveries"]) == {"idf", "onco"}
+
+
+def test_landing_zone_holds_no_level1_pseudonym_nor_transport_token(night, stack):
+    s3 = stack.s3_client()
+    level1: set[int] = set()
+    tokens: set[str] = set()
+    for p in NETWORK.platforms:
+        for key, t in _parquet_objects(s3, p.outbox.bucket).items():
+            if key.split("/")[-1].startswith("person."):
+                level1 |= set(t.column("person_id").to_pylist())
+                tokens |= set(t.column("_transport_token").to_pylist())
+    assert len(level1) > 100 and len(tokens) > 100
+    zone = NETWORK.national.landing_zone
+    national: set[int] = set()
+    texts: dict[str, str] = {}
+    for key in list_keys(s3, zone.bucket, zone.prefix):
+        body = s3.get_object(Bucket=zone.bucket, Key=key)["Body"].read()
+        if key.endswith(".parquet"):
+            t = pq.read_table(io.BytesIO(body))
+            if "person_id" in t.column_names:
+                national |= set(t.column("person_id").to_pylist())
+            texts[key] = _text_of(t)
+        else:
+            texts[key] = body.decode("utf-8", "replace")
+    assert national and not national & level1
+    forbidden = {str(i) for i in level1} | tokens
+    assert [k for k, text in texts.items() if _tokens(text) & forbidden] == []

@@ -387,11 +387,13 @@ def test_loopback_http_is_accepted_only_when_explicitly_allowed(stack, tag, targ
 
 # -- 5. encryption at rest ---------------------------------------------------------------------------------------
 def test_every_landing_object_is_encrypted_at_rest(stack, tag, target):
-    platform = _platform("idf", tag)
-    _package(stack, platform, _tokens(20))
-    d = transfer.transfer_platform(platform, target, _resources(stack), milestones=ALL_MILESTONES)
-    transfer.receipt(target, _resources(stack).landing, d.delivery_id)
-    transfer.national_linkage(target, _resources(stack).landing, [d.ref()])
+    refs = []
+    for pid in ("idf", "onco"):
+        _package(stack, _platform(pid, tag), _tokens(20))
+        d = transfer.transfer_platform(_platform(pid, tag), target, _resources(stack), milestones=ALL_MILESTONES)
+        transfer.receipt(target, _resources(stack).landing, d.delivery_id)
+        refs.append(d.ref())
+    transfer.national_linkage(target, _resources(stack).landing, refs)
     s3 = stack.s3_client()
     keys = _landing(stack, target)
     assert any(k.endswith("_receipt.json") for k in keys) and any("/linkage/" in k for k in keys)
@@ -475,6 +477,14 @@ def test_a_platform_is_delivered_only_when_every_member_has_contract_and_prepara
     d = transfer.transfer_platform(platform, target, _resources(stack), milestones=reached())
     assert d.status == "delivered"
     assert len(_manifests(stack, target)) == 1
+    # the receipt task records the delivering run; a later run finding it already delivered makes it latest again
+    catalogue.record_run(fresh_db, level="national", scope_id="idf", batch_id=d.delivery_id, status="success")
+    catalogue.record_skipped_delivery(fresh_db, platform_id="idf", source_delivery="later", skipped={"x": ["y"]})
+    again = transfer.transfer_platform(platform, target, _resources(stack), milestones=reached())
+    assert (again.status, again.delivery_id) == ("already_delivered", d.delivery_id)
+    assert catalogue.record_already_delivered(fresh_db, platform_id="idf", delivery_id=again.delivery_id)
+    run = next(r for r in catalogue.latest_runs(fresh_db) if r["level"] == "national")
+    assert (run["status"], run["batch_id"]) == ("success", d.delivery_id)
 
 
 # -- 8 and 9. national linkage; nothing identifying or level-1 in the landing zone ------------------------------
@@ -500,6 +510,10 @@ def test_shared_persons_per_platform_pair_are_stated_and_recorded(stack, tag, ta
     rows = catalogue.national_linkage(fresh_db)
     assert [(r["platform_a"], r["platform_b"], r["shared_persons"]) for r in rows] == [("idf", "onco", 12)]
     assert rows[0]["delivery_a"] == refs[0]["delivery_id"]
+    # a single platform delivered (the other skipped): nothing to link, no summary object
+    alone = transfer.national_linkage(target, res.landing, [refs[0], {"platform": "onco", "status": "skipped"}])
+    assert alone["summary_key"] is None and alone["pairs"] == []
+    assert [k for k in _landing(stack, target) if "/linkage/" in k] == [summary["summary_key"]]
 
     # 9: the landing zone holds no level-1 id, no transport token (sealed or open), no identity value
     s3 = stack.s3_client()
