@@ -277,8 +277,11 @@ def s3_places(s3, bucket: str, prefix: str = "", area: str = "s3") -> Iterator[P
 def _copy_text(dsn: str, schema: str, table: str) -> Iterator[str]:
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         stmt = sql.SQL("COPY {}.{} TO STDOUT").format(sql.Identifier(schema), sql.Identifier(table))
-        with cur.copy(stmt) as cp:
-            yield from _line_chunks(bytes(c).decode("utf-8", "replace") for c in cp)
+        try:
+            with cur.copy(stmt) as cp:
+                yield from _line_chunks(bytes(c).decode("utf-8", "replace") for c in cp)
+        except psycopg.errors.UndefinedTable:
+            return  # dropped since the listing
 
 
 def pg_places(dsn: str, label: str, area: str = "database", exclude_schemas: Iterable[str] = ()) -> Iterator[Place]:

@@ -13,7 +13,7 @@ from eds_network import catalogue, cli, faults, publish
 from eds_network.config import load_network
 from eds_network.storage import list_keys, read_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 NETWORK = load_network()
 BASE = NETWORK.base("hosp_c")

@@ -109,12 +109,14 @@ def scanned(planted_night, stack):
 
 @pytest.mark.integration
 @pytest.mark.airflow
+@pytest.mark.timeout(3600)  # includes the shared night (fixture setup counts): ~3 min idle, 20+ min on a loaded machine
 def test_the_night_with_planted_identifiers_succeeds(planted_night):
     assert [d for d, ok, _ in planted_night["results"] if not ok] == []
 
 
 @pytest.mark.integration
 @pytest.mark.airflow
+@pytest.mark.timeout(3600)  # includes the shared night (fixture setup counts): ~3 min idle, 20+ min on a loaded machine
 def test_no_identifier_in_any_output_of_the_night(scanned):
     report, ids = scanned
     assert set(ids.counts) == set(leakscan.KINDS) and all(ids.counts[k] > 0 for k in leakscan.KINDS), ids.counts
@@ -126,6 +128,7 @@ def test_no_identifier_in_any_output_of_the_night(scanned):
 
 @pytest.mark.integration
 @pytest.mark.airflow
+@pytest.mark.timeout(3600)  # includes the shared night (fixture setup counts): ~3 min idle, 20+ min on a loaded machine
 def test_the_scan_reads_xcom_rendered_fields_dag_run_conf_and_task_logs(scanned, planted_night, stack):
     report, _ = scanned
     with psycopg.connect(stack.dsn("airflow")) as conn:
@@ -146,6 +149,7 @@ def _first_row(conn, query: str):
 
 @pytest.mark.integration
 @pytest.mark.airflow
+@pytest.mark.timeout(3600)  # includes the shared night (fixture setup counts): ~3 min idle, 20+ min on a loaded machine
 def test_the_scanner_finds_a_leak_planted_in_each_kind_of_place(scanned, stack, tmp_path):
     """So that a clean scan cannot be vacuous: one identifier per place, each found there and only there."""
     _, ids = scanned
@@ -239,6 +243,7 @@ def test_the_scanner_finds_a_leak_planted_in_each_kind_of_place(scanned, stack, 
 
 @pytest.mark.integration
 @pytest.mark.airflow
+@pytest.mark.timeout(3600)  # includes the shared night (fixture setup counts): ~3 min idle, 20+ min on a loaded machine
 @pytest.mark.slow  # a second whole scan: the scan itself is covered above
 def test_eds_leak_scan_cli_exits_0_on_a_clean_stack(planted_night, capsys):
     assert cli.main(["leak-scan"]) == 0
