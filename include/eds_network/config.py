@@ -84,6 +84,13 @@ class SeedSpec(_Model):
     objectors: int = Field(default=2, ge=0, description="patients put in the opposition registry")
 
 
+# Text columns that can carry a name, an identifier or free text: never allow-listed, whatever the config says.
+# Here (not in pseudonymise) so that DAG parsing, which validates the config, does not import pyarrow.compute.
+NEVER_ALLOWED_TEXT: frozenset[str] = frozenset(
+    {"person_source_value", "provider_source_value", "care_site_source_value", "sig", "stop_reason"}
+)
+
+
 class Pseudonymisation(_Model):
     """What a platform's members remove, generalise or shift before rows leave the hospital (issue #6).
 
@@ -109,8 +116,8 @@ class Pseudonymisation(_Model):
     @field_validator("text_allow_list")
     @classmethod
     def _text_columns(cls, names: list[str]) -> list[str]:
-        from eds_network.pseudonymise import NEVER_ALLOWED_TEXT
-
+        if not names:
+            return []
         text_columns = {
             c.name
             for t in omop.CLINICAL_TABLES

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from eds_network import omop
+from eds_network.config import NEVER_ALLOWED_TEXT
 from eds_network.errors import EdsError
 from eds_network.nir import nir_is_valid
 
@@ -68,10 +69,6 @@ DEFAULT_TEXT_ALLOW_LIST: frozenset[str] = frozenset(
         "condition_status_source_value",
         "death_type_source_value",
     }
-)
-# Text columns that can carry a name, an identifier or free text: never allow-listed, whatever the config says.
-NEVER_ALLOWED_TEXT: frozenset[str] = frozenset(
-    {"person_source_value", "provider_source_value", "care_site_source_value", "sig", "stop_reason"}
 )
 # Person columns that are reduced whatever the allow-list says (full birth date, address link).
 PERSON_DROPPED = ("month_of_birth", "day_of_birth", "birth_datetime", "location_id", "person_source_value")
