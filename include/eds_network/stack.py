@@ -466,6 +466,9 @@ class Stack:
             ),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            # a busy 2-core machine can take more than the default 30 s to import a DAG file's dependencies
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "EDS_HOME": str(self.root),
             "EDS_PG_PORT": str(self.pg_port),
