@@ -96,6 +96,8 @@ def _reset_platform(stack) -> None:
     for loc in (PLATFORM.intake, PLATFORM.outbox):
         for key in list_keys(s3, loc.bucket, ""):
             s3.delete_object(Bucket=loc.bucket, Key=key)
+    with psycopg.connect(stack.dsn("catalogue"), autocommit=True) as conn:  # arrivals of earlier sessions
+        conn.execute("DELETE FROM catalogue.member_arrival WHERE platform_id = %s", (PLATFORM.id,))
     with psycopg.connect(stack.dsn(f"wh_{PLATFORM.id}"), autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS omop CASCADE")
         for t in ("ledger", "person_site", "rejected", "duplicate_event"):
