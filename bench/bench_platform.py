@@ -134,7 +134,7 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
             key = f"{UPLOAD_PREFIX}ours-{i}.bin"
             t0 = time.perf_counter()
             sha = sha256_file(path)
-            transfer._upload_once(s3, path, bucket, key, sha, sse)
+            transfer._upload_once(s3, path, bucket, key, sha, sse, "bench")
             transfer.verify_object(s3, bucket, {"key": key, "sha256": sha, "bytes": size_bytes, "table": "bench"})
             ours.append(time.perf_counter() - t0)
             delete_prefix(s3, bucket, UPLOAD_PREFIX)

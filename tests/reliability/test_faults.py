@@ -283,12 +283,12 @@ def test_failed_multipart_upload_leaves_no_incomplete_upload_and_a_retry_complet
     sha = sha256_file(path)
     res = _national(stack)
     monkeypatch.setenv(faults.ENV, fault)
-    with pytest.raises(TransferError, match="upload of .* failed"):
-        transfer._upload_once(s3, path, bucket, key, sha, res)
+    with pytest.raises(TransferError, match=f"platform {PLATFORM.id}: upload of .* failed"):
+        transfer._upload_once(s3, path, bucket, key, sha, res, PLATFORM.id)
     _no_incomplete_uploads(s3, bucket)
     assert object_exists(s3, bucket, key) is None
     monkeypatch.delenv(faults.ENV)
-    transfer._upload_once(s3, path, bucket, key, sha, res)
+    transfer._upload_once(s3, path, bucket, key, sha, res, PLATFORM.id)
     f = {"key": key, "sha256": sha, "bytes": path.stat().st_size, "table": "x"}
     transfer.verify_object(s3, bucket, f)  # SHA-256 read back, size, encryption at rest
     _no_incomplete_uploads(s3, bucket)
