@@ -337,7 +337,9 @@ def stack_places(stack, network, *, summary: str | None = None) -> Iterator[Plac
     for b in buckets:
         yield from s3_places(s3, b, "", area="s3")
     for p in network.platforms:
-        yield from pg_places(stack.dsn(f"wh_{p.id}"), f"wh_{p.id}", area="warehouse")
+        # `vocab`: the OMOP vocabulary loaded for standardisation: public reference text whose concept names
+        # can match surnames; it holds no patient data.
+        yield from pg_places(stack.dsn(f"wh_{p.id}"), f"wh_{p.id}", area="warehouse", exclude_schemas=["vocab"])
     yield from pg_places(stack.dsn("catalogue"), "catalogue", area="catalogue")
     yield from pg_places(stack.dsn("airflow"), "airflow", area="airflow_db")
     # The cluster's files hold the sources themselves; the secrets folder holds keys, not patient data.

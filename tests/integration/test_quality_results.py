@@ -19,6 +19,21 @@ from eds_network.pseudonymise import ID_NAMESPACE
 
 pytestmark = [pytest.mark.integration]
 
+PREFIX = "test-quality-"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_intake_objects(stack):
+    """The injected defects (identifier-like values among them) leave the shared test stack with the module."""
+    yield
+    from eds_network.storage import list_keys
+
+    s3 = stack.s3_client()
+    for p in load_network().platforms:
+        for key in list_keys(s3, p.intake.bucket, PREFIX):
+            s3.delete_object(Bucket=p.intake.bucket, Key=key)
+
+
 UTC = dt.UTC
 DAY1 = dt.datetime(2025, 3, 1, tzinfo=UTC)
 DAY2 = DAY1 + dt.timedelta(days=1)
@@ -53,7 +68,7 @@ def _checks(dsn: str, level: str, scope: str, batch: str, table: str | None = No
 
 
 def _extract(stack, net, base_id: str, source: str, table: str, dsn: str, tmp_path: Path):
-    res = stack.local_resources(net, base_id, source_dsn=source, intake_prefix=f"test-quality-{uuid.uuid4().hex[:8]}/")
+    res = stack.local_resources(net, base_id, source_dsn=source, intake_prefix=f"{PREFIX}{uuid.uuid4().hex[:8]}/")
     return extract.extract_table(
         net.base(base_id), table, DAY1, DAY2, res, on_checks=quality.catalogue_recorder(dsn, dag_run_id="test")
     )
@@ -221,7 +236,7 @@ def test_clean_synthea27nj_passes_every_fatal_check(stack, new_db, cat, monkeypa
     net = load_network()
     source = new_db()
     seed.seed_base(source, net, "hosp_a", (DAY1, DAY2))
-    res = stack.local_resources(net, "hosp_a", source_dsn=source, intake_prefix=f"test-quality-{uuid.uuid4().hex[:8]}/")
+    res = stack.local_resources(net, "hosp_a", source_dsn=source, intake_prefix=f"{PREFIX}{uuid.uuid4().hex[:8]}/")
     base = net.base("hosp_a")
     for t in base.tables:
         extract.extract_table(base, t, DAY1, DAY2, res, on_checks=quality.catalogue_recorder(cat))
