@@ -31,16 +31,28 @@ def stack():
 
 
 @pytest.fixture
-def fresh_db(stack):
-    """A new empty database on the embedded PostgreSQL; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = stack.create_database(name)
-    yield dsn
+def new_db(stack):
+    """Factory of new empty databases on the embedded PostgreSQL (sources, warehouses); all dropped afterwards."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        names.append(name)
+        return stack.create_database(name)
+
+    yield make
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_db(new_db):
+    """A new empty database on the embedded PostgreSQL; dropped afterwards."""
+    return new_db()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import datetime as dt
 import io
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
 
 import psycopg
 import pyarrow.parquet as pq
@@ -58,21 +57,6 @@ def _network(date_shift_days: int = 0) -> Network:
         p["pseudonymisation"] = {"date_shift_days": date_shift_days if p["id"] == "idf" else 0}
     raw["national"]["landing_zone"]["prefix"] = run
     return Network.model_validate(raw)
-
-
-@pytest.fixture
-def new_db(stack) -> Iterator[Callable[[], str]]:
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        names.append(name)
-        return stack.create_database(name)
-
-    yield make
-    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 class World:

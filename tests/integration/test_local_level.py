@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import uuid
-from collections.abc import Callable, Iterator
 
 import psycopg
 import pyarrow as pa
@@ -53,22 +52,6 @@ def net() -> Network:
 @pytest.fixture
 def base(net) -> LocalBase:
     return net.base(BASE_ID)
-
-
-@pytest.fixture
-def new_db(stack) -> Iterator[Callable[[], str]]:
-    """Factory of new empty databases (source, warehouses), all dropped afterwards."""
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        names.append(name)
-        return stack.create_database(name)
-
-    yield make
-    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _endpoint(stack) -> S3Endpoint:

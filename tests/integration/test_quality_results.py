@@ -47,21 +47,6 @@ def cat(fresh_db) -> str:
     return fresh_db
 
 
-@pytest.fixture
-def new_db(stack):
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        names.append(name)
-        return stack.create_database(name)
-
-    yield make
-    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def _checks(dsn: str, level: str, scope: str, batch: str, table: str | None = None) -> dict[str, dict]:
     rows, _ = catalogue.quality_results(dsn, level, scope, batch)
     return {f"{r['check_id']}@{r['base_id']}": r for r in rows if table in (None, r["table_name"])}
