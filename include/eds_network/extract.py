@@ -270,11 +270,11 @@ def _snapshot_record(
 class _CopyStream(io.RawIOBase):
     """A read-only file over a psycopg COPY TO STDOUT, for pyarrow's streaming CSV reader.
 
-    COPY yields small chunks (about a row each); `readinto` fills the caller's whole buffer so that pyarrow
-    parses full blocks.
+    `chunks` are blocks of COPY rows (`_copy_blocks`); `readinto` fills the caller's whole buffer so that
+    pyarrow parses full blocks.
     """
 
-    def __init__(self, chunks: Iterator[memoryview]):
+    def __init__(self, chunks: Iterator[bytearray]):
         self._chunks = chunks
         self._buf = memoryview(b"")
         self._eof = False
@@ -287,7 +287,7 @@ class _CopyStream(io.RawIOBase):
         """True when the COPY gave no byte at all (no row). Reads ahead one chunk, kept for `readinto`."""
         if not self._buf and not self._eof:
             try:
-                self._buf = memoryview(bytes(next(self._chunks)))
+                self._buf = memoryview(next(self._chunks))
                 self.nbytes += len(self._buf)
             except StopIteration:
                 self._eof = True
@@ -301,7 +301,7 @@ class _CopyStream(io.RawIOBase):
                 if self._eof:
                     break
                 try:
-                    self._buf = memoryview(bytes(next(self._chunks)))
+                    self._buf = memoryview(next(self._chunks))  # a block of its own, never reused
                 except StopIteration:
                     self._eof = True
                     break
@@ -313,20 +313,21 @@ class _CopyStream(io.RawIOBase):
         return filled
 
 
-def _copy_blocks(copy) -> Iterator[bytes]:
-    """COPY rows (one memoryview per row) joined into blocks of about COPY_BLOCK bytes."""
-    parts: list = []
-    size = 0
-    append = parts.append
+def _copy_blocks(copy) -> Iterator[bytearray]:
+    """COPY rows (one memoryview per row) appended to blocks of about COPY_BLOCK bytes.
+
+    `bytearray +=` copies each row once into a growing buffer; the previous `b"".join` of a list of row
+    memoryviews cost twice the CPU of the COPY itself (2 M rows: 4.9-6.2 CPU-s against 2.4-2.5), all of it
+    holding the GIL that the checks and pseudonymisation need.
+    """
+    block = bytearray()
     for chunk in copy:
-        append(chunk)
-        size += len(chunk)
-        if size >= COPY_BLOCK:
-            yield b"".join(parts)
-            parts.clear()
-            size = 0
-    if parts:
-        yield b"".join(parts)
+        block += chunk
+        if len(block) >= COPY_BLOCK:
+            yield block
+            block = bytearray()
+    if block:
+        yield block
 
 
 _DONE = object()
