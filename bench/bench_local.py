@@ -239,7 +239,7 @@ def run(stack: Stack, *, quick: bool, reps: int, big_reps: int, peer_reps: int) 
     """Items 1 (ours vs raw COPY, quality share), 2 (ours vs the pandas peer), 3 (peak RSS, small vs big)."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
     (small_label, small), (big_label, big) = sizes.items()
-    out: dict = {"table": TABLE, "block_size": extract.BLOCK_SIZE, "staging_compression": extract.STAGING_COMPRESSION}
+    out: dict = {"table": TABLE, "block_size": extract.COPY_BLOCK, "staging_compression": extract.STAGING_COMPRESSION}
     per_size: dict[str, dict] = {}
     for label, patients in sizes.items():
         net = network(patients)

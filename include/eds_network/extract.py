@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import logging
 import queue
 import re
+import select
 import tempfile
 import threading
 import time
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
+from psycopg.pq import ExecStatus
 
 from eds_network import faults, omop, quality, rotation
 from eds_network.config import LocalBase
@@ -49,13 +50,16 @@ from eds_network.storage import S3Endpoint, sha256_file
 
 log = logging.getLogger(__name__)
 
-BLOCK_SIZE = 16 << 20  # bytes of CSV per Arrow record batch (~100-200k rows)
 # The pipeline overlaps its stages in threads (bounded queues: memory stays bounded): a reader thread drains
-# the COPY into blocks of COPY_BLOCK bytes (one Python call per row is the floor of any extraction, so it
-# gets a thread of its own), pyarrow parses them a batch ahead (PREFETCH_BATCHES) while this thread checks
-# and pseudonymises, and a writer thread appends Parquet row groups (at most PENDING_WRITES behind).
+# the COPY into blocks of whole rows of about COPY_BLOCK bytes (one Python call per row is the floor of any
+# extraction, so it gets a thread of its own), a parser thread turns each block into one Arrow record batch
+# (COPY_BLOCKS_AHEAD blocks and PREFETCH_BATCHES batches ahead) while this thread checks and pseudonymises,
+# and a writer thread appends Parquet row groups (at most PENDING_WRITES behind). COPY_BLOCK sets the batch
+# size (4 MiB of CSV ~ 37k MEASUREMENT rows): larger batches spread the checks' per-batch cost, smaller ones
+# hold less memory (2 M MEASUREMENT rows, same machine: 4.6-5.0 s at 4 and at 8 MiB; peak RSS 329-347 MB at
+# 4 MiB, 359-377 MB at 8 MiB, and at 8 M rows 345 and 414 MB).
 COPY_BLOCK = 4 << 20
-COPY_BLOCKS_AHEAD = 4
+COPY_BLOCKS_AHEAD = 2
 PREFETCH_BATCHES = 1
 PENDING_WRITES = 1
 # Staged intake files are read once by the platform: snappy costs ~25 % less local time than zstd on 2 M rows
@@ -267,65 +271,43 @@ def _snapshot_record(
     )
 
 
-class _CopyStream(io.RawIOBase):
-    """A read-only file over a psycopg COPY TO STDOUT, for pyarrow's streaming CSV reader.
+def _copy_blocks(copy: psycopg.Copy) -> Iterator[bytearray]:
+    """The rows of a started `COPY … TO STDOUT`, in blocks of about COPY_BLOCK bytes.
 
-    `chunks` are blocks of COPY rows (`_copy_blocks`); `readinto` fills the caller's whole buffer so that
-    pyarrow parses full blocks.
+    Reads libpq's buffer directly (`PQgetCopyData` without blocking) and waits on the socket only when the
+    buffer is empty: psycopg's `for row in copy` runs a generator and a wait loop per row, twice the CPU
+    (2 M rows: 2.7-2.9 against 1.4-1.6 CPU-s, all of it under the GIL the checks and pseudonymisation need),
+    and a blocking `PQgetCopyData` would hold the GIL while it waits for the server. `bytearray +=` copies
+    each row once (a `b"".join` of row memoryviews cost 5-6 CPU-s). The COPY's final result is read here, so
+    the `Copy` block exits with nothing left to consume; a server error raises psycopg's error for it.
     """
-
-    def __init__(self, chunks: Iterator[bytearray]):
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-        self._eof = False
-        self.nbytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def empty(self) -> bool:
-        """True when the COPY gave no byte at all (no row). Reads ahead one chunk, kept for `readinto`."""
-        if not self._buf and not self._eof:
-            try:
-                self._buf = memoryview(next(self._chunks))
-                self.nbytes += len(self._buf)
-            except StopIteration:
-                self._eof = True
-        return self._eof and not self._buf
-
-    def readinto(self, b) -> int:
-        out = memoryview(b).cast("B")
-        filled = 0
-        while filled < len(out):
-            if not self._buf:
-                if self._eof:
-                    break
-                try:
-                    self._buf = memoryview(next(self._chunks))  # a block of its own, never reused
-                except StopIteration:
-                    self._eof = True
-                    break
-                self.nbytes += len(self._buf)
-            n = min(len(out) - filled, len(self._buf))
-            out[filled : filled + n] = self._buf[:n]
-            self._buf = self._buf[n:]
-            filled += n
-        return filled
-
-
-def _copy_blocks(copy) -> Iterator[bytearray]:
-    """COPY rows (one memoryview per row) appended to blocks of about COPY_BLOCK bytes.
-
-    `bytearray +=` copies each row once into a growing buffer; the previous `b"".join` of a list of row
-    memoryviews cost twice the CPU of the COPY itself (2 M rows: 4.9-6.2 CPU-s against 2.4-2.5), all of it
-    holding the GIL that the checks and pseudonymisation need.
-    """
+    pg = copy.connection.pgconn
+    get = pg.get_copy_data
+    poll = select.poll()
+    poll.register(pg.socket, select.POLLIN)
     block = bytearray()
-    for chunk in copy:
-        block += chunk
-        if len(block) >= COPY_BLOCK:
-            yield block
-            block = bytearray()
+    while True:
+        n, row = get(1)
+        if n > 0:
+            block += row
+            if len(block) >= COPY_BLOCK:
+                yield block
+                block = bytearray()
+        elif n == 0:  # libpq's buffer is empty: wait for the server (the GIL is released in poll)
+            poll.poll()
+            pg.consume_input()
+        else:  # -1: the COPY is over; its result (COMMAND_OK, or the server's error) follows
+            break
+    while pg.is_busy():
+        poll.poll()
+        pg.consume_input()
+    result = pg.get_result()
+    while pg.get_result() is not None:
+        pass
+    if result is None or result.status != ExecStatus.COMMAND_OK:
+        if result is None:
+            raise psycopg.OperationalError("COPY ended without a result")
+        raise psycopg.errors.error_from_result(result, encoding=copy.connection.info.encoding)
     if block:
         yield block
 
@@ -407,30 +389,27 @@ def stream_rows(
 def stream_query(
     conn: psycopg.Connection, query: sql.Composable, columns: list[str], types: dict[str, pa.DataType], *, table: str
 ) -> Iterator[pa.RecordBatch]:
-    """Stream any SELECT as Arrow record batches through COPY … TO STDOUT (FORMAT csv)."""
+    """Stream any SELECT as Arrow record batches through COPY … TO STDOUT (FORMAT csv), one per COPY block."""
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
     with conn.cursor() as cur, cur.copy(copy_sql) as copy:
         blocks = prefetch(_copy_blocks(copy), COPY_BLOCKS_AHEAD, f"eds-copy-{table}")
-        stream = _CopyStream(blocks)
         try:
-            yield from _parse_csv(stream, columns, types, table)
+            for block in blocks:
+                yield _parse_block(block, columns, types, table)
         finally:
             blocks.close()  # stops the reader thread before the COPY is finished or abandoned
 
 
-def _parse_csv(
-    stream: _CopyStream, columns: list[str], types: dict[str, pa.DataType], table: str
-) -> Iterator[pa.RecordBatch]:
-    if stream.empty():
-        # No row in the interval: pyarrow refuses an empty CSV ("Empty CSV file"), which used to fail
-        # every table without a change in the night. Zero batches; the caller writes an empty file.
-        return
-    # open_csv already reads and converts the first block: a bad value in a small table fails here,
-    # so it is inside the try as well (it used to escape as a raw ArrowInvalid).
+def _parse_block(block: bytearray, columns: list[str], types: dict[str, pa.DataType], table: str) -> pa.RecordBatch:
+    """One block of whole COPY rows (each COPY message is one row) -> one record batch, parsed in place.
+
+    No file object in between: pyarrow reads the bytearray without a copy. An empty interval gives no block
+    at all (pyarrow would refuse an empty CSV).
+    """
     try:
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_SIZE, use_threads=True),
+        parsed = pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=len(block) + 1, use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types=types,
@@ -438,9 +417,10 @@ def _parse_csv(
                 quoted_strings_can_be_null=False,
             ),
         )
-        yield from reader
     except pa.ArrowInvalid as exc:
         raise _conversion_error(exc, columns, table) from None
+    batches = parsed.to_batches()
+    return batches[0] if len(batches) == 1 else parsed.combine_chunks().to_batches()[0]
 
 
 _ARROW_COLUMN = re.compile(r"In CSV column #(\d+):\s*")
