@@ -188,6 +188,7 @@ def child(argv: list[str]) -> None:
             published=tb.published,
             parquet_bytes=tb.bytes,
             timings=tb.timings,
+            cpu_timings=tb.cpu_timings,
         )
     elif kind == "peer":
         out = Path(argv[2])

@@ -103,9 +103,12 @@ class TableBatch:
     quality: dict = field(default_factory=dict)
     full: bool = False  # a full extraction (re-keying run), not the interval's changes: replaces the site's rows
     fingerprint: str | None = None  # key version and pseudonymisation policy the rows were produced under
-    # Seconds spent per phase of the step (stream = COPY + CSV parsing, quality, pseudonymise, parquet, upload…):
-    # measured by the step itself so that benches and logs report where the time goes, not guesses.
+    # Seconds spent per phase of the step (stream = waiting for the next parsed batch of the COPY, quality,
+    # pseudonymise, parquet, upload…): measured by the step itself so that benches and logs report where the
+    # time goes, not guesses. `timings` is wall time of the step's thread; `cpu_timings` the CPU time of that
+    # thread in each phase (without the time it waits for the GIL or for the reader, parser and writer threads).
     timings: dict = field(default_factory=dict)
+    cpu_timings: dict = field(default_factory=dict)
 
     def ref(self) -> dict:
         """What goes to XCom: references, counts and checksums only."""
@@ -789,25 +792,29 @@ def extract_table(
         full=full,
         fingerprint=fingerprint,
         timings={**timer.seconds, "total": round(el, 4)},
+        cpu_timings=dict(timer.cpu),
     )
 
 
 class _PhaseTimer:
-    """Wall seconds per named phase of a step: `start(name)` closes the running phase and opens `name`."""
+    """Wall and thread-CPU seconds per named phase of a step: `start(name)` closes the running phase and
+    opens `name`."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self._name: str | None = None
-        self._t = 0.0
+        self._t = self._c = 0.0
 
     def start(self, name: str) -> None:
         self.stop()
-        self._name, self._t = name, time.perf_counter()
+        self._name, self._t, self._c = name, time.perf_counter(), time.thread_time()
 
     def stop(self) -> None:
         if self._name is not None:
-            el = time.perf_counter() - self._t
+            el, cpu = time.perf_counter() - self._t, time.thread_time() - self._c
             self.seconds[self._name] = round(self.seconds.get(self._name, 0.0) + el, 4)
+            self.cpu[self._name] = round(self.cpu.get(self._name, 0.0) + cpu, 4)
             self._name = None
 
     def __call__(self, name: str) -> _PhaseTimer:
@@ -846,36 +853,40 @@ def _event_start_columns(table: str) -> list[str]:
 
 
 def _unpublishable_rows(batch: pa.Table, table: str, now: dt.datetime) -> list[tuple[str, pa.Array]]:
-    """(reason naming the column, mask) for each rule a row breaks; masks are disjoint and never null."""
+    """(reason naming the column, mask) for each rule a row breaks; masks are disjoint and never null.
+
+    One min/max pass per column; a mask is only built for a column whose range breaks the rule (rare)."""
     from eds_network.pseudonymise import ID_NAMESPACE
 
     if not batch.num_rows:
         return []
-    out: list[tuple[str, pa.Array]] = []
-    taken = pa.array([False] * batch.num_rows)
     spec = omop.table(table)
     rules: list[tuple[str, pa.Array]] = []
     for name in batch.column_names:
         c = spec.column(name) if spec.has(name) else None
         if c is not None and c.is_id and name != "person_id":
             col = batch.column(name)
-            rules.append(
-                (
-                    f"{name}: id outside [0, {ID_NAMESPACE})",
-                    pc.or_(pc.less(col, 0), pc.greater_equal(col, ID_NAMESPACE)),
-                )
-            )
+            lo, hi = pc.min_max(col).values()
+            if lo.is_valid and (lo.as_py() < 0 or hi.as_py() >= ID_NAMESPACE):
+                mask = pc.or_(pc.less(col, 0), pc.greater_equal(col, ID_NAMESPACE))
+                rules.append((f"{name}: id outside [0, {ID_NAMESPACE})", mask))
     limit = (now.astimezone(dt.UTC) + dt.timedelta(days=1)).replace(tzinfo=None)
     for name in _event_start_columns(table):
         if name in batch.column_names:
             col = batch.column(name)
             bound = pa.scalar(limit.date() if pa.types.is_date(col.type) else limit, col.type)
-            rules.append((f"{name}: event in the future", pc.greater(col, bound)))
+            latest = pc.max(col)
+            if latest.is_valid and latest.as_py() > bound.as_py():
+                rules.append((f"{name}: event in the future", pc.greater(col, bound)))
+    out: list[tuple[str, pa.Array]] = []
+    taken = None
     for reason, mask in rules:
-        mask = pc.and_(pc.fill_null(mask, False), pc.invert(taken))
+        mask = pc.fill_null(mask, False)
+        if taken is not None:
+            mask = pc.and_(mask, pc.invert(taken))
         if pc.any(mask).as_py():
             out.append((reason, mask))
-            taken = pc.or_(taken, mask)
+            taken = mask if taken is None else pc.or_(taken, mask)
     return out
 
 
