@@ -225,6 +225,12 @@ def profile(patients: int) -> Path:
 # -- the benchmark --------------------------------------------------------------------------------------
 
 
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values) if values else 0.0
+
+
 def _phase_shares(runs: list[dict]) -> dict:
     """Median share of the step's own total per phase, over the runs."""
     import statistics
@@ -290,6 +296,19 @@ def run(stack: Stack, *, quick: bool, reps: int, big_reps: int, peer_reps: int) 
             "children_cpu": [{"cpu_s": c["cpu_s"]} for c in children],
             "phase_share_median": shares,
             "quality_share": shares.get("quality", 0.0),
+            # The checks' own cost: CPU of the step's thread in the quality phase over the CPU of the whole
+            # process (all threads). The wall share above also counts the time the checks' many short Arrow
+            # kernels wait to get the GIL and a core back from the reader, parser and writer threads.
+            "quality_cpu_share": _median(
+                [c["cpu_timings"].get("quality", 0.0) / c["cpu_s"] for c in children if c.get("cpu_s")]
+            ),
+            "phase_cpu_s_median": {
+                p: _median([c["cpu_timings"].get(p, 0.0) for c in children])
+                for p in sorted({p for c in children for p in c.get("cpu_timings", {})})
+            },
+            "other_threads_cpu_s_median": _median(
+                [c["cpu_s"] - sum(c["cpu_timings"].values()) for c in children if c.get("cpu_timings")]
+            ),
             "peak_rss_mb": stats([c["peak_rss_mb"] for c in children]),
         }
         delete_prefix(resources(stack, net, dsn).intake.client(), net.platform_of(BASE_ID).intake.bucket, PREFIX)

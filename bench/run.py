@@ -139,11 +139,12 @@ def targets(doc: dict) -> list[dict]:
             {
                 "what": "1b. share of the step in quality checks (#5)",
                 "rows": s["rows"],
-                "ours": f"{s['quality_share'] * 100:.0f} % of the step",
-                "reference": "step's own timer",
-                "value": f"{s['quality_share'] * 100:.0f} %",
-                "target": "<= 30 %",
-                "met": s["quality_share"] <= 0.30,
+                "ours": f"{s.get('quality_cpu_share', 0) * 100:.0f} % of the step's CPU; "
+                f"{s['quality_share'] * 100:.0f} % of its wall time",
+                "reference": "step's own timer (CPU of its thread per phase / CPU of the process)",
+                "value": f"{s.get('quality_cpu_share', 0) * 100:.0f} % CPU",
+                "target": "<= 30 % (CPU)",
+                "met": s.get("quality_cpu_share", 1.0) <= 0.30,
             }
         )
         p = loc["peer"]
@@ -271,6 +272,19 @@ def markdown(doc: dict) -> str:
             lines.append(
                 f"| {s['rows']:,} | " + " | ".join(f"{v * 100:.0f} %" for v in s["phase_share_median"].values()) + " |"
             )
+        if all("phase_cpu_s_median" in s for s in loc["sizes"].values()):
+            phases = list(next(iter(loc["sizes"].values()))["phase_cpu_s_median"])
+            lines += [
+                "",
+                "CPU seconds of the step's own thread per phase (median), and the rest of the process's CPU (the",
+                "COPY reader, CSV parser, Parquet writer and S3 threads, and set-up outside the phases):",
+                "",
+                "| rows | " + " | ".join(phases) + " | rest |",
+                "| ---: |" + " ---: |" * (len(phases) + 1),
+            ]
+            for s in loc["sizes"].values():
+                cells = " | ".join(f"{s['phase_cpu_s_median'].get(p, 0):.2f}" for p in phases)
+                lines.append(f"| {s['rows']:,} | {cells} | {s['other_threads_cpu_s_median']:.2f} |")
     d = doc["results"].get("dagparse")
     if d and "error" not in d:
         lines += ["", "Per-file parse time Airflow records (`DagBag.dagbag_stats`, as `airflow dags report`):", ""]
