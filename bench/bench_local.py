@@ -233,11 +233,9 @@ def _median(values: list[float]) -> float:
 
 def _phase_shares(runs: list[dict]) -> dict:
     """Median share of the step's own total per phase, over the runs."""
-    import statistics
-
     phases = sorted({p for r in runs for p in r["timings"] if p != "total"})
     return {
-        p: statistics.median(r["timings"].get(p, 0.0) / r["timings"]["total"] for r in runs if r["timings"]["total"])
+        p: _median([r["timings"].get(p, 0.0) / r["timings"]["total"] for r in runs if r["timings"]["total"]])
         for p in phases
     }
 
@@ -306,7 +304,7 @@ def run(stack: Stack, *, quick: bool, reps: int, big_reps: int, peer_reps: int) 
                 p: _median([c["cpu_timings"].get(p, 0.0) for c in children])
                 for p in sorted({p for c in children for p in c.get("cpu_timings", {})})
             },
-            "other_threads_cpu_s_median": _median(
+            "rest_cpu_s_median": _median(  # other threads + set-up
                 [c["cpu_s"] - sum(c["cpu_timings"].values()) for c in children if c.get("cpu_timings")]
             ),
             "peak_rss_mb": stats([c["peak_rss_mb"] for c in children]),

@@ -284,7 +284,7 @@ def markdown(doc: dict) -> str:
             ]
             for s in loc["sizes"].values():
                 cells = " | ".join(f"{s['phase_cpu_s_median'].get(p, 0):.2f}" for p in phases)
-                lines.append(f"| {s['rows']:,} | {cells} | {s['other_threads_cpu_s_median']:.2f} |")
+                lines.append(f"| {s['rows']:,} | {cells} | {s['rest_cpu_s_median']:.2f} |")
     d = doc["results"].get("dagparse")
     if d and "error" not in d:
         lines += ["", "Per-file parse time Airflow records (`DagBag.dagbag_stats`, as `airflow dags report`):", ""]
