@@ -5,7 +5,7 @@
     .venv/bin/python bench/run.py --only local,upload   # a subset (local consolidate upload dagparse night)
 
 The benchmarks run on an embedded stack of their own (state in .eds-bench/, ports $EDS_PG_PORT / $EDS_S3_PORT,
-default 57432 / 57900), seeded on first use and reused afterwards (seeded sources stay in its PostgreSQL);
+default 27432 / 27900), seeded on first use and reused afterwards (seeded sources stay in its PostgreSQL);
 the stack is stopped at the end unless --keep-stack. Timings are measured here, never asserted by a test.
 Full runs write bench/results.json and replace the generated part of BENCHMARKS.md (between the
 `bench:begin` / `bench:end` markers); quick runs write bench/results/quick.json and bench/results/quick.md.
@@ -25,9 +25,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 os.environ.setdefault("EDS_HOME", str(REPO / ".eds-bench"))
-os.environ.setdefault("EDS_PG_PORT", "57432")
-os.environ.setdefault("EDS_S3_PORT", "57900")
-os.environ.setdefault("EDS_API_PORT", "57080")
+os.environ.setdefault("EDS_PG_PORT", "27432")
+os.environ.setdefault("EDS_S3_PORT", "27900")
+os.environ.setdefault("EDS_API_PORT", "27080")
 sys.path.insert(0, str(BENCH))
 
 import bench_airflow  # noqa: E402

@@ -1,6 +1,7 @@
 """Shared fixtures: one real embedded stack (PostgreSQL + S3 endpoint + migrated Airflow DB) per test session.
 
 The test stack has its own state folder (.eds-test/) and ports, so it never touches the demo's `.eds/`.
+The ports lie below the kernel's ephemeral range (Linux: 32768-60999), where a client socket could hold them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("EDS_HOME", str(REPO / ".eds-test"))
-os.environ.setdefault("EDS_PG_PORT", "56432")
-os.environ.setdefault("EDS_S3_PORT", "56900")
-os.environ.setdefault("EDS_API_PORT", "58080")
+os.environ.setdefault("EDS_PG_PORT", "26432")
+os.environ.setdefault("EDS_S3_PORT", "26900")
+os.environ.setdefault("EDS_API_PORT", "26080")
 
 
 @pytest.fixture(scope="session")

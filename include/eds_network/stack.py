@@ -45,6 +45,19 @@ def _port(var: str, default: int) -> int:
     return int(os.environ.get(var, default))
 
 
+def ephemeral_port_range() -> tuple[int, int] | None:
+    """The kernel's range of ports for outgoing connections (Linux: 32768-60999 by default), or None.
+
+    A server port inside it can be held, at the moment the server starts, by the client side of any
+    connection (or one in TIME_WAIT, for a minute after it closed): the bind then fails at random. The
+    stack's default ports all lie below it."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -94,8 +107,8 @@ class Stack:
     def default(cls) -> Stack:
         return cls(
             root=home(),
-            pg_port=_port("EDS_PG_PORT", 55432),
-            s3_port=_port("EDS_S3_PORT", 55900),
+            pg_port=_port("EDS_PG_PORT", 25432),
+            s3_port=_port("EDS_S3_PORT", 25900),
             api_port=_port("EDS_API_PORT", 8080),
         )
 
@@ -484,9 +497,29 @@ class Stack:
         return subprocess.run([str(airflow), *args], env=env, check=check, text=True, capture_output=capture)
 
     # -- whole stack -----------------------------------------------------------------------------------
+    def warn_ephemeral_ports(self) -> list[str]:
+        """Warn about each port of the stack that lies in the kernel's ephemeral range; returns the warnings."""
+        span = ephemeral_port_range()
+        if span is None:
+            return []
+        warnings = [
+            f"{var}={port} lies in the kernel's range for outgoing connections ({span[0]}-{span[1]}): a client "
+            f"socket may hold it when the server starts and the start then fails; choose a port below {span[0]}"
+            for var, port in (
+                ("EDS_PG_PORT", self.pg_port),
+                ("EDS_S3_PORT", self.s3_port),
+                ("EDS_API_PORT", self.api_port),
+            )
+            if span[0] <= port <= span[1]
+        ]
+        for warning in warnings:
+            log.warning(warning)
+        return warnings
+
     def start(self, network: Network | None = None, *, migrate: bool = True) -> None:
         network = network or load_network()
         t0 = time.monotonic()
+        self.warn_ephemeral_ports()
         self.root.mkdir(parents=True, exist_ok=True)
         self.start_postgres()
         for db in [

@@ -112,17 +112,30 @@ def airflow(stack, net, net_file):
             )
     api = onboard.AirflowApi(f"http://localhost:{stack.api_port}", "admin", stack.ui_password(), timeout=120)
     try:
-        _wait(lambda: _dag_ready(api, "eds_onboard_base") and _dag_ready(api, f"eds_local__{BASE_ID}"), 600, procs)
+        _wait(
+            lambda: _dag_ready(api, "eds_onboard_base") and _dag_ready(api, f"eds_local__{BASE_ID}"),
+            600,
+            procs,
+            stack.logs,
+        )
         yield api
     finally:
         for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait(10)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a component's process group; one that already exited (its failure is being reported) is skipped."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _dag_ready(api: onboard.AirflowApi, dag_id: str) -> bool:
@@ -133,12 +146,15 @@ def _dag_ready(api: onboard.AirflowApi, dag_id: str) -> bool:
         return False
 
 
-def _wait(ready, timeout: float, procs: list[subprocess.Popen] = ()) -> None:
+def _wait(ready, timeout: float, procs: list[subprocess.Popen] = (), logs: Path | None = None) -> None:
+    """Poll `ready` until it holds; a component of `procs` that exits fails the wait with the end of its log (in `logs`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise AssertionError(f"{proc.args[-1]} exited with {proc.returncode}: see .eds-test/logs/")
+                log = (logs or Path(".")) / f"onboard-{proc.args[-1]}.log"
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+                raise AssertionError(f"{proc.args[-1]} exited with {proc.returncode}; the end of {log}:\n{tail}")
         if ready():
             return
         time.sleep(3)

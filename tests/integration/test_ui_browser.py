@@ -7,6 +7,7 @@ catalogue (EDS_CATALOGUE_DSN) seeded through the catalogue module. The screensho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,7 +114,8 @@ def api_server(stack, ui_db, data_docs):
         assert status in (200, 201), body
         yield base, json.loads(body)["access_token"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it exited already: the failure above says why
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
