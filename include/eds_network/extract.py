@@ -307,9 +307,9 @@ def _copy_blocks(copy: psycopg.Copy) -> Iterator[bytearray]:
     result = pg.get_result()
     while pg.get_result() is not None:
         pass
-    if result is None or result.status != ExecStatus.COMMAND_OK:
-        if result is None:
-            raise psycopg.OperationalError("COPY ended without a result")
+    if result is None:
+        raise psycopg.OperationalError("COPY ended without a result")
+    if result.status != ExecStatus.COMMAND_OK:
         raise psycopg.errors.error_from_result(result, encoding=copy.connection.info.encoding)
     if block:
         yield block

@@ -102,13 +102,12 @@ def airflow(stack, net, net_file):
     airflow_bin = str(Path(env["PATH"].split(os.pathsep)[0]) / "airflow")
     subprocess.run([airflow_bin, "db", "reset", "-y"], env=env, check=True, capture_output=True)
     stack.logs.mkdir(parents=True, exist_ok=True)
-    procs = []
+    procs: dict[Path, subprocess.Popen] = {}  # each component's log -> its process
     for component in ("api-server", "scheduler", "dag-processor"):
-        with open(stack.logs / f"onboard-{component}.log", "wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [airflow_bin, component], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
+        log = stack.logs / f"onboard-{component}.log"
+        with open(log, "wb") as out:
+            procs[log] = subprocess.Popen(
+                [airflow_bin, component], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
     api = onboard.AirflowApi(f"http://localhost:{stack.api_port}", "admin", stack.ui_password(), timeout=120)
     try:
@@ -116,13 +115,12 @@ def airflow(stack, net, net_file):
             lambda: _dag_ready(api, "eds_onboard_base") and _dag_ready(api, f"eds_local__{BASE_ID}"),
             600,
             procs,
-            stack.logs,
         )
         yield api
     finally:
-        for proc in procs:
+        for proc in procs.values():
             _signal_group(proc, signal.SIGTERM)
-        for proc in procs:
+        for proc in procs.values():
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -146,14 +144,14 @@ def _dag_ready(api: onboard.AirflowApi, dag_id: str) -> bool:
         return False
 
 
-def _wait(ready, timeout: float, procs: list[subprocess.Popen] = (), logs: Path | None = None) -> None:
-    """Poll `ready` until it holds; a component of `procs` that exits fails the wait with the end of its log (in `logs`)."""
+def _wait(ready, timeout: float, procs: dict[Path, subprocess.Popen] | None = None) -> None:
+    """Poll `ready` until it holds; a process of `procs` (log -> process) that exits fails the wait with the end
+    of its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in procs:
+        for log, proc in (procs or {}).items():
             if proc.poll() is not None:
-                log = (logs or Path(".")) / f"onboard-{proc.args[-1]}.log"
-                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+                tail = log.read_text(errors="replace")[-3000:]
                 raise AssertionError(f"{proc.args[-1]} exited with {proc.returncode}; the end of {log}:\n{tail}")
         if ready():
             return
