@@ -49,4 +49,4 @@ COPY --chown=airflow:0 --chmod=0755 deploy/bin/ /opt/eds/bin/
 #    compose stack relies on are importable, and the network configuration baked in is valid.
 RUN python -c "import sys, airflow; lock = {l.split('==')[0]: l.split('==')[1].strip() for l in open('/opt/eds/requirements.txt') if '==' in l}; sys.exit(0 if lock['apache-airflow'] == airflow.__version__ else 'requirements.txt pins apache-airflow ' + lock['apache-airflow'] + ' but the image runs ' + airflow.__version__)" \
  && python -c "import airflow.providers.celery, airflow.providers.fab, airflow.providers.amazon, airflow.providers.postgres" \
- && python -c "from eds_network.config import load_network; n = load_network(); print('network', n.name, [p.id for p in n.platforms])"
+ && python -c "from eds_network.core.config import load_network; n = load_network(); print('network', n.name, [p.id for p in n.platforms])"

@@ -69,9 +69,10 @@ test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 end
 test-all: install browser-deps ## the whole test suite including slow fault-injection tests
 	$(PY) -m pytest -q tests
 
-lint: install ## ruff (with Airflow's AIR rules) + sqlfluff
+lint: install ## ruff (with Airflow's AIR rules), ruff format, and the architecture's import contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd include && ../$(VENV)/bin/lint-imports --config ../pyproject.toml
 
 format: install ## apply ruff formatting and fixes
 	$(VENV)/bin/ruff check --fix .
@@ -88,10 +89,10 @@ lock: ## recompile the pinned requirements from requirements*.in (uv, PyPI)
 	python3.11 -m uv pip compile -q requirements-dev.in --python-version 3.11 -o requirements-dev.txt
 
 schema: install ## regenerate the packaged OMOP 5.4 schema from ../shared/reference/ohdsi-dqd-5.4
-	$(PY) -m eds_network.omop ../shared/reference/ohdsi-dqd-5.4/OMOP_CDMv5.4_Field_Level.csv
+	$(PY) -m eds_network.core.omop ../shared/reference/ohdsi-dqd-5.4/OMOP_CDMv5.4_Field_Level.csv
 
 expectations: install ## regenerate the GX suites in expectations/ from the OHDSI DQD catalogue
-	$(PY) -m eds_network.dqd generate --out expectations
+	$(PY) -m eds_network.quality.dqd generate --out expectations
 
 clean: stop ## remove the embedded stack's state (.eds/) and the venv
 	rm -rf .eds $(VENV)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, RESULTS_DIR, stats  # noqa: E402
 
-from eds_network.config import load_network  # noqa: E402
-from eds_network.stack import Stack  # noqa: E402
+from eds_network.core.config import load_network  # noqa: E402
+from eds_network.dev.stack import Stack  # noqa: E402
 
 log = logging.getLogger("bench.airflow")
 PER_PLATFORM = 20

@@ -37,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, child_report, ratio, run_child, stats  # noqa: E402
 
-from eds_network import extract, omop, seed  # noqa: E402
-from eds_network.config import Network, load_network  # noqa: E402
-from eds_network.stack import Stack  # noqa: E402
-from eds_network.storage import delete_prefix  # noqa: E402
+from eds_network.core import copystream, omop
+from eds_network.core.config import Network, load_network  # noqa: E402
+from eds_network.core.storage import delete_prefix  # noqa: E402
+from eds_network.dev import seed  # noqa: E402
+from eds_network.dev.stack import Stack  # noqa: E402
+from eds_network.local import extract
 
 BASE_ID = "hosp_c"
 TABLE = "measurement"
@@ -132,7 +134,8 @@ def naive_peer(stack: Stack, net: Network, patients: int, out: Path) -> tuple[fl
     import pandas as pd
     import sqlalchemy
 
-    from eds_network.pseudonymise import DEFAULT_TEXT_ALLOW_LIST, ID_NAMESPACE, hmac256, id63, linkage_identity
+    from eds_network.core.crypto import hmac256, id63
+    from eds_network.local.pseudonymise import DEFAULT_TEXT_ALLOW_LIST, ID_NAMESPACE, linkage_identity
 
     base = net.base(BASE_ID)
     key = resources(stack, net, stack.dsn(f"bench_local_{patients}")).platform_key
@@ -244,7 +247,11 @@ def run(stack: Stack, *, quick: bool, reps: int, big_reps: int, peer_reps: int) 
     """Items 1 (ours vs raw COPY, quality share), 2 (ours vs the pandas peer), 3 (peak RSS, small vs big)."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
     (small_label, small), (big_label, big) = sizes.items()
-    out: dict = {"table": TABLE, "block_size": extract.COPY_BLOCK, "staging_compression": extract.STAGING_COMPRESSION}
+    out: dict = {
+        "table": TABLE,
+        "block_size": copystream.COPY_BLOCK,
+        "staging_compression": extract.STAGING_COMPRESSION,
+    }
     per_size: dict[str, dict] = {}
     for label, patients in sizes.items():
         net = network(patients)

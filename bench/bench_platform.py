@@ -34,9 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_local  # noqa: E402
 from common import ratio, stats  # noqa: E402
 
-from eds_network import consolidate, extract, omop, publish, transfer  # noqa: E402
-from eds_network.stack import Stack  # noqa: E402
-from eds_network.storage import delete_prefix, download, ensure_bucket, sha256_file  # noqa: E402
+from eds_network.core import omop
+from eds_network.core.storage import delete_prefix, download, ensure_bucket, sha256_file  # noqa: E402
+from eds_network.dev.stack import Stack  # noqa: E402
+from eds_network.local import extract, publish
+from eds_network.national import transfer  # noqa: E402
+from eds_network.platform import consolidate
 
 log = logging.getLogger("bench.platform")
 PREFIX = "bench-consolidate/"

@@ -35,8 +35,8 @@ import bench_local  # noqa: E402
 import bench_platform  # noqa: E402
 from common import RESULTS_DIR, load_average, machine  # noqa: E402
 
-from eds_network.config import load_network  # noqa: E402
-from eds_network.stack import Stack  # noqa: E402
+from eds_network.core.config import load_network  # noqa: E402
+from eds_network.dev.stack import Stack  # noqa: E402
 
 log = logging.getLogger("bench")
 ALL = ("local", "consolidate", "upload", "dagparse", "night")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
-from eds_network.config import LocalBase, load_network
+from eds_network.core.config import LocalBase, load_network
 
 
 def local_dag(base: LocalBase):
@@ -38,8 +38,9 @@ def local_dag(base: LocalBase):
     def local_level():
         @task(map_index_template="{{ table }}")
         def extract_table(table: str, data_interval_start=None, data_interval_end=None) -> dict:
-            from eds_network import extract, quality
-            from eds_network.airflow_adapter import catalogue_dsn, local_resources
+            from eds_network import quality
+            from eds_network.local import extract
+            from eds_network.orchestration.connections import catalogue_dsn, local_resources
 
             ctx = get_current_context()
             ctx["table"] = table  # names the mapped task instance in the UI
@@ -60,8 +61,8 @@ def local_dag(base: LocalBase):
 
         @task(trigger_rule="all_done", outlets=[Asset(name=base.asset_name, uri=base.asset_uri)])
         def publish_batch(refs, data_interval_start=None, data_interval_end=None) -> dict:
-            from eds_network import publish
-            from eds_network.airflow_adapter import local_resources
+            from eds_network.local import publish
+            from eds_network.orchestration.connections import local_resources
 
             network = load_network()
             b = network.base(base.id)
@@ -78,7 +79,7 @@ def local_dag(base: LocalBase):
         @task
         def record_run(published: dict, data_interval_start=None, data_interval_end=None) -> None:
             from eds_network import catalogue
-            from eds_network.airflow_adapter import catalogue_dsn
+            from eds_network.orchestration.connections import catalogue_dsn
 
             ctx = get_current_context()
             catalogue.record_run(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
-from eds_network.config import Platform, load_network
+from eds_network.core.config import Platform, load_network
 
 
 def mutualised_dag(platform: Platform):
@@ -54,9 +54,9 @@ def mutualised_dag(platform: Platform):
     def mutualised_level():
         @task
         def consolidate() -> dict:
-            from eds_network import consolidate as step
-            from eds_network.airflow_adapter import platform_resources
-            from eds_network.standardise import vocabulary_archive
+            from eds_network.orchestration.connections import platform_resources
+            from eds_network.platform import consolidate as step
+            from eds_network.platform.standardise import vocabulary_archive
 
             p = load_network().platform(platform.id)
             # The night: a scheduled (deadline) or manual run has a logical date; an asset-triggered one has none
@@ -74,8 +74,8 @@ def mutualised_dag(platform: Platform):
 
         @task(outlets=[Asset(name=platform.asset_name, uri=platform.asset_uri)])
         def package(consolidation: dict) -> dict:
-            from eds_network import consolidate as step
-            from eds_network.airflow_adapter import platform_resources
+            from eds_network.orchestration.connections import platform_resources
+            from eds_network.platform import consolidate as step
 
             p = load_network().platform(platform.id)
             pkg = step.package(p, platform_resources(p), key_versions=consolidation["key_versions"])
@@ -88,7 +88,7 @@ def mutualised_dag(platform: Platform):
         @task
         def record_run(consolidation: dict, pkg: dict) -> None:
             from eds_network import catalogue
-            from eds_network.airflow_adapter import catalogue_dsn
+            from eds_network.orchestration.connections import catalogue_dsn
 
             dsn = catalogue_dsn(load_network())
             run_id = get_current_context()["run_id"]
@@ -132,7 +132,7 @@ def mutualised_dag(platform: Platform):
         @task
         def check_warehouse(pkg: dict) -> dict:
             from eds_network import quality
-            from eds_network.airflow_adapter import catalogue_dsn, platform_resources
+            from eds_network.orchestration.connections import catalogue_dsn, platform_resources
 
             network = load_network()
             p = network.platform(platform.id)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from eds_network.config import load_network
+from eds_network.core.config import load_network
 
 NETWORK = load_network()
 
@@ -63,9 +63,9 @@ def eds_national():
     @task(map_index_template="{{ platform_id }}")
     def transfer(platform_id: str) -> dict:
         from eds_network import catalogue
-        from eds_network import transfer as step
-        from eds_network.airflow_adapter import catalogue_dsn, national_resources
-        from eds_network.errors import AlreadyDelivered
+        from eds_network.core.errors import AlreadyDelivered
+        from eds_network.national import transfer as step
+        from eds_network.orchestration.connections import catalogue_dsn, national_resources
 
         get_current_context()["platform_id"] = platform_id
         network = load_network()
@@ -88,8 +88,8 @@ def eds_national():
     )
     def receipt(delivery: dict) -> None:
         from eds_network import catalogue
-        from eds_network import transfer as step
-        from eds_network.airflow_adapter import catalogue_dsn, s3_endpoint
+        from eds_network.national import transfer as step
+        from eds_network.orchestration.connections import catalogue_dsn, s3_endpoint
 
         get_current_context()["platform_id"] = delivery["platform"]
         network = load_network()
@@ -142,8 +142,8 @@ def eds_national():
     @task
     def linkage(deliveries: list[dict]) -> dict:
         from eds_network import catalogue
-        from eds_network import transfer as step
-        from eds_network.airflow_adapter import catalogue_dsn, s3_endpoint
+        from eds_network.national import transfer as step
+        from eds_network.orchestration.connections import catalogue_dsn, s3_endpoint
 
         network = load_network()
         summary = step.national_linkage(

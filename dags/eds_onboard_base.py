@@ -24,8 +24,8 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from eds_network import omop
-from eds_network.config import load_network
+from eds_network.core import omop
+from eds_network.core.config import load_network
 
 NETWORK = load_network()
 BASES = [b.id for b in NETWORK.local_bases]
@@ -110,8 +110,8 @@ def _operator() -> str:
 def eds_onboard_base():
     @task
     def register() -> dict:
-        from eds_network import onboard
-        from eds_network.airflow_adapter import catalogue_dsn
+        from eds_network.local import onboard
+        from eds_network.orchestration.connections import catalogue_dsn
 
         ctx = get_current_context()
         network = load_network()
@@ -127,8 +127,8 @@ def eds_onboard_base():
 
     @task
     def check_schema(request: dict) -> dict:
-        from eds_network import onboard
-        from eds_network.airflow_adapter import catalogue_dsn, pg_dsn
+        from eds_network.local import onboard
+        from eds_network.orchestration.connections import catalogue_dsn, pg_dsn
 
         network = load_network()
         req = onboard.OnboardRequest.from_ref(request)
@@ -144,8 +144,8 @@ def eds_onboard_base():
 
     @task
     def profile(request: dict) -> dict:
-        from eds_network import onboard
-        from eds_network.airflow_adapter import catalogue_dsn, pg_dsn
+        from eds_network.local import onboard
+        from eds_network.orchestration.connections import catalogue_dsn, pg_dsn
 
         network = load_network()
         req = onboard.OnboardRequest.from_ref(request)
@@ -161,8 +161,10 @@ def eds_onboard_base():
 
     @task
     def backfill(request: dict, schema: dict, volumes: dict) -> dict:
-        from eds_network import catalogue, onboard
-        from eds_network.airflow_adapter import airflow_api, catalogue_dsn
+        from eds_network import catalogue
+        from eds_network.local import onboard
+        from eds_network.orchestration import backfill as step
+        from eds_network.orchestration.connections import airflow_api, catalogue_dsn
 
         network = load_network()
         req = onboard.OnboardRequest.from_ref(request)
@@ -171,7 +173,7 @@ def eds_onboard_base():
         if not req.dry_run:
             onboard.require_schema_ok(schema, base.id)
         api = airflow_api(onboard.AIRFLOW_API_CONNECTION_ID)
-        outcome = onboard.run_backfill(api, base, req, dsn, progress=print)
+        outcome = step.run_backfill(api, base, req, dsn, progress=print)
         run_id = get_current_context()["run_id"]
         onboard.store_report(dsn, base.id, run_id, "backfill", outcome.ref(), req.operator)
         if req.dry_run:
@@ -185,7 +187,7 @@ def eds_onboard_base():
                 {"dag_run_id": run_id, "intervals": outcome.intervals, "failed": len(outcome.failed)},
             )
         if outcome.failed:
-            from eds_network.errors import EdsError
+            from eds_network.core.errors import EdsError
 
             raise EdsError(
                 f"{len(outcome.failed)} of {outcome.intervals} intervals failed ({', '.join(outcome.failed[:10])}): "

@@ -63,7 +63,7 @@ put minio_hdh_access_key "eds-hdh-$(hex 6)"
 put minio_hdh_secret_key "$(hex 24)"
 
 # Pseudonymisation keys, one per *key_connection_id of the network file (defaults of
-# eds_network.config when the file does not name them).
+# eds_network.core.config when the file does not name them).
 keys="$dir/eds_keys"
 if [[ ! -e $keys ]]; then
     printf '# eds-network pseudonymisation keys by Airflow connection id (deploy/create-secrets.sh).\n' > "$keys"

@@ -19,7 +19,7 @@ from airflow.api_fastapi.core_api.security import requires_access_view
 from airflow.plugins_manager import AirflowPlugin
 
 from eds_network import ui
-from eds_network.config import REPO_ROOT, load_network
+from eds_network.core.config import REPO_ROOT, load_network
 
 PREFIX = "/eds"
 
@@ -27,7 +27,7 @@ PREFIX = "/eds"
 def _dsn() -> str:
     if os.environ.get("EDS_CATALOGUE_DSN"):  # another catalogue than the connection's (tests, staging)
         return os.environ["EDS_CATALOGUE_DSN"]
-    from eds_network.airflow_adapter import catalogue_dsn
+    from eds_network.orchestration.connections import catalogue_dsn
 
     return catalogue_dsn(load_network())
 

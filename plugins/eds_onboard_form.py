@@ -3,7 +3,7 @@
 Airflow validates each Param on its own (JSON Schema): it cannot say that the start date must be before the
 end date, or that the end date must not be in the future. This root middleware refuses such a trigger of
 `eds_onboard_base` with HTTP 400 and a message naming both dates, which the Trigger form shows; the DAG's
-first task checks the same rules again (`eds_network.onboard.check_range`) for any other way in.
+first task checks the same rules again (`eds_network.local.onboard.check_range`) for any other way in.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class OnboardFormGuard:
 
 
 def _problem(body: bytes) -> str | None:
-    from eds_network.errors import ConfigError
-    from eds_network.onboard import check_range
+    from eds_network.core.errors import ConfigError
+    from eds_network.local.onboard import check_range
 
     try:
         conf = (json.loads(body or b"{}") or {}).get("conf") or {}

@@ -21,8 +21,8 @@ os.environ.setdefault("EDS_API_PORT", "26080")
 
 @pytest.fixture(scope="session")
 def stack():
-    from eds_network.config import load_network
-    from eds_network.stack import Stack
+    from eds_network.core.config import load_network
+    from eds_network.dev.stack import Stack
 
     s = Stack.default()
     s.start(load_network())
@@ -59,8 +59,8 @@ def fresh_db(new_db):
 @pytest.fixture(scope="module")
 def synthea_zip():
     """The Synthea27Nj sample beside the checkout (../shared); tests that need it are skipped without it."""
-    from eds_network import seed
-    from eds_network.errors import SourceError
+    from eds_network.core.errors import SourceError
+    from eds_network.dev import seed
 
     try:
         return seed.synthea_zip_path()

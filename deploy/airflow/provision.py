@@ -55,7 +55,7 @@ class ProvisionError(RuntimeError):
 def connection_roles(network: Any) -> dict[str, dict[str, str]]:
     """Map every connection id named by the network configuration to its role and context.
 
-    `network` is an `eds_network.config.Network`. Returns {conn_id: {"role", "conn_id", "platform", "base"}}.
+    `network` is an `eds_network.core.config.Network`. Returns {conn_id: {"role", "conn_id", "platform", "base"}}.
     """
     roles: dict[str, dict[str, str]] = {}
 
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="network file (default: $EDS_NETWORK_CONFIG)")
     args = parser.parse_args(argv)
 
-    from eds_network.config import load_network
+    from eds_network.core.config import load_network
 
     try:
         network = load_network(args.config)

@@ -25,8 +25,8 @@ import sys
 import time
 from zoneinfo import ZoneInfo
 
-from eds_network.config import Network, load_network
-from eds_network.errors import EdsError
+from eds_network.core.config import Network, load_network
+from eds_network.core.errors import EdsError
 
 log = logging.getLogger("eds")
 
@@ -41,7 +41,7 @@ def demo_interval(end: dt.datetime = DEMO_NIGHT_END) -> tuple[dt.datetime, dt.da
 
 
 def _stack():
-    from eds_network.stack import Stack
+    from eds_network.dev.stack import Stack
 
     return Stack.default()
 
@@ -61,7 +61,8 @@ def cmd_stack(args) -> int:
 
 
 def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> dict[str, dict[str, int]]:
-    from eds_network import catalogue, reference_bases, seed
+    from eds_network import catalogue
+    from eds_network.dev import reference_bases, seed
 
     s = _stack()
     out = {}
@@ -137,7 +138,8 @@ def cmd_night(args) -> int:
 
 
 def summary(network: Network) -> str:
-    from eds_network import catalogue, lead_time
+    from eds_network import catalogue
+    from eds_network.catalogue import lead_time
 
     dsn = _stack().dsn("catalogue")
     runs = catalogue.latest_runs(dsn)
@@ -302,7 +304,9 @@ def _catalogue_db_action(args, dsn: str) -> int:
 
 
 def cmd_keys(args) -> int:
-    from eds_network import catalogue, rotation
+    from eds_network import catalogue
+    from eds_network.dev.keys import rotate_stack_key
+    from eds_network.keys import rotation
 
     network = load_network()
     s = _stack()
@@ -313,7 +317,7 @@ def cmd_keys(args) -> int:
             print(f"{conn_id:24s} version {extra.get('version', 'v1'):6s} retired: {retired}")
         return 0
     conn_id = rotation.key_connection_for(network, platform=args.platform, national=args.national)
-    old, new = rotation.rotate_stack_key(s, network, conn_id)
+    old, new = rotate_stack_key(s, network, conn_id)
     print(f"{conn_id}: version {old} -> {new}.", end=" ")
     if args.platform:
         print(
@@ -336,7 +340,7 @@ def cmd_keys(args) -> int:
 
 
 def cmd_leak_scan(args) -> int:
-    from eds_network import leakscan
+    from eds_network.dev import leakscan
 
     network = load_network()
     report, ids = leakscan.scan_stack(_stack(), network, summary=summary(network))

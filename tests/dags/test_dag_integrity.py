@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from eds_network.config import load_network
+from eds_network.core.config import load_network
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,10 @@ import pytest
 import rdflib
 from sqlalchemy import select
 
-from eds_network import catalogue, healthdcat, lead_time, stats
-from eds_network.config import load_network
-from eds_network.reference_bases import REFERENCE_BASES, reference_base, seed_reference_bases
+from eds_network import catalogue
+from eds_network.catalogue import healthdcat, lead_time, stats
+from eds_network.core.config import load_network
+from eds_network.dev.reference_bases import REFERENCE_BASES, reference_base, seed_reference_bases
 
 pytestmark = pytest.mark.integration
 

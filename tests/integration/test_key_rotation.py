@@ -24,12 +24,16 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from eds_network import consolidate, extract, omop, publish, seed, transfer
-from eds_network.config import Network, load_network
-from eds_network.errors import IntegrityError
-from eds_network.pseudonymise import Key
-from eds_network.rotation import KeyRotationInProgress
-from eds_network.storage import S3Endpoint, read_json
+from eds_network.core import omop
+from eds_network.core.config import Network, load_network
+from eds_network.core.crypto import Key
+from eds_network.core.errors import IntegrityError
+from eds_network.core.storage import S3Endpoint, read_json
+from eds_network.dev import seed
+from eds_network.local import extract, publish
+from eds_network.national import transfer
+from eds_network.platform import consolidate
+from eds_network.platform.keyversions import KeyRotationInProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 

@@ -18,11 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from eds_network import consolidate, extract, omop, publish, seed
-from eds_network.config import LocalBase, Network, load_network
-from eds_network.errors import SourceError
-from eds_network.pseudonymise import ID_NAMESPACE, TOKEN_COLUMN, PersonMap
-from eds_network.storage import S3Endpoint, list_keys, read_json
+from eds_network.core import omop
+from eds_network.core.config import LocalBase, Network, load_network
+from eds_network.core.errors import SourceError
+from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.core.storage import S3Endpoint, list_keys, read_json
+from eds_network.dev import seed
+from eds_network.local import extract, publish
+from eds_network.local.pseudonymise import ID_NAMESPACE, PersonMap
+from eds_network.platform import consolidate
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 

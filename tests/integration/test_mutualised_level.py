@@ -22,10 +22,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eds_network import catalogue, cli, consolidate, extract, omop, seed
-from eds_network.config import load_network
-from eds_network.pseudonymise import TOKEN_COLUMN
-from eds_network.storage import list_keys
+from eds_network import catalogue, cli
+from eds_network.core import omop
+from eds_network.core.config import load_network
+from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.core.storage import list_keys
+from eds_network.dev import seed
+from eds_network.local import extract
+from eds_network.platform import consolidate
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.usefixtures("synthea_zip")]
 
@@ -141,7 +145,7 @@ def night(stack):
 
 
 def _ns(base_id: str, local_id: int) -> int:
-    from eds_network.pseudonymise import ID_NAMESPACE
+    from eds_network.local.pseudonymise import ID_NAMESPACE
 
     return NETWORK.base(base_id).site_number * ID_NAMESPACE + local_id
 

@@ -18,9 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from eds_network import catalogue, cli, omop, seed
-from eds_network.config import load_network
-from eds_network.storage import list_keys, read_json
+from eds_network import catalogue, cli
+from eds_network.core import omop
+from eds_network.core.config import load_network
+from eds_network.core.storage import list_keys, read_json
+from eds_network.dev import seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 

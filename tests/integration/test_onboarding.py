@@ -24,10 +24,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from eds_network import catalogue, extract, omop, onboard, seed
-from eds_network.config import Network, load_network
-from eds_network.pseudonymise import TOKEN_COLUMN
-from eds_network.storage import list_keys, read_json
+from eds_network import catalogue
+from eds_network.core import omop
+from eds_network.core.config import Network, load_network
+from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.core.storage import list_keys, read_json
+from eds_network.dev import seed
+from eds_network.local import extract, onboard
+from eds_network.orchestration import airflow_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.usefixtures("synthea_zip")]
 
@@ -109,7 +113,7 @@ def airflow(stack, net, net_file):
             procs[log] = subprocess.Popen(
                 [airflow_bin, component], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-    api = onboard.AirflowApi(f"http://localhost:{stack.api_port}", "admin", stack.ui_password(), timeout=120)
+    api = airflow_api.AirflowApi(f"http://localhost:{stack.api_port}", "admin", stack.ui_password(), timeout=120)
     try:
         _wait(
             lambda: _dag_ready(api, "eds_onboard_base") and _dag_ready(api, f"eds_local__{BASE_ID}"),
@@ -136,11 +140,11 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _dag_ready(api: onboard.AirflowApi, dag_id: str) -> bool:
+def _dag_ready(api: airflow_api.AirflowApi, dag_id: str) -> bool:
     try:
         api.dag(dag_id)
         return True
-    except onboard.AirflowApiError:
+    except airflow_api.AirflowApiError:
         return False
 
 
@@ -159,7 +163,7 @@ def _wait(ready, timeout: float, procs: dict[Path, subprocess.Popen] | None = No
     raise AssertionError(f"not ready after {timeout:.0f}s")
 
 
-def _trigger(api: onboard.AirflowApi, **conf) -> str:
+def _trigger(api: airflow_api.AirflowApi, **conf) -> str:
     conf = {
         "base": BASE_ID,
         "start_date": START.isoformat(),

@@ -12,10 +12,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eds_network import catalogue, cli, consolidate, extract, omop, quality, seed
-from eds_network.config import load_network
-from eds_network.errors import QualityError
-from eds_network.pseudonymise import ID_NAMESPACE
+from eds_network import catalogue, cli, quality
+from eds_network.core import omop
+from eds_network.core.config import load_network
+from eds_network.core.errors import QualityError
+from eds_network.dev import seed
+from eds_network.local import extract
+from eds_network.local.pseudonymise import ID_NAMESPACE
+from eds_network.platform import consolidate
 
 pytestmark = [pytest.mark.integration]
 
@@ -26,7 +30,7 @@ PREFIX = "test-quality-"
 def _remove_intake_objects(stack):
     """The injected defects (identifier-like values among them) leave the shared test stack with the module."""
     yield
-    from eds_network.storage import list_keys
+    from eds_network.core.storage import list_keys
 
     s3 = stack.s3_client()
     for p in load_network().platforms:

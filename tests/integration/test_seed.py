@@ -8,9 +8,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eds_network import omop, seed
-from eds_network.config import Network, load_network
-from eds_network.seed import nir_is_valid
+from eds_network.core import omop
+from eds_network.core.config import Network, load_network
+from eds_network.dev import seed
+from eds_network.dev.seed import nir_is_valid
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 

@@ -29,12 +29,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import EndpointConnectionError
 from nacl.public import PublicKey, SealedBox
 
-from eds_network import catalogue, transfer
-from eds_network.config import NationalTarget, Platform, load_network
-from eds_network.errors import IntegrityError, TransferError
-from eds_network.pseudonymise import TOKEN_COLUMN, Key
-from eds_network.publish import MANIFEST, SCHEMA_VERSION
-from eds_network.storage import S3Endpoint, list_keys, read_json, sha256_object
+from eds_network import catalogue
+from eds_network.core.config import NationalTarget, Platform, load_network
+from eds_network.core.crypto import Key
+from eds_network.core.errors import IntegrityError, TransferError
+from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
+from eds_network.core.storage import S3Endpoint, list_keys, read_json, sha256_object
+from eds_network.national import transfer
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import pytest
 from ui_catalogue import DEMO_MILESTONES, EXTRA_MILESTONES, seed_ui_catalogue
 
 from eds_network import catalogue, ui
-from eds_network.config import load_network
-from eds_network.reference_bases import REFERENCE_BASES
+from eds_network.core.config import load_network
+from eds_network.dev.reference_bases import REFERENCE_BASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import datetime as dt
 
 from eds_network import catalogue
-from eds_network.config import Network
-from eds_network.reference_bases import seed_reference_bases
+from eds_network.core.config import Network
+from eds_network.dev.reference_bases import seed_reference_bases
 
 UTC = dt.UTC
 NIGHT = (dt.datetime(2026, 11, 21, 0, 0, tzinfo=UTC), dt.datetime(2026, 11, 22, 0, 0, tzinfo=UTC))

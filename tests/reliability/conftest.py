@@ -16,8 +16,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eds_network import cli, extract, publish, seed
-from eds_network.config import load_network
+from eds_network import cli
+from eds_network.core.config import load_network
+from eds_network.dev import seed
+from eds_network.local import extract, publish
 
 NETWORK = load_network()
 START, END = cli.demo_interval()

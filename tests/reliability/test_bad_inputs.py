@@ -22,12 +22,16 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from eds_network import consolidate, extract, publish, seed, transfer
-from eds_network.config import load_network
-from eds_network.errors import ConfigError, EdsError, SourceError, TransferError
-from eds_network.nir import make_nir
-from eds_network.pseudonymise import Key
-from eds_network.storage import S3Endpoint, list_keys, read_json
+from eds_network.core import exchange
+from eds_network.core.config import load_network
+from eds_network.core.crypto import Key
+from eds_network.core.errors import ConfigError, EdsError, SourceError, TransferError
+from eds_network.core.nir import make_nir
+from eds_network.core.storage import S3Endpoint, list_keys, read_json
+from eds_network.dev import seed
+from eds_network.local import extract, publish
+from eds_network.national import transfer
+from eds_network.platform import consolidate
 
 pytestmark = [pytest.mark.integration]
 
@@ -368,7 +372,7 @@ def test_malformed_yaml_and_unknown_base_are_config_errors(tmp_path):
 
 
 def test_missing_connection_is_a_config_error_naming_the_connection(stack, monkeypatch):
-    from eds_network import airflow_adapter
+    from eds_network.orchestration import connections as airflow_adapter
 
     monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", stack.airflow_env()["AIRFLOW__SECRETS__BACKEND"])
     monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARGS", stack.airflow_env()["AIRFLOW__SECRETS__BACKEND_KWARGS"])
@@ -403,7 +407,7 @@ def _copy_batches(s3, bucket: str, src: str, dst: str) -> None:
     """Copy every batch under `src` to `dst`, manifests rewritten to list the copies."""
     for key in list_keys(s3, bucket, src):
         new = dst + key[len(src) :]
-        if key.endswith(publish.MANIFEST):
+        if key.endswith(exchange.MANIFEST):
             m = read_json(s3, bucket, key)
             for entry in m["tables"].values():
                 for f in ("key", "tombstones_key"):
@@ -513,7 +517,7 @@ def test_a_parquet_file_readable_but_of_the_wrong_schema_is_rejected_naming_the_
 
 
 def test_person_with_invalid_nir_key_is_linked_by_site_not_across_sites():
-    from eds_network.pseudonymise import linkage_identity
+    from eds_network.local.pseudonymise import linkage_identity
 
     good = make_nir("F", dt.date(1980, 2, 3), "75", 101, 5)
     bad = good[:13] + ("01" if good[13:] != "01" else "02")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from eds_network import faults
+from eds_network.core import faults
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def test_fires_at_the_named_point_and_occurrence_only(monkeypatch):
 
 
 def test_s3_clients_carry_the_hook(monkeypatch):
-    from eds_network.storage import s3_client
+    from eds_network.core.storage import s3_client
 
     monkeypatch.setenv(faults.ENV, "s3.ListBuckets")
     with pytest.raises(faults.InjectedFault):

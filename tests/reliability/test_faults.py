@@ -1,4 +1,4 @@
-"""Fault injection: crash or break a step at a deterministic point (`EDS_FAULT`, see `eds_network.faults`), rerun,
+"""Fault injection: crash or break a step at a deterministic point (`EDS_FAULT`, see `eds_network.core.faults`), rerun,
 and compare with a clean run: per-table row counts and content hashes identical, no duplicate, no incomplete
 multipart upload, catalogue consistent with what exists.
 
@@ -21,11 +21,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eds_network import catalogue, consolidate, extract, faults, omop, publish, transfer
-from eds_network.config import load_network
-from eds_network.errors import AlreadyDelivered, SourceError, TransferError
-from eds_network.pseudonymise import Key
-from eds_network.storage import S3Endpoint, list_keys, object_exists, read_json, sha256_file
+from eds_network import catalogue
+from eds_network.core import exchange, faults, omop
+from eds_network.core.config import load_network
+from eds_network.core.crypto import Key
+from eds_network.core.errors import AlreadyDelivered, SourceError, TransferError
+from eds_network.core.storage import S3Endpoint, list_keys, object_exists, read_json, sha256_file
+from eds_network.local import extract, publish
+from eds_network.national import transfer
+from eds_network.platform import consolidate
 
 pytestmark = [pytest.mark.integration]
 
@@ -107,9 +111,9 @@ def _no_incomplete_uploads(s3, bucket: str) -> None:
 
 _KILL_CHILD = """
 import datetime as dt, json, sys
-from eds_network import extract
-from eds_network.config import load_network
-from eds_network.stack import Stack
+from eds_network.local import extract
+from eds_network.core.config import load_network
+from eds_network.dev.stack import Stack
 net = load_network().resized("hosp_c", 30).resized("hosp_b", 30)
 dsn, prefix = sys.argv[1], sys.argv[2]
 res = Stack.default().local_resources(net, "hosp_c", source_dsn=dsn, intake_prefix=prefix)
@@ -164,7 +168,7 @@ def test_crash_after_files_uploaded_before_manifest_then_rerun(stack, world, cle
         _local_run(stack, world, prefix, dsn)
     s3 = stack.s3_client()
     staged = list_keys(s3, PLATFORM.intake.bucket, prefix)
-    assert staged and not [k for k in staged if k.endswith(publish.MANIFEST)]
+    assert staged and not [k for k in staged if k.endswith(exchange.MANIFEST)]
     # The platform reads manifested batches only: nothing is applied from the half-published batch.
     half = world["empty"]()
     assert _consolidate(stack, half, prefix).applied == []
@@ -324,7 +328,7 @@ def test_crash_after_landing_objects_before_manifest_then_rerun_delivers_once(st
     with pytest.raises(faults.InjectedFault):
         transfer.transfer_platform(outbox_delivery, target, _national(stack))
     partial = _landing_state(s3, bucket, target.landing_zone.prefix)
-    assert partial and not [k for k in partial if k.endswith(publish.MANIFEST)]
+    assert partial and not [k for k in partial if k.endswith(exchange.MANIFEST)]
     monkeypatch.delenv(faults.ENV)
     d = transfer.transfer_platform(outbox_delivery, target, _national(stack))
     assert d.status == "delivered"
@@ -354,5 +358,5 @@ def test_two_national_publishes_racing_deliver_exactly_once(stack, outbox_delive
     assert sorted(results) in (["already_delivered", "delivered"], ["delivered", "lost the race"]), results
     s3 = stack.s3_client()
     keys = _landing_state(s3, target.landing_zone.bucket, target.landing_zone.prefix)
-    assert len([k for k in keys if k.endswith(publish.MANIFEST)]) == 1
+    assert len([k for k in keys if k.endswith(exchange.MANIFEST)]) == 1
     _no_incomplete_uploads(s3, target.landing_zone.bucket)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from eds_network import catalogue, cli, faults, publish
-from eds_network.config import load_network
-from eds_network.storage import list_keys, read_json
+from eds_network import catalogue, cli
+from eds_network.core import exchange, faults
+from eds_network.core.config import load_network
+from eds_network.core.storage import list_keys, read_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -65,4 +66,4 @@ def test_dags_test_process_killed_mid_copy_then_rerun_publishes_the_clean_batch(
         ).fetchone()[0]
     assert n == 1
     assert _local_run(stack)["status"] == "success"
-    assert publish.MANIFEST in manifest_key
+    assert exchange.MANIFEST in manifest_key

@@ -1,6 +1,6 @@
 """Leak scan: identifiers planted in the sources reach no output of a network night, and the scanner is not blind.
 
-The scanner (`eds_network.leakscan`, also `eds leak-scan`) reads every output place: intake, outbox and landing
+The scanner (`eds_network.dev.leakscan`, also `eds leak-scan`) reads every output place: intake, outbox and landing
 zone objects (Parquet decoded), warehouses, catalogue, Airflow's metadata DB (XCom, rendered fields,
 dag_run.conf, …), files of the state folder (task logs, data docs) and the summary text.
 """
@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eds_network import cli, leakscan
-from eds_network.config import load_network
-from eds_network.pseudonymise import looks_like_identifier, scrub_identifiers
+from eds_network import cli
+from eds_network.core.config import load_network
+from eds_network.dev import leakscan
+from eds_network.local.pseudonymise import looks_like_identifier, scrub_identifiers
 
 NETWORK = load_network()
 

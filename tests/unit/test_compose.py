@@ -172,7 +172,7 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def network() -> Any:
     if not NETWORK.exists():
         pytest.skip("config/network.yaml does not exist yet")
-    config = pytest.importorskip("eds_network.config")
+    config = pytest.importorskip("eds_network.core.config")
     return config.load_network(NETWORK)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eds_network.config import DEFAULT_CONFIG, load_network
-from eds_network.errors import ConfigError
+from eds_network.core.config import DEFAULT_CONFIG, load_network
+from eds_network.core.errors import ConfigError
 
 
 def _write(tmp_path: Path, mutate) -> Path:

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from eds_network import dqd, omop
+from eds_network.core import omop
+from eds_network.quality import dqd
 
 SUITES = dqd.DEFAULT_SUITES_DIR
 CATALOGUE = dqd.DEFAULT_DQD_DIR
@@ -47,7 +48,9 @@ def test_regenerating_is_byte_identical(tmp_path):
     for table in omop.DEFAULT_TABLES:
         fresh = (tmp_path / f"{table}.json").read_bytes()
         committed = (SUITES / f"{table}.json").read_bytes()
-        assert fresh == committed, f"expectations/{table}.json is stale: run `python -m eds_network.dqd generate`"
+        assert fresh == committed, (
+            f"expectations/{table}.json is stale: run `python -m eds_network.quality.dqd generate`"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.json" for t in omop.DEFAULT_TABLES)
     # Twice in a row: the generator itself is deterministic.
     first = dqd.render_suites(CATALOGUE, ["measurement"])

@@ -12,14 +12,14 @@ import textwrap
 
 import pytest
 
-from eds_network.errors import EdsError
-from eds_network.pseudonymise import Key
+from eds_network.core.crypto import Key
+from eds_network.core.errors import EdsError
 
 PROBE = textwrap.dedent(
     """
     import base64, json
     from airflow.sdk._shared.secrets_masker import redact
-    from eds_network import airflow_adapter
+    from eds_network.orchestration import connections as airflow_adapter
     out = {}
     for conn_id in ("eds_key_hex", "eds_key_b64"):
         k = airflow_adapter.key(conn_id, "probe")

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from eds_network import consolidate, standardise
-from eds_network.config import load_network
+from eds_network.core.config import load_network
+from eds_network.platform import consolidate, standardise
 
 PARIS = ZoneInfo("Europe/Paris")
 PLATFORM = load_network().platform("idf")

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from eds_network import seed
-from eds_network.config import Network, load_network
-from eds_network.errors import ConfigError, SourceError
-from eds_network.seed import Identity, make_nir, nir_is_valid, nir_key
+from eds_network.core.config import Network, load_network
+from eds_network.core.errors import ConfigError, SourceError
+from eds_network.dev import seed
+from eds_network.dev.seed import Identity, make_nir, nir_is_valid, nir_key
 
 # ---------------------------------------------------------------------------------------------------
 # NIR key and validation

@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 
-from eds_network import onboard
-from eds_network.config import load_network
-from eds_network.errors import ConfigError
+from eds_network.core.config import load_network
+from eds_network.core.errors import ConfigError
+from eds_network.local import onboard
+from eds_network.orchestration import backfill
 
 TODAY = dt.date(2026, 11, 23)
 
@@ -67,7 +68,7 @@ def test_bounds_are_midnight_in_the_bases_time_zone():
 
 def test_backfill_asks_for_intervals_starting_before_the_end_date():
     base = load_network().base("hosp_b")
-    body = onboard.backfill_body(base, _req(dry_run=False))
+    body = backfill.backfill_body(base, _req(dry_run=False))
     assert body["dag_id"] == "eds_local__hosp_b"
     assert body["to_date"] == "2026-10-31T23:59:59+01:00"
     assert body["max_active_runs"] == 2

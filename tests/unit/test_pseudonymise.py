@@ -10,17 +10,11 @@ import pyarrow as pa
 import pytest
 from nacl.public import PrivateKey
 
-from eds_network.errors import EdsError
-from eds_network.pseudonymise import (
-    TOKEN_COLUMN,
-    Key,
-    PersonMap,
-    level1_batch,
-    linkage_identity,
-    national_person_ids,
-    nir_is_valid,
-    normalise,
-)
+from eds_network.core.crypto import Key
+from eds_network.core.errors import EdsError
+from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.local.pseudonymise import PersonMap, level1_batch, linkage_identity, nir_is_valid, normalise
+from eds_network.national.level2 import national_person_ids
 
 
 def _key(name: str) -> Key:

@@ -13,12 +13,14 @@ import pytest
 import yaml
 from nacl.public import PrivateKey
 
-from eds_network import pseudonymise, rotation
-from eds_network.config import DEFAULT_CONFIG, load_network
-from eds_network.errors import ConfigError, EdsError
-from eds_network.pseudonymise import (
+from eds_network.core.config import DEFAULT_CONFIG, load_network
+from eds_network.core.crypto import Key
+from eds_network.core.errors import ConfigError, EdsError
+from eds_network.dev.keys import rotate_stack_key
+from eds_network.keys import rotation
+from eds_network.local import pseudonymise
+from eds_network.local.pseudonymise import (
     DEFAULT_TEXT_ALLOW_LIST,
-    Key,
     PersonMap,
     generalise_postcode,
     level1_batch,
@@ -286,7 +288,7 @@ def test_fingerprint_changes_with_the_key_version_and_the_policy():
 
 
 def test_rotating_a_stack_key_bumps_its_version_and_keeps_the_old_secret_apart(tmp_path, request):
-    from eds_network.stack import Stack
+    from eds_network.dev.stack import Stack
 
     network = load_network()
     s = Stack(root=tmp_path, pg_port=1, s3_port=2, api_port=3)
@@ -294,7 +296,7 @@ def test_rotating_a_stack_key_bumps_its_version_and_keeps_the_old_secret_apart(t
         request.addfinalizer(lambda: shutil.rmtree(s.pg_root, ignore_errors=True))
     before = s.keys(network)
     conn_id = rotation.key_connection_for(network, platform="idf")
-    assert rotation.rotate_stack_key(s, network, conn_id) == ("v1", "v2")
+    assert rotate_stack_key(s, network, conn_id) == ("v1", "v2")
     after = s.keys(network)
     assert after[conn_id]["extra"]["version"] == "v2"
     assert after[conn_id]["extra"]["retired_versions"] == ["v1"]
@@ -305,7 +307,7 @@ def test_rotating_a_stack_key_bumps_its_version_and_keeps_the_old_secret_apart(t
     assert (s.secrets_dir / rotation.RETIRED_KEYS_FILE).stat().st_mode & 0o077 == 0
     conns = json.loads(s.connections_file.read_text())
     assert conns[conn_id]["extra"]["version"] == "v2" and conns[conn_id]["password"] == after[conn_id]["password"]
-    assert rotation.rotate_stack_key(s, network, conn_id) == ("v2", "v3")
+    assert rotate_stack_key(s, network, conn_id) == ("v2", "v3")
     with pytest.raises(EdsError, match="one key at a time"):
         rotation.key_connection_for(network, platform="idf", national=True)
     with pytest.raises(EdsError, match="next key version"):

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from eds_network import dqd, omop, quality
-from eds_network.errors import ConfigError
-from eds_network.quality import Override, Reference, check_batch
+from eds_network import quality
+from eds_network.core import omop
+from eds_network.core.errors import ConfigError
+from eds_network.quality import Override, Reference, check_batch, dqd
 
 pytestmark = pytest.mark.skipif(not (dqd.DEFAULT_SUITES_DIR / "measurement.json").is_file(), reason="no suites")
 

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from eds_network.stack import Stack, ephemeral_port_range
+from eds_network.dev.stack import Stack, ephemeral_port_range
 
 LINUX_DEFAULT_LOW = 32768
 
@@ -38,7 +38,7 @@ def test_a_port_inside_the_range_is_named_in_a_warning(tmp_path, caplog):
         pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range on this system")
     inside = _low() + 1000
     s = Stack(root=tmp_path, pg_port=inside, s3_port=25900, api_port=8080)
-    with caplog.at_level(logging.WARNING, logger="eds_network.stack"):
+    with caplog.at_level(logging.WARNING, logger="eds_network.dev.stack"):
         warnings = s.warn_ephemeral_ports()
     assert len(warnings) == 1 and warnings[0].startswith(f"EDS_PG_PORT={inside} ")
     assert f"EDS_PG_PORT={inside}" in caplog.text

@@ -1,4 +1,4 @@
-"""Small-cell protection (`eds_network.stats.protected_counts`): primary and secondary suppression.
+"""Small-cell protection (`eds_network.catalogue.stats.protected_counts`): primary and secondary suppression.
 
 Property tests (hypothesis) on random 1-D and 2-D tables, with the marginal totals or a random subset of
 them published, and a random k; plus an independent disclosure audit (numpy rank) and worked examples.
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eds_network.stats import is_safe, marginal_totals, protected_counts
+from eds_network.catalogue.stats import is_safe, marginal_totals, protected_counts
 
 
 @st.composite

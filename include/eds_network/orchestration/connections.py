@@ -11,13 +11,13 @@ import base64
 from airflow.sdk import Connection
 from airflow.sdk.log import mask_secret
 
-from eds_network.config import LocalBase, Network, Platform
-from eds_network.consolidate import PlatformResources
-from eds_network.errors import ConfigError
-from eds_network.extract import LocalResources
-from eds_network.pseudonymise import Key
-from eds_network.storage import S3Endpoint
-from eds_network.transfer import NationalResources
+from eds_network.core.config import LocalBase, Network, Platform
+from eds_network.core.crypto import Key
+from eds_network.core.errors import ConfigError
+from eds_network.core.storage import S3Endpoint
+from eds_network.local.extract import LocalResources
+from eds_network.national.transfer import NationalResources
+from eds_network.platform.consolidate import PlatformResources
 
 
 def _conn(conn_id: str, what: str) -> Connection:
@@ -125,7 +125,7 @@ def catalogue_dsn(network: Network) -> str:
 
 def airflow_api(conn_id: str):
     """Airflow's own REST API (onboarding backfills): URL and service account from an HTTP connection."""
-    from eds_network.onboard import AirflowApi
+    from eds_network.orchestration.airflow_api import AirflowApi
 
     c = _conn(conn_id, "Airflow REST API")
     if c.password:

@@ -24,8 +24,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from eds_network import omop
-from eds_network.config import Platform
+from eds_network.core import omop
+from eds_network.core.config import Platform
+from eds_network.core.omopzip import load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,12 @@ VOCABULARY_ENV = "EDS_VOCABULARY_ZIP"
 
 
 def vocabulary_archive() -> Path | None:
-    """The OMOP vocabulary archive (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv…): $EDS_VOCABULARY_ZIP, else the
-    Synthea27Nj sample's subset beside the checkout; None when there is none (standardisation is skipped)."""
+    """The OMOP vocabulary archive (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv…) named by $EDS_VOCABULARY_ZIP, or None
+    when it is not set (standardisation is then skipped, and the consolidation says so in its log)."""
     import os
 
-    if os.environ.get(VOCABULARY_ENV):
-        return Path(os.environ[VOCABULARY_ENV])
-    from eds_network.errors import SourceError
-    from eds_network.seed import synthea_zip_path
-
-    try:
-        return synthea_zip_path()
-    except SourceError:
-        return None
+    value = os.environ.get(VOCABULARY_ENV)
+    return Path(value) if value else None
 
 
 def to_ucum(unit: str | None, known_ucum: set[str]) -> tuple[str, float] | None:
@@ -129,7 +123,6 @@ def ensure_vocabulary(conn: psycopg.Connection, zip_path: Path) -> dict[str, int
 
     Returns rows per vocabulary table when it (re)loaded, {} when it was already there.
     """
-    from eds_network.seed import load_vocabulary  # the OMOP vocabulary CSV reader (also used by the demo seed)
 
     zip_path = Path(zip_path)
     digest = _sha256(zip_path)

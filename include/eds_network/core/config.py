@@ -27,10 +27,10 @@ from pydantic import (
     model_validator,
 )
 
-from eds_network import omop
-from eds_network.errors import ConfigError
+from eds_network.core import omop
+from eds_network.core.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "network.yaml"
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,40}$"
 
@@ -335,6 +335,11 @@ def _loc(loc: tuple) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def state_home() -> Path:
+    """Where this installation keeps its working state (Data Docs, the embedded stack): $EDS_HOME, else `.eds/`."""
+    return Path(os.environ.get("EDS_HOME", REPO_ROOT / ".eds")).resolve()
 
 
 def config_path() -> Path:

@@ -34,23 +34,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eds_network import omop
-from eds_network.config import NEVER_ALLOWED_TEXT
-from eds_network.errors import EdsError
-from eds_network.nir import nir_is_valid
+from eds_network.core import omop
+from eds_network.core.config import NEVER_ALLOWED_TEXT
+from eds_network.core.crypto import Key, hmac256, id63
+from eds_network.core.errors import EdsError
+from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.core.nir import nir_is_valid
 
 ID_NAMESPACE = 10**12  # local ids must stay below this; site_number * 10**12 + id fits in 63 bits
-MASK63 = (1 << 63) - 1
-
 # Text columns that may leave the local level: coded values, never free text or names.
 DEFAULT_TEXT_ALLOW_LIST: frozenset[str] = frozenset(
     {
@@ -83,36 +81,8 @@ LOCATION_DROPPED = (
     "longitude",
     "location_source_value",
 )
-TOKEN_COLUMN = "_transport_token"
 DATE_SHIFT_DOMAIN = b"DATE-SHIFT|"
 MICROS_PER_DAY = 86_400_000_000
-
-
-@dataclass(frozen=True)
-class Key:
-    """A secret key with its version. `repr` never shows the secret."""
-
-    secret: bytes
-    version: str
-    name: str
-
-    def __repr__(self) -> str:
-        return f"Key(name={self.name!r}, version={self.version!r})"
-
-    @classmethod
-    def from_secret(cls, name: str, text: str, version: str) -> Key:
-        """A key as stored in a connection's password: hex (embedded stack) or base64 (docker-compose)."""
-        text = text.strip()
-        try:
-            secret = bytes.fromhex(text)
-        except ValueError:
-            try:
-                secret = base64.b64decode(text, validate=True)
-            except ValueError:
-                raise EdsError(f"key {name!r} (version {version}) is neither hex nor base64") from None
-        if len(secret) < 32:
-            raise EdsError(f"key {name!r} (version {version}) is shorter than 256 bits")
-        return cls(secret, version, name)
 
 
 def normalise(text: str) -> str:
@@ -126,16 +96,6 @@ def linkage_identity(nir: str | None, birth_date: str, sex: str, ipp: str, site:
     if nir_is_valid(nir):
         return normalise(f"NIR|{nir}|{birth_date}|{sex}")
     return normalise(f"SITE|{site}|{ipp}")
-
-
-def hmac256(key: Key, message: str | bytes) -> bytes:
-    if isinstance(message, str):
-        message = message.encode()
-    return hmac.new(key.secret, message, hashlib.sha256).digest()
-
-
-def id63(digest: bytes) -> int:
-    return int.from_bytes(digest[:8], "big") & MASK63 or 1
 
 
 def date_offset(platform_key: Key, level1_digest: bytes, max_days: int) -> int:
@@ -350,42 +310,3 @@ def level1_batch(
     if table == "person":
         cols[TOKEN_COLUMN] = persons.sealed_tokens(batch.column("person_id").combine_chunks())
     return pa.table(cols)
-
-
-def national_person_ids(
-    sealed: pa.Array, level1_ids: pa.Array, national_key: Key, private_key: bytes
-) -> Mapping[int, int]:
-    """Open each person's sealed token and derive the level-2 id. Returns level-1 id -> level-2 id."""
-    from nacl.exceptions import CryptoError
-    from nacl.public import PrivateKey, SealedBox
-
-    box = SealedBox(PrivateKey(private_key))
-    out: dict[int, int] = {}
-    seen: dict[int, bytes] = {}
-    for s, pid in zip(sealed.to_pylist(), level1_ids.to_pylist(), strict=True):
-        if s is None:
-            raise EdsError("a person row has no transport token", table="person", column=TOKEN_COLUMN)
-        try:
-            token = box.decrypt(base64.b64decode(s))
-        except (CryptoError, ValueError):
-            raise EdsError(
-                "a transport token cannot be opened with the national key (wrong key version?)",
-                table="person",
-                column=TOKEN_COLUMN,
-            ) from None
-        digest = hmac256(national_key, token)
-        nid = id63(digest)
-        if seen.get(nid, digest) != digest:
-            raise EdsError("level-2 person id collision (63-bit)", table="person")
-        seen[nid] = digest
-        out[pid] = nid
-    return out
-
-
-def remap(col: pa.Array, mapping: Mapping[int, int]) -> tuple[pa.Array, int]:
-    """Map ids through `mapping`; returns the new column and the number of rows with no mapping (null)."""
-    keys = pa.array(list(mapping.keys()), type=pa.int64())
-    vals = pa.array(list(mapping.values()), type=pa.int64())
-    out = pc.take(vals, pc.index_in(col, value_set=keys))
-    missing = int(pc.sum(pc.is_null(out)).as_py() or 0) - int(pc.sum(pc.is_null(col)).as_py() or 0)
-    return out, missing

@@ -45,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from eds_network.config import Network
-from eds_network.errors import AccountingError
+from eds_network.core.config import Network
+from eds_network.core.errors import AccountingError
 
 SCHEMA = "catalogue"
 MILESTONES = ("contract_signed", "documentation", "preparation", "transfer_channel", "available")

@@ -35,12 +35,12 @@ import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eds_network import faults
-from eds_network.config import NationalTarget, Platform
-from eds_network.errors import IntegrityError, TransferError
-from eds_network.pseudonymise import TOKEN_COLUMN, Key, national_person_ids, remap
-from eds_network.publish import MANIFEST, SCHEMA_VERSION
-from eds_network.storage import (
+from eds_network.core import faults
+from eds_network.core.config import NationalTarget, Platform
+from eds_network.core.crypto import Key
+from eds_network.core.errors import IntegrityError, TransferError
+from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
+from eds_network.core.storage import (
     S3Endpoint,
     download,
     object_exists,
@@ -49,6 +49,7 @@ from eds_network.storage import (
     sha256_file,
     sha256_object,
 )
+from eds_network.national.level2 import national_person_ids, remap
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from eds_network import catalogue, lead_time
-from eds_network.config import Network
+from eds_network import catalogue
+from eds_network.catalogue import lead_time
+from eds_network.core.config import Network
 
 MILESTONE_LABELS = {
     "contract_signed": "Contract signed",
@@ -633,7 +634,7 @@ def create_app(
 
     @app.get("/api/bases/{base_id}/healthdcat", dependencies=deps)
     def api_healthdcat(base_id: str) -> JSONResponse:
-        from eds_network import healthdcat
+        from eds_network.catalogue import healthdcat
 
         try:
             doc = healthdcat.dataset_jsonld(dsn(), base_id)

@@ -38,13 +38,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network import faults, omop, rotation, standardise
-from eds_network.config import LocalBase, Platform
-from eds_network.errors import IntegrityError
-from eds_network.extract import stream_query
-from eds_network.pseudonymise import TOKEN_COLUMN
-from eds_network.publish import MANIFEST, SCHEMA_VERSION
-from eds_network.storage import S3Endpoint, download, list_keys, put_json, sha256_file
+from eds_network.core import faults, omop
+from eds_network.core.config import LocalBase, Platform
+from eds_network.core.copystream import stream_query
+from eds_network.core.errors import IntegrityError
+from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
+from eds_network.core.storage import S3Endpoint, download, list_keys, put_json, sha256_file
+from eds_network.platform import keyversions, standardise
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
         ]
         cols.append(sql.SQL("_site integer NOT NULL"))
         cols.append(sql.SQL("_batch_id text NOT NULL"))
-        cols.append(sql.SQL("{} text").format(sql.Identifier(rotation.KEY_VERSION_COLUMN)))
+        cols.append(sql.SQL("{} text").format(sql.Identifier(keyversions.KEY_VERSION_COLUMN)))
         if t == "person":
             cols.append(sql.SQL("{} text").format(sql.Identifier(TOKEN_COLUMN)))
         conn.execute(
@@ -133,7 +133,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
             table_name text NOT NULL, row_id bigint NOT NULL, duplicate_of bigint NOT NULL,
             person_id bigint NOT NULL, site_number integer NOT NULL, PRIMARY KEY (table_name, row_id));
     """)
-    rotation.ensure_registry(conn, tables)
+    keyversions.ensure_registry(conn, tables)
 
 
 def _copy_parquet(conn: psycopg.Connection, path: Path, target: sql.Composable, columns: list[str]) -> int:
@@ -203,7 +203,7 @@ def _apply_batch(
             if std.units:
                 rows[f"{t}.units_normalised"] = std.units
         key = conflict_key(t)
-        meta = ["_site", "_batch_id", rotation.KEY_VERSION_COLUMN]
+        meta = ["_site", "_batch_id", keyversions.KEY_VERSION_COLUMN]
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
         )
@@ -274,7 +274,7 @@ def _apply_batch(
             "DELETE FROM omop.person p WHERE NOT EXISTS ("
             "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)"
         )
-    rotation.register_version(conn, version)
+    keyversions.register_version(conn, version)
     if replace:
         # Persons the new version no longer carries and no other site treats: gone with their last site.
         conn.execute(
@@ -386,14 +386,14 @@ def consolidate(
                             f"schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}",
                             base=manifest.get("base"),
                         )
-                    rotation.check_not_retired(
+                    keyversions.check_not_retired(
                         conn, manifest.get("key_versions", {}).get("level1"), manifest.get("base", "?")
                     )
                     got_version = (manifest.get("key_versions") or {}).get("level1")
                     if (
                         res.level1_key_version
                         and got_version != res.level1_key_version
-                        and got_version not in rotation.live_versions(conn)
+                        and got_version not in keyversions.live_versions(conn)
                     ):
                         raise IntegrityError(
                             f"batch pseudonymised with level-1 key version {got_version!r}, neither the platform's "
@@ -444,8 +444,8 @@ def consolidate(
                         (bid, msha, reason, manifest.get("base")),
                     )
                     conn.commit()
-        retired = rotation.retire_unused(conn, tables)
-        live = rotation.live_versions(conn)
+        retired = keyversions.retire_unused(conn, tables)
+        live = keyversions.live_versions(conn)
         conn.commit()
         linkage = linkage_stats(conn)
         checks = platform_checks(conn, tables)
@@ -631,7 +631,7 @@ def package(platform: Platform, res: PlatformResources, key_versions: dict[str, 
     bucket, prefix = platform.outbox.bucket, platform.outbox.prefix
     with psycopg.connect(res.warehouse_dsn) as conn:
         ensure_warehouse(conn, tables)
-        rotation.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
+        keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
         state = conn.execute(
             "SELECT coalesce(string_agg(batch_id || ':' || manifest_sha256, ',' ORDER BY batch_id,"
             " manifest_sha256), '') FROM eds_platform.ledger"

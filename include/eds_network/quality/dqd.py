@@ -4,8 +4,8 @@ The DQD catalogue (`shared/reference/ohdsi-dqd-5.4/*.csv`, Apache 2.0) lists, pe
 field and concept, which checks apply and the % of violating rows tolerated (threshold). This module
 turns it into one Great Expectations 1.x `ExpectationSuite` JSON per table (`expectations/<table>.json`)::
 
-    python -m eds_network.dqd generate [--dqd DIR] [--out expectations/] [--tables person measurement ...]
-    python -m eds_network.dqd generate --check      # exit 1 if the committed suites are stale
+    python -m eds_network.quality.dqd generate [--dqd DIR] [--out expectations/] [--tables person measurement ...]
+    python -m eds_network.quality.dqd generate --check      # exit 1 if the committed suites are stale
 
 Generation is deterministic (sorted expectations, sorted JSON keys, no GX ids, no dates): regenerating
 is byte-identical. Every expectation carries in `meta`: check_id, check_name (DQD `checkName`),
@@ -85,8 +85,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from eds_network import omop
-from eds_network.config import REPO_ROOT
+from eds_network.core import omop
+from eds_network.core.config import REPO_ROOT
 
 DEFAULT_DQD_DIR = REPO_ROOT.parent / "shared" / "reference" / "ohdsi-dqd-5.4"
 DEFAULT_SUITES_DIR = REPO_ROOT / "expectations"
@@ -736,7 +736,7 @@ def suite_dict(table: str, checks: Sequence[Check], dqd_dir: Path | str = DEFAUL
         "name": f"{SUITE_PREFIX}{table}",
         "expectations": [c.expectation() for c in checks],
         "meta": {
-            "generated_by": "python -m eds_network.dqd generate",
+            "generated_by": "python -m eds_network.quality.dqd generate",
             "source": "OHDSI DataQualityDashboard OMOP_CDMv5.4 check catalogue (Apache License 2.0)",
             "table": table,
             "counts": {
@@ -784,7 +784,7 @@ def load_suite(table: str, suites_dir: Path | str | None = None) -> dict[str, An
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path}: no expectation suite for table {table!r} (run `python -m eds_network.dqd generate`)"
+            f"{path}: no expectation suite for table {table!r} (run `python -m eds_network.quality.dqd generate`)"
         ) from None
 
 
@@ -793,7 +793,7 @@ def load_checks(table: str, suites_dir: Path | str | None = None) -> list[Check]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eds_network.dqd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eds_network.quality.dqd", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write one GX expectation suite JSON per OMOP table")
     gen.add_argument("--dqd", type=Path, default=DEFAULT_DQD_DIR, help="DQD catalogue folder")
@@ -813,7 +813,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     list(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path), name))[:40]
                 )
         if stale:
-            print(f"stale suites: {', '.join(stale)} (run `python -m eds_network.dqd generate`)", file=sys.stderr)
+            print(
+                f"stale suites: {', '.join(stale)} (run `python -m eds_network.quality.dqd generate`)", file=sys.stderr
+            )
             return 1
         print(f"{len(args.tables)} suites up to date in {args.out}")
         return 0

@@ -1,22 +1,16 @@
-"""Onboarding a base: validate the operator's request, compare the source with OMOP 5.4, profile its history,
-and backfill its local DAG through Airflow's own backfill REST API.
+"""Onboarding a base: validate the operator's request, compare the source with OMOP 5.4, profile its history.
 
-Used by `dags/eds_onboard_base.py` (one function per task). No Airflow import here: the Airflow REST API is
-plain HTTP (`AirflowApi`), authenticated with a JWT from `/auth/token`; connections are resolved by
-`airflow_adapter`. Everything logged or returned names tables, columns, counts and dates, never a row value.
+Used by `dags/eds_onboard_base.py` (one function per task); the backfill itself is
+`eds_network.orchestration.backfill`. Everything logged or returned names tables, columns, counts and dates,
+never a row value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,9 +20,10 @@ from psycopg import sql
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
-from eds_network import catalogue, omop
-from eds_network.config import LocalBase, Network
-from eds_network.errors import ConfigError, EdsError, SourceError
+from eds_network import catalogue
+from eds_network.core import omop
+from eds_network.core.config import LocalBase, Network
+from eds_network.core.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +329,7 @@ def profile(
 ) -> dict:
     """Rows changed per table and calendar month (base time zone) in [start, end), and the completeness
     of the columns DQD checks, over the same range: counts only."""
-    from eds_network import dqd
+    from eds_network.quality import dqd
 
     months = _months(start, end)
     out: dict[str, Any] = {"base": base.id, "start": start.isoformat(), "end": end.isoformat(), "months": months}
@@ -449,283 +444,6 @@ def render_profile(p: dict) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # 4. The backfill, through Airflow's REST API
-
-
-class AirflowApiError(EdsError):
-    """The Airflow REST API refused a call or could not be reached."""
-
-
-@dataclass(frozen=True)
-class AirflowApi:
-    """A small client of Airflow 3's public REST API (`/api/v2`), authenticated with a JWT from `/auth/token`."""
-
-    base_url: str
-    username: str
-    password: str = field(repr=False)
-    timeout: float = 60.0
-    attempts: int = 5
-
-    def token(self) -> str:
-        body = json.dumps({"username": self.username, "password": self.password}).encode()
-        res = self._send("POST", "/auth/token", body, {"Content-Type": "application/json"})
-        return res["access_token"]
-
-    def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
-        url = self.base_url.rstrip("/") + path
-        req = urllib.request.Request(url, data=body, method=method, headers={"Accept": "application/json", **headers})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (configured API URL)
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:1000]
-            try:
-                detail = json.loads(detail).get("detail", detail)
-            except (ValueError, AttributeError):
-                pass
-            raise AirflowApiError(f"Airflow API {method} {path}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise AirflowApiError(f"Airflow API {self.base_url} unreachable: {reason}") from None
-        return json.loads(raw) if raw else None
-
-    def call(self, method: str, path: str, payload: Any = None, query: Mapping[str, Any] | None = None) -> Any:
-        if query:
-            path += "?" + urllib.parse.urlencode(query, doseq=True)
-        body = json.dumps(payload, default=str).encode() if payload is not None else None
-        for attempt in range(1, self.attempts + 1):
-            try:
-                headers = {"Authorization": f"Bearer {self.token()}"}
-                if body is not None:
-                    headers["Content-Type"] = "application/json"
-                return self._send(method, path, body, headers)
-            except AirflowApiError as exc:
-                # An API server busy or restarting: retry reads and the token; never retry a refused call.
-                if "unreachable" not in str(exc) or attempt == self.attempts or method not in ("GET", "PATCH"):
-                    raise
-                log.warning("%s (attempt %d of %d), retrying", exc, attempt, self.attempts)
-                time.sleep(5 * attempt)
-        raise AssertionError("unreachable")
-
-    # -- endpoints ---------------------------------------------------------------------------------
-    def dag(self, dag_id: str) -> dict:
-        return self.call("GET", f"/api/v2/dags/{dag_id}")
-
-    def set_paused(self, dag_id: str, paused: bool) -> dict:
-        return self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused}, {"update_mask": "is_paused"})
-
-    def backfill_dry_run(self, body: dict) -> list[dict]:
-        return self.call("POST", "/api/v2/backfills/dry_run", body)["backfills"]
-
-    def create_backfill(self, body: dict) -> dict:
-        return self.call("POST", "/api/v2/backfills", body)
-
-    def backfills(self, dag_id: str) -> list[dict]:
-        return self.call("GET", "/api/v2/backfills", query={"dag_id": dag_id, "limit": 100})["backfills"]
-
-    def backfill(self, backfill_id: int) -> dict:
-        return self.call("GET", f"/api/v2/backfills/{backfill_id}")
-
-    def dag_runs(self, dag_id: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
-        runs: list[dict] = []
-        offset = 0
-        while True:
-            page = self.call(
-                "GET",
-                f"/api/v2/dags/{dag_id}/dagRuns",
-                query={
-                    "logical_date_gte": start.isoformat(),
-                    "logical_date_lte": end.isoformat(),
-                    "limit": 100,
-                    "offset": offset,
-                    "order_by": "logical_date",
-                },
-            )
-            runs += page["dag_runs"]
-            offset += len(page["dag_runs"])
-            if not page["dag_runs"] or offset >= page["total_entries"]:
-                return runs
-
-
-def backfill_body(base: LocalBase, req: OnboardRequest, reprocess: str | None = None) -> dict:
-    """Intervals whose start (logical date) is in [start, end): `to_date` is inclusive in Airflow."""
-    start, end = req.bounds(base)
-    return {
-        "dag_id": base.dag_id,
-        "from_date": start.isoformat(),
-        "to_date": (end - dt.timedelta(seconds=1)).isoformat(),
-        "run_backwards": False,
-        "max_active_runs": req.max_active_runs,
-        "reprocess_behavior": reprocess or req.reprocess,
-        "dag_run_conf": {},
-    }
-
-
-def rows_published(dsn: str, base_id: str, start: dt.datetime, end: dt.datetime) -> int:
-    """Rows published to the platform intake by the base's local runs whose interval starts in [start, end)."""
-    r, rt = catalogue.run_t, catalogue.run_table_t
-    q = (
-        select(func.coalesce(func.sum(rt.c.published), 0))
-        .select_from(rt.join(r, r.c.id == rt.c.run_id))
-        .where(
-            r.c.level == "local",
-            r.c.scope_id == base_id,
-            r.c.data_interval_start >= start,
-            r.c.data_interval_start < end,
-        )
-    )
-    with catalogue.engine(dsn).connect() as conn:
-        return int(conn.execute(q).scalar_one())
-
-
-@dataclass(frozen=True)
-class BackfillOutcome:
-    base: str
-    dag_id: str
-    dry_run: bool
-    intervals: int
-    backfill_id: int | None = None
-    succeeded: int = 0
-    failed: tuple[str, ...] = ()
-    rows_published: int = 0
-    unpaused: bool = False
-    elapsed_s: float = 0.0
-
-    def ref(self) -> dict:
-        d = asdict(self)
-        d["failed"] = list(self.failed)
-        return d
-
-
-def run_backfill(
-    api: AirflowApi,
-    base: LocalBase,
-    req: OnboardRequest,
-    catalogue_dsn: str,
-    *,
-    poll_seconds: float = POLL_SECONDS,
-    progress: Callable[[str], None] | None = None,
-    timeout_s: float | None = None,
-) -> BackfillOutcome:
-    """Create the backfill of the base's local DAG, let it run with bounded concurrency, report progress,
-    and leave the DAG unpaused for its nightly runs once every interval succeeded.
-
-    Airflow 3 starts backfill runs of unpaused DAGs only: the DAG is unpaused when the backfill is created
-    and paused again (as it was before) if an interval fails, so a base whose history is incomplete does not
-    run nightly. A dry run asks Airflow which intervals it would create and changes nothing.
-    """
-    say = progress or log.info
-    t0 = time.monotonic()
-    start, end = req.bounds(base)
-    dag = api.dag(base.dag_id)  # 404 here: the DAG is not parsed yet (config entry missing or import error)
-    # Every interval of the range (reprocess 'completed' lists them all, whatever ran before) ...
-    every = api.backfill_dry_run(backfill_body(base, req, reprocess="completed"))
-    # ... and those this backfill will (re)run.
-    todo = api.backfill_dry_run(backfill_body(base, req))
-    if not every:
-        raise ConfigError(
-            f"no complete {base.schedule!r} interval starts in [{req.start_date}, {req.end_date})", base=base.id
-        )
-    say(
-        f"{base.dag_id}: {len(every)} intervals in [{req.start_date}, {req.end_date}), {len(todo)} to run "
-        f"(reprocess={req.reprocess}), at most {req.max_active_runs} at a time"
-    )
-    _gap_warning(base, every, say)
-    if req.dry_run:
-        say("dry run: no backfill created, no data written, DAG left " + ("paused" if dag["is_paused"] else "unpaused"))
-        return BackfillOutcome(base.id, base.dag_id, True, len(every), elapsed_s=time.monotonic() - t0)
-
-    was_paused = bool(dag["is_paused"])
-    backfill_id = None
-    if todo:
-        try:
-            backfill_id = int(api.create_backfill(backfill_body(base, req))["id"])
-            say(f"backfill {backfill_id} created for {base.dag_id}")
-        except AirflowApiError as exc:
-            running = [b for b in api.backfills(base.dag_id) if not b.get("completed_at")]
-            if "HTTP 409" not in str(exc) or not running:
-                raise
-            backfill_id = int(running[-1]["id"])  # a retry of this task: follow the backfill it created
-            say(f"backfill {backfill_id} of {base.dag_id} is already running: following it")
-    if was_paused:
-        api.set_paused(base.dag_id, False)
-        say(f"{base.dag_id} unpaused (Airflow runs backfill runs of unpaused DAGs only)")
-    logical = [dt.datetime.fromisoformat(i["logical_date"]) for i in every]
-    first, last = min(logical), max(logical)
-    last_line = ""
-    while backfill_id is not None:
-        state = api.backfill(backfill_id)
-        runs = api.dag_runs(base.dag_id, first, last)
-        done = sum(r["state"] == "success" for r in runs)
-        failed = sum(r["state"] == "failed" for r in runs)
-        line = (
-            f"progress: {done}/{len(every)} intervals done, {failed} failed, "
-            f"{rows_published(catalogue_dsn, base.id, first, last + dt.timedelta(seconds=1)):,d} rows published so far"
-        )
-        if line != last_line:
-            say(line)
-            last_line = line
-        if state.get("completed_at"):
-            break
-        if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-            raise AirflowApiError(f"backfill {backfill_id} of {base.dag_id} still running after {timeout_s:.0f}s")
-        time.sleep(poll_seconds)
-
-    runs = {r["logical_date"]: r for r in api.dag_runs(base.dag_id, first, last)}
-    failed_runs = []
-    for i in every:
-        r = _run_at(runs, i["logical_date"])
-        if r is None or r["state"] != "success":
-            failed_runs.append(r["dag_run_id"] if r else f"(no run at {i['logical_date']})")
-    rows = rows_published(catalogue_dsn, base.id, first, last + dt.timedelta(seconds=1))
-    if failed_runs:
-        if was_paused:
-            api.set_paused(base.dag_id, True)
-            say(f"{base.dag_id} paused again: its history is incomplete")
-    unpaused = not failed_runs
-    say(
-        f"backfill of {base.dag_id} finished: {len(every) - len(failed_runs)}/{len(every)} intervals succeeded, "
-        f"{rows:,d} rows published"
-    )
-    return BackfillOutcome(
-        base.id,
-        base.dag_id,
-        False,
-        len(every),
-        backfill_id,
-        len(every) - len(failed_runs),
-        tuple(failed_runs),
-        rows,
-        unpaused,
-        time.monotonic() - t0,
-    )
-
-
-def _run_at(runs: Mapping[str, dict], logical_date: str) -> dict | None:
-    want = dt.datetime.fromisoformat(logical_date)
-    for k, r in runs.items():
-        if k and dt.datetime.fromisoformat(k) == want:
-            return r
-    return None
-
-
-def _gap_warning(base: LocalBase, every: Sequence[dict], say: Callable[[str], None]) -> None:
-    """Nightly runs start from the latest complete interval (catchup=False): say so if the range stops short."""
-    from croniter import croniter
-
-    tz = ZoneInfo(base.timezone)
-    now = dt.datetime.now(tz)
-    it = croniter(base.schedule, now)
-    latest_end = it.get_prev(dt.datetime)
-    latest_start = it.get_prev(dt.datetime)
-    last = max(dt.datetime.fromisoformat(i["logical_date"]) for i in every)
-    cron = croniter(base.schedule, last.astimezone(tz))
-    last_end = cron.get_next(dt.datetime)
-    if last_end < latest_start:
-        say(
-            f"WARNING: the range stops at {last_end.isoformat()} but the first nightly run covers "
-            f"[{latest_start.isoformat()}, {latest_end.isoformat()}): changes in between are not extracted; "
-            "onboard again with a later end_date to cover them"
-        )
 
 
 def require_schema_ok(schema: Mapping[str, Any], base_id: str) -> None:

@@ -12,16 +12,15 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from eds_network import faults, rotation
-from eds_network.config import LocalBase
-from eds_network.errors import AccountingError, IntegrityError
-from eds_network.extract import LocalResources, batch_id
-from eds_network.storage import list_keys, object_exists, put_json, sha256_object
+from eds_network.core import faults
+from eds_network.core.config import LocalBase
+from eds_network.core.errors import AccountingError, IntegrityError
+from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
+from eds_network.core.storage import list_keys, object_exists, put_json, sha256_object
+from eds_network.local import keystate
+from eds_network.local.extract import LocalResources, batch_id
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = "OMOP CDM 5.4"
-MANIFEST = "_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def publish_batch(
     faults.inject("publish.after_upload_before_manifest")  # tests: files staged, no manifest yet
     put_json(s3, res.intake_bucket, manifest_key, manifest)
     # What each published table now depends on (key version, policy): the next run re-extracts on a change.
-    rotation.record_published(res.source_dsn, bid, res.platform_key.version, tables)
+    keystate.record_published(res.source_dsn, bid, res.platform_key.version, tables)
     keep = (
         {manifest_key}
         | {v["key"] for v in tables.values()}

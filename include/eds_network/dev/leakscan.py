@@ -252,7 +252,7 @@ def parquet_text(source) -> Iterator[str]:
 
 
 def s3_places(s3, bucket: str, prefix: str = "", area: str = "s3") -> Iterator[Place]:
-    from eds_network.storage import list_keys
+    from eds_network.core.storage import list_keys
 
     for key in list_keys(s3, bucket, prefix):
         where = f"s3://{bucket}/{key}"

@@ -4,8 +4,8 @@ The Health Data Hub's 2023 activity report names seven bases as the catalogue's 
 (AP-HP), ESME (Unicancer), OSCOUR (Santé publique France), ATU CBPC (Roche), e-SIS (CRCDC Occitanie),
 Hepather (Inserm) and e-must (ARS Île-de-France). They are recorded in `catalogue.base` with
 `reference = true` and no platform (they do not flow through this network's DAGs), with their onboarding
-milestones in `catalogue.milestone`, so that the lead-time figures (`eds_network.lead_time`) and the
-HealthDCAT-AP descriptions (`eds_network.healthdcat`) cover them too.
+milestones in `catalogue.milestone`, so that the lead-time figures (`eds_network.catalogue.lead_time`) and the
+HealthDCAT-AP descriptions (`eds_network.catalogue.healthdcat`) cover them too.
 
 **The dates below are illustrative placeholders** (plausible 2022–2023 dates), not the report's figures:
 we do not have the report's text. Replace them with the report's dates when available; the evidence

@@ -19,8 +19,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from eds_network import faults
-from eds_network.errors import TransferError
+from eds_network.core import faults
+from eds_network.core.errors import TransferError
 
 CHUNK = 8 * 1024 * 1024
 

@@ -19,10 +19,8 @@ Everything is deterministic. Logs carry counts only, never an identity value.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import os
-import re
 import unicodedata
 import zipfile
 import zlib
@@ -40,10 +38,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
-from eds_network import omop
-from eds_network.config import REPO_ROOT, LocalBase, Network
-from eds_network.errors import ConfigError, SourceError
-from eds_network.nir import make_nir, nir_is_valid, nir_key  # noqa: F401 (re-exported)
+from eds_network.core import omop
+from eds_network.core.config import REPO_ROOT, LocalBase, Network
+from eds_network.core.errors import ConfigError, SourceError
+from eds_network.core.nir import make_nir, nir_is_valid, nir_key  # noqa: F401 (re-exported)
+from eds_network.core.omopzip import SQL_TYPE, copy_tables, load_vocabulary, read_zip_csv, zip_member  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -466,11 +465,9 @@ def ground_truth(network: Network) -> dict:
 # Source schema
 # ---------------------------------------------------------------------------------------------------
 
-_SQL_TYPE = re.compile(r"^(bigint|double precision|date|timestamp|text|varchar\(\d+\))$")
-
 
 def _sql_file(name: str) -> str:
-    return resources.files("eds_network").joinpath(f"sql/seed/{name}").read_text(encoding="utf-8")
+    return resources.files("eds_network.dev").joinpath(f"sql/seed/{name}").read_text(encoding="utf-8")
 
 
 def _delete_key(t: omop.Table) -> str | None:
@@ -488,7 +485,7 @@ def create_source_schema(conn: psycopg.Connection, tables: Sequence[str]) -> Non
             t = omop.table(name)
             cols = []
             for c in t.columns:
-                if not _SQL_TYPE.match(c.sql_type):
+                if not SQL_TYPE.match(c.sql_type):
                     raise ValueError(f"unexpected SQL type {c.sql_type!r} for {t.name}.{c.name}")
                 cols.append(
                     sql.SQL("{} {}{}").format(
@@ -540,46 +537,9 @@ def synthea_zip_path() -> Path:
     return path
 
 
-def _zip_member(zf: zipfile.ZipFile, table: str) -> str | None:
-    want = f"{table.upper()}.CSV"
-    for info in zf.infolist():
-        name = info.filename
-        base = name.rsplit("/", 1)[-1]
-        if info.is_dir() or name.startswith("__MACOSX/") or base.startswith("._"):
-            continue
-        if base.upper() == want:
-            return name
-    return None
-
-
-def _read_zip_csv(zip_path: Path, table: str, *, typed: bool, tdef: omop.Table | None = None) -> pa.Table | None:
-    """One CSV of the zip as an Arrow table (columns also in the OMOP schema; empty -> null), or None."""
-    tdef = tdef or omop.table(table)
-    with zipfile.ZipFile(zip_path) as zf:
-        member = _zip_member(zf, table)
-        if member is None:
-            return None
-        data = zf.read(member)
-    header = data.split(b"\n", 1)[0].decode("utf-8-sig").strip().split(",")
-    header = [h.strip().strip('"').lower() for h in header]
-    cols = [c for c in header if tdef.has(c)]
-    types = {c: (tdef.column(c).arrow_type if typed else pa.string()) for c in cols}
-    return pacsv.read_csv(
-        pa.BufferReader(data),
-        read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, encoding="utf8"),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types,
-            include_columns=cols,
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=True,
-        ),
-    )
-
-
 @cache
 def _synthea_persons_cached(zip_path: str, mtime: float) -> tuple[tuple[int, dt.date, str], ...]:
-    t = _read_zip_csv(Path(zip_path), "person", typed=True)
+    t = read_zip_csv(Path(zip_path), "person", typed=True)
     if t is None:
         raise SourceError(f"{zip_path}: PERSON.csv not found", table="person")
     rows = []
@@ -598,35 +558,6 @@ def _synthea_persons(zip_path: Path) -> tuple[tuple[int, dt.date, str], ...]:
     """(person_id, birth date, sex) of the sample's persons, by person_id."""
     p = Path(zip_path).resolve()
     return _synthea_persons_cached(str(p), p.stat().st_mtime)
-
-
-def _csv_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    return sink.getvalue()
-
-
-def _copy_stmt(schema: str, table: str, columns: Sequence[str]) -> sql.Composed:
-    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-        sql.Identifier(schema, table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    )
-
-
-def _copy_tables(cur: psycopg.Cursor, schema: str, table: str, chunks: Iterator[pa.Table]) -> int:
-    """COPY a stream of Arrow tables (same columns) into schema.table; returns the row count."""
-    n = 0
-    first = next(chunks, None)
-    if first is None:
-        return 0
-    columns = first.column_names
-    with cur.copy(_copy_stmt(schema, table, columns)) as cp:
-        chunk: pa.Table | None = first
-        while chunk is not None:
-            if chunk.num_rows:
-                cp.write(_csv_bytes(chunk.select(columns)))
-                n += chunk.num_rows
-            chunk = next(chunks, None)
-    return n
 
 
 @contextmanager
@@ -768,7 +699,7 @@ def load_synthea(
     with conn.cursor() as cur:
         for name in tables:
             tdef = omop.table(name)
-            data = _read_zip_csv(zip_path, name, typed=False, tdef=tdef)
+            data = read_zip_csv(zip_path, name, typed=False, tdef=tdef)
             if data is None:
                 counts[name] = 0
                 continue
@@ -776,7 +707,7 @@ def load_synthea(
                 omop.CHANGE_COLUMN, _stamps(_rng(name, "synthea", data.num_rows), data.num_rows, stamp)
             )
             chunks = (pa.Table.from_batches([rb]) for rb in data.to_batches(max_chunksize=100_000))
-            counts[name] = _copy_tables(cur, SOURCE_SCHEMA, tdef.name, chunks)
+            counts[name] = copy_tables(cur, SOURCE_SCHEMA, tdef.name, chunks)
             log.info("synthea %s: %d rows", name, counts[name])
     _insert_identities(conn, identities, [p[0] for p in persons], site_number, salt=_crc(f"synthea{site_number}"))
     return counts
@@ -833,7 +764,7 @@ def _is_day(c: omop.Column) -> bool:
 @cache
 def _template_cached(zip_path: str, mtime: float, table: str) -> _Template | None:
     tdef = omop.table(table)
-    data = _read_zip_csv(Path(zip_path), table, typed=True, tdef=tdef)
+    data = read_zip_csv(Path(zip_path), table, typed=True, tdef=tdef)
     if data is None or data.num_rows == 0:
         return None
     date_cols = [c.name for c in tdef.columns if _is_day(c) and c.name in data.column_names]
@@ -1084,7 +1015,7 @@ def generate(
                 continue
             chunks = (stamped(name, b, maker(b, p0, p1)) for b, p0, p1 in blocks)
             with _indexes_deferred(cur, SOURCE_SCHEMA, tdef.name):
-                counts[name] = _copy_tables(cur, SOURCE_SCHEMA, tdef.name, chunks)
+                counts[name] = copy_tables(cur, SOURCE_SCHEMA, tdef.name, chunks)
             log.info("generated %s: %d rows", name, counts[name])
     _insert_identities(conn, identities, range(1, n + 1), base.site_number, salt=_crc(f"{base.id}:{seed}"))
     return counts
@@ -1204,7 +1135,7 @@ _CODED_TABLES = {
 def _source_codes_cached(zip_path: str, mtime: float) -> dict[int, int]:
     """Standard concept -> one source concept that 'Maps to' it and to nothing else (smallest id)."""
     with zipfile.ZipFile(zip_path) as zf:
-        member = _zip_member(zf, "concept_relationship")
+        member = zip_member(zf, "concept_relationship")
         if member is None:
             return {}
         data = zf.read(member)
@@ -1303,52 +1234,3 @@ def seed_base(
 # ---------------------------------------------------------------------------------------------------
 # Vocabulary
 # ---------------------------------------------------------------------------------------------------
-
-_VOCAB_TABLES = ("concept", "concept_relationship", "vocabulary", "domain")
-_VOCAB_INDEXES = {
-    "concept": ("concept_id",),
-    "concept_relationship": ("concept_id_1", "relationship_id"),
-    "vocabulary": ("vocabulary_id",),
-    "domain": ("domain_id",),
-}
-
-
-def load_vocabulary(conn: psycopg.Connection, zip_path: Path, schema: str = "vocab") -> dict[str, int]:
-    """Load CONCEPT, CONCEPT_RELATIONSHIP (and VOCABULARY, DOMAIN if present) from the zip into `schema`.
-
-    Idempotent: each table is dropped and recreated (the schema itself is kept). Does not commit.
-    Returns rows per table.
-    """
-    zip_path = Path(zip_path)
-    counts: dict[str, int] = {}
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        for name in _VOCAB_TABLES:
-            tdef = omop.table(name)
-            data = _read_zip_csv(zip_path, name, typed=False, tdef=tdef)
-            if data is None:
-                if name in ("concept", "concept_relationship"):
-                    raise SourceError(f"{zip_path}: {name.upper()}.csv not found", table=name)
-                continue
-            qname = sql.Identifier(schema, name)
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qname))
-            cols = [
-                sql.SQL("{} {}{}").format(
-                    sql.Identifier(c.name), sql.SQL(c.sql_type), sql.SQL(" NOT NULL" if c.required else "")
-                )
-                for c in tdef.columns
-                if _SQL_TYPE.match(c.sql_type)
-            ]
-            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(qname, sql.SQL(", ").join(cols)))
-            counts[name] = _copy_tables(cur, schema, name, iter([data]))
-            idx_cols = _VOCAB_INDEXES[name]
-            cur.execute(
-                sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                    sql.Identifier(f"{name}_{'_'.join(idx_cols)}_idx"),
-                    qname,
-                    sql.SQL(", ").join(map(sql.Identifier, idx_cols)),
-                )
-            )
-            cur.execute(sql.SQL("ANALYZE {}").format(qname))
-            log.info("vocabulary %s.%s: %d rows", schema, name, counts[name])
-    return counts

@@ -132,7 +132,7 @@ class Table:
 @cache
 def schema() -> dict[str, Table]:
     """All OMOP 5.4 tables keyed by lower-case name, columns in DQD order (person_id first-ish)."""
-    text = resources.files("eds_network").joinpath("data/omop54_fields.csv").read_text(encoding="utf-8")
+    text = resources.files("eds_network.core").joinpath("data/omop54_fields.csv").read_text(encoding="utf-8")
     cols: dict[str, list[Column]] = {}
     for row in csv.DictReader(text.splitlines()):
         t = row["cdmTableName"].lower()

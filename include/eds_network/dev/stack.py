@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eds_network.config import REPO_ROOT, Network, load_network
-from eds_network.errors import EdsError
+from eds_network.core.config import REPO_ROOT, Network, load_network, state_home
+from eds_network.core.errors import EdsError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ PG_USER = "eds"
 
 
 def home() -> Path:
-    return Path(os.environ.get("EDS_HOME", REPO_ROOT / ".eds")).resolve()
+    return state_home()
 
 
 def _port(var: str, default: int) -> int:
@@ -336,7 +336,7 @@ class Stack:
         self._moto_pidfile.unlink(missing_ok=True)
 
     def s3_client(self):
-        from eds_network.storage import s3_client
+        from eds_network.core.storage import s3_client
 
         return s3_client(self.s3_endpoint, "eds-local", "eds-local-secret", "eu-west-3")
 
@@ -344,9 +344,9 @@ class Stack:
         self, network: Network, base_id: str, *, source_dsn: str | None = None, intake_prefix: str | None = None
     ):
         """What a local task gets from Airflow connections, built from this stack's own keys (tests, benches)."""
-        from eds_network.extract import LocalResources
-        from eds_network.pseudonymise import Key
-        from eds_network.storage import S3Endpoint
+        from eds_network.core.crypto import Key
+        from eds_network.core.storage import S3Endpoint
+        from eds_network.local.extract import LocalResources
 
         keys = self.keys(network)
         platform = network.platform_of(base_id)
@@ -484,12 +484,27 @@ class Stack:
             "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "EDS_HOME": str(self.root),
+            **self.vocabulary_env(),
             "EDS_PG_PORT": str(self.pg_port),
             "EDS_S3_PORT": str(self.s3_port),
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             "NO_PROXY": "*",
         }
         return env
+
+    def vocabulary_env(self) -> dict[str, str]:
+        """The demo platforms standardise with the Synthea27Nj sample's vocabulary subset, when it is beside the
+        checkout (production names its own Athena archive in EDS_VOCABULARY_ZIP)."""
+        from eds_network.core.errors import SourceError
+        from eds_network.dev.seed import synthea_zip_path
+        from eds_network.platform.standardise import VOCABULARY_ENV
+
+        if os.environ.get(VOCABULARY_ENV):
+            return {VOCABULARY_ENV: os.environ[VOCABULARY_ENV]}
+        try:
+            return {VOCABULARY_ENV: str(synthea_zip_path())}
+        except SourceError:
+            return {}
 
     def airflow(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.airflow_env()}
@@ -530,7 +545,7 @@ class Stack:
         ]:
             self.create_database(db)
         self.start_s3()
-        from eds_network.storage import ensure_bucket
+        from eds_network.core.storage import ensure_bucket
 
         s3 = self.s3_client()
         for loc in [

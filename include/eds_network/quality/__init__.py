@@ -1,4 +1,4 @@
-"""Run the DQD-derived suites (`expectations/<table>.json`, see `eds_network.dqd`) on an Arrow batch.
+"""Run the DQD-derived suites (`expectations/<table>.json`, see `eds_network.quality.dqd`) on an Arrow batch.
 
 `check_batch(base, table, batch, ...)` returns a `QualityResult`: one `CheckResult` per check (counts and
 percentages only), the `keep_mask` of rows that pass every row-level fatal check, the number of
@@ -128,9 +128,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from eds_network import dqd, omop
-from eds_network.dqd import BATCH, CHARACTERIZATION, CONVENTION, FATAL, Check
-from eds_network.errors import ConfigError, QualityError
+from eds_network.core import omop
+from eds_network.core.errors import ConfigError, QualityError
+from eds_network.quality import dqd
+from eds_network.quality.dqd import BATCH, CHARACTERIZATION, CONVENTION, FATAL, Check
 
 ENGINE_ENV = "EDS_QUALITY_ENGINE"
 DEFAULT_QUARANTINE_LIMIT_PCT = 5.0
@@ -1491,9 +1492,9 @@ def _docs_rows() -> int:
 
 def docs_path(level: str, scope: str, table: str) -> Path:
     """`$EDS_HOME/datadocs/<level>/<scope>/<table>/`: the latest Data Docs of one table (replaced each run)."""
-    from eds_network.stack import home
+    from eds_network.core.config import state_home
 
-    return home() / "datadocs" / level / scope / table
+    return state_home() / "datadocs" / level / scope / table
 
 
 def _check_row(r: CheckResult, act: str, engine: str) -> dict[str, Any]:

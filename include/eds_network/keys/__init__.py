@@ -1,0 +1,1 @@
+"""The key holders: which key a rotation concerns and its versions. Never sees an identity."""

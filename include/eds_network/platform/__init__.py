@@ -1,0 +1,1 @@
+"""Runs at the mutualised platform: verify members' batches, consolidate, standardise, link, package for the HDH."""

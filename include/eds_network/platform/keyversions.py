@@ -1,0 +1,142 @@
+"""Level-1 key versions at the platform: which versions the warehouse rows carry, and their retirement.
+
+Every warehouse row carries the level-1 key version it was pseudonymised under (`_key_version`); a version no row
+carries any more is retired (`eds_platform.key_version`) and a batch still carrying a retired version is rejected.
+While two versions are live (some members not re-keyed yet) the platform does not package: the same patient would
+appear under two level-1 pseudonyms. Nothing here reads a key: versions only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+import psycopg
+from psycopg import sql
+
+from eds_network.core.errors import EdsError, IntegrityError
+
+log = logging.getLogger(__name__)
+
+KEY_VERSION_COLUMN = "_key_version"
+
+
+class KeyRotationInProgress(EdsError):
+    """Rows of two level-1 key versions are live in a warehouse: packaging waits for the re-keying runs."""
+
+
+# -- local level -----------------------------------------------------------------------------------------
+
+
+def ensure_registry(conn: psycopg.Connection, tables: Iterable[str]) -> None:
+    """The key-version registry, and the `_key_version` column on warehouses created before it existed."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS eds_platform.key_version (version text PRIMARY KEY,"
+        " seq bigint GENERATED ALWAYS AS IDENTITY, first_applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+        " retired_at timestamptz)"
+    )
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'omop' AND column_name = %s",
+            (KEY_VERSION_COLUMN,),
+        )
+    }
+    for t in [t for t in tables if t not in have]:  # no ALTER (and its exclusive lock) once the column exists
+        conn.execute(
+            sql.SQL("ALTER TABLE omop.{} ADD COLUMN IF NOT EXISTS {} text").format(
+                sql.Identifier(t), sql.Identifier(KEY_VERSION_COLUMN)
+            )
+        )
+
+
+def check_not_retired(conn: psycopg.Connection, version: str | None, base: str) -> None:
+    if version is None:
+        return
+    row = conn.execute("SELECT retired_at FROM eds_platform.key_version WHERE version = %s", (version,)).fetchone()
+    if row is not None and row[0] is not None:
+        raise IntegrityError(
+            f"level-1 key version {version!r} is retired at this platform: the batch must be extracted again "
+            "under the current key version",
+            base=base,
+        )
+
+
+def register_version(conn: psycopg.Connection, version: str | None) -> None:
+    if version is not None:
+        conn.execute(
+            "INSERT INTO eds_platform.key_version (version) VALUES (%s) ON CONFLICT (version) DO NOTHING", (version,)
+        )
+
+
+def live_versions(conn: psycopg.Connection) -> list[str]:
+    """Versions not retired, oldest first."""
+    return [
+        r[0] for r in conn.execute("SELECT version FROM eds_platform.key_version WHERE retired_at IS NULL ORDER BY seq")
+    ]
+
+
+def _sites_with(conn: psycopg.Connection, tables: Iterable[str], version: str) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for t in tables:
+        sites = {
+            r[0]
+            for r in conn.execute(
+                sql.SQL("SELECT DISTINCT _site FROM omop.{} WHERE {} = %s").format(
+                    sql.Identifier(t), sql.Identifier(KEY_VERSION_COLUMN)
+                ),
+                (version,),
+            )
+        }
+        if sites:
+            out[t] = sites
+    return out
+
+
+def retire_unused(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """Retire every live version but the newest that no warehouse row carries any more. Returns them.
+
+    Only scans the warehouse while a rotation is in progress (two live versions); a steady night costs one query.
+    """
+    live = live_versions(conn)
+    retired = []
+    for v in live[:-1]:
+        in_use = any(
+            conn.execute(
+                sql.SQL("SELECT 1 FROM omop.{} WHERE {} = %s LIMIT 1").format(
+                    sql.Identifier(t), sql.Identifier(KEY_VERSION_COLUMN)
+                ),
+                (v,),
+            ).fetchone()
+            for t in tables
+        )
+        if not in_use:
+            conn.execute("UPDATE eds_platform.key_version SET retired_at = clock_timestamp() WHERE version = %s", (v,))
+            retired.append(v)
+    if retired:
+        log.info("level-1 key versions retired (no row carries them any more): %s", ", ".join(retired))
+    return retired
+
+
+def require_single_version(
+    conn: psycopg.Connection, platform_id: str, tables: list[str], bases_by_site: Mapping[int, str]
+) -> None:
+    """Refuse to package while rows of two level-1 key versions are live (a rotation not finished)."""
+    live = live_versions(conn)
+    if len(live) <= 1:
+        return
+    newest = live[-1]
+    pending: dict[str, set[str]] = {}
+    for v in live[:-1]:
+        for t, sites in _sites_with(conn, tables, v).items():
+            for s in sites:
+                pending.setdefault(bases_by_site.get(s, f"site {s}"), set()).add(t)
+    detail = "; ".join(f"{b}: {', '.join(sorted(ts))}" for b, ts in sorted(pending.items()))
+    raise KeyRotationInProgress(
+        f"platform {platform_id}: level-1 key rotation in progress ({', '.join(live[:-1])} -> {newest}); rows still "
+        f"under the old version: {detail}. The platform is packaged again once these bases have published their "
+        "re-keying run (a full extraction under the new key version)."
+    )
+
+
+# -- embedded stack: rotating a key in the secrets file ----------------------------------------------------
