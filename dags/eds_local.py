@@ -24,6 +24,8 @@ from eds_network.core.config import LocalBase, load_network
 
 
 def local_dag(base: LocalBase):
+    asset = Asset(name=base.asset_name, uri=base.asset_uri)
+
     @dag(
         dag_id=base.dag_id,
         description=f"Local level of {base.label}: extract, check, pseudonymise, publish to {base.platform}",
@@ -38,70 +40,32 @@ def local_dag(base: LocalBase):
     def local_level():
         @task(map_index_template="{{ table }}")
         def extract_table(table: str, data_interval_start=None, data_interval_end=None) -> dict:
-            from eds_network import quality
-            from eds_network.local import extract
-            from eds_network.orchestration.connections import catalogue_dsn, local_resources
+            from eds_network.orchestration import local_tasks
 
             ctx = get_current_context()
             ctx["table"] = table  # names the mapped task instance in the UI
-            network = load_network()
-            b = network.base(base.id)
-            res = local_resources(network, b)
-            # DQD-style results per check -> catalogue (also when a fatal check stops the table).
-            record_checks = quality.catalogue_recorder(catalogue_dsn(network), dag_run_id=ctx["run_id"])
-            return extract.extract_table(
-                b,
-                table,
-                data_interval_start,
-                data_interval_end,
-                res,
-                overrides=b.quality_overrides,
-                on_checks=record_checks,
-            ).ref()
-
-        @task(trigger_rule="all_done", outlets=[Asset(name=base.asset_name, uri=base.asset_uri)])
-        def publish_batch(refs, data_interval_start=None, data_interval_end=None) -> dict:
-            from eds_network.local import publish
-            from eds_network.orchestration.connections import local_resources
-
-            network = load_network()
-            b = network.base(base.id)
-            published = publish.publish_batch(
-                b, data_interval_start, data_interval_end, [r for r in refs if r], local_resources(network, b)
+            return local_tasks.extract_table(
+                base.id, table, data_interval_start, data_interval_end, run_id=ctx["run_id"]
             )
-            get_current_context()["outlet_events"][Asset(name=base.asset_name, uri=base.asset_uri)].extra = {
-                "batch_id": published.batch_id,
-                "tables": len(published.tables),
-                "failed_tables": published.failed_tables,
+
+        @task(trigger_rule="all_done", outlets=[asset])
+        def publish_batch(refs, data_interval_start=None, data_interval_end=None) -> dict:
+            from eds_network.orchestration import local_tasks
+
+            published = local_tasks.publish_batch(base.id, refs, data_interval_start, data_interval_end)
+            get_current_context()["outlet_events"][asset].extra = {
+                "batch_id": published["batch_id"],
+                "tables": len(published["rows"]),
+                "failed_tables": published["failed_tables"],
             }
-            return published.ref()
+            return published
 
         @task
         def record_run(published: dict, data_interval_start=None, data_interval_end=None) -> None:
-            from eds_network import catalogue
-            from eds_network.orchestration.connections import catalogue_dsn
+            from eds_network.orchestration import local_tasks
 
-            ctx = get_current_context()
-            catalogue.record_run(
-                catalogue_dsn(load_network()),
-                level="local",
-                scope_id=base.id,
-                batch_id=published["batch_id"],
-                status="partial" if published["failed_tables"] else "success",
-                tables=published["rows"],
-                dag_run_id=ctx["run_id"],
-                interval=(data_interval_start, data_interval_end),
-                details={
-                    "failed_tables": published["failed_tables"],
-                    "manifest_key": published["manifest_key"],
-                    "key_versions": published.get("key_versions", {}),
-                },
-            )
-            catalogue.record_key_event(  # which key versions this batch was pseudonymised with (no key)
-                catalogue_dsn(load_network()),
-                "key.used",
-                f"local:{base.id}",
-                {"batch_id": published["batch_id"], "key_versions": published.get("key_versions", {})},
+            local_tasks.record_run(
+                base.id, published, data_interval_start, data_interval_end, run_id=get_current_context()["run_id"]
             )
 
         record_run(publish_batch(extract_table.expand(table=base.tables)))

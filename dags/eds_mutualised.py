@@ -37,6 +37,8 @@ from eds_network.core.config import Platform, load_network
 
 
 def mutualised_dag(platform: Platform):
+    asset = Asset(name=platform.asset_name, uri=platform.asset_uri)
+
     @dag(
         dag_id=platform.dag_id,
         description=f"Mutualised level of {platform.label}: consolidate, link, check, package",
@@ -54,95 +56,35 @@ def mutualised_dag(platform: Platform):
     def mutualised_level():
         @task
         def consolidate() -> dict:
-            from eds_network.orchestration.connections import platform_resources
-            from eds_network.platform import consolidate as step
-            from eds_network.platform.standardise import vocabulary_archive
+            from eds_network.orchestration import platform_tasks
 
-            p = load_network().platform(platform.id)
             # The night: a scheduled (deadline) or manual run has a logical date; an asset-triggered one has none
             # and runs when it is queued.
             run = get_current_context()["dag_run"]
-            when = run.logical_date or run.run_after
-            return step.consolidate(
-                p,
-                p.intake.bucket,
-                p.intake.prefix,
-                platform_resources(p),
-                vocabulary=vocabulary_archive(),
-                night_end=when,
-            ).ref()
+            return platform_tasks.consolidate(platform.id, run.logical_date or run.run_after)
 
-        @task(outlets=[Asset(name=platform.asset_name, uri=platform.asset_uri)])
+        @task(outlets=[asset])
         def package(consolidation: dict) -> dict:
-            from eds_network.orchestration.connections import platform_resources
-            from eds_network.platform import consolidate as step
+            from eds_network.orchestration import platform_tasks
 
-            p = load_network().platform(platform.id)
-            pkg = step.package(p, platform_resources(p), key_versions=consolidation["key_versions"])
-            get_current_context()["outlet_events"][Asset(name=platform.asset_name, uri=platform.asset_uri)].extra = {
-                "delivery_id": pkg.delivery_id,
-                "rows": pkg.ref()["rows"],
+            pkg = platform_tasks.package(platform.id, consolidation)
+            get_current_context()["outlet_events"][asset].extra = {
+                "delivery_id": pkg["delivery_id"],
+                "rows": pkg["rows"],
             }
-            return pkg.ref()
+            return pkg
 
         @task
         def record_run(consolidation: dict, pkg: dict) -> None:
-            from eds_network import catalogue
-            from eds_network.orchestration.connections import catalogue_dsn
+            from eds_network.orchestration import platform_tasks
 
-            dsn = catalogue_dsn(load_network())
-            run_id = get_current_context()["run_id"]
-            rows = {
-                t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
-                for t, n in pkg["rows"].items()
-            }
-            catalogue.record_run(
-                dsn,
-                level="mutualised",
-                scope_id=platform.id,
-                batch_id=pkg["delivery_id"],
-                status="partial"
-                if consolidation["rejected"]
-                or any(a["status"] != "arrived" for a in consolidation["arrivals"].values())
-                else "success",
-                tables=rows,
-                dag_run_id=run_id,
-                details={
-                    "applied": consolidation["applied"],
-                    "replaced": consolidation["replaced"],
-                    "rejected": consolidation["rejected"],
-                    "linkage": consolidation["linkage"],
-                    "checks": consolidation["checks"],
-                    "key_versions": consolidation["key_versions"],
-                    "arrivals": {b: a["status"] for b, a in consolidation["arrivals"].items()},
-                },
-            )
-            for version in consolidation.get("retired_key_versions", []):  # key rotation finished at this platform
-                catalogue.record_key_event(
-                    dsn,
-                    "key.retired",
-                    f"key:{platform.key_connection_id}",
-                    {"platform": platform.id, "version": version},
-                )
-            catalogue.record_platform_stats(
-                dsn, platform.id, consolidation["standardisation"], consolidation["duplicates"]
-            )
-            catalogue.record_arrivals(dsn, platform.id, consolidation["arrivals"], dag_run_id=run_id)
+            platform_tasks.record_run(platform.id, consolidation, pkg, run_id=get_current_context()["run_id"])
 
         @task
         def check_warehouse(pkg: dict) -> dict:
-            from eds_network import quality
-            from eds_network.orchestration.connections import catalogue_dsn, platform_resources
+            from eds_network.orchestration import platform_tasks
 
-            network = load_network()
-            p = network.platform(platform.id)
-            return quality.check_platform(
-                p,
-                platform_resources(p).warehouse_dsn,
-                catalogue_dsn(network),
-                pkg["delivery_id"],
-                dag_run_id=get_current_context()["run_id"],
-            )
+            return platform_tasks.check_warehouse(platform.id, pkg, run_id=get_current_context()["run_id"])
 
         c = consolidate()
         pkg = package(c)

@@ -12,7 +12,7 @@ One mapped task per platform (`transfer`, `receipt`), then one `linkage` task:
      a platform delivery is one consolidated warehouse where a patient seen at several sites is one person
      row and the package carries no per-row site, so a base's rows cannot be cut out exactly; sending part
      of it could leak rows of a base without a contract. To unblock: record the missing milestone
-     (`catalogue.set_milestone`) and clear the task.
+     in the catalogue and clear the task.
    - **level 2**: opens the sealed transport tokens and re-pseudonymises with the national key (a patient
      gets the same national pseudonym whatever platform the rows come from); transport tokens, level-1 ids
      and any identity column are dropped.
@@ -62,95 +62,27 @@ NETWORK = load_network()
 def eds_national():
     @task(map_index_template="{{ platform_id }}")
     def transfer(platform_id: str) -> dict:
-        from eds_network import catalogue
-        from eds_network.core.errors import AlreadyDelivered
-        from eds_network.national import transfer as step
-        from eds_network.orchestration.connections import catalogue_dsn, national_resources
+        from eds_network.orchestration import national_tasks
 
         get_current_context()["platform_id"] = platform_id
-        network = load_network()
-        p = network.platform(platform_id)
-        dsn = catalogue_dsn(network)
-        reached = {b.id: set(catalogue.milestones(dsn, b.id)) for b in p.members}
-        try:
-            out = step.transfer_platform(p, network.national, national_resources(network, p), milestones=reached)
-        except AlreadyDelivered as exc:
-            return {"platform": platform_id, "status": "already_delivered", "detail": str(exc)}
-        if out.status == "skipped":
-            catalogue.record_skipped_delivery(
-                dsn, platform_id=platform_id, source_delivery=out.source_delivery, skipped=out.skipped
-            )
-        return out.ref()
+        return national_tasks.transfer(platform_id)
 
     @task(
         map_index_template="{{ platform_id }}",
         outlets=[Asset(name="eds_national__hdh", uri=NETWORK.national.landing_zone.uri)],
     )
     def receipt(delivery: dict) -> None:
-        from eds_network import catalogue
-        from eds_network.national import transfer as step
-        from eds_network.orchestration.connections import catalogue_dsn, s3_endpoint
+        from eds_network.orchestration import national_tasks
 
-        get_current_context()["platform_id"] = delivery["platform"]
-        network = load_network()
-        if delivery["status"] == "already_delivered" and delivery.get("delivery_id"):
-            catalogue.record_already_delivered(
-                catalogue_dsn(network), platform_id=delivery["platform"], delivery_id=delivery["delivery_id"]
-            )
-        if delivery["status"] != "delivered":
-            return
-        doc = step.receipt(
-            network.national, s3_endpoint(network.national.landing_zone.connection_id), delivery["delivery_id"]
-        )
-        catalogue.record_delivery(
-            catalogue_dsn(network),
-            delivery_id=delivery["delivery_id"],
-            platform_id=delivery["platform"],
-            level="national",
-            status="received" if doc["status"] == "accepted" else "rejected",
-            manifest_key=delivery["manifest_key"],
-            files=delivery["files"],
-            rows=delivery["rows"],
-            key_versions=delivery["key_versions"],
-            receipt=doc,
-        )
-        catalogue.record_run(
-            catalogue_dsn(network),
-            level="national",
-            scope_id=delivery["platform"],
-            batch_id=delivery["delivery_id"],
-            status="success" if doc["status"] == "accepted" else "failed",
-            tables={
-                t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0}
-                for t, n in delivery["rows"].items()
-            },
-            dag_run_id=get_current_context()["run_id"],
-            details={"receipt": doc["status"], "manifest_key": delivery["manifest_key"]},
-        )
-        catalogue.record_key_event(
-            catalogue_dsn(network),
-            "key.used",
-            f"national:{delivery['platform']}",
-            {"delivery_id": delivery["delivery_id"], "key_versions": delivery["key_versions"]},
-        )
-        if doc["status"] != "accepted":
-            raise step.TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
-        catalogue.mark_transfer_channel(
-            catalogue_dsn(network), [b.id for b in network.platform(delivery["platform"]).members]
-        )
+        ctx = get_current_context()
+        ctx["platform_id"] = delivery["platform"]
+        national_tasks.receipt(delivery, run_id=ctx["run_id"])
 
     @task
     def linkage(deliveries: list[dict]) -> dict:
-        from eds_network import catalogue
-        from eds_network.national import transfer as step
-        from eds_network.orchestration.connections import catalogue_dsn, s3_endpoint
+        from eds_network.orchestration import national_tasks
 
-        network = load_network()
-        summary = step.national_linkage(
-            network.national, s3_endpoint(network.national.landing_zone.connection_id), deliveries
-        )
-        catalogue.record_national_linkage(catalogue_dsn(network), summary)
-        return {"summary_key": summary["summary_key"], "pairs": summary["pairs"]}
+        return national_tasks.linkage(deliveries)
 
     deliveries = transfer.expand(platform_id=[p.id for p in NETWORK.platforms])
     receipt.expand(delivery=deliveries)

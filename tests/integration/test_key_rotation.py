@@ -32,7 +32,8 @@ from eds_network.core.storage import S3Endpoint, read_json
 from eds_network.dev import seed
 from eds_network.local import extract, publish
 from eds_network.national import transfer
-from eds_network.platform import consolidate
+from eds_network.platform import consolidate, warehouse
+from eds_network.platform import package as packaging
 from eds_network.platform.keyversions import KeyRotationInProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
@@ -111,8 +112,8 @@ class World:
         p = self.net.platform(platform_id)
         return consolidate.consolidate(p, p.intake.bucket, p.intake.prefix, self.pres(platform_id))
 
-    def package(self, platform_id: str, c: consolidate.Consolidation) -> consolidate.Package:
-        return consolidate.package(self.net.platform(platform_id), self.pres(platform_id), c.key_versions)
+    def package(self, platform_id: str, c: consolidate.Consolidation) -> packaging.Package:
+        return packaging.package(self.net.platform(platform_id), self.pres(platform_id), c.key_versions)
 
     def national(self, platform_id: str, nres=None) -> dict[str, dict[int, int]]:
         """Transfer the platform's latest package; returns per table {row key: national person_id}."""
@@ -125,7 +126,7 @@ class World:
         out = {}
         for f in manifest["files"]:
             t = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=f["key"])["Body"].read()))
-            key = consolidate.conflict_key(f["table"])
+            key = warehouse.conflict_key(f["table"])
             if "person_id" in t.column_names:
                 out[f["table"]] = (
                     dict(zip(t.column(key).to_pylist(), t.column("person_id").to_pylist(), strict=True))
@@ -139,7 +140,7 @@ class World:
         out: dict = {"rows": {}, "versions": set()}
         with psycopg.connect(self.wh[platform_id]) as conn:
             for t in omop.DEFAULT_TABLES:
-                key = consolidate.conflict_key(t)
+                key = warehouse.conflict_key(t)
                 rows = conn.execute(
                     sql.SQL("SELECT {}, person_id, _key_version FROM omop.{}").format(
                         sql.Identifier(key), sql.Identifier(t)

@@ -26,7 +26,7 @@ from eds_network.core.storage import S3Endpoint, list_keys, read_json
 from eds_network.dev import seed
 from eds_network.local import extract, publish
 from eds_network.local.pseudonymise import ID_NAMESPACE, PersonMap
-from eds_network.platform import consolidate
+from eds_network.platform import consolidate, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 
@@ -117,7 +117,7 @@ def _ns(base: LocalBase, local_ids) -> set[int]:
 
 
 def _key_ids(table: pa.Table, name: str) -> set[int]:
-    col = consolidate.conflict_key(name)
+    col = warehouse.conflict_key(name)
     return set(table.column(col).to_pylist())
 
 
@@ -145,13 +145,13 @@ def _warehouse_state(dsn: str) -> dict[str, tuple[int, str]]:
                 sql.SQL(
                     "SELECT count(*), md5(coalesce(string_agg(ROW({cols})::text, E'\\n' ORDER BY {key}), '')) "
                     "FROM omop.{t}"
-                ).format(cols=cols, key=sql.Identifier(consolidate.conflict_key(t)), t=sql.Identifier(t))
+                ).format(cols=cols, key=sql.Identifier(warehouse.conflict_key(t)), t=sql.Identifier(t))
             ).fetchone()
     return out
 
 
 def _source_ids(conn, table: str, where: str = "TRUE", params: tuple = ()) -> set[int]:
-    key = consolidate.conflict_key(table)
+    key = warehouse.conflict_key(table)
     return {
         r[0]
         for r in conn.execute(
@@ -192,7 +192,7 @@ def test_three_intervals_extract_exactly_their_changes_and_add_up_to_one_full_ex
             expected = _source_ids(conn, t, nonobj, (objectors,))
             assert expected, t
             key_ids = _key_ids(data1[t], t)
-            if consolidate.conflict_key(t) == "person_id":
+            if warehouse.conflict_key(t) == "person_id":
                 assert len(key_ids) == len(expected), t  # level-1 person ids
             else:
                 assert key_ids == _ns(base, expected), t

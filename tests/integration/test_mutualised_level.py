@@ -29,7 +29,7 @@ from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import list_keys
 from eds_network.dev import seed
 from eds_network.local import extract
-from eds_network.platform import consolidate
+from eds_network.platform import linkage, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.usefixtures("synthea_zip")]
 
@@ -59,8 +59,8 @@ def _snapshot(stack, *, without: tuple[str, ...] = ()) -> dict[str, tuple]:
     out = {}
     with _wh(stack) as conn:
         for t in omop.DEFAULT_TABLES:
-            cols = [c for c in consolidate._expected_columns(t) if c not in without]
-            key = consolidate.conflict_key(t)
+            cols = [c for c in warehouse.expected_columns(t) if c not in without]
+            key = warehouse.conflict_key(t)
             h = hashlib.sha256()
             q = sql.SQL("COPY (SELECT {} FROM omop.{} ORDER BY {}) TO STDOUT").format(
                 sql.SQL(", ").join(map(sql.Identifier, [*cols, "_site", "_batch_id"])),
@@ -154,7 +154,7 @@ def test_shared_patients_are_one_person_and_overlap_is_the_ground_truth(night, s
     truth = seed.ground_truth(NETWORK)
     with _wh(stack) as conn:
         assert conn.execute("SELECT count(*) - count(DISTINCT person_id) FROM omop.person").fetchone()[0] == 0
-        link = consolidate.linkage_stats(conn)
+        link = linkage.linkage_stats(conn)
         persons = conn.execute("SELECT count(*) FROM omop.person").fetchone()[0]
     for a in MEMBERS:
         for b in MEMBERS:

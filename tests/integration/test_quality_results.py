@@ -19,7 +19,7 @@ from eds_network.core.errors import QualityError
 from eds_network.dev import seed
 from eds_network.local import extract
 from eds_network.local.pseudonymise import ID_NAMESPACE
-from eds_network.platform import consolidate
+from eds_network.platform import warehouse
 
 pytestmark = [pytest.mark.integration]
 
@@ -247,7 +247,7 @@ def _warehouse(dsn: str) -> None:
     tables = ["person", "visit_occurrence", "measurement"]
     s1, s2 = 1 * ID_NAMESPACE, 2 * ID_NAMESPACE
     with psycopg.connect(dsn) as conn:
-        consolidate.ensure_warehouse(conn, tables)
+        warehouse.ensure_warehouse(conn, tables)
         for pid in (1, 2):
             conn.execute(
                 "INSERT INTO omop.person (person_id, gender_concept_id, year_of_birth, race_concept_id, "

@@ -35,7 +35,8 @@ from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
 from eds_network.core.storage import S3Endpoint, list_keys, read_json, sha256_object
-from eds_network.national import transfer
+from eds_network.national import linkage as nlinkage
+from eds_network.national import receipt, transfer
 
 pytestmark = pytest.mark.integration
 
@@ -368,7 +369,7 @@ def test_a_plain_http_endpoint_that_is_not_loopback_is_refused_before_anything_i
         transfer.transfer_platform(platform, target, res, milestones=ALL_MILESTONES)
     assert "loopback address only" in str(err.value)
     with pytest.raises(TransferError, match="not TLS"):
-        transfer.national_linkage(target, endpoint, [])
+        nlinkage.national_linkage(target, endpoint, [])
     assert not calls.by_key
 
 
@@ -392,9 +393,9 @@ def test_every_landing_object_is_encrypted_at_rest(stack, tag, target):
     for pid in ("idf", "onco"):
         _package(stack, _platform(pid, tag), _tokens(20))
         d = transfer.transfer_platform(_platform(pid, tag), target, _resources(stack), milestones=ALL_MILESTONES)
-        transfer.receipt(target, _resources(stack).landing, d.delivery_id)
+        receipt.receipt(target, _resources(stack).landing, d.delivery_id)
         refs.append(d.ref())
-    transfer.national_linkage(target, _resources(stack).landing, refs)
+    nlinkage.national_linkage(target, _resources(stack).landing, refs)
     s3 = stack.s3_client()
     keys = _landing(stack, target)
     assert any(k.endswith("_receipt.json") for k in keys) and any("/linkage/" in k for k in keys)
@@ -499,7 +500,7 @@ def test_shared_persons_per_platform_pair_are_stated_and_recorded(stack, tag, ta
         for p in ("idf", "onco")
     ]
     assert [r["status"] for r in refs] == ["delivered", "delivered"]
-    summary = transfer.national_linkage(target, res.landing, refs)
+    summary = nlinkage.national_linkage(target, res.landing, refs)
     assert summary["persons"] == {"idf": 52, "onco": 37}
     assert [(p["platforms"], p["shared_persons"]) for p in summary["pairs"]] == [(["idf", "onco"], 12)]
     stored = read_json(stack.s3_client(), BUCKET, summary["summary_key"])
@@ -512,7 +513,7 @@ def test_shared_persons_per_platform_pair_are_stated_and_recorded(stack, tag, ta
     assert [(r["platform_a"], r["platform_b"], r["shared_persons"]) for r in rows] == [("idf", "onco", 12)]
     assert rows[0]["delivery_a"] == refs[0]["delivery_id"]
     # a single platform delivered (the other skipped): nothing to link, no summary object
-    alone = transfer.national_linkage(target, res.landing, [refs[0], {"platform": "onco", "status": "skipped"}])
+    alone = nlinkage.national_linkage(target, res.landing, [refs[0], {"platform": "onco", "status": "skipped"}])
     assert alone["summary_key"] is None and alone["pairs"] == []
     assert [k for k in _landing(stack, target) if "/linkage/" in k] == [summary["summary_key"]]
 

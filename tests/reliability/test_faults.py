@@ -29,7 +29,8 @@ from eds_network.core.errors import AlreadyDelivered, SourceError, TransferError
 from eds_network.core.storage import S3Endpoint, list_keys, object_exists, read_json, sha256_file
 from eds_network.local import extract, publish
 from eds_network.national import transfer
-from eds_network.platform import consolidate
+from eds_network.platform import consolidate, warehouse
+from eds_network.platform import package as packaging
 
 pytestmark = [pytest.mark.integration]
 
@@ -59,7 +60,7 @@ def _warehouse_state(dsn: str) -> dict[str, tuple[int, int, str]]:
         for t in omop.DEFAULT_TABLES:
             if not conn.execute("SELECT to_regclass(%s)", (f"omop.{t}",)).fetchone()[0]:
                 continue
-            key = sql.Identifier(consolidate.conflict_key(t))
+            key = sql.Identifier(warehouse.conflict_key(t))
             cols = sql.SQL(", ").join(map(sql.Identifier, omop.table(t).column_names))
             out[t] = conn.execute(
                 sql.SQL(
@@ -307,7 +308,7 @@ def outbox_delivery(stack, world, clean):
     prefix = f"test-fault-outbox-{uuid.uuid4().hex[:8]}/"
     platform = PLATFORM.model_copy(update={"outbox": PLATFORM.outbox.model_copy(update={"prefix": prefix})})
     ep = _ep(stack)
-    consolidate.package(platform, consolidate.PlatformResources(wh, ep, ep), {})
+    packaging.package(platform, consolidate.PlatformResources(wh, ep, ep), {})
     return platform
 
 

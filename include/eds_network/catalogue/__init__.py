@@ -19,7 +19,7 @@ Every DAG writes here through this module only. Tables:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +396,11 @@ def stage(reached: Iterable[str]) -> str:
         if m in got:
             return m
     return "registered"
+
+
+def rows_passed_through(rows: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Row accounting of a level that forwards every row it holds (platform package, national delivery)."""
+    return {t: {"extracted": n, "published": n, "quarantined": 0, "excluded_objection": 0} for t, n in rows.items()}
 
 
 def record_run(

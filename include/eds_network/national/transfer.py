@@ -28,7 +28,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -44,7 +43,6 @@ from eds_network.core.storage import (
     S3Endpoint,
     download,
     object_exists,
-    put_json,
     read_json,
     sha256_file,
     sha256_object,
@@ -58,7 +56,6 @@ MULTIPART = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 <<
 REQUIRED_MILESTONES = ("contract_signed", "preparation")
 LIFECYCLE_RULE_ID = "eds-abort-incomplete-multipart"
 ABORT_INCOMPLETE_AFTER_DAYS = 1
-LINKAGE = "linkage/"
 FORBIDDEN_COLUMNS = frozenset(
     {
         TOKEN_COLUMN,
@@ -111,7 +108,7 @@ def _sse_args(res: NationalResources) -> dict:
     return {"ServerSideEncryption": "AES256"}
 
 
-def _landing_prefix(target: NationalTarget, delivery_id: str) -> str:
+def landing_prefix(target: NationalTarget, delivery_id: str) -> str:
     return f"{target.landing_zone.prefix}deliveries/{delivery_id}/"
 
 
@@ -251,7 +248,7 @@ def transfer_platform(
         # (the platform's sealed tokens are re-randomised on every run, the level-2 output is not).
         digest = hashlib.sha256("|".join(f"{f['table']}:{f['sha256']}" for f in files).encode()).hexdigest()
         delivery_id = f"{platform.id}__{digest[:16]}"
-        prefix = _landing_prefix(target, delivery_id)
+        prefix = landing_prefix(target, delivery_id)
         manifest_key = prefix + MANIFEST
 
         def already(reason: str) -> Delivery:
@@ -294,7 +291,7 @@ def transfer_platform(
             land.delete_object(Bucket=bucket, Key=f["key"])
             for g in files:
                 head = object_exists(land, bucket, g["key"])
-                if head is not None and not _encrypted(head):
+                if head is not None and not encrypted(head):
                     land.delete_object(Bucket=bucket, Key=g["key"])
             raise
     doc = {
@@ -353,7 +350,7 @@ def transfer_platform(
     )
 
 
-def _encrypted(head: dict | None) -> bool:
+def encrypted(head: dict | None) -> bool:
     return bool(head) and head.get("ServerSideEncryption") in ("AES256", "aws:kms")
 
 
@@ -364,7 +361,7 @@ def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalR
         head
         and head.get("Metadata", {}).get("sha256") == sha
         and head["ContentLength"] == path.stat().st_size
-        and _encrypted(head)
+        and encrypted(head)
     ):
         return False  # already there from an interrupted attempt: resume, do not resend
     try:
@@ -404,7 +401,7 @@ def verify_object(s3, bucket: str, f: dict, *, platform: str | None = None) -> N
     head = object_exists(s3, bucket, f["key"])
     if head is None:
         raise IntegrityError(f"{where}{f['key']} is missing from the landing zone", table=f.get("table"))
-    if not _encrypted(head):
+    if not encrypted(head):
         raise TransferError(
             f"{where}{f['key']}: the landing zone did not apply encryption at rest", table=f.get("table")
         )
@@ -415,95 +412,3 @@ def verify_object(s3, bucket: str, f: dict, *, platform: str | None = None) -> N
             f"(sha256 {sha[:12]}… vs {f['sha256'][:12]}…, {size} vs {f['bytes']} bytes)",
             table=f.get("table"),
         )
-
-
-def receipt(target: NationalTarget, landing: S3Endpoint, delivery_id: str) -> dict:
-    """Stands for the HDH intake: check a delivered manifest and write a receipt object next to it."""
-    s3 = landing.client()
-    bucket = target.landing_zone.bucket
-    prefix = _landing_prefix(target, delivery_id)
-    manifest = read_json(s3, bucket, prefix + MANIFEST)
-    problems: list[str] = []
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        problems.append("schema version")
-    with tempfile.TemporaryDirectory(prefix="eds-receipt-") as tmp:
-        for f in manifest["files"]:
-            try:
-                verify_object(s3, bucket, f)
-                path = Path(tmp) / "f.parquet"
-                download(s3, bucket, f["key"], path)
-                bad = sorted(set(pq.read_schema(path).names) & FORBIDDEN_COLUMNS)
-                if bad:
-                    problems.append(f"{f['table']}: forbidden columns {bad}")
-            except (IntegrityError, TransferError) as exc:
-                problems.append(str(exc))
-    doc = {
-        "delivery_id": delivery_id,
-        "checked_at": dt.datetime.now(dt.UTC).isoformat(),
-        "files": len(manifest["files"]),
-        "bytes": sum(f["bytes"] for f in manifest["files"]),
-        "status": "accepted" if not problems else "rejected",
-        "problems": problems,
-    }
-    put_json(s3, bucket, prefix + "_receipt.json", doc, ServerSideEncryption="AES256")
-    return doc
-
-
-def national_linkage(
-    target: NationalTarget, landing: S3Endpoint, deliveries: Iterable[dict], *, sse_kms_key_id: str | None = None
-) -> dict:
-    """Per platform pair, how many persons share a level-2 pseudonym in the platforms' current deliveries.
-
-    Reads only the `person_id` column of each delivered person file (checked against its manifest SHA-256) and
-    writes a summary object next to the deliveries, named by the deliveries it covers (written once; none when
-    fewer than two platforms are delivered). Returns the summary (counts and references only)."""
-    landing.require_tls(allow_loopback_http=target.allow_plain_http_loopback, what="HDH landing zone")
-    s3 = landing.client()
-    bucket = target.landing_zone.bucket
-    ids: dict[str, np.ndarray] = {}
-    used: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="eds-linkage-") as tmp:
-        for d in deliveries:
-            if d.get("status") not in ("delivered", "already_delivered") or not d.get("manifest_key"):
-                continue
-            manifest = read_json(s3, bucket, d["manifest_key"])
-            person = next((f for f in manifest["files"] if f["table"] == "person"), None)
-            if person is None:
-                raise IntegrityError(f"delivery {manifest['delivery_id']} has no person file", table="person")
-            path = Path(tmp) / f"{manifest['platform']}.parquet"
-            sha, _ = download(s3, bucket, person["key"], path)
-            if sha != person["sha256"]:
-                raise IntegrityError(f"{person['key']} does not match its manifest", table="person")
-            col = pq.read_table(path, columns=["person_id"]).column("person_id").combine_chunks().drop_null()
-            ids[manifest["platform"]] = np.unique(col.to_numpy(zero_copy_only=False))
-            used[manifest["platform"]] = manifest["delivery_id"]
-            path.unlink()
-    platforms = sorted(ids)
-    pairs = [
-        {
-            "platforms": [a, b],
-            "deliveries": [used[a], used[b]],
-            "shared_persons": int(np.intersect1d(ids[a], ids[b], assume_unique=True).size),
-        }
-        for i, a in enumerate(platforms)
-        for b in platforms[i + 1 :]
-    ]
-    digest = hashlib.sha256("|".join(f"{p}:{used[p]}" for p in platforms).encode()).hexdigest()
-    key = f"{target.landing_zone.prefix}{LINKAGE}{digest[:16]}.json"
-    doc = {
-        "kind": "eds-network/national-linkage",
-        "deliveries": used,
-        "persons": {p: int(ids[p].size) for p in platforms},
-        "pairs": pairs,
-        "computed_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    if len(platforms) < 2:  # nothing to link (a single platform delivered, or others skipped): no object
-        key = None
-    elif object_exists(s3, bucket, key) is None:
-        sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id} if sse_kms_key_id else {}
-        put_json(s3, bucket, key, doc, **(sse or {"ServerSideEncryption": "AES256"}))
-        if not _encrypted(object_exists(s3, bucket, key)):
-            s3.delete_object(Bucket=bucket, Key=key)
-            raise TransferError(f"the landing zone did not apply encryption at rest to {key}")
-    log.info("national linkage over %d platforms: %s", len(platforms), pairs)
-    return {"summary_key": key, **doc}

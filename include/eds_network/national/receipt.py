@@ -1,0 +1,51 @@
+"""The landing zone's intake check of a delivery: files present, checksums, schema version, no identity column;
+a receipt object next to the manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from eds_network.core.config import NationalTarget
+from eds_network.core.errors import IntegrityError, TransferError
+from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
+from eds_network.core.storage import S3Endpoint, download, put_json, read_json
+from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix, verify_object
+
+log = logging.getLogger(__name__)
+
+
+def receipt(target: NationalTarget, landing: S3Endpoint, delivery_id: str) -> dict:
+    """Stands for the HDH intake: check a delivered manifest and write a receipt object next to it."""
+    s3 = landing.client()
+    bucket = target.landing_zone.bucket
+    prefix = landing_prefix(target, delivery_id)
+    manifest = read_json(s3, bucket, prefix + MANIFEST)
+    problems: list[str] = []
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        problems.append("schema version")
+    with tempfile.TemporaryDirectory(prefix="eds-receipt-") as tmp:
+        for f in manifest["files"]:
+            try:
+                verify_object(s3, bucket, f)
+                path = Path(tmp) / "f.parquet"
+                download(s3, bucket, f["key"], path)
+                bad = sorted(set(pq.read_schema(path).names) & FORBIDDEN_COLUMNS)
+                if bad:
+                    problems.append(f"{f['table']}: forbidden columns {bad}")
+            except (IntegrityError, TransferError) as exc:
+                problems.append(str(exc))
+    doc = {
+        "delivery_id": delivery_id,
+        "checked_at": dt.datetime.now(dt.UTC).isoformat(),
+        "files": len(manifest["files"]),
+        "bytes": sum(f["bytes"] for f in manifest["files"]),
+        "status": "accepted" if not problems else "rejected",
+        "problems": problems,
+    }
+    put_json(s3, bucket, prefix + "_receipt.json", doc, ServerSideEncryption="AES256")
+    return doc

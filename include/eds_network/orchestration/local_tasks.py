@@ -1,0 +1,64 @@
+"""The local DAG's tasks (`dags/eds_local.py`): resolve the zone's connections, run the step, record it.
+
+Each function takes ids, the data interval and the run id, and returns what goes to XCom (references, counts,
+checksums: never data, never an identifier).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from eds_network import catalogue, quality
+from eds_network.core.config import load_network
+from eds_network.local import extract, publish
+from eds_network.orchestration.connections import catalogue_dsn, local_resources
+
+
+def extract_table(base_id: str, table: str, start: dt.datetime, end: dt.datetime, *, run_id: str) -> dict:
+    """Extract, check, pseudonymise and stage one table; its DQD-style results go to the catalogue (also when a
+    fatal check stops the table)."""
+    network = load_network()
+    base = network.base(base_id)
+    record_checks = quality.catalogue_recorder(catalogue_dsn(network), dag_run_id=run_id)
+    return extract.extract_table(
+        base,
+        table,
+        start,
+        end,
+        local_resources(network, base),
+        overrides=base.quality_overrides,
+        on_checks=record_checks,
+    ).ref()
+
+
+def publish_batch(base_id: str, refs: list[dict | None], start: dt.datetime, end: dt.datetime) -> dict:
+    """Verify the staged files of the tables that succeeded, then write the batch manifest last."""
+    network = load_network()
+    base = network.base(base_id)
+    return publish.publish_batch(base, start, end, [r for r in refs if r], local_resources(network, base)).ref()
+
+
+def record_run(base_id: str, published: dict, start: dt.datetime, end: dt.datetime, *, run_id: str) -> None:
+    """Row accounting per table, and the key versions the batch was pseudonymised with (never a key)."""
+    dsn = catalogue_dsn(load_network())
+    catalogue.record_run(
+        dsn,
+        level="local",
+        scope_id=base_id,
+        batch_id=published["batch_id"],
+        status="partial" if published["failed_tables"] else "success",
+        tables=published["rows"],
+        dag_run_id=run_id,
+        interval=(start, end),
+        details={
+            "failed_tables": published["failed_tables"],
+            "manifest_key": published["manifest_key"],
+            "key_versions": published.get("key_versions", {}),
+        },
+    )
+    catalogue.record_key_event(
+        dsn,
+        "key.used",
+        f"local:{base_id}",
+        {"batch_id": published["batch_id"], "key_versions": published.get("key_versions", {})},
+    )

@@ -1,0 +1,83 @@
+"""The national DAG's tasks (`dags/eds_national.py`): the milestone gate, the transfer, the receipt, linkage."""
+
+from __future__ import annotations
+
+from eds_network import catalogue
+from eds_network.core.config import load_network
+from eds_network.core.errors import AlreadyDelivered, TransferError
+from eds_network.national import linkage as linkage_step
+from eds_network.national import receipt as receipt_step
+from eds_network.national import transfer as transfer_step
+from eds_network.orchestration.connections import catalogue_dsn, national_resources, s3_endpoint
+
+
+def transfer(platform_id: str) -> dict:
+    """Deliver the platform's latest package, once every member base has the milestones the gate requires."""
+    network = load_network()
+    p = network.platform(platform_id)
+    dsn = catalogue_dsn(network)
+    reached = {b.id: set(catalogue.milestones(dsn, b.id)) for b in p.members}
+    try:
+        out = transfer_step.transfer_platform(p, network.national, national_resources(network, p), milestones=reached)
+    except AlreadyDelivered as exc:
+        return {"platform": platform_id, "status": "already_delivered", "detail": str(exc)}
+    if out.status == "skipped":
+        catalogue.record_skipped_delivery(
+            dsn, platform_id=platform_id, source_delivery=out.source_delivery, skipped=out.skipped
+        )
+    return out.ref()
+
+
+def receipt(delivery: dict, *, run_id: str) -> None:
+    """Check a delivered delivery in the landing zone and record it (and the members' transfer channel)."""
+    network = load_network()
+    dsn = catalogue_dsn(network)
+    if delivery["status"] == "already_delivered" and delivery.get("delivery_id"):
+        catalogue.record_already_delivered(dsn, platform_id=delivery["platform"], delivery_id=delivery["delivery_id"])
+    if delivery["status"] != "delivered":
+        return
+    doc = receipt_step.receipt(
+        network.national, s3_endpoint(network.national.landing_zone.connection_id), delivery["delivery_id"]
+    )
+    accepted = doc["status"] == "accepted"
+    catalogue.record_delivery(
+        dsn,
+        delivery_id=delivery["delivery_id"],
+        platform_id=delivery["platform"],
+        level="national",
+        status="received" if accepted else "rejected",
+        manifest_key=delivery["manifest_key"],
+        files=delivery["files"],
+        rows=delivery["rows"],
+        key_versions=delivery["key_versions"],
+        receipt=doc,
+    )
+    catalogue.record_run(
+        dsn,
+        level="national",
+        scope_id=delivery["platform"],
+        batch_id=delivery["delivery_id"],
+        status="success" if accepted else "failed",
+        tables=catalogue.rows_passed_through(delivery["rows"]),
+        dag_run_id=run_id,
+        details={"receipt": doc["status"], "manifest_key": delivery["manifest_key"]},
+    )
+    catalogue.record_key_event(
+        dsn,
+        "key.used",
+        f"national:{delivery['platform']}",
+        {"delivery_id": delivery["delivery_id"], "key_versions": delivery["key_versions"]},
+    )
+    if not accepted:
+        raise TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
+    catalogue.mark_transfer_channel(dsn, [b.id for b in network.platform(delivery["platform"]).members])
+
+
+def linkage(deliveries: list[dict]) -> dict:
+    """Persons shared per platform pair (national pseudonym), in the landing zone and the catalogue."""
+    network = load_network()
+    summary = linkage_step.national_linkage(
+        network.national, s3_endpoint(network.national.landing_zone.connection_id), deliveries
+    )
+    catalogue.record_national_linkage(catalogue_dsn(network), summary)
+    return {"summary_key": summary["summary_key"], "pairs": summary["pairs"]}

@@ -1,0 +1,68 @@
+"""The mutualised DAG's tasks (`dags/eds_mutualised.py`): resolve the platform's connections, run the step,
+record it in the catalogue."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from eds_network import catalogue, quality
+from eds_network.core.config import load_network
+from eds_network.orchestration.connections import catalogue_dsn, platform_resources
+from eds_network.platform import consolidate as consolidation_step
+from eds_network.platform import package as package_step
+from eds_network.platform.standardise import vocabulary_archive
+
+
+def consolidate(platform_id: str, night_end: dt.datetime) -> dict:
+    """Apply every new manifested batch of every member to the warehouse, for the night ending at `night_end`."""
+    p = load_network().platform(platform_id)
+    res = platform_resources(p)
+    return consolidation_step.consolidate(
+        p, p.intake.bucket, p.intake.prefix, res, vocabulary=vocabulary_archive(), night_end=night_end
+    ).ref()
+
+
+def package(platform_id: str, consolidation: dict) -> dict:
+    """One Parquet file per table + a manifest in the platform outbox."""
+    p = load_network().platform(platform_id)
+    return package_step.package(p, platform_resources(p), key_versions=consolidation["key_versions"]).ref()
+
+
+def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str) -> None:
+    """The run, its linkage, standardisation and duplicate statistics, each member's arrival, retired key versions."""
+    platform = load_network().platform(platform_id)
+    dsn = catalogue_dsn(load_network())
+    late = any(a["status"] != "arrived" for a in consolidation["arrivals"].values())
+    catalogue.record_run(
+        dsn,
+        level="mutualised",
+        scope_id=platform_id,
+        batch_id=pkg["delivery_id"],
+        status="partial" if consolidation["rejected"] or late else "success",
+        tables=catalogue.rows_passed_through(pkg["rows"]),
+        dag_run_id=run_id,
+        details={
+            "applied": consolidation["applied"],
+            "replaced": consolidation["replaced"],
+            "rejected": consolidation["rejected"],
+            "linkage": consolidation["linkage"],
+            "checks": consolidation["checks"],
+            "key_versions": consolidation["key_versions"],
+            "arrivals": {b: a["status"] for b, a in consolidation["arrivals"].items()},
+        },
+    )
+    for version in consolidation.get("retired_key_versions", []):  # key rotation finished at this platform
+        catalogue.record_key_event(
+            dsn, "key.retired", f"key:{platform.key_connection_id}", {"platform": platform_id, "version": version}
+        )
+    catalogue.record_platform_stats(dsn, platform_id, consolidation["standardisation"], consolidation["duplicates"])
+    catalogue.record_arrivals(dsn, platform_id, consolidation["arrivals"], dag_run_id=run_id)
+
+
+def check_warehouse(platform_id: str, pkg: dict, *, run_id: str) -> dict:
+    """DQD-style cross-site checks and volume checks on the warehouse (warnings: never hold the delivery)."""
+    network = load_network()
+    p = network.platform(platform_id)
+    return quality.check_platform(
+        p, platform_resources(p).warehouse_dsn, catalogue_dsn(network), pkg["delivery_id"], dag_run_id=run_id
+    )

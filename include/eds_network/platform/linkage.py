@@ -1,0 +1,102 @@
+"""What the consolidated warehouse tells about its patients: linkage statistics (persons seen at several
+sites, overlap between sites), duplicate events reported by two sites, cross-site foreign keys."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+
+from eds_network.core import omop
+from eds_network.core.config import Platform
+from eds_network.platform.warehouse import (
+    conflict_key,
+)
+
+log = logging.getLogger(__name__)
+
+# Per event table: the columns that make two sites' rows the same event (besides person_id).
+_EVENT_IDENTITY: dict[str, tuple[str, ...]] = {
+    "condition_occurrence": ("condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("drug_concept_id", "drug_exposure_start_date", "quantity"),
+    "procedure_occurrence": ("procedure_concept_id", "procedure_date"),
+    "device_exposure": ("device_concept_id", "device_exposure_start_date"),
+    "measurement": ("measurement_concept_id", "measurement_date", "value_as_number", "value_as_concept_id"),
+    "observation": ("observation_concept_id", "observation_date", "value_as_number", "value_as_string"),
+    "specimen": ("specimen_concept_id", "specimen_date"),
+}
+
+
+def flag_duplicates(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> dict[str, dict[str, int]]:
+    """Flag events a second site reported for the same linked person (same concept, date, value).
+
+    The first site's row (lowest site number, then lowest id) is the reference; rows of the other sites are
+    recorded in eds_platform.duplicate_event with the row they duplicate. Nothing is deleted. Recomputed as
+    a whole in one transaction, so the result does not depend on how often consolidation ran.
+    Returns {base: {table: flagged rows}}.
+    """
+    bases = {b.site_number: b.id for b in platform.members}
+    out: dict[str, dict[str, int]] = {b.id: {} for b in platform.members}
+    with conn.transaction():
+        conn.execute("DELETE FROM eds_platform.duplicate_event")
+        for t in tables:
+            cols = _EVENT_IDENTITY.get(t)
+            spec = omop.table(t)
+            if not cols or not all(spec.has(c) for c in cols):
+                continue
+            key = sql.Identifier(conflict_key(t))
+            part = sql.SQL(", ").join(map(sql.Identifier, ("person_id", *cols)))
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO eds_platform.duplicate_event (table_name, row_id, duplicate_of, person_id, site_number) "
+                    "SELECT %s, id, first_id, person_id, _site FROM ("
+                    " SELECT {key} AS id, person_id, _site, first_value({key}) OVER w AS first_id,"
+                    " first_value(_site) OVER w AS first_site FROM omop.{t}"
+                    " WINDOW w AS (PARTITION BY {part} ORDER BY _site, {key})) x "
+                    "WHERE _site <> first_site"
+                ).format(key=key, part=part, t=sql.Identifier(t)),
+                (t,),
+            )
+        for t, site, n in conn.execute(
+            "SELECT table_name, site_number, count(*) FROM eds_platform.duplicate_event GROUP BY 1, 2 ORDER BY 1, 2"
+        ):
+            if site in bases:
+                out[bases[site]][t] = n
+    return out
+
+
+def linkage_stats(conn: psycopg.Connection) -> dict:
+    per_site = dict(
+        conn.execute(
+            "SELECT base_id, count(*) FROM eds_platform.person_site GROUP BY base_id ORDER BY base_id"
+        ).fetchall()
+    )
+    overlap: dict[str, dict[str, int]] = {a: {} for a in per_site}
+    for a, b, n in conn.execute(
+        "SELECT a.base_id, b.base_id, count(*) FROM eds_platform.person_site a "
+        "JOIN eds_platform.person_site b ON a.person_id = b.person_id AND a.base_id < b.base_id "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        overlap[a][b] = n
+    persons = conn.execute("SELECT count(*) FROM omop.person").fetchone()[0]
+    multi = conn.execute(
+        "SELECT count(*) FROM (SELECT person_id FROM eds_platform.person_site GROUP BY 1 HAVING count(*) > 1) x"
+    ).fetchone()[0]
+    return {"persons": persons, "persons_per_site": per_site, "overlap": overlap, "persons_multi_site": multi}
+
+
+def platform_checks(conn: psycopg.Connection, tables: list[str]) -> dict:
+    """Cross-site checks on the consolidated warehouse: every event's person exists (DQD isForeignKey)."""
+    out = {}
+    for t in tables:
+        if t == "person" or not omop.table(t).has("person_id"):
+            continue
+        total, orphans = conn.execute(
+            sql.SQL(
+                "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM omop.person p "
+                "WHERE p.person_id = e.person_id)) FROM omop.{} e"
+            ).format(sql.Identifier(t))
+        ).fetchone()
+        out[f"isForeignKey:{t}.person_id"] = {"rows": total, "violating_rows": orphans, "passed": orphans == 0}
+    return out

@@ -1,0 +1,184 @@
+"""Merge one verified batch into the warehouse, inside the caller's transaction: COPY each file into a
+temporary staging table, standardise it, upsert it, apply the batch's tombstones.
+
+A `full` table (re-keying run) replaces the site's rows; a new version of an already applied batch (a local
+rerun) replaces the old one. A person row is held by the lowest site number that treats the patient.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import psycopg
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from eds_network.platform import keyversions, standardise
+from eds_network.platform.warehouse import (
+    conflict_key,
+    expected_columns,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _copy_parquet(conn: psycopg.Connection, path: Path, target: sql.Composable, columns: list[str]) -> int:
+    """COPY a Parquet file into a table, row group by row group (CSV is the fastest COPY input from Arrow)."""
+    pf = pq.ParquetFile(path)
+    n = 0
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    with conn.cursor().copy(stmt) as copy:
+        for rb in pf.iter_batches(batch_size=100_000, columns=columns):
+            buf = io.BytesIO()
+            pacsv.write_csv(rb, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+            copy.write(buf.getvalue())
+            n += rb.num_rows
+    return n
+
+
+def _remove_batch(conn: psycopg.Connection, manifest: dict, tables: list[str]) -> None:
+    """Take out what an earlier version of this batch merged (rows a later batch overwrote are kept)."""
+    bid, base = manifest["batch_id"], manifest["base"]
+    for t in reversed(tables):
+        if t != "person":
+            conn.execute(sql.SQL("DELETE FROM omop.{} WHERE _batch_id = %s").format(sql.Identifier(t)), (bid,))
+    conn.execute("DELETE FROM eds_platform.person_site WHERE base_id = %s AND batch_id = %s", (base, bid))
+
+
+def apply_batch(
+    conn: psycopg.Connection,
+    manifest: dict,
+    files: dict[str, Path],
+    tombs: dict[str, Path],
+    tables: list[str],
+    *,
+    vocabulary: bool = False,
+    replace: bool = False,
+) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    site = int(manifest["site_number"])
+    bid = manifest["batch_id"]
+    version = manifest.get("key_versions", {}).get("level1")
+    replaced = False
+    if replace:
+        _remove_batch(conn, manifest, tables)
+    for t in [t for t in tables if t in files]:
+        cols = expected_columns(t)
+        stage = sql.Identifier(f"stage_{t}")
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM omop.{} WITH NO DATA").format(
+                stage, sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(t)
+            )
+        )
+        n = _copy_parquet(conn, files[t], stage, cols)
+        if manifest["tables"][t].get("full"):
+            # Re-keying run (key rotation / policy change): this file is the site's whole table.
+            _replace_site_rows(conn, t, stage, site, manifest["base"])
+            replaced = True
+        if vocabulary:
+            std = standardise.standardise_stage(conn, t, stage)
+            if std.mapped:
+                rows[f"{t}.mapped_concepts"] = std.mapped
+            if std.units:
+                rows[f"{t}.units_normalised"] = std.units
+        key = conflict_key(t)
+        meta = ["_site", "_batch_id", keyversions.KEY_VERSION_COLUMN]
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
+        )
+        # A person row is held by the lowest site number that treats the patient (its later versions update
+        # it; other sites' copies do not), so the warehouse does not depend on the order batches arrive in.
+        only = sql.SQL(" WHERE omop.person._site >= EXCLUDED._site") if t == "person" else sql.SQL("")
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO omop.{t} ({cols}, {meta}) SELECT {cols}, %s, %s, %s FROM {stage} "
+                "ON CONFLICT ({key}) DO UPDATE SET {updates}{only}"
+            ).format(
+                t=sql.Identifier(t),
+                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                meta=sql.SQL(", ").join(map(sql.Identifier, meta)),
+                stage=stage,
+                key=sql.Identifier(key),
+                updates=updates,
+                only=only,
+            ),
+            (site, bid, version),
+        )
+        if t == "person":
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO eds_platform.person_site (person_id, base_id, site_number, batch_id) "
+                    "SELECT person_id, %s, %s, %s FROM {} "
+                    "ON CONFLICT (person_id, base_id) DO UPDATE SET batch_id = EXCLUDED.batch_id"
+                ).format(stage),
+                (manifest["base"], site, bid),
+            )
+        rows[t] = n
+    # Tombstones: a person tombstone (objection) removes every row of that patient contributed by this site.
+    for t, path in tombs.items():
+        tomb = pq.read_table(path)
+        kinds = tomb.column("kind").to_pylist()
+        ids = tomb.column("id").to_pylist()
+        persons = [i for k, i in zip(kinds, ids, strict=True) if k == "person"]
+        row_ids = [i for k, i in zip(kinds, ids, strict=True) if k == "row"]
+        if row_ids:
+            conn.execute(
+                sql.SQL("DELETE FROM omop.{} WHERE {} = ANY(%s)").format(
+                    sql.Identifier(t), sql.Identifier(conflict_key(t))
+                ),
+                (row_ids,),
+            )
+        if persons:
+            conn.execute(
+                "DELETE FROM eds_platform.person_site WHERE person_id = ANY(%s) AND base_id = %s",
+                (persons, manifest["base"]),
+            )
+            for other in [t for t in tables if t != "person"]:
+                conn.execute(
+                    sql.SQL("DELETE FROM omop.{} WHERE person_id = ANY(%s) AND _site = %s").format(
+                        sql.Identifier(other)
+                    ),
+                    (persons, site),
+                )
+            # The person row goes when no other site still treats the patient.
+            conn.execute(
+                "DELETE FROM omop.person p WHERE p.person_id = ANY(%s) AND NOT EXISTS ("
+                "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)",
+                (persons,),
+            )
+        rows[f"{t}.tombstones"] = len(ids)
+    if replaced:
+        # Persons no site refers to any more (their old level-1 pseudonym after a re-keying run) go.
+        conn.execute(
+            "DELETE FROM omop.person p WHERE NOT EXISTS ("
+            "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)"
+        )
+    keyversions.register_version(conn, version)
+    if replace:
+        # Persons the new version no longer carries and no other site treats: gone with their last site.
+        conn.execute(
+            "DELETE FROM omop.person p WHERE p._batch_id = %s AND NOT EXISTS ("
+            "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)",
+            (bid,),
+        )
+    return rows
+
+
+def _replace_site_rows(conn: psycopg.Connection, table: str, stage: sql.Identifier, site: int, base_id: str) -> None:
+    """A full extraction replaces what this site contributed to `table`: its rows (event ids are namespaced by
+    site, so `_site` tells them apart) or, for `person` (shared between sites), its membership in person_site."""
+    if table == "person":
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM eds_platform.person_site WHERE base_id = %s AND person_id NOT IN "
+                "(SELECT person_id FROM {})"
+            ).format(stage),
+            (base_id,),
+        )
+    else:
+        conn.execute(sql.SQL("DELETE FROM omop.{} WHERE _site = %s").format(sql.Identifier(table)), (site,))
