@@ -8,6 +8,7 @@ eds demo                        stack start + seed + night + summary
 eds airflow ARGS…               any Airflow CLI command against the embedded stack
 eds check-config [FILE]         validate a network file
 eds catalogue upgrade|current|history|revision -m MSG   the catalogue's Alembic migrations
+eds catalogue dcat --out DIR [--validate]   one HealthDCAT-AP JSON-LD per base + catalog.jsonld (SHACL check)
 eds keys list                   the pseudonymisation key connections and their versions (never the keys)
 eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
 eds leak-scan [--json]          look for the hospitals' identifiers in every output (exit 1 on any hit)
@@ -267,6 +268,28 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def _catalogue_dcat(args, dsn: str) -> int:
+    """Write the HealthDCAT-AP documents; with --validate, check each against the official shapes."""
+    from pathlib import Path
+
+    from eds_network.catalogue import healthdcat, shacl
+
+    if not args.out:
+        raise EdsError("eds catalogue dcat needs --out DIR")
+    paths = healthdcat.write_documents(dsn, Path(args.out))
+    failed = 0
+    for path in paths.values():
+        line = f"{path}"
+        if args.validate:
+            report = shacl.validate(path.read_text(encoding="utf-8"))
+            failed += not report.conforms
+            line += f": {report.summary()}"
+        print(line)
+    if args.validate:
+        print(f"{len(paths) - failed} of {len(paths)} documents conform (HealthDCAT-AP R8 NON_PUBLIC + DCAT-AP 3.0.1)")
+    return 1 if failed else 0
+
+
 def cmd_catalogue(args) -> int:
     from alembic import command
 
@@ -295,6 +318,8 @@ def cmd_catalogue(args) -> int:
 def _catalogue_db_action(args, dsn: str) -> int:
     from eds_network import catalogue
 
+    if args.action == "dcat":
+        return _catalogue_dcat(args, dsn)
     if args.action == "upgrade":
         print(f"catalogue at revision {catalogue.upgrade(dsn, args.revision)}")
     else:
@@ -386,11 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     cc = sub.add_parser("check-config")
     cc.add_argument("file", nargs="?")
     cc.set_defaults(fn=cmd_check_config)
-    ca = sub.add_parser("catalogue", help="the catalogue's Alembic migrations")
-    ca.add_argument("action", choices=["upgrade", "current", "history", "revision"])
+    ca = sub.add_parser("catalogue", help="the catalogue's Alembic migrations and its HealthDCAT-AP export")
+    ca.add_argument("action", choices=["upgrade", "current", "history", "revision", "dcat"])
     ca.add_argument("revision", nargs="?", default="head", help="target of upgrade (default head)")
     ca.add_argument("-m", "--message", help="revision: what the new migration does")
     ca.add_argument("--dsn", help="catalogue database (default: the embedded stack's)")
+    ca.add_argument("--out", help="dcat: the folder to write the JSON-LD documents to")
+    ca.add_argument("--validate", action="store_true", help="dcat: validate each document with pySHACL")
     ca.set_defaults(fn=cmd_catalogue)
     ky = sub.add_parser("keys")
     ky.add_argument("action", choices=["list", "rotate"])

@@ -139,6 +139,7 @@ PREFIX vcard: <http://www.w3.org/2006/vcard/ns#>
 PREFIX dcatap: <http://data.europa.eu/r5r/>
 PREFIX dqv: <http://www.w3.org/ns/dqv#>
 PREFIX healthdcatap: <http://healthdataportal.eu/ns/health#>
+PREFIX cv: <http://data.europa.eu/m8g/>
 """
 
 MANDATORY = {
@@ -153,8 +154,8 @@ MANDATORY = {
     "type": "?d dct:type ?type .",
     "provenance": "?d dct:provenance ?prov . ?prov a dct:ProvenanceStatement .",
     "contact point": "?d dcat:contactPoint ?cp . ?cp a vcard:Kind ; vcard:hasEmail ?mail .",
-    "hdab with contact point": "?d healthdcatap:hdab ?h . ?h a foaf:Agent ; foaf:name ?hn ; dcat:contactPoint ?hcp . "
-    "?hcp a vcard:Kind .",
+    "hdab with contact point": "?d healthdcatap:hdab ?h . ?h a foaf:Agent ; foaf:name ?hn ; cv:contactPoint ?hcp . "
+    "?hcp a cv:ContactPoint .",
     "distribution": "?d dcat:distribution ?dist . ?dist a dcat:Distribution ; dcat:accessURL ?url ; dct:format ?f .",
     "publisher": "?d dct:publisher ?p . ?p a foaf:Agent ; foaf:name ?pn .",
     "title": "?d dct:title ?t .",
@@ -193,7 +194,8 @@ def test_jsonld_of_every_reference_base_has_the_mandatory_properties(cat):
             None, rdflib.URIRef(healthdcat.HEALTHDCATAP + "hasCodingSystem")
         )
     }
-    assert {"http://snomed.info/sct", "http://loinc.org", "http://hl7.org/fhir/sid/icd-10"} <= coding
+    nal = "https://hdeu-dcat.data.health.europa.eu/resource/authority/coding-system/"
+    assert {nal + "SNOMED-CT", nal + "LOINC", nal + "ICD-10"} <= coding
 
 
 def test_jsonld_of_a_network_base_carries_run_counts_coverage_and_quality(cat):

@@ -1,118 +1,81 @@
-"""HealthDCAT-AP descriptions of the catalogue's bases, as JSON-LD (one `dcat:Dataset` per base).
+"""HealthDCAT-AP descriptions of the catalogue's bases, as JSON-LD: one `dcat:Dataset` per base and the
+`dcat:Catalog` that lists them, at the access level NON_PUBLIC (health data reachable only through a data
+permit of the health data access body, the Health Data Hub).
 
-`dataset_jsonld(dsn, base_id)` describes one base (network or reference base) for the national catalogue
-(HealthData@EU through the Health Data Hub), at the access level NON_PUBLIC: health data reachable only
-through a data permit of the health data access body.
+Every document conforms, with pySHACL and no inference, to the HealthDCAT-AP Release 8 NON_PUBLIC shapes
+together with the DCAT-AP 3.0.1 shapes (`eds_network.catalogue.shacl`, shapes in `shapes/`): every
+referenced resource carries the class the shapes require (vocabulary values from `vocab`).
 
-Mandatory properties of a NON_PUBLIC HealthDCAT-AP dataset, and what fills them here:
-  dct:title, dct:description             the base's label; a description built from its kind and holder
-  dct:identifier                         the dataset IRI (plain literal)
-  dct:publisher                          foaf:Agent with foaf:name (the holder) and its contact point
-  dcat:contactPoint                      vcard:Kind (vcard:Organization) with fn, email, URL
-  dct:accessRights                       <…/access-right/NON_PUBLIC>
-  dcatap:applicableLegislation           EHDS regulation (EU) 2025/327 and GDPR (EU) 2016/679, by ELI
-  healthdcatap:hdab                      the Health Data Hub, foaf:Agent with its own dcat:contactPoint
-  healthdcatap:healthCategory            from the base's kind (EHR, registry, cohort, other)
-  dcat:theme                             EU data theme HEAL
-  dcat:keyword                           kind, holder, OMOP CDM, …
-  dct:type                               EU dataset type PERSONAL_DATA
-  dct:provenance                         dct:ProvenanceStatement (how the data reaches the catalogue)
-  dcat:distribution                      dcat:Distribution: Parquet, access URL, applicable legislation
-Recommended / optional ones also given when known: healthdcatap:hasCodingSystem (SNOMED CT, LOINC, RxNorm,
-ICD-10, the OMOP standard vocabularies), dct:conformsTo (OMOP CDM 5.4), dct:temporal (from the runs' data
-intervals), healthdcatap:numberOfRecords and numberOfUniqueIndividuals (latest local run: sum of published
-rows; persons = published rows of `person`), dqv:hasQualityAnnotation (latest run with quality details),
-dpv:hasPersonalData, dct:issued, dct:modified, dct:spatial (France).
-
-Vocabulary IRIs for health categories follow the HealthDCAT-AP draft namespace; align them with the
-published controlled vocabulary when it is final (one table below, HEALTH_CATEGORY).
+What fills the mandatory properties of a NON_PUBLIC dataset:
+  dct:title, dct:description, dct:identifier   the base's label, a description from its kind and holder, its IRI
+  dct:accessRights                             access-right NON_PUBLIC (skos:Concept, dct:RightsStatement)
+  dcatap:applicableLegislation                 EHDS regulation (EU) 2025/327 and the GDPR (eli:LegalResource)
+  dcat:theme, dct:type                         data theme HEAL, dataset type PERSONAL_DATA (skos:Concept)
+  healthdcatap:healthCategory                  EHDS Article 51 category from the base's kind
+  healthdcatap:hdab, dct:publisher             foaf:Agent with one cv:contactPoint (cv:ContactPoint)
+  dcat:contactPoint                            vcard:Kind with an e-mail and a URL
+  dcat:keyword, dct:provenance                 kind, holder, OMOP CDM; how the data reaches the catalogue
+  dcat:distribution                            the access route: a data permit request to the HDH
+  healthdcatap:hasStructuredData (+ hasVariables) the OMOP tables and columns a network base publishes
+Also given when known: dct:conformsTo OMOP CDM, healthdcatap:hasCodingSystem, dct:temporal (runs' data
+intervals), numberOfRecords / numberOfUniqueIndividuals (latest local run), dct:spatial France, dct:issued,
+dct:modified, dpv:hasPersonalData, dct:accrualPeriodicity (nightly), and dqv:hasQualityAnnotation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from eds_network import catalogue
+from eds_network.catalogue import vocab
+from eds_network.catalogue.vocab import en, iri, typed
 
-HEALTHDCATAP = "http://healthdataportal.eu/ns/health#"
+HEALTHDCATAP = vocab.CONTEXT["healthdcatap"]
+CONTEXT = vocab.CONTEXT
 BASE_IRI = os.environ.get("EDS_CATALOGUE_BASE_IRI", "https://eds-network.example.org/catalogue/")
-CONTACT_EMAIL = os.environ.get("EDS_CATALOGUE_CONTACT", "mailto:catalogue@eds-network.example.org")
-
-CONTEXT = {
-    "dcat": "http://www.w3.org/ns/dcat#",
-    "dct": "http://purl.org/dc/terms/",
-    "foaf": "http://xmlns.com/foaf/0.1/",
-    "vcard": "http://www.w3.org/2006/vcard/ns#",
-    "adms": "http://www.w3.org/ns/adms#",
-    "dqv": "http://www.w3.org/ns/dqv#",
-    "oa": "http://www.w3.org/ns/oa#",
-    "prov": "http://www.w3.org/ns/prov#",
-    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
-    "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
-    "skos": "http://www.w3.org/2004/02/skos/core#",
-    "xsd": "http://www.w3.org/2001/XMLSchema#",
-    "dcatap": "http://data.europa.eu/r5r/",
-    "dpv": "https://w3id.org/dpv#",
-    "dpv-pd": "https://w3id.org/dpv/pd#",
-    "healthdcatap": HEALTHDCATAP,
+CONTACT_EMAIL = os.environ.get("EDS_CATALOGUE_CONTACT", "catalogue@eds-network.example.org")
+HDAB_EMAIL = os.environ.get("EDS_CATALOGUE_HDAB_CONTACT", "hdab@eds-network.example.org")
+HDH = {
+    "name": "Health Data Hub (Plateforme des données de santé)",
+    "homepage": "https://www.health-data-hub.fr/",
 }
-
-ACCESS_NON_PUBLIC = "http://publications.europa.eu/resource/authority/access-right/NON_PUBLIC"
-LEGISLATION = (
-    "http://data.europa.eu/eli/reg/2025/327/oj",  # EHDS regulation
-    "http://data.europa.eu/eli/reg/2016/679/oj",  # GDPR
-)
-THEME_HEALTH = "http://publications.europa.eu/resource/authority/data-theme/HEAL"
-TYPE_PERSONAL_DATA = "http://publications.europa.eu/resource/authority/dataset-type/PERSONAL_DATA"
-FRANCE = "http://publications.europa.eu/resource/authority/country/FRA"
-PARQUET = "http://publications.europa.eu/resource/authority/file-type/PARQUET"
-PARQUET_MEDIA_TYPE = "https://www.iana.org/assignments/media-types/application/vnd.apache.parquet"
-OMOP_CDM = "https://ohdsi.github.io/CommonDataModel/cdm54.html"
-CODING_SYSTEMS = {
-    "SNOMED CT": "http://snomed.info/sct",
-    "LOINC": "http://loinc.org",
-    "RxNorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
-    "ICD-10": "http://hl7.org/fhir/sid/icd-10",
-    "OMOP standard vocabularies": "https://athena.ohdsi.org/",
-}
-HEALTH_CATEGORY = {
-    "hospital_eds": HEALTHDCATAP + "EHR",
-    "registry": HEALTHDCATAP + "REGISTRY",
-    "cohort": HEALTHDCATAP + "COHORT",
-    "other": HEALTHDCATAP + "OTHER",
-}
+ACCESS_REQUEST_URL = os.environ.get("EDS_CATALOGUE_ACCESS_URL", "https://www.health-data-hub.fr/depot")
 KIND_LABEL = {
     "hospital_eds": "hospital health-data warehouse (EDS)",
     "registry": "registry",
     "cohort": "cohort",
     "other": "health database",
 }
-HDH = {
-    "name": "Health Data Hub (Plateforme des données de santé)",
-    "homepage": "https://www.health-data-hub.fr/",
-}
+CSVW_TYPES = {"integer": "integer", "bigint": "integer", "float": "double", "date": "date", "datetime": "datetime"}
 
 
 def dataset_iri(base_id: str) -> str:
     return f"{BASE_IRI}dataset/{base_id}"
 
 
-def _iri(value: str) -> dict:
-    return {"@id": value}
+def catalog_iri() -> str:
+    return f"{BASE_IRI}catalog"
 
 
-def _typed(value, datatype: str) -> dict:
-    return {"@value": str(value), "@type": datatype}
+def _agent(name: str, email: str, page: str | None = None) -> dict:
+    cp = {"@type": "cv:ContactPoint", "cv:email": email}
+    if page:
+        cp["cv:contactPage"] = iri(page)
+    return {"@type": "foaf:Agent", "foaf:name": name, "cv:contactPoint": cp}
 
 
-def _contact(fn: str, email: str, url: str | None = None) -> dict:
-    c = {"@type": ["vcard:Kind", "vcard:Organization"], "vcard:fn": fn, "vcard:hasEmail": _iri(email)}
-    if url:
-        c["vcard:hasURL"] = _iri(url)
-    return c
+def _vcard(fn: str, email: str, url: str) -> dict:
+    return {
+        "@type": ["vcard:Kind", "vcard:Organization"],
+        "vcard:fn": fn,
+        "vcard:hasEmail": iri(f"mailto:{email}"),
+        "vcard:hasURL": iri(url),
+    }
 
 
 def _latest_local_run(conn, base_id: str):
@@ -122,74 +85,78 @@ def _latest_local_run(conn, base_id: str):
     ).first()
 
 
-def _quality(conn, base, local_run) -> dict | None:
-    """A dqv:QualityAnnotation from the latest run that carries quality details (local run, else platform)."""
-    r = catalogue.run_t
-    candidates = []
-    if local_run is not None:
-        candidates.append(local_run)
-    if base.platform_id:
-        plat = conn.execute(
-            select(r)
-            .where(r.c.level == "mutualised", r.c.scope_id == base.platform_id)
-            .order_by(r.c.recorded_at.desc())
-            .limit(1)
-        ).first()
-        if plat is not None:
-            candidates.append(plat)
-    for run in candidates:
-        details = run.details or {}
-        checks = details.get("checks") or details.get("quality")
-        tables = conn.execute(select(catalogue.run_table_t).where(catalogue.run_table_t.c.run_id == run.id)).all()
-        if not checks and not (run.level == "local" and tables):
+def _quality(conn, iri_: str, local_run) -> dict | None:
+    """A dqv:QualityCertificate (the class HealthDCAT-AP asks of a quality annotation) from the latest local run:
+    its row accounting and checks, as a textual body."""
+    if local_run is None:
+        return None
+    tables = conn.execute(select(catalogue.run_table_t).where(catalogue.run_table_t.c.run_id == local_run.id)).all()
+    if not tables:
+        return None
+    details = local_run.details or {}
+    ext, quar = sum(t.extracted for t in tables), sum(t.quarantined for t in tables)
+    parts = [
+        f"local run {local_run.batch_id} ({local_run.status}, recorded {local_run.recorded_at:%Y-%m-%d})",
+        f"{ext} rows extracted, {quar} quarantined by OHDSI DQD fatal checks",
+    ]
+    if details.get("failed_tables"):
+        parts.append(f"failed tables: {', '.join(details['failed_tables'])}")
+    checks = details.get("checks")
+    if isinstance(checks, dict):
+        passed = sum(1 for c in checks.values() if isinstance(c, dict) and c.get("passed"))
+        parts.append(f"{passed}/{len(checks)} checks passed")
+    return {
+        "@type": ["dqv:QualityAnnotation", "dqv:QualityCertificate"],
+        "oa:motivatedBy": iri("dqv:qualityAssessment"),
+        "oa:hasTarget": iri(iri_),
+        "oa:hasBody": {"@type": "oa:TextualBody", "rdf:value": "; ".join(parts), "dct:format": "text/plain"},
+    }
+
+
+def _variables(base_label: str, table_names: list[str]) -> dict:
+    """The OMOP CDM 5.4 tables a base publishes, as a csvw:TableGroup (one csvw:Column per field)."""
+    from eds_network.core import omop
+
+    tables = []
+    for name in sorted(table_names):
+        try:
+            t = omop.table(name)
+        except KeyError:
             continue
-        parts = [f"{run.level} run {run.batch_id} ({run.status}, recorded {run.recorded_at:%Y-%m-%d})"]
-        if run.level == "local" and tables:
-            ext = sum(t.extracted for t in tables)
-            quar = sum(t.quarantined for t in tables)
-            parts.append(f"{ext} rows extracted, {quar} quarantined by OHDSI DQD fatal checks")
-            if details.get("failed_tables"):
-                parts.append(f"failed tables: {', '.join(details['failed_tables'])}")
-        if isinstance(checks, dict):
-            passed = sum(1 for c in checks.values() if isinstance(c, dict) and c.get("passed"))
-            parts.append(f"{passed}/{len(checks)} checks passed")
-        elif isinstance(checks, int | list):
-            parts.append(f"{checks if isinstance(checks, int) else len(checks)} checks evaluated")
-        return {
-            "@type": "dqv:QualityAnnotation",
-            "oa:motivatedBy": _iri("dqv:qualityAssessment"),
-            "oa:hasBody": {"@type": "oa:TextualBody", "rdf:value": "; ".join(parts), "dct:format": "text/plain"},
-        }
-    return None
-
-
-def dataset_jsonld(dsn: str, base_id: str, *, issued: dt.date | None = None) -> dict:
-    """The HealthDCAT-AP (NON_PUBLIC) JSON-LD description of one catalogued base."""
-    b_t, p_t, r = catalogue.base_t, catalogue.platform_t, catalogue.run_t
-    with catalogue.engine(dsn).connect() as conn:
-        base = conn.execute(
-            select(b_t, p_t.c.label.label("platform_label"))
-            .select_from(b_t.outerjoin(p_t, b_t.c.platform_id == p_t.c.id))
-            .where(b_t.c.id == base_id)
-        ).first()
-        if base is None:
-            raise KeyError(f"base {base_id!r} is not in the catalogue")
-        local = _latest_local_run(conn, base_id)
-        tables = (
-            conn.execute(select(catalogue.run_table_t).where(catalogue.run_table_t.c.run_id == local.id)).all()
-            if local is not None
-            else []
-        )
-        span = conn.execute(
-            select(func.min(r.c.data_interval_start), func.max(r.c.data_interval_end)).where(
-                r.c.level == "local", r.c.scope_id == base_id
+        cols = []
+        for c in t.columns:
+            kind = CSVW_TYPES.get(c.datatype.lower(), "string")
+            notes = ", ".join(
+                x for x in ("required" if c.required else "optional", "primary key" if c.primary_key else "") if x
             )
-        ).one()
-        quality = _quality(conn, base, local)
-    milestones = catalogue.milestones(dsn, base_id)
+            cols.append(
+                {
+                    "@type": "csvw:Column",
+                    "csvw:name": c.name,
+                    "csvw:title": c.name.replace("_", " "),
+                    "csvw:datatype": kind,
+                    "dct:description": f"OMOP CDM 5.4 {name}.{c.name} ({c.datatype}, {notes})",
+                }
+            )
+        tables.append({"@type": "csvw:Table", "dct:title": name, "csvw:column": cols})
+    return {"@type": "csvw:TableGroup", "dct:title": f"{base_label}: OMOP CDM 5.4 tables", "csvw:table": tables}
 
-    iri = dataset_iri(base_id)
-    kind = base.kind if base.kind in HEALTH_CATEGORY else "other"
+
+def _base_row(conn, base_id: str):
+    b_t, p_t = catalogue.base_t, catalogue.platform_t
+    base = conn.execute(
+        select(b_t, p_t.c.label.label("platform_label"))
+        .select_from(b_t.outerjoin(p_t, b_t.c.platform_id == p_t.c.id))
+        .where(b_t.c.id == base_id)
+    ).first()
+    if base is None:
+        raise KeyError(f"base {base_id!r} is not in the catalogue")
+    return base
+
+
+def _texts(base) -> tuple[str, str]:
+    """(description, provenance) of a base."""
+    kind = base.kind if base.kind in KIND_LABEL else "other"
     holder = base.holder or base.label
     via = f", shared through {base.platform_label}" if base.platform_label else ""
     description = (
@@ -208,68 +175,150 @@ def dataset_jsonld(dsn: str, base_id: str, *, issued: dt.date | None = None) -> 
             "hospital, level-1 then level-2 pseudonymisation (HMAC), consolidation at the mutualised platform, "
             "delivery to the Health Data Hub landing zone with SHA-256 checksums."
         )
+    return description, provenance
 
-    ds: dict = {
-        "@context": CONTEXT,
-        "@id": iri,
+
+def _distribution(iri_: str, label: str) -> dict:
+    return {
+        "@id": f"{iri_}/distribution/parquet",
+        "@type": "dcat:Distribution",
+        "dct:title": en(f"{label}: OMOP CDM 5.4 tables (Parquet), on a data permit of the Health Data Hub"),
+        "dct:format": vocab.file_type("PARQUET", "Parquet"),
+        "dcat:mediaType": vocab.media_type("application/vnd.apache.parquet"),
+        "dcat:accessURL": {"@id": ACCESS_REQUEST_URL, "@type": "rdfs:Resource"},
+        "dct:rights": vocab.access_rights(),
+        "dcatap:applicableLegislation": vocab.legislation(),
+    }
+
+
+def _core(base, iri_: str) -> dict:
+    kind = base.kind if base.kind in KIND_LABEL else "other"
+    holder = base.holder or base.label
+    description, provenance = _texts(base)
+    return {
+        "@id": iri_,
         "@type": "dcat:Dataset",
         "dct:title": {"@value": base.label, "@language": "fr"},
-        "dct:description": {"@value": description, "@language": "en"},
-        "dct:identifier": iri,
-        "adms:identifier": {"@type": "adms:Identifier", "skos:notation": base_id},
-        "dct:publisher": {
-            "@type": "foaf:Agent",
-            "foaf:name": holder,
-            "dcat:contactPoint": _contact(f"{holder} — data office", CONTACT_EMAIL),
-        },
-        "dcat:contactPoint": _contact(f"{base.label} — contact", CONTACT_EMAIL, f"{BASE_IRI}base/{base_id}"),
-        "dct:accessRights": _iri(ACCESS_NON_PUBLIC),
-        "dcatap:applicableLegislation": [_iri(u) for u in LEGISLATION],
-        "healthdcatap:hdab": {
-            "@type": "foaf:Agent",
-            "foaf:name": HDH["name"],
-            "foaf:homepage": _iri(HDH["homepage"]),
-            "dcat:contactPoint": _contact(HDH["name"], "mailto:hdab@eds-network.example.org", HDH["homepage"]),
-        },
-        "healthdcatap:healthCategory": _iri(HEALTH_CATEGORY[kind]),
-        "dcat:theme": _iri(THEME_HEALTH),
-        "dcat:keyword": [
-            {"@value": w, "@language": "en"} for w in ("health data", KIND_LABEL[kind], "OMOP CDM", holder)
+        "dct:description": en(description),
+        "dct:identifier": iri_,
+        "adms:identifier": {"@type": "adms:Identifier", "skos:notation": base.id},
+        "dct:publisher": _agent(holder, CONTACT_EMAIL),
+        "dcat:contactPoint": _vcard(f"{base.label}: contact", CONTACT_EMAIL, f"{BASE_IRI}base/{base.id}"),
+        "dct:accessRights": vocab.access_rights(),
+        "dcatap:applicableLegislation": vocab.legislation(),
+        "healthdcatap:hdab": _agent(HDH["name"], HDAB_EMAIL, HDH["homepage"]),
+        "healthdcatap:healthCategory": vocab.health_category(kind),
+        "dcat:theme": vocab.theme_health(),
+        "dcat:keyword": [en(w) for w in ("health data", KIND_LABEL[kind], "OMOP CDM", holder)],
+        "dct:type": vocab.dataset_type_personal(),
+        "dct:provenance": {"@type": "dct:ProvenanceStatement", "rdfs:label": en(provenance)},
+        "dct:conformsTo": vocab.omop_cdm(),
+        "healthdcatap:hasCodingSystem": vocab.coding_systems(),
+        "dct:spatial": vocab.france(),
+        "dct:language": vocab.language(),
+        "dpv:hasPersonalData": [
+            {"@id": vocab.CONTEXT["dpv-pd"] + n, "@type": "dpv:PersonalData"} for n in ("HealthRecord", "Age", "Gender")
         ],
-        "dct:type": _iri(TYPE_PERSONAL_DATA),
-        "dct:provenance": {"@type": "dct:ProvenanceStatement", "rdfs:label": provenance},
-        "dct:conformsTo": _iri(OMOP_CDM),
-        "healthdcatap:hasCodingSystem": [_iri(u) for u in CODING_SYSTEMS.values()],
-        "dct:spatial": _iri(FRANCE),
-        "dpv:hasPersonalData": [_iri("dpv-pd:HealthRecord"), _iri("dpv-pd:Age"), _iri("dpv-pd:Gender")],
-        "dcat:distribution": {
-            "@id": f"{iri}/distribution/parquet",
-            "@type": "dcat:Distribution",
-            "dct:title": f"{base.label} — OMOP CDM 5.4 tables (Parquet)",
-            "dct:format": _iri(PARQUET),
-            "dcat:mediaType": _iri(PARQUET_MEDIA_TYPE),
-            "dcat:accessURL": _iri(HDH["homepage"]),
-            "dct:rights": _iri(ACCESS_NON_PUBLIC),
-            "dcatap:applicableLegislation": [_iri(u) for u in LEGISLATION],
-        },
+        "dcat:distribution": _distribution(iri_, base.label),
     }
+
+
+def dataset_jsonld(dsn: str, base_id: str, *, issued: dt.date | None = None) -> dict:
+    """The HealthDCAT-AP (NON_PUBLIC) JSON-LD description of one catalogued base."""
+    r = catalogue.run_t
+    with catalogue.engine(dsn).connect() as conn:
+        base = _base_row(conn, base_id)
+        local = _latest_local_run(conn, base_id)
+        tables = (
+            conn.execute(select(catalogue.run_table_t).where(catalogue.run_table_t.c.run_id == local.id)).all()
+            if local is not None
+            else []
+        )
+        span = conn.execute(
+            select(func.min(r.c.data_interval_start), func.max(r.c.data_interval_end)).where(
+                r.c.level == "local", r.c.scope_id == base_id
+            )
+        ).one()
+        iri_ = dataset_iri(base_id)
+        quality = _quality(conn, iri_, local)
+    milestones = catalogue.milestones(dsn, base_id)
+
+    ds = {"@context": CONTEXT, **_core(base, iri_)}
+    if tables:
+        ds["healthdcatap:hasStructuredData"] = typed("true", "xsd:boolean")
+        ds["healthdcatap:hasVariables"] = _variables(base.label, [t.table_name for t in tables])
+        records = sum(t.published for t in tables)
+        persons = sum(t.published for t in tables if t.table_name == "person")
+        ds["healthdcatap:numberOfRecords"] = typed(records, "xsd:nonNegativeInteger")
+        ds["healthdcatap:numberOfUniqueIndividuals"] = typed(persons, "xsd:nonNegativeInteger")
+    else:  # no table published through this network yet: its data dictionary is its holder's
+        ds["healthdcatap:hasStructuredData"] = typed("false", "xsd:boolean")
+    if not base.reference:
+        ds["dct:accrualPeriodicity"] = vocab.frequency_daily()
     available = milestones.get("available")
     if issued or available:
-        ds["dct:issued"] = _typed((issued or available).isoformat(), "xsd:date")
+        ds["dct:issued"] = typed((issued or available).isoformat(), "xsd:date")
     if local is not None:
-        ds["dct:modified"] = _typed(local.recorded_at.isoformat(), "xsd:dateTime")
+        ds["dct:modified"] = typed(local.recorded_at.isoformat(), "xsd:dateTime")
     if span[0] is not None and span[1] is not None:
         ds["dct:temporal"] = {
             "@type": "dct:PeriodOfTime",
-            "dcat:startDate": _typed(span[0].isoformat(), "xsd:dateTime"),
-            "dcat:endDate": _typed(span[1].isoformat(), "xsd:dateTime"),
+            "dcat:startDate": typed(span[0].isoformat(), "xsd:dateTime"),
+            "dcat:endDate": typed(span[1].isoformat(), "xsd:dateTime"),
         }
-    if tables:
-        records = sum(t.published for t in tables)
-        persons = sum(t.published for t in tables if t.table_name == "person")
-        ds["healthdcatap:numberOfRecords"] = _typed(records, "xsd:nonNegativeInteger")
-        ds["healthdcatap:numberOfUniqueIndividuals"] = _typed(persons, "xsd:nonNegativeInteger")
     if quality is not None:
-        quality["oa:hasTarget"] = _iri(iri)
         ds["dqv:hasQualityAnnotation"] = quality
     return ds
+
+
+def base_ids(dsn: str) -> list[str]:
+    b = catalogue.base_t
+    with catalogue.engine(dsn).connect() as conn:
+        return list(conn.execute(select(b.c.id).order_by(b.c.reference, b.c.id)).scalars())
+
+
+def catalog_jsonld(dsn: str, *, datasets: list[dict] | None = None) -> dict:
+    """The dcat:Catalog of every catalogued base, with the datasets' descriptions in the same graph."""
+    datasets = datasets if datasets is not None else [dataset_jsonld(dsn, b) for b in base_ids(dsn)]
+    catalog = {
+        "@id": catalog_iri(),
+        "@type": "dcat:Catalog",
+        "dct:title": en("eds-network catalogue of French hospital health-data warehouses"),
+        "dct:description": en(
+            "The bases of the eds-network (hospital EDS through their mutualised platforms) and the reference "
+            "bases of the national catalogue, described for the Health Data Hub and HealthData@EU."
+        ),
+        "dct:publisher": _agent(HDH["name"], HDAB_EMAIL, HDH["homepage"]),
+        "dcatap:applicableLegislation": vocab.legislation(),
+        "dct:spatial": vocab.france(),
+        "dct:language": vocab.language(),
+        "foaf:homepage": {"@id": BASE_IRI, "@type": "foaf:Document"},
+        "dcat:themeTaxonomy": {
+            "@id": vocab.EU_NAL + "data-theme",
+            "@type": "skos:ConceptScheme",
+            "dct:title": en("Data theme"),
+        },
+        "dcat:dataset": [iri(d["@id"]) for d in datasets],
+    }
+    modified = [d["dct:modified"]["@value"] for d in datasets if "dct:modified" in d]
+    if modified:  # the latest run recorded: a rerun writes the same document
+        catalog["dct:modified"] = typed(max(modified), "xsd:dateTime")
+    graph = [catalog] + [{k: v for k, v in d.items() if k != "@context"} for d in datasets]
+    return {"@context": CONTEXT, "@graph": graph}
+
+
+def write_documents(dsn: str, out: Path) -> dict[str, Path]:
+    """Write `<base>.jsonld` for every base and `catalog.jsonld`; returns {name: path}. Idempotent: a rerun
+    rewrites the same files (each written aside, then renamed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = {b: dataset_jsonld(dsn, b) for b in base_ids(dsn)}
+    docs["catalog"] = catalog_jsonld(dsn, datasets=list(docs.values()))
+    paths = {}
+    for name, doc in docs.items():
+        path = out / f"{name}.jsonld"
+        tmp = path.with_suffix(".jsonld.tmp")
+        tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        paths[name] = path
+    return paths

@@ -642,6 +642,12 @@ def create_app(
             raise HTTPException(status_code=404, detail=f"catalogue.base: no base {base_id!r}") from None
         return JSONResponse(doc, media_type="application/ld+json")
 
+    @app.get("/api/catalog/healthdcat", dependencies=deps)
+    def api_catalog_healthdcat() -> JSONResponse:
+        from eds_network.catalogue import healthdcat
+
+        return JSONResponse(healthdcat.catalog_jsonld(dsn()), media_type="application/ld+json")
+
     @app.get("/api/deliveries", dependencies=deps)
     def api_deliveries() -> list[dict]:
         return view()["deliveries"]
