@@ -22,6 +22,7 @@ import pytest
 from ui_catalogue import DEMO_MILESTONES, EXTRA_MILESTONES, seed_ui_catalogue
 
 from eds_network import catalogue, ui
+from eds_network.catalogue import shacl
 from eds_network.core.config import load_network
 from eds_network.dev.reference_bases import REFERENCE_BASES
 
@@ -189,6 +190,8 @@ def test_json_api_needs_airflow_authentication(api_server):
     assert _http(f"{base}/eds/api/bases/no_such_base", token=token)[0] == 404
     status, body = _http(f"{base}/eds/api/bases/ref_bndmr/healthdcat", token=token)
     assert status == 200 and "dcat:Dataset" in body.decode()
+    status, body = _http(f"{base}/eds/api/catalog/healthdcat", token=token)
+    assert status == 200 and shacl.validate(body.decode()).conforms
     # the plugin is registered with Airflow: FastAPI app and the external view in the navigation
     status, body = _http(f"{base}/api/v2/plugins", token=token)
     plugin = next(p for p in json.loads(body)["plugins"] if p["name"] == "eds_network_ui")
@@ -274,3 +277,8 @@ def test_no_internet_asset_on_the_page(api_server):
     assert status == 200
     text = body.decode()
     assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert '<link rel="stylesheet" href="/eds/static/eds.css">' in text
+    status, css = _http(f"{base}/eds/static/eds.css", token=token)
+    assert status == 200 and b"--ok:" in css and b"http" not in css
+    assert _http(f"{base}/eds/static/eds.css")[0] in (401, 403)  # behind the login like the page
+    assert _http(f"{base}/eds/static/..%2Fview.py", token=token)[0] == 404

@@ -1,0 +1,114 @@
+"""The FastAPI app of the operator page: `/` (the page), `/api/...` (JSON), `/static/...`, `/data-docs/...`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+from eds_network.core.config import Network
+from eds_network.ui.render import STATIC, render_html
+from eds_network.ui.view import data_docs_index, network_view, recent_audit
+
+
+def create_app(
+    dsn: Callable[[], str],
+    network: Callable[[], Network],
+    *,
+    auth: Callable | None = None,
+    login_url: Callable[[str], str] | None = None,
+    data_docs_dir: Path | None = None,
+    prefix: str = "/eds",
+):
+    """The FastAPI app mounted at `prefix`: `/` (the page), `/api/...` (JSON), `/static/<file>`, `/data-docs/<base>/`.
+
+    `auth` is a FastAPI dependency applied to every route (the plugin passes Airflow's); an unauthenticated
+    browser asking for the page is redirected to `login_url(next)`."""
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+
+    deps = [Depends(auth)] if auth is not None else []
+    app = FastAPI(title="EDS network", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+
+    @app.exception_handler(HTTPException)
+    async def _unauthenticated(request: Request, exc: HTTPException):
+        wants_html = "text/html" in request.headers.get("accept", "") and "/api/" not in request.url.path
+        if exc.status_code in (401, 403) and wants_html and login_url is not None:
+            return RedirectResponse(login_url(f"{prefix}/"), status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    def view(today: dt.date | None = None) -> dict:
+        return network_view(dsn(), network(), today=today, data_docs_dir=data_docs_dir, prefix=prefix)
+
+    def base_or_404(base_id: str, v: dict) -> dict:
+        for b in v["bases"]:
+            if b["id"] == base_id:
+                return b
+        raise HTTPException(status_code=404, detail=f"catalogue.base: no base {base_id!r}")
+
+    @app.get("/", response_class=HTMLResponse, dependencies=deps)
+    def page() -> HTMLResponse:
+        return HTMLResponse(render_html(view(), api_prefix=f"{prefix}/api"))
+
+    @app.get("/static/{name}", dependencies=deps)
+    def static(name: str) -> FileResponse:
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise HTTPException(status_code=404, detail="no such file")
+        media = {".css": "text/css", ".svg": "image/svg+xml"}.get(path.suffix, "application/octet-stream")
+        return FileResponse(path, media_type=media)
+
+    @app.get("/api/network", dependencies=deps)
+    def api_network() -> dict:
+        return view()
+
+    @app.get("/api/bases", dependencies=deps)
+    def api_bases() -> list[dict]:
+        return view()["bases"]
+
+    @app.get("/api/bases/{base_id}", dependencies=deps)
+    def api_base(base_id: str) -> dict:
+        return base_or_404(base_id, view())
+
+    @app.get("/api/bases/{base_id}/healthdcat", dependencies=deps)
+    def api_healthdcat(base_id: str) -> JSONResponse:
+        from eds_network.catalogue import healthdcat
+
+        try:
+            doc = healthdcat.dataset_jsonld(dsn(), base_id)
+        except KeyError:
+            raise HTTPException(status_code=404, detail=f"catalogue.base: no base {base_id!r}") from None
+        return JSONResponse(doc, media_type="application/ld+json")
+
+    @app.get("/api/catalog/healthdcat", dependencies=deps)
+    def api_catalog_healthdcat() -> JSONResponse:
+        from eds_network.catalogue import healthdcat
+
+        return JSONResponse(healthdcat.catalog_jsonld(dsn()), media_type="application/ld+json")
+
+    @app.get("/api/deliveries", dependencies=deps)
+    def api_deliveries() -> list[dict]:
+        return view()["deliveries"]
+
+    @app.get("/api/lead-times", dependencies=deps)
+    def api_lead_times() -> dict:
+        v = view()
+        return {
+            "distribution": v["lead_time"],
+            "bases": [{"id": b["id"], "reference": b["reference"], **(b["lead_time"] or {})} for b in v["bases"]],
+        }
+
+    @app.get("/api/audit", dependencies=deps)
+    def api_audit(limit: int = 50) -> list[dict]:
+        return recent_audit(dsn(), limit)
+
+    @app.get("/data-docs/{base_id}/", dependencies=deps)
+    def data_docs(base_id: str) -> FileResponse:
+        if not base_id.replace("_", "").isalnum():
+            raise HTTPException(status_code=404, detail="no such base")
+        path = data_docs_index(data_docs_dir, base_id)
+        if path is None:
+            raise HTTPException(status_code=404, detail=f"no Data Docs for base {base_id!r}")
+        return FileResponse(path, media_type="text/html")
+
+    return app
