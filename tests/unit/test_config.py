@@ -83,6 +83,60 @@ def test_bad_file_names_file_key_path_and_problem(tmp_path, mutate, expected):
     assert expected in str(err.value)
 
 
+QO = ["platforms", 0, "members", 0, "quality_overrides"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"isRequierd:person.person_id": {"threshold_pct": 5}},
+            "quality_overrides: key 'isRequierd:person.person_id': unknown check 'isRequierd' for table 'person'",
+        ),
+        (
+            {"isRequired:persn.person_id": {"threshold_pct": 5}},
+            "key 'isRequired:persn.person_id': table 'persn' is not in this base's tables",
+        ),
+        (
+            {"isRequired:person.gender_concept": {"threshold_pct": 5}},
+            "key 'isRequired:person.gender_concept': column 'gender_concept' is not a column of the OMOP CDM 5.4 "
+            "table 'person'",
+        ),
+        (
+            {"plausibleValueHigh:person.gender_concept_id": {"threshold_pct": 5}},
+            "check 'plausibleValueHigh' does not apply to person.gender_concept_id",
+        ),
+        (
+            {"plausibleUnitConceptIds:measurement.measurement_concept_id:42": {"threshold_pct": 5}},
+            "has no variant for concept 42",
+        ),
+        ({"isRequired person": {"threshold_pct": 5}}, "expected checkName:table.column"),
+        ({"isRequired:person.person_id": {"treshold_pct": 5}}, "unknown setting 'treshold_pct'"),
+        ({"isRequired:person.person_id": {"disabled": True}}, "a disabled check needs a reason"),
+    ],
+)
+def test_a_mistyped_quality_override_fails_naming_the_key(tmp_path, overrides, expected):
+    def mutate(doc):
+        doc["platforms"][0]["members"][0].setdefault("tables", ["person", "measurement", "visit_occurrence"])
+        _set(QO, overrides)(doc)
+
+    with pytest.raises(ConfigError) as err:
+        load_network(_write(tmp_path, mutate))
+    assert "platforms[0].members[0]" in str(err.value) and expected in str(err.value)
+
+
+def test_valid_quality_overrides_load(tmp_path):
+    good = {
+        "isRequired:person.year_of_birth": {"threshold_pct": 1.5},
+        "plausibleUnitConceptIds:measurement.measurement_concept_id": {"disabled": True, "reason": "lab feed B"},
+    }
+    path = _write(tmp_path, _set(QO, good))
+    assert (
+        load_network(path).base(yaml.safe_load(path.read_text())["platforms"][0]["members"][0]["id"]).quality_overrides
+        == good
+    )
+
+
 def test_malformed_yaml_names_line(tmp_path):
     path = tmp_path / "network.yaml"
     path.write_text("name: x\nplatforms: [\n  - id: a\n")

@@ -184,6 +184,15 @@ class LocalBase(_Model):
                 raise ValueError(f"change_columns.{t}: {col!r} is not a column name")
         return self
 
+    @model_validator(mode="after")
+    def _quality_overrides_match_checks(self) -> LocalBase:
+        from eds_network.core import quality_keys
+
+        problems = quality_keys.problems(self.quality_overrides, self.tables)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def change_column(self, table: str) -> str | None:
         """The column that dates a row's last change, or None: snapshot and diff by content hash."""
         return self.change_columns.get(table, omop.CHANGE_COLUMN)
