@@ -31,6 +31,12 @@ from pathlib import Path
 
 from eds_network.core.config import REPO_ROOT, Network, load_network, state_home
 from eds_network.core.errors import EdsError
+from eds_network.dev.access import new_signing_key, signing_zones, trust_store_of
+from eds_network.orchestration.zone_connections import (
+    TRUST_STORE_CONNECTION_ID,
+    signing_connection_id,
+    zone_connections,
+)
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +400,11 @@ class Stack:
             if p.key_connection_id not in keys:
                 keys[p.key_connection_id] = {"password": secrets.token_hex(32), "extra": {"version": "v1"}}
                 changed = True
+        for zone in signing_zones(network):  # each publishing zone's Ed25519 signing key (manifests)
+            conn_id = signing_connection_id(zone)
+            if conn_id not in keys:
+                keys[conn_id] = new_signing_key(zone)
+                changed = True
         if changed:
             (self.secrets_dir / "keys.json").write_text(json.dumps(keys, indent=2))
         return keys
@@ -434,9 +445,17 @@ class Stack:
             "login": "admin",
             "password": self.ui_password(),
         }
-        for conn_id, k in self.keys(network).items():
+        keys = self.keys(network)
+        for conn_id, k in keys.items():
             conns[conn_id] = {"conn_type": "generic", **k}
+        conns[TRUST_STORE_CONNECTION_ID] = trust_store_of(network, keys)
         return conns
+
+    def zone_connections(self, network: Network, zone: str) -> dict[str, dict]:
+        """The connections file of one zone (what that zone's workers alone can resolve)."""
+        from eds_network.dev.access import zone_logins
+
+        return zone_connections(network, zone, self.connections(network), zone_logins(self, network, zone))
 
     def write_connections(self, network: Network) -> None:
         self.secrets_dir.mkdir(parents=True, exist_ok=True)

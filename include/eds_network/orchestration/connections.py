@@ -60,6 +60,15 @@ def key(conn_id: str, what: str) -> Key:
     return k
 
 
+def key_version(conn_id: str, what: str) -> str:
+    """The version of a key, from its connection's extra: the platform zone holds the version, never the key."""
+    c = _conn(conn_id, what)
+    version = c.extra_dejson.get("version")
+    if not version:
+        raise ConfigError(f"{what}: connection {conn_id!r} has no version in its extra")
+    return str(version)
+
+
 def _mask_bytes(secret: bytes) -> None:
     """The key in the other spellings it could leak in (hex, base64), whatever spelling the connection used."""
     mask_secret(secret.hex())
@@ -104,7 +113,7 @@ def platform_resources(platform: Platform) -> PlatformResources:
         warehouse_dsn=pg_dsn(platform.warehouse_connection_id, f"warehouse of platform {platform.id}"),
         intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
         outbox=s3_endpoint(platform.outbox.connection_id, f"outbox of platform {platform.id}"),
-        level1_key_version=key(platform.key_connection_id, f"level-1 key of platform {platform.id}").version,
+        level1_key_version=key_version(platform.key_connection_id, f"level-1 key of platform {platform.id}"),
     )
 
 
