@@ -364,3 +364,17 @@ def test_landing_zone_holds_no_level1_pseudonym_nor_transport_token(night, stack
     assert national and not national & level1
     forbidden = {str(i) for i in level1} | tokens
     assert [k for k, text in texts.items() if _tokens(text) & forbidden] == []
+
+
+def test_the_real_night_fills_protected_statistics_and_a_conforming_healthdcat_export(night, stack, tmp_path):
+    """After the real pipeline: every network base has small-cell protected statistics (nothing in [1, k-1]);
+    `eds catalogue dcat --out DIR --validate` writes the 11 bases + the catalogue, all conforming."""
+    from eds_network.catalogue import base_stats
+
+    dsn = stack.dsn("catalogue")
+    recorded = base_stats.latest(dsn)
+    assert set(recorded) == {b.id for b in NETWORK.local_bases}
+    for doc in recorded.values():
+        assert base_stats.is_publishable(doc) and list(base_stats.published_counts(doc))
+    assert cli.main(["catalogue", "dcat", "--out", str(tmp_path), "--dsn", dsn, "--validate"]) == 0
+    assert len(list(tmp_path.glob("*.jsonld"))) == 12

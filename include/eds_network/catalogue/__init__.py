@@ -13,6 +13,7 @@ Every DAG writes here through this module only. Tables:
   member_arrival                 per platform, member and night: arrived / late / rejected at consolidation
   onboarding_report              per base and onboarding DAG run: schema comparison, volume profile, backfill
   quality_check                  one DQD-style result per check, run and table (local and mutualised levels)
+  base_statistics                per base: small-cell protected statistics (catalogue.base_stats)
   quality_table                  per run and table: engine, rows checked, quarantine, GX Data Docs path (UI link)
 """
 
@@ -63,6 +64,7 @@ from eds_network.catalogue.tables import (
     MILESTONES,
     SCHEMA,
     audit_t,
+    base_statistics_t,
     base_t,
     delivery_t,
     member_arrival_t,
@@ -88,6 +90,7 @@ __all__ = [
     "arrivals",
     "audit",
     "audit_t",
+    "base_statistics_t",
     "base_t",
     "count",
     "create_schema",

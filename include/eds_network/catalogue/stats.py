@@ -262,6 +262,38 @@ def persons_by_sex_birth_band(
     return out
 
 
+def persons_by_sex_age_band(
+    dsn: str, *, reference_year: int, k: int = DEFAULT_K, band_years: int = 10, base_id: str | None = None
+) -> dict:
+    """Persons by sex (M, F, other) x age band at `reference_year` (0-9, 10-19, …, 100+), with row, column and
+    grand totals, protected."""
+    where, params = "", []
+    if base_id is not None:
+        where = (
+            " WHERE EXISTS (SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id"
+            " AND s.base_id = %s)"
+        )
+        params = [base_id]
+    q = (
+        "SELECT gender_concept_id, least((%s - year_of_birth) / %s, 10) * %s AS band, count(*) "
+        f"FROM omop.person p{where} GROUP BY 1, 2"
+    )
+    cells: dict[tuple, int] = {}
+    with psycopg.connect(dsn) as conn:
+        for gender, band, n in conn.execute(q, [reference_year, band_years, band_years, *params]):
+            sex = SEX.get(gender, "other")
+            if band is None or band < 0:
+                label = "unknown"
+            elif band >= 10 * band_years:
+                label = f"{band}+"
+            else:
+                label = f"{band}-{band + band_years - 1}"
+            cells[(sex, label)] = cells.get((sex, label), 0) + n
+    out = protected_counts(cells, k=k)
+    out["dimensions"] = ("sex", "age_band")
+    return out
+
+
 def top_conditions(dsn: str, *, n: int = 20, k: int = DEFAULT_K, base_id: str | None = None) -> dict:
     """The n conditions (standard concept) with the most persons; each count protected (no totals)."""
     where, params = _site_filter(base_id)
@@ -288,15 +320,26 @@ def top_conditions(dsn: str, *, n: int = 20, k: int = DEFAULT_K, base_id: str | 
     return out
 
 
-def visits_per_year(dsn: str, *, k: int = DEFAULT_K, base_id: str | None = None) -> dict:
-    """Visits per calendar year of visit start, with the grand total, protected."""
+def visits_per_year(dsn: str, *, k: int = DEFAULT_K, base_id: str | None = None, persons: bool = False) -> dict:
+    """Visits per calendar year of visit start, with the grand total, protected. `persons=True` counts the
+    persons with at least one visit that year instead (the grand total is then persons with any visit)."""
     where, params = _site_filter(base_id)
+    what = "count(DISTINCT person_id)" if persons else "count(*)"
     q = (
-        "SELECT extract(year FROM visit_start_date)::int, count(*) FROM omop.visit_occurrence "
+        f"SELECT extract(year FROM visit_start_date)::int, {what} FROM omop.visit_occurrence "
         f"WHERE visit_start_date IS NOT NULL{where} GROUP BY 1 ORDER BY 1"
     )
     with psycopg.connect(dsn) as conn:
         cells = {(year,): visits for year, visits in conn.execute(q, params)}
+        if persons:  # persons with a visit in any year: not the sum of the years, computed and protected apart
+            total = conn.execute(
+                f"SELECT count(DISTINCT person_id) FROM omop.visit_occurrence WHERE visit_start_date IS NOT NULL{where}",
+                params,
+            ).fetchone()[0]
+    if persons:
+        out = protected_counts(cells, k=k, totals={})
+        out["persons_with_a_visit"] = total if total == 0 or total >= k else None
+        return {**out, "dimensions": ("year",)}
     out = protected_counts(cells, k=k)
     out["dimensions"] = ("year",)
     return out

@@ -206,3 +206,17 @@ quality_table_t = Table(
     Column("dag_run_id", Text),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Small-cell protected statistics per base (see catalogue.base_stats): only published values are stored, a
+# suppressed cell is stored as null; recomputed after each consolidation of the base's platform.
+base_statistics_t = Table(
+    "base_statistics",
+    metadata,
+    Column("base_id", String(64), primary_key=True),
+    Column("platform_id", String(64), nullable=False),
+    Column("k", BigInteger, nullable=False),
+    Column("reference_date", Date, nullable=False),
+    Column("statistics", JSON, nullable=False),
+    Column("dag_run_id", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

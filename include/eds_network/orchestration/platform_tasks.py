@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from eds_network import catalogue, quality
+from eds_network.catalogue import base_stats
 from eds_network.core.config import load_network
 from eds_network.orchestration.connections import catalogue_dsn, platform_resources
 from eds_network.platform import consolidate as consolidation_step
@@ -29,7 +30,8 @@ def package(platform_id: str, consolidation: dict) -> dict:
 
 
 def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str) -> None:
-    """The run, its linkage, standardisation and duplicate statistics, each member's arrival, retired key versions."""
+    """The run, its linkage, standardisation and duplicate statistics, each member's arrival, retired key versions,
+    and each member base's small-cell protected statistics."""
     platform = load_network().platform(platform_id)
     dsn = catalogue_dsn(load_network())
     late = any(a["status"] != "arrived" for a in consolidation["arrivals"].values())
@@ -57,6 +59,15 @@ def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str)
         )
     catalogue.record_platform_stats(dsn, platform_id, consolidation["standardisation"], consolidation["duplicates"])
     catalogue.record_arrivals(dsn, platform_id, consolidation["arrivals"], dag_run_id=run_id)
+    ends = [a["night_end"] for a in consolidation["arrivals"].values() if a.get("night_end")]
+    base_stats.record(
+        dsn,
+        platform_resources(platform).warehouse_dsn,
+        platform_id,
+        [m.id for m in platform.members],
+        reference_date=dt.datetime.fromisoformat(max(ends)).date() if ends else dt.date.today(),
+        dag_run_id=run_id,
+    )
 
 
 def check_warehouse(platform_id: str, pkg: dict, *, run_id: str) -> dict:

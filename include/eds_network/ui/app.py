@@ -80,6 +80,14 @@ def create_app(
             raise HTTPException(status_code=404, detail=f"catalogue.base: no base {base_id!r}") from None
         return JSONResponse(doc, media_type="application/ld+json")
 
+    @app.get("/api/bases/{base_id}/statistics", dependencies=deps)
+    def api_base_statistics(base_id: str) -> dict:
+        """Small-cell protected statistics of one base (suppressed values are null)."""
+        b = base_or_404(base_id, view())
+        if b["statistics"] is None:
+            raise HTTPException(status_code=404, detail=f"catalogue.base_statistics: none yet for {base_id!r}")
+        return b["statistics"]
+
     @app.get("/api/catalog/healthdcat", dependencies=deps)
     def api_catalog_healthdcat() -> JSONResponse:
         from eds_network.catalogue import healthdcat

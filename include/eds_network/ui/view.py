@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from eds_network import catalogue
-from eds_network.catalogue import lead_time
+from eds_network.catalogue import base_stats, lead_time
 from eds_network.core.config import Network
 
 MILESTONE_LABELS = {
@@ -196,6 +196,7 @@ def network_view(
     order = {b.id: i for i, b in enumerate(network.local_bases)}
     bases_rows.sort(key=lambda b: (b["reference"], order.get(b["id"], len(order)), b["id"]))
 
+    statistics = base_stats.latest(dsn)
     bases = []
     for b in bases_rows:
         ms = reached.get(b["id"], {})
@@ -227,6 +228,7 @@ def network_view(
                 "lead_time": _lead(leads[b["id"]], target) if b["id"] in leads else None,
                 "levels": levels,
                 "links": links,
+                "statistics": statistics.get(b["id"]),
             }
         )
 
