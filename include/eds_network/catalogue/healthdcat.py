@@ -19,7 +19,9 @@ What fills the mandatory properties of a NON_PUBLIC dataset:
   healthdcatap:hasStructuredData (+ hasVariables) the OMOP tables and columns a network base publishes
 Also given when known: dct:conformsTo OMOP CDM, healthdcatap:hasCodingSystem, dct:temporal (runs' data
 intervals), numberOfRecords / numberOfUniqueIndividuals (latest local run), dct:spatial France, dct:issued,
-dct:modified, dpv:hasPersonalData, dct:accrualPeriodicity (nightly), and dqv:hasQualityAnnotation.
+dct:modified, dpv:hasPersonalData, dct:accrualPeriodicity (nightly), and the EHDS quality and utility label
+(`quality_label`): a dqv:QualityCertificate plus one dqv:QualityMeasurement per element (DQD pass rates per
+category, timeliness, coverage).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from eds_network import catalogue
-from eds_network.catalogue import vocab
+from eds_network.catalogue import quality_label, vocab
 from eds_network.catalogue.vocab import en, iri, typed
 
 HEALTHDCATAP = vocab.CONTEXT["healthdcatap"]
@@ -83,34 +85,6 @@ def _latest_local_run(conn, base_id: str):
     return conn.execute(
         select(r).where(r.c.level == "local", r.c.scope_id == base_id).order_by(r.c.recorded_at.desc()).limit(1)
     ).first()
-
-
-def _quality(conn, iri_: str, local_run) -> dict | None:
-    """A dqv:QualityCertificate (the class HealthDCAT-AP asks of a quality annotation) from the latest local run:
-    its row accounting and checks, as a textual body."""
-    if local_run is None:
-        return None
-    tables = conn.execute(select(catalogue.run_table_t).where(catalogue.run_table_t.c.run_id == local_run.id)).all()
-    if not tables:
-        return None
-    details = local_run.details or {}
-    ext, quar = sum(t.extracted for t in tables), sum(t.quarantined for t in tables)
-    parts = [
-        f"local run {local_run.batch_id} ({local_run.status}, recorded {local_run.recorded_at:%Y-%m-%d})",
-        f"{ext} rows extracted, {quar} quarantined by OHDSI DQD fatal checks",
-    ]
-    if details.get("failed_tables"):
-        parts.append(f"failed tables: {', '.join(details['failed_tables'])}")
-    checks = details.get("checks")
-    if isinstance(checks, dict):
-        passed = sum(1 for c in checks.values() if isinstance(c, dict) and c.get("passed"))
-        parts.append(f"{passed}/{len(checks)} checks passed")
-    return {
-        "@type": ["dqv:QualityAnnotation", "dqv:QualityCertificate"],
-        "oa:motivatedBy": iri("dqv:qualityAssessment"),
-        "oa:hasTarget": iri(iri_),
-        "oa:hasBody": {"@type": "oa:TextualBody", "rdf:value": "; ".join(parts), "dct:format": "text/plain"},
-    }
 
 
 def _variables(base_label: str, table_names: list[str]) -> dict:
@@ -240,8 +214,8 @@ def dataset_jsonld(dsn: str, base_id: str, *, issued: dt.date | None = None) -> 
             )
         ).one()
         iri_ = dataset_iri(base_id)
-        quality = _quality(conn, iri_, local)
     milestones = catalogue.milestones(dsn, base_id)
+    lab = quality_label.label(dsn, base_id) if local is not None else None
 
     ds = {"@context": CONTEXT, **_core(base, iri_)}
     if tables:
@@ -266,8 +240,10 @@ def dataset_jsonld(dsn: str, base_id: str, *, issued: dt.date | None = None) -> 
             "dcat:startDate": typed(span[0].isoformat(), "xsd:dateTime"),
             "dcat:endDate": typed(span[1].isoformat(), "xsd:dateTime"),
         }
-    if quality is not None:
-        ds["dqv:hasQualityAnnotation"] = quality
+    if lab is not None:
+        ds["dqv:hasQualityAnnotation"], measurements = quality_label.dqv_annotation(lab, iri_, BASE_IRI)
+        if measurements:
+            ds["dqv:hasQualityMeasurement"] = measurements
     return ds
 
 

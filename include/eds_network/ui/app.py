@@ -88,6 +88,19 @@ def create_app(
             raise HTTPException(status_code=404, detail=f"catalogue.base_statistics: none yet for {base_id!r}")
         return b["statistics"]
 
+    @app.get("/api/bases/{base_id}/quality-label", dependencies=deps)
+    def api_quality_label(base_id: str) -> dict:
+        """The EHDS data quality and utility label of a base (pass rates, timeliness, coverage)."""
+        from eds_network.catalogue import quality_label
+
+        try:
+            lab = quality_label.label(dsn(), base_id)
+        except KeyError:
+            raise HTTPException(status_code=404, detail=f"catalogue.base: no base {base_id!r}") from None
+        if lab is None:
+            raise HTTPException(status_code=404, detail=f"catalogue.run: no local run of {base_id!r} yet")
+        return lab
+
     @app.get("/api/catalog/healthdcat", dependencies=deps)
     def api_catalog_healthdcat() -> JSONResponse:
         from eds_network.catalogue import healthdcat
