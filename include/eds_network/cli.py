@@ -13,6 +13,8 @@ eds keys list                   the pseudonymisation key connections and their v
 eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
 eds leak-scan [--json]          look for the hospitals' identifiers in every output (exit 1 on any hit)
 eds quality export --base X     the DQD results JSON of a base's latest local run (or --platform P: mutualised)
+eds quality changes --base X [--threshold CHECK=PCT]   checks newly failing / resolved / still failing since the
+                                previous night (thresholds re-applied to the stored results, nothing re-run)
 """
 
 from __future__ import annotations
@@ -376,11 +378,35 @@ def cmd_leak_scan(args) -> int:
     return 0 if report.clean else 1
 
 
+def _quality_changes(args) -> int:
+    """DQD checks newly failing / resolved / still failing on a base's latest night, thresholds re-applicable."""
+    import json
+
+    from eds_network.catalogue import quality_trends
+
+    if not args.base:
+        raise EdsError("eds quality changes needs --base BASE")
+    thresholds = {}
+    for t in args.threshold or []:
+        key, _, pct = t.rpartition("=")
+        try:
+            thresholds[key] = float(pct)
+        except ValueError:
+            raise EdsError(
+                f"--threshold {t!r}: expected CHECK=PCT (a check id, checkName:table.column or checkName)"
+            ) from None
+    doc = quality_trends.changes(_stack().dsn("catalogue"), args.base, thresholds=thresholds)
+    print(json.dumps(doc, indent=1, default=str))
+    return 0
+
+
 def cmd_quality(args) -> int:
     import json
 
     from eds_network import quality
 
+    if args.action == "changes":
+        return _quality_changes(args)
     doc = quality.export_dqd(_stack().dsn("catalogue"), base=args.base, platform=args.platform, batch_id=args.batch)
     text = json.dumps(doc, indent=1, default=str)
     if args.out:
@@ -428,11 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--json", action="store_true", help="machine-readable report")
     ls.set_defaults(fn=cmd_leak_scan)
     qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
-    qa.add_argument("action", choices=["export"])
+    qa.add_argument("action", choices=["export", "changes"])
     who = qa.add_mutually_exclusive_group(required=True)
     who.add_argument("--base", help="a local base: its latest local run")
     who.add_argument("--platform", help="a platform: its latest mutualised checks")
     qa.add_argument("--batch", help="a batch id instead of the latest")
+    qa.add_argument("--threshold", action="append", help="changes: re-apply a threshold, CHECK=PCT (repeatable)")
     qa.add_argument("--out", help="write to this file instead of stdout")
     qa.set_defaults(fn=cmd_quality)
     args = p.parse_args(argv)

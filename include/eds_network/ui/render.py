@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eds_network.ui import charts
 from eds_network.ui.view import LEVEL_LABELS, MILESTONE_LABELS, STAGE_LABELS
 
 HERE = Path(__file__).parent
@@ -57,6 +58,7 @@ def environment():
         undefined=StrictUndefined,
         trim_blocks=False,
     )
+    env.globals["bar_chart"] = charts.bar_chart
     env.filters.update(
         n=_n,
         when=_when,

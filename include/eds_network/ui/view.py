@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from eds_network import catalogue
-from eds_network.catalogue import base_stats, lead_time
+from eds_network.catalogue import base_stats, lead_time, quality_trends
 from eds_network.core.config import Network
 
 MILESTONE_LABELS = {
@@ -174,6 +174,11 @@ def data_docs_index(data_docs_dir: Path | None, base_id: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def _quality_over_time(dsn: str, base_id: str) -> dict:
+    """DQD checks newly failing / resolved / still failing since the previous night, and the nightly trends."""
+    return {"changes": quality_trends.changes(dsn, base_id), "trends": quality_trends.trends(dsn, base_id)}
+
+
 def network_view(
     dsn: str,
     network: Network,
@@ -229,6 +234,7 @@ def network_view(
                 "levels": levels,
                 "links": links,
                 "statistics": statistics.get(b["id"]),
+                "quality_over_time": _quality_over_time(dsn, b["id"]) if b["id"] in configured else None,
             }
         )
 
