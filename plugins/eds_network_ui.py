@@ -19,7 +19,7 @@ from airflow.api_fastapi.core_api.security import requires_access_view
 from airflow.plugins_manager import AirflowPlugin
 
 from eds_network import ui
-from eds_network.core.config import REPO_ROOT, load_network
+from eds_network.core.config import load_network, state_home
 
 PREFIX = "/eds"
 
@@ -39,8 +39,8 @@ def _login_url(next_url: str) -> str:
 
 
 def _data_docs_dir() -> Path:
-    default = Path(os.environ.get("EDS_HOME", REPO_ROOT / ".eds")) / "data_docs"
-    return Path(os.environ.get("EDS_DATA_DOCS_DIR", default))
+    """The one root the pipeline builds GX Data Docs under ($EDS_HOME/datadocs/<level>/<scope>/<table>/)."""
+    return Path(os.environ.get("EDS_DATA_DOCS_DIR", state_home() / "datadocs"))
 
 
 app = ui.create_app(

@@ -378,3 +378,22 @@ def test_the_real_night_fills_protected_statistics_and_a_conforming_healthdcat_e
         assert base_stats.is_publishable(doc) and list(base_stats.published_counts(doc))
     assert cli.main(["catalogue", "dcat", "--out", str(tmp_path), "--dsn", dsn, "--validate"]) == 0
     assert len(list(tmp_path.glob("*.jsonld"))) == 12
+
+
+def test_the_operator_page_links_every_table_to_the_data_docs_the_night_built(night, stack):
+    """The page's Data Docs links come from what the pipeline recorded, under the one configured root, and serve."""
+    from fastapi.testclient import TestClient
+
+    from eds_network import ui
+
+    client = TestClient(
+        ui.create_app(lambda: stack.dsn("catalogue"), load_network, data_docs_dir=stack.root / "datadocs")
+    )
+    bases = {b["id"]: b for b in client.get("/api/bases").json()}
+    for b in NETWORK.local_bases:
+        links = bases[b.id]["links"]["data_docs_tables"]
+        assert set(links) == set(b.tables), b.id
+        for table, url in links.items():
+            assert url == f"/eds/data-docs/local/{b.id}/{table}/index.html"
+            r = client.get(url.removeprefix("/eds"))
+            assert r.status_code == 200 and "<html" in r.text.lower(), (b.id, table)

@@ -8,13 +8,16 @@ catalogue (EDS_CATALOGUE_DSN) seeded through the catalogue module. The screensho
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -71,13 +74,30 @@ def ui_db(stack):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+DOCS_BASE = "hosp_c"  # a generated hospital, resized small: its real extraction builds the Data Docs
+
+
 @pytest.fixture(scope="module")
-def data_docs(tmp_path_factory) -> Path:
-    """Data Docs written by a quality run for hosp_a only."""
-    root = tmp_path_factory.mktemp("data_docs")
-    (root / "hosp_a").mkdir()
-    (root / "hosp_a" / "index.html").write_text("<html><title>Data Docs hosp_a</title><body>checks</body></html>")
-    return root
+def data_docs(stack, ui_db) -> Path:
+    """The real local pipeline step for two tables of hosp_c (extract, DQD checks, GX Data Docs), recording its
+    quality results in the page's catalogue as the local DAG does. Returns the configured Data Docs root."""
+    import uuid
+
+    from eds_network import quality
+    from eds_network.dev import seed
+    from eds_network.local import extract
+
+    dsn, _ = ui_db
+    net = load_network().resized(DOCS_BASE, 40)
+    base = net.base(DOCS_BASE)
+    start = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    src = stack.create_database("t_ui_docs_src", drop=True)
+    seed.seed_base(src, net, DOCS_BASE, (start, start + dt.timedelta(days=1)))
+    res = stack.local_resources(net, DOCS_BASE, source_dsn=src, intake_prefix=f"test-ui-{uuid.uuid4().hex[:8]}/")
+    recorder = quality.catalogue_recorder(dsn, dag_run_id="manual__ui_docs")
+    for table in ("person", "visit_occurrence"):
+        extract.extract_table(base, table, start, start + dt.timedelta(days=1), res, on_checks=recorder)
+    return stack.root / "datadocs"
 
 
 @pytest.fixture(scope="module")
@@ -198,16 +218,40 @@ def test_json_api_needs_airflow_authentication(api_server):
     assert plugin["external_views"][0]["href"] == "/eds/" and plugin["fastapi_apps"][0]["url_prefix"] == "/eds"
 
 
-def test_data_docs_are_linked_and_served_when_present(api_server):
+def _internal_links(html: str) -> list[str]:
+    """Relative links of a GX Data Docs page: href/src, and the row links of GX's index table (opened by its
+    script on a click). GX's own CDN assets and anchors are left out, and so is the favicon of validation pages,
+    which GX 1.x writes one folder too shallow (`../../../../static/…`): GX's bug, not a serving one."""
+    links = re.findall(r"""(?:href|src)=["']([^"'#]+)["']""", html)
+    links += re.findall(r"""_table_row_link_path['"]: ['"]([^'"]+)['"]""", html)
+    return sorted(
+        {u for u in links if not re.match(r"^(?:[a-z]+:|//)", u) and not u.endswith("static/images/favicon.ico")}
+        | {u for u in links if u == "./static/images/favicon.ico"}
+    )
+
+
+def test_data_docs_are_linked_and_served_as_gx_builds_them(api_server):
     base, token = api_server
     bases = {b["id"]: b for b in json.loads(_http(f"{base}/eds/api/bases", token=token)[1])}
-    assert bases["hosp_a"]["links"]["data_docs"] == "/eds/data-docs/hosp_a/"
-    assert bases["hosp_b"]["links"]["data_docs"] is None
-    status, body = _http(f"{base}/eds/data-docs/hosp_a/", token=token, accept="text/html")
-    assert status == 200 and b"Data Docs hosp_a" in body
-    assert _http(f"{base}/eds/data-docs/hosp_a/")[0] in (401, 403)
-    assert _http(f"{base}/eds/data-docs/hosp_b/", token=token)[0] == 404
-    assert _http(f"{base}/eds/data-docs/..%2F..%2Fetc/", token=token)[0] == 404
+    docs = bases[DOCS_BASE]["links"]["data_docs_tables"]
+    assert set(docs) == {"person", "visit_occurrence"}
+    assert docs["person"] == f"/eds/data-docs/local/{DOCS_BASE}/person/index.html"
+    assert bases["hosp_b"]["links"]["data_docs"] is None and bases["hosp_b"]["links"]["data_docs_tables"] == {}
+    # every internal link of the index, and of one page it links to, is served
+    status, body = _http(f"{base}{docs['person']}", token=token, accept="text/html")
+    assert status == 200
+    index_links = _internal_links(body.decode())
+    assert any("validations/" in u for u in index_links), index_links
+    page = urllib.parse.urljoin(f"{base}{docs['person']}", next(u for u in index_links if "validations/" in u))
+    checked = [urllib.parse.urljoin(f"{base}{docs['person']}", u) for u in index_links]
+    status, inner = _http(page, token=token, accept="text/html")
+    assert status == 200
+    checked += [urllib.parse.urljoin(page, u) for u in _internal_links(inner.decode())]
+    broken = [u for u in checked if _http(u, token=token)[0] != 200]
+    assert broken == [] and len(checked) > 2
+    assert _http(f"{base}{docs['person']}")[0] in (401, 403)
+    assert _http(f"{base}/eds/data-docs/local/no_such_base/person/index.html", token=token)[0] == 404
+    assert _http(f"{base}/eds/data-docs/..%2F..%2Fsecrets/ui_passwords.json", token=token)[0] == 404
 
 
 def test_unauthenticated_browser_is_sent_to_the_airflow_login(api_server, browser):
@@ -253,13 +297,31 @@ def test_operator_page_shows_every_base_with_its_milestones(api_server, browser)
         row = page.locator(f"#levels tr[data-base='{b.id}']")
         assert row.locator("td[data-level='local']").get_attribute("data-status") == "success"
         assert row.locator(f"a[href='/dags/{b.dag_id}/runs']").count() == 1
-    assert page.locator("#levels tr[data-base='hosp_a'] a[href='/eds/data-docs/hosp_a/']").count() == 1
+    docs_link = page.locator(f"#levels tr[data-base='{DOCS_BASE}'] a[data-docs-table='person']")
+    assert docs_link.count() == 1
     assert page.locator("#levels tr[data-base='hosp_b'] td[data-level='local'] .chip.warn").count() == 1
     assert "no run yet" in page.locator("#levels tr[data-base='hosp_d'] td[data-level='national']").inner_text()
     assert page.locator("#deliveries tr[data-delivery]").count() == 1
     assert "accepted" in page.locator("#deliveries").inner_text()
     assert "delivery.received" in page.locator("#audit").inner_text()
     page.screenshot(path=str(ARTIFACTS / "eds_network_ui.png"), full_page=True)
+    charts = page.locator(f"#quality-over-time .trend[data-base='{DOCS_BASE}']")
+    assert charts.locator("figure.chart svg").count() == 3
+    page.locator("#quality-over-time").screenshot(path=str(ARTIFACTS / "eds_quality_trends.png"))
+
+    # a real Data Docs link of the page, then one link inside GX's Data Docs
+    docs_link.click()
+    page.wait_for_load_state()
+    assert page.url.endswith(f"/eds/data-docs/local/{DOCS_BASE}/person/index.html")
+    # GX's index lists its validation runs in a table its script draws (row link `_table_row_link_path`)
+    row_link = re.search(r"_table_row_link_path['\"]: ['\"]([^'\"]+)['\"]", page.content()).group(1)
+    resp = page.goto(urllib.parse.urljoin(page.url, row_link))
+    assert resp is not None and resp.status == 200 and "/validations/" in page.url
+    page.screenshot(path=str(ARTIFACTS / "eds_data_docs_validation.png"))
+    with page.expect_navigation():
+        page.locator("a[href*='expectations/']").first.click()  # a link inside the validation page
+    assert page.url.endswith(f"/eds/data-docs/local/{DOCS_BASE}/person/expectations/{DOCS_BASE}/person.html")
+    assert "404" not in page.title() and page.locator("body").inner_text().strip()
 
     # the same page as a view inside the Airflow UI (navigation entry "EDS network")
     page.goto(f"{base}/plugin/eds-network")

@@ -17,6 +17,6 @@ from __future__ import annotations
 
 from eds_network.ui.app import create_app
 from eds_network.ui.render import render_html
-from eds_network.ui.view import data_docs_index, network_view, recent_audit
+from eds_network.ui.view import data_docs_file, data_docs_index, network_view, recent_audit
 
-__all__ = ["create_app", "data_docs_index", "network_view", "recent_audit", "render_html"]
+__all__ = ["create_app", "data_docs_file", "data_docs_index", "network_view", "recent_audit", "render_html"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import mimetypes
 from collections.abc import Callable
 from pathlib import Path
 
 from eds_network.core.config import Network
 from eds_network.ui.render import STATIC, render_html
-from eds_network.ui.view import data_docs_index, network_view, recent_audit
+from eds_network.ui.view import data_docs_file, network_view, recent_audit
 
 
 def create_app(
@@ -123,13 +124,14 @@ def create_app(
     def api_audit(limit: int = 50) -> list[dict]:
         return recent_audit(dsn(), limit)
 
-    @app.get("/data-docs/{base_id}/", dependencies=deps)
-    def data_docs(base_id: str) -> FileResponse:
-        if not base_id.replace("_", "").isalnum():
-            raise HTTPException(status_code=404, detail="no such base")
-        path = data_docs_index(data_docs_dir, base_id)
+    @app.get("/data-docs/{rel:path}", dependencies=deps)
+    def data_docs(rel: str) -> FileResponse:
+        """GX Data Docs as GX builds them: any file under the one configured root, so every relative link of
+        a site (validation pages, static assets) works; nothing outside the root."""
+        path = data_docs_file(data_docs_dir, rel)
         if path is None:
-            raise HTTPException(status_code=404, detail=f"no Data Docs for base {base_id!r}")
-        return FileResponse(path, media_type="text/html")
+            raise HTTPException(status_code=404, detail="no such Data Docs file")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
 
     return app

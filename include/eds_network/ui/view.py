@@ -167,11 +167,38 @@ def recent_audit(dsn: str, limit: int = 20) -> list[dict]:
     ]
 
 
-def data_docs_index(data_docs_dir: Path | None, base_id: str) -> Path | None:
-    if data_docs_dir is None:
+def data_docs_file(root: Path | None, rel: str) -> Path | None:
+    """The file `rel` under the Data Docs root (a folder means its index.html), or None: never outside the root."""
+    if root is None:
         return None
-    p = Path(data_docs_dir) / base_id / "index.html"
+    base = Path(root).resolve()
+    p = (base / rel).resolve()
+    if p != base and base not in p.parents:
+        return None
+    if p.is_dir():
+        p = p / "index.html"
     return p if p.is_file() else None
+
+
+def data_docs_index(root: Path | None, base_id: str, dsn: str | None = None) -> dict[str, str]:
+    """{table: path under the root} of the base's latest local Data Docs, as the pipeline recorded them in
+    `catalogue.quality_table.data_docs_path` (GX builds one site per table), when they exist under the root."""
+    if root is None or dsn is None:
+        return {}
+    q = catalogue.quality_table_t
+    with catalogue.engine(dsn).connect() as conn:
+        rows = conn.execute(
+            select(q.c.table_name, q.c.data_docs_path)
+            .where(q.c.level == "local", q.c.scope_id == base_id, q.c.data_docs_path.is_not(None))
+            .order_by(q.c.recorded_at)
+        ).all()
+    base = Path(root).resolve()
+    out = {}
+    for table, path in rows:  # newest last: it wins
+        p = Path(path).resolve()
+        if base in p.parents and p.is_file():
+            out[table] = p.relative_to(base).as_posix()
+    return dict(sorted(out.items()))
 
 
 def _quality_over_time(dsn: str, base_id: str) -> dict:
@@ -206,7 +233,7 @@ def network_view(
     for b in bases_rows:
         ms = reached.get(b["id"], {})
         levels: dict[str, dict | None] = {}
-        links: dict[str, str | None] = {"dag_runs": None, "data_docs": None}
+        links: dict[str, Any] = {"dag_runs": None, "data_docs": None, "data_docs_tables": {}}
         platform = platforms.get(b["platform_id"] or "")
         if b["id"] in configured and platform is not None:
             dag_id = configured[b["id"]].dag_id
@@ -214,8 +241,9 @@ def network_view(
             levels["local"] = _run_summary("local", runs.get(("local", b["id"])), dag_id)
             levels["mutualised"] = _run_summary("mutualised", runs.get(("mutualised", platform.id)), platform.dag_id)
             levels["national"] = _run_summary("national", runs.get(("national", platform.id)), "eds_national")
-            if data_docs_index(data_docs_dir, b["id"]):
-                links["data_docs"] = f"{prefix}/data-docs/{b['id']}/"
+            docs = {t: f"{prefix}/data-docs/{rel}" for t, rel in data_docs_index(data_docs_dir, b["id"], dsn).items()}
+            links["data_docs_tables"] = docs
+            links["data_docs"] = docs.get("person") or next(iter(docs.values()), None)
         bases.append(
             {
                 "id": b["id"],
