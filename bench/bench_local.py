@@ -134,11 +134,13 @@ def naive_peer(stack: Stack, net: Network, patients: int, out: Path) -> tuple[fl
     import pandas as pd
     import sqlalchemy
 
-    from eds_network.core.crypto import hmac256, id63
+    from eds_network.core.crypto import Key, hmac256, id63
     from eds_network.local.pseudonymise import DEFAULT_TEXT_ALLOW_LIST, ID_NAMESPACE, linkage_identity
 
     base = net.base(BASE_ID)
-    key = resources(stack, net, stack.dsn(f"bench_local_{patients}")).platform_key
+    platform = net.platform_of(BASE_ID)
+    secret = stack.keys(net)[platform.key_connection_id]
+    key = Key.from_secret(platform.key_connection_id, secret["password"], secret["extra"]["version"])
     spec = omop.table(TABLE)
     site = base.finess or base.id
     engine = sqlalchemy.create_engine(stack.sqlalchemy_url(f"bench_local_{patients}"))

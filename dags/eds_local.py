@@ -3,6 +3,12 @@
 
 Every night, for the run's data interval `[data_interval_start, data_interval_end)`:
 
+0. **Level-1 pseudonyms by an oblivious PRF** (RFC 9497, ristretto255-SHA512), the hospital never holding the
+   platform's level-1 key: **announce_key** (key zone: the key version of this batch), **blind_identities**
+   (hospital: the identities not evaluated yet are blinded and posted to the key holder's exchange area),
+   **evaluate_blinded** (key zone, on its own workers: evaluates the blinded elements within the member's nightly
+   ceiling, audited in the catalogue), **finalize_pseudonyms** (hospital: unblinds into its own
+   `local person_id -> pseudonym` map, so that each patient is evaluated once).
 1. **extract_table** (one mapped task per OMOP table, named after the table): stream the table's changes
    from the hospital source, exclude patients in the opposition registry, run the DQD-derived quality checks
    (row-level fatal violations are quarantined at the hospital), pseudonymise with the platform's level-1 key,
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
+from eds_network.core import zones
 from eds_network.core.config import LocalBase, load_network
 
 
@@ -38,6 +45,33 @@ def local_dag(base: LocalBase):
         doc_md=__doc__,
     )
     def local_level():
+        local_queue = zones.queue(zones.local(base.id))
+        keys_queue = zones.queue(zones.keys(base.platform))
+
+        @task(queue=keys_queue)
+        def announce_key(data_interval_start=None, data_interval_end=None) -> dict:
+            from eds_network.orchestration import keys_tasks
+
+            return keys_tasks.announce_key(base.id, data_interval_start, data_interval_end)
+
+        @task(queue=local_queue)
+        def blind_identities(announced: dict, data_interval_start=None, data_interval_end=None) -> dict:
+            from eds_network.orchestration import local_tasks
+
+            return local_tasks.blind_identities(base.id, data_interval_start, data_interval_end)
+
+        @task(queue=keys_queue)
+        def evaluate_blinded(blinded: dict, data_interval_start=None, data_interval_end=None) -> dict:
+            from eds_network.orchestration import keys_tasks
+
+            return keys_tasks.evaluate_blinded(base.id, data_interval_start, data_interval_end)
+
+        @task(queue=local_queue)
+        def finalize_pseudonyms(evaluated: dict, data_interval_start=None, data_interval_end=None) -> dict:
+            from eds_network.orchestration import local_tasks
+
+            return local_tasks.finalize_pseudonyms(base.id, data_interval_start, data_interval_end)
+
         @task(map_index_template="{{ table }}")
         def extract_table(table: str, data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import local_tasks
@@ -68,7 +102,10 @@ def local_dag(base: LocalBase):
                 base.id, published, data_interval_start, data_interval_end, run_id=get_current_context()["run_id"]
             )
 
-        record_run(publish_batch(extract_table.expand(table=base.tables)))
+        pseudonyms = finalize_pseudonyms(evaluate_blinded(blind_identities(announce_key())))
+        extracted = extract_table.expand(table=base.tables)
+        pseudonyms >> extracted
+        record_run(publish_batch(extracted))
 
     return local_level()
 

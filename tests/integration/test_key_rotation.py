@@ -30,6 +30,7 @@ from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError
 from eds_network.core.storage import S3Endpoint, read_json
 from eds_network.dev import seed
+from eds_network.dev.level1 import with_level1_key
 from eds_network.local import extract, publish
 from eds_network.national import transfer
 from eds_network.platform import consolidate, warehouse
@@ -96,10 +97,9 @@ class World:
 
     def rotate_platform_key(self, platform_id: str) -> Key:
         p = self.net.platform(platform_id)
-        old = self.res[p.members[0].id].platform_key
-        new = Key(secrets.token_bytes(32), "v2", old.name)
+        new = Key(secrets.token_bytes(32), "v2", p.key_connection_id)
         for b in p.members:
-            self.res[b.id] = dataclasses.replace(self.res[b.id], platform_key=new)
+            self.res[b.id] = with_level1_key(self.res[b.id], new, p.id, b.finess or b.id)
         return new
 
     def local(self, base_id: str, start=DAY1, end=DAY2, res=None) -> tuple[dict[str, dict], dict]:
@@ -229,7 +229,7 @@ def test_rotating_a_platform_key_re_keys_every_row_consistently_and_keeps_nation
     assert not (set(national_after["person"]) & (persons_before | persons_after))  # no level-1 id at the HDH
 
     # A batch still pseudonymised under the retired key is rejected; the warehouse does not move.
-    old_res = dataclasses.replace(w.res["hosp_c"], platform_key=Key(secrets.token_bytes(32), "v1", "eds_key_l1_idf"))
+    old_res = with_level1_key(w.res["hosp_c"], Key(secrets.token_bytes(32), "v1", "eds_key_l1_idf"), "idf", "920000003")
     w.local("hosp_c", DAY1, DAY2, res=old_res)
     c = w.consolidate("idf")
     assert list(c.rejected.values()) and "retired" in next(iter(c.rejected.values()))
@@ -238,7 +238,7 @@ def test_rotating_a_platform_key_re_keys_every_row_consistently_and_keeps_nation
     # A batch never mixes key versions: a table pseudonymised under one version is not published under another.
     hosp_d = net.base("hosp_d")
     ref = extract.extract_table(hosp_d, "person", DAY2, DAY3, w.res["hosp_d"]).ref()
-    other = dataclasses.replace(w.res["hosp_d"], platform_key=Key(secrets.token_bytes(32), "v9", "eds_key_l1_onco"))
+    other = with_level1_key(w.res["hosp_d"], Key(secrets.token_bytes(32), "v9", "eds_key_l1_onco"), "onco", "690000004")
     with pytest.raises(IntegrityError, match="another level-1 key version"):
         publish.publish_batch(hosp_d, DAY2, DAY3, [ref], other)
 

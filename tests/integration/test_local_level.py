@@ -20,12 +20,13 @@ from psycopg import sql
 
 from eds_network.core import omop
 from eds_network.core.config import LocalBase, Network, load_network
+from eds_network.core.crypto import Key
 from eds_network.core.errors import SourceError
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import S3Endpoint, list_keys, read_json
 from eds_network.dev import seed
 from eds_network.local import extract, publish
-from eds_network.local.pseudonymise import ID_NAMESPACE, PersonMap
+from eds_network.local.pseudonymise import ID_NAMESPACE
 from eds_network.platform import consolidate, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
@@ -122,8 +123,19 @@ def _key_ids(table: pa.Table, name: str) -> set[int]:
 
 
 def _person_map(res: extract.LocalResources, base: LocalBase, dsn: str, person_ids) -> dict[int, int]:
-    """Local person id -> level-1 id, computed the way the extraction does (same keys, same identity)."""
-    pm = PersonMap(res.platform_key, res.transport_key, res.national_public_key, site=base.finess or base.id)
+    """Local person id -> level-1 id, computed from the identities with the platform's key (the PRF the key
+    holder evaluates obliviously), also for patients never evaluated (objectors)."""
+    from eds_network.dev.level1 import KeyedPersonMap
+    from eds_network.dev.stack import Stack
+
+    net = load_network()
+    platform = net.platform_of(base.id)
+    secret = Stack.default().keys(net)[platform.key_connection_id]
+    key = Key.from_secret(platform.key_connection_id, secret["password"], secret["extra"]["version"])
+    assert key.version == res.level1_version
+    pm = KeyedPersonMap(
+        key, res.transport_key, res.national_public_key, site=base.finess or base.id, platform_id=platform.id
+    )
     with psycopg.connect(dsn) as conn:
         pm.add(
             conn.execute(

@@ -13,6 +13,7 @@ from nacl.public import PrivateKey
 from eds_network.core.crypto import Key
 from eds_network.core.errors import EdsError
 from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.dev.level1 import KeyedPersonMap
 from eds_network.local.pseudonymise import PersonMap, level1_batch, linkage_identity, nir_is_valid, normalise
 from eds_network.national.level2 import national_person_ids
 
@@ -31,7 +32,7 @@ TRANSPORT = _key("transport")
 
 
 def _map(platform_key: Key, site: str, person_id: int, nir: str | None, ipp: str) -> PersonMap:
-    m = PersonMap(platform_key, TRANSPORT, bytes(BOX.public_key), site=site)
+    m = KeyedPersonMap(platform_key, TRANSPORT, bytes(BOX.public_key), site=site)
     m.add([(person_id, nir, dt.date(1984, 12, 3), "M", ipp)])
     return m
 
@@ -165,7 +166,7 @@ def test_dictionary_attack_recovers_every_unkeyed_nir_hash_and_none_of_our_pseud
 
     assert all(nir_is_valid(_nir_of(*p)) for p in PLANTED)  # linked on the NIR: the attack's target
     nat = _key("national")
-    m = PersonMap(_key("idf"), TRANSPORT, bytes(BOX.public_key), site="750000001")
+    m = KeyedPersonMap(_key("idf"), TRANSPORT, bytes(BOX.public_key), site="750000001")
     m.add(
         (i, _nir_of(sex, born, place, order), born, "M" if sex == "1" else "F", f"IPP{i}")
         for i, (sex, born, place, order) in enumerate(PLANTED)

@@ -17,6 +17,7 @@ from eds_network.core.config import DEFAULT_CONFIG, load_network
 from eds_network.core.crypto import Key
 from eds_network.core.errors import ConfigError, EdsError
 from eds_network.dev.keys import rotate_stack_key
+from eds_network.dev.level1 import KeyedPersonMap
 from eds_network.keys import rotation
 from eds_network.local import pseudonymise
 from eds_network.local.pseudonymise import (
@@ -43,7 +44,7 @@ TRANSPORT = _key("transport")
 
 
 def _persons(n: int, *, shift: int, key: Key = PLATFORM, site: str = "750000001") -> PersonMap:
-    m = PersonMap(key, TRANSPORT, bytes(BOX.public_key), site=site, date_shift_days=shift)
+    m = KeyedPersonMap(key, TRANSPORT, bytes(BOX.public_key), site=site, date_shift_days=shift)
     m.add([(i, _nir(f"18412764510{i:02d}"), dt.date(1984, 12, 3), "M", f"IPP{i}") for i in range(1, n + 1)])
     return m
 
@@ -252,7 +253,7 @@ def test_a_batch_is_hashed_once_per_patient_not_once_per_row(monkeypatch):
     calls = []
     real = pseudonymise.hmac256
     monkeypatch.setattr(pseudonymise, "hmac256", lambda k, msg: calls.append(k.name) or real(k, msg))
-    m = PersonMap(PLATFORM, TRANSPORT, bytes(BOX.public_key), site="750000001", date_shift_days=10)
+    m = KeyedPersonMap(PLATFORM, TRANSPORT, bytes(BOX.public_key), site="750000001", date_shift_days=10)
     n_rows, patients = 50_000, [3, 5, 8]
     m.add([(p, _nir(f"18412764510{p:02d}"), dt.date(1984, 12, 3), "M", f"IPP{p}") for p in patients])
     t0 = dt.datetime(2024, 1, 1)
@@ -265,8 +266,8 @@ def test_a_batch_is_hashed_once_per_patient_not_once_per_row(monkeypatch):
     )
     out = level1_batch(rows, "measurement", m, site_number=1)
     assert out.num_rows == n_rows
-    # per patient: level-1 pseudonym, transport token, date offset; none per row
-    assert sorted(calls) == sorted(["idf"] * 6 + ["transport"] * 3)
+    # per patient: one transport token (the level-1 pseudonym comes from the hospital's map); none per row
+    assert sorted(calls) == ["transport"] * 3
     assert len(set(out.column("person_id").to_pylist())) == 3
 
 

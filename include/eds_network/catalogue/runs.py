@@ -302,3 +302,33 @@ def deliveries(dsn: str) -> list[dict]:
 def count(dsn: str, table: Table) -> int:
     with engine(dsn).connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+KEY_EVALUATED = "key.evaluated"
+KEY_EVALUATION_REFUSED = "key.evaluation_refused"
+
+
+def evaluations_on(dsn: str, platform_id: str, base_id: str, day: dt.date) -> int:
+    """Level-1 OPRF evaluations the key holder of `platform_id` made for `base_id` on `day` (UTC), from the audit."""
+    q = text(f"""
+        SELECT coalesce(sum((details ->> 'evaluated')::bigint), 0) FROM {SCHEMA}.audit
+        WHERE action = :action AND object = :obj AND details ->> 'platform' = :platform
+          AND (at AT TIME ZONE 'UTC')::date = :day""")
+    with engine(dsn).connect() as conn:
+        return int(
+            conn.execute(
+                q, {"action": KEY_EVALUATED, "obj": f"base:{base_id}", "platform": platform_id, "day": day}
+            ).scalar_one()
+        )
+
+
+def record_evaluations(dsn: str, platform_id: str, base_id: str, details: dict, *, refused: bool = False) -> None:
+    """Audit one request's evaluation (or its refusal): counts, batch and key version, never an element."""
+    with engine(dsn).begin() as conn:
+        audit(
+            conn,
+            f"keys:{platform_id}",
+            KEY_EVALUATION_REFUSED if refused else KEY_EVALUATED,
+            f"base:{base_id}",
+            {"platform": platform_id, **details},
+        )

@@ -228,6 +228,27 @@ class S3Location(_Model):
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+class KeyHolder(_Model):
+    """The holder of a platform's level-1 key (zone `keys:<platform>`, a trusted third party).
+
+    Members never hold the key: they post blinded elements (RFC 9497 OPRF) to `exchange` and read back the
+    evaluated elements. The holder counts what it evaluates per member and per night, and refuses a night
+    above the ceiling (a brute force of the key would show as a spike).
+    """
+
+    exchange: S3Location | None = Field(
+        default=None,
+        description="the holder's exchange area; default: bucket eds-keys-<platform> on the intake's connection",
+    )
+    max_evaluations_per_night: int = Field(default=100_000, ge=1, description="per member hospital")
+    member_ceilings: dict[str, int] = Field(
+        default_factory=dict, description="per-member override (e.g. the first night of a large onboarding)"
+    )
+
+    def ceiling(self, base_id: str) -> int:
+        return self.member_ceilings.get(base_id, self.max_evaluations_per_night)
+
+
 class Platform(_Model):
     id: Ident
     label: str
@@ -235,7 +256,8 @@ class Platform(_Model):
     warehouse_connection_id: str
     intake: S3Location
     outbox: S3Location
-    key_connection_id: str = Field(description="level-1 HMAC key shared by the members of this platform")
+    key_connection_id: str = Field(description="level-1 OPRF key of this platform, held by its key holder only")
+    key_holder: KeyHolder = Field(default_factory=lambda: KeyHolder())
     pseudonymisation: Pseudonymisation = Field(default_factory=lambda: Pseudonymisation())
     members: list[LocalBase] = Field(min_length=1)
     deadline: Cron = Field(
@@ -246,6 +268,14 @@ class Platform(_Model):
 
     @model_validator(mode="after")
     def _stamp_members(self) -> Platform:
+        if self.key_holder.exchange is None:
+            exchange = S3Location(
+                connection_id=self.intake.connection_id, bucket=f"eds-keys-{self.id}".replace("_", "-")
+            )
+            object.__setattr__(self.key_holder, "exchange", exchange)
+        unknown = sorted(set(self.key_holder.member_ceilings) - {m.id for m in self.members})
+        if unknown:
+            raise ValueError(f"key_holder.member_ceilings names bases that are not members: {unknown}")
         for m in self.members:
             object.__setattr__(m, "platform", self.id)
             object.__setattr__(m, "asset_uri", f"{self.intake.uri}{m.id}/")

@@ -9,3 +9,19 @@ SCHEMA_VERSION = "OMOP CDM 5.4"
 MANIFEST = "_manifest.json"
 # The sealed transport token of a person row (hospital -> national, opaque to the platform).
 TOKEN_COLUMN = "_transport_token"
+
+# The level-1 OPRF round trip, in the key holder's exchange area (`<prefix><base>/<batch_id>/`): the holder
+# announces its key version, the hospital posts blinded elements, the holder answers with evaluated elements.
+# Parts are raw concatenations of 32-byte ristretto255 elements; each document lists its parts' SHA-256.
+OPRF_ANNOUNCE = "_key.json"
+OPRF_REQUEST = "request.json"
+OPRF_RESPONSE = "response.json"
+OPRF_PART_ELEMENTS = 50_000
+
+
+def oprf_prefix(prefix: str, base: str, batch_id: str) -> str:
+    return f"{prefix}{base}/{batch_id}/"
+
+
+def oprf_part_key(where: str, kind: str, part: int) -> str:
+    return f"{where}{kind}.{part:05d}.bin"

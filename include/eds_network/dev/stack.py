@@ -352,21 +352,25 @@ class Stack:
         """What a local task gets from Airflow connections, built from this stack's own keys (tests, benches)."""
         from eds_network.core.crypto import Key
         from eds_network.core.storage import S3Endpoint
+        from eds_network.dev.level1 import in_process
         from eds_network.local.extract import LocalResources
 
         keys = self.keys(network)
         platform = network.platform_of(base_id)
+        base = network.base(base_id)
         box = keys[network.national.box_key_connection_id]
+        level1_key = Key.from_secret(
+            platform.key_connection_id,
+            keys[platform.key_connection_id]["password"],
+            keys[platform.key_connection_id]["extra"]["version"],
+        )
         return LocalResources(
             source_dsn=source_dsn or self.dsn(f"src_{base_id}"),
             intake=S3Endpoint(self.s3_endpoint, "eds-local", "eds-local-secret"),
             intake_bucket=platform.intake.bucket,
             intake_prefix=platform.intake.prefix if intake_prefix is None else intake_prefix,
-            platform_key=Key.from_secret(
-                platform.key_connection_id,
-                keys[platform.key_connection_id]["password"],
-                keys[platform.key_connection_id]["extra"]["version"],
-            ),
+            level1_version=level1_key.version,
+            level1_evaluate=in_process(level1_key, platform.id, base.finess or base.id),
             transport_key=Key.from_secret(
                 network.transport_key_connection_id,
                 keys[network.transport_key_connection_id]["password"],
@@ -571,6 +575,7 @@ class Stack:
             network.national.landing_zone,
             *(p.intake for p in network.platforms),
             *(p.outbox for p in network.platforms),
+            *(p.key_holder.exchange for p in network.platforms),
         ]:
             ensure_bucket(s3, loc.bucket)
         self.write_connections(network)

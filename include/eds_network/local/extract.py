@@ -36,7 +36,7 @@ from eds_network.core.crypto import Key
 from eds_network.core.errors import AccountingError, EdsError, QualityError, SourceError
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import S3Endpoint, sha256_file
-from eds_network.local import keystate
+from eds_network.local import keystate, level1
 from eds_network.local.pseudonymise import (
     DEFAULT_TEXT_ALLOW_LIST,
     PersonMap,
@@ -65,10 +65,13 @@ class LocalResources:
     intake: S3Endpoint
     intake_bucket: str
     intake_prefix: str
-    platform_key: Key
+    level1_version: str  # the key holder's version the hospital's pseudonym map was completed under
     transport_key: Key
     national_public_key: bytes
     national_key_version: str
+    # Embedded stack and tests only: run the OPRF round trip in process for patients not evaluated yet (the
+    # stack holds every zone's keys). In production the map is filled by the DAG's round trip, before extraction.
+    level1_evaluate: Callable[[psycopg.Connection, list[int]], None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -298,12 +301,18 @@ def _objectors(conn: psycopg.Connection) -> set[int]:
     return {r[0] for r in rows}
 
 
-def _fetch_identities(conn: psycopg.Connection, persons: PersonMap, ids: list[int]) -> None:
+def _fetch_identities(conn: psycopg.Connection, persons: PersonMap, ids: list[int], res: LocalResources) -> None:
+    """Identities and level-1 pseudonyms (the hospital's map) of the patients not in `persons` yet."""
     missing = persons.missing(ids)
     if missing:
+        if res.level1_evaluate is not None:
+            res.level1_evaluate(conn, missing)
+        level1.ensure_state(conn)
         cur = conn.execute(
-            "SELECT person_id, nir, birth_date, sex, ipp FROM identity.patient WHERE person_id = ANY(%s)",
-            (missing,),
+            "SELECT p.person_id, p.nir, p.birth_date, p.sex, p.ipp, m.level1 FROM identity.patient p"
+            " LEFT JOIN eds_local.level1_pseudonym m ON m.person_id = p.person_id AND m.key_version = %s"
+            " WHERE p.person_id = ANY(%s)",
+            (res.level1_version, missing),
         )
         persons.add(cur)
 
@@ -322,7 +331,14 @@ def _record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.
 
 
 def _tombstones(
-    conn, base: LocalBase, table: str, persons: PersonMap, start, end, snapshot_deleted: list[int] | None = None
+    conn,
+    base: LocalBase,
+    table: str,
+    persons: PersonMap,
+    start,
+    end,
+    res: LocalResources,
+    snapshot_deleted: list[int] | None = None,
 ) -> pa.Table:
     """Rows to remove downstream: source deletions in the interval (the deletion log, or keys gone from a
     snapshot), and (person table) new objections."""
@@ -346,7 +362,7 @@ def _tombstones(
         if spec.primary_key and spec.primary_key != "person_id":
             out = namespace_ids(local, base.site_number, table=table, column=spec.primary_key).to_pylist()
         else:  # keyed by person (death): map to the level-1 person id
-            _fetch_identities(conn, persons, local.to_pylist())
+            _fetch_identities(conn, persons, local.to_pylist(), res)
             known = [p for p in local.to_pylist() if p in persons]
             out = persons.map_ids(pa.array(known, pa.int64())).to_pylist()
         kinds += ["row"] * len(out)
@@ -359,7 +375,7 @@ def _tombstones(
             )
         ]
         if new:
-            _fetch_identities(conn, persons, new)
+            _fetch_identities(conn, persons, new, res)
             known = [p for p in new if p in persons]
             out = persons.map_ids(pa.array(known, pa.int64())).to_pylist()
             kinds += ["person"] * len(out)
@@ -411,7 +427,7 @@ def extract_table(
         policy = base.pseudonymisation
         allow_text = DEFAULT_TEXT_ALLOW_LIST | frozenset(policy.text_allow_list)
         fingerprint = policy_fingerprint(
-            res.platform_key.version,
+            res.level1_version,
             date_shift_days=policy.date_shift_days,
             keep_birth_month=policy.keep_birth_month,
             allow_text=allow_text,
@@ -420,7 +436,6 @@ def extract_table(
         if full:
             log.info("%s.%s: key version or policy changed since the last publication: full extraction", base.id, table)
         persons = PersonMap(
-            res.platform_key,
             res.transport_key,
             res.national_public_key,
             site=base.finess or base.id,
@@ -506,13 +521,15 @@ def extract_table(
                 timer.start("identities")
                 if "person_id" in batch.column_names and batch.num_rows:
                     ids = pc.unique(batch.column("person_id")).to_pylist()
-                    _fetch_identities(aux, persons, ids)
+                    _fetch_identities(aux, persons, ids, res)
                     has = pc.is_in(
                         batch.column("person_id"), value_set=pa.array([i for i in ids if i in persons], pa.int64())
                     )
                     nobody = batch.filter(pc.invert(has))
                     if nobody.num_rows:
-                        _record_quarantine(aux, bid, table, nobody, "person has no identity row")
+                        _record_quarantine(
+                            aux, bid, table, nobody, "person has no identity row or no level-1 pseudonym yet"
+                        )
                         quarantined += nobody.num_rows
                         batch = batch.filter(has)
                 # 4. Pseudonymise and append a row group.
@@ -572,7 +589,7 @@ def extract_table(
                 )
             with timer("tombstones"):
                 gone = _snapshot_deleted(stream_conn, table, columns, start) if change is None else None
-                tomb = _tombstones(aux, base, table, persons, start, end, snapshot_deleted=gone)
+                tomb = _tombstones(aux, base, table, persons, start, end, res, snapshot_deleted=gone)
             timer.start("upload")
             s3 = res.intake.client()
             sha = sha256_file(out_path)

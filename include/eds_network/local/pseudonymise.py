@@ -1,10 +1,11 @@
 """Pseudonymisation: keyed HMAC-SHA-256 pseudonyms, a distinct key per level (domain).
 
 Level 1 (local -> mutualised platform)
-  linkage identity  = "NIR|<nir>|<birth date>|<sex>" when the NIR is present and its key is valid,
-                      otherwise "SITE|<site>|<ipp>" (site-scoped: never links across sites);
-                      normalised (NFKD, no accents, upper case, no spaces) before hashing.
-  level-1 pseudonym = HMAC-SHA-256(platform key, linkage identity)
+  linkage identity  = eds_network.core.identity.linkage_identity (NIR | birth date | sex, normalised; else a
+                      site-scoped SITE | site | IPP)
+  level-1 pseudonym = the RFC 9497 OPRF (ristretto255-SHA512) of the identity under the platform's key, which only
+                      the key holder has: the hospital blinds, the holder evaluates, the hospital finalizes and
+                      keeps the result in its map (`eds_network.local.level1`)
   person_id         = the pseudonym's first 63 bits (collisions are detected and fail loudly)
   other row ids     = namespaced by site: site_number * 10**12 + local id.
 
@@ -23,7 +24,8 @@ Removal and generalisation (level 1)
   location (when in scope): zip -> département, address / city / county / coordinates emptied.
 
 Date shifting (off by default; `pseudonymisation.date_shift_days` on the platform)
-  offset = HMAC-SHA-256(platform key, "DATE-SHIFT|" + level-1 pseudonym) mapped to [-N, N] days, never 0:
+  offset = HMAC-SHA-256(second half of the level-1 PRF output, "DATE-SHIFT|") mapped to [-N, N] days, never 0
+  (the platform sees only the first 63 bits of the output, so it cannot compute offsets):
   one offset per patient, the same in every table and at every site of the platform, stable across nights;
   a new key version gives new offsets (the re-keying run re-extracts everything).
 
@@ -34,8 +36,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
-import unicodedata
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -46,7 +48,10 @@ from eds_network.core.config import NEVER_ALLOWED_TEXT
 from eds_network.core.crypto import Key, hmac256, id63
 from eds_network.core.errors import EdsError
 from eds_network.core.exchange import TOKEN_COLUMN
+from eds_network.core.identity import linkage_identity, normalise
 from eds_network.core.nir import nir_is_valid
+
+__all__ = ["linkage_identity", "normalise"]
 
 ID_NAMESPACE = 10**12  # local ids must stay below this; site_number * 10**12 + id fits in 63 bits
 # Text columns that may leave the local level: coded values, never free text or names.
@@ -85,22 +90,10 @@ DATE_SHIFT_DOMAIN = b"DATE-SHIFT|"
 MICROS_PER_DAY = 86_400_000_000
 
 
-def normalise(text: str) -> str:
-    """Case, accents and spaces do not change a linkage identity."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return "".join(stripped.upper().split())
-
-
-def linkage_identity(nir: str | None, birth_date: str, sex: str, ipp: str, site: str) -> str:
-    if nir_is_valid(nir):
-        return normalise(f"NIR|{nir}|{birth_date}|{sex}")
-    return normalise(f"SITE|{site}|{ipp}")
-
-
-def date_offset(platform_key: Key, level1_digest: bytes, max_days: int) -> int:
-    """A patient's date offset in [-max_days, max_days], never 0, keyed on the level-1 pseudonym."""
-    r = int.from_bytes(hmac256(platform_key, DATE_SHIFT_DOMAIN + level1_digest)[:8], "big") % (2 * max_days)
+def date_offset(level1_digest: bytes, max_days: int) -> int:
+    """A patient's date offset in [-max_days, max_days], never 0, keyed on the hidden half of the level-1 output."""
+    mac = hmac.new(level1_digest[32:], DATE_SHIFT_DOMAIN, hashlib.sha256).digest()
+    r = int.from_bytes(mac[:8], "big") % (2 * max_days)
     return r - max_days if r < max_days else r - max_days + 1
 
 
@@ -146,15 +139,14 @@ def policy_fingerprint(
 
 
 class PersonMap:
-    """Local person_id -> level-1 person id (and sealed transport token), hashed once per patient.
+    """Local person_id -> level-1 person id (and sealed transport token), once per patient.
 
-    Identities are fetched by the caller (only the persons a batch refers to) and passed in; this object keeps
-    pseudonyms only. It never exposes an identity value.
+    Identities and their level-1 PRF outputs (from the hospital's map) are fetched by the caller (only the persons
+    a batch refers to) and passed in; this object keeps pseudonyms only. It never exposes an identity value.
     """
 
     def __init__(
         self,
-        platform_key: Key,
         transport_key: Key,
         national_public_key: bytes,
         site: str,
@@ -165,7 +157,6 @@ class PersonMap:
 
         if date_shift_days < 0:
             raise EdsError("date_shift_days must be >= 0 (0 = off)")
-        self.platform_key = platform_key
         self.transport_key = transport_key
         self._box = SealedBox(PublicKey(national_public_key))
         self.site = site
@@ -179,13 +170,17 @@ class PersonMap:
     def missing(self, person_ids: Iterable[int]) -> list[int]:
         return [p for p in person_ids if p not in self._ids]
 
-    def add(self, rows: Iterable[tuple[int, str | None, object, str, str]]) -> None:
-        """rows: (local person_id, nir, birth_date, sex, ipp)."""
-        for person_id, nir, birth_date, sex, ipp in rows:
-            ident = linkage_identity(nir, str(birth_date), sex, ipp, self.site)
+    def add(self, rows: Iterable[tuple[int, str | None, object, str, str, bytes | None]]) -> None:
+        """rows: (local person_id, nir, birth_date, sex, ipp, level-1 PRF output or None if not evaluated yet).
+
+        A patient without a level-1 output is not added (the caller quarantines its rows)."""
+        for person_id, nir, birth_date, sex, ipp, digest in rows:
+            if digest is None:
+                continue
+            digest = bytes(digest)
+            ident = linkage_identity(nir, birth_date, sex, ipp, self.site)
             if ident.startswith("SITE|"):
                 self.site_scoped += 1
-            digest = hmac256(self.platform_key, ident)
             pid = id63(digest)
             prior = self._seen63.get(pid)
             if prior is not None and prior != digest:
@@ -194,7 +189,7 @@ class PersonMap:
             self._ids[person_id] = pid
             self._tokens[person_id] = hmac256(self.transport_key, ident)
             if self.date_shift_days:
-                self._shift[person_id] = date_offset(self.platform_key, digest, self.date_shift_days)
+                self._shift[person_id] = date_offset(digest, self.date_shift_days)
 
     def __contains__(self, person_id: int) -> bool:
         return person_id in self._ids

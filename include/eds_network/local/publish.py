@@ -94,19 +94,19 @@ def publish_batch(
     mixed = sorted(
         t
         for t, v in tables.items()
-        if v.get("fingerprint") and not v["fingerprint"].startswith(f"level1={res.platform_key.version};")
+        if v.get("fingerprint") and not v["fingerprint"].startswith(f"level1={res.level1_version};")
     )
     if mixed:
         raise IntegrityError(
             f"tables {mixed} were pseudonymised under another level-1 key version than "
-            f"{res.platform_key.version!r} (key rotated during the run): rerun the interval",
+            f"{res.level1_version!r} (key rotated during the run): rerun the interval",
             base=base.id,
         )
     failed = sorted(set(base.tables) - set(tables))
     prefix = f"{res.intake_prefix}{base.id}/{bid}/"
     manifest_key = prefix + MANIFEST
     key_versions = {
-        "level1": res.platform_key.version,
+        "level1": res.level1_version,
         "transport": res.transport_key.version,
         "national_box": res.national_key_version,
     }
@@ -127,7 +127,7 @@ def publish_batch(
     faults.inject("publish.after_upload_before_manifest")  # tests: files staged, no manifest yet
     put_json(s3, res.intake_bucket, manifest_key, manifest)
     # What each published table now depends on (key version, policy): the next run re-extracts on a change.
-    keystate.record_published(res.source_dsn, bid, res.platform_key.version, tables)
+    keystate.record_published(res.source_dsn, bid, res.level1_version, tables)
     keep = (
         {manifest_key}
         | {v["key"] for v in tables.values()}

@@ -94,18 +94,40 @@ def box_public_key(conn_id: str) -> tuple[bytes, str]:
 
 
 def local_resources(network: Network, base: LocalBase) -> LocalResources:
+    """The hospital zone's resources: its source, its platform's intake, the transport and sealed-box public keys,
+    and the version of its level-1 pseudonym map — never the level-1 key, which only the key holder has."""
+    from eds_network.core.errors import EdsError
+    from eds_network.local import level1
+
     platform = network.platform(base.platform)
     public, version = box_public_key(network.national.box_key_connection_id)
+    source_dsn = pg_dsn(base.source_connection_id, f"source of base {base.id}")
+    level1_version = level1.current_version_of(source_dsn)
+    if level1_version is None:
+        raise EdsError(
+            "no level-1 pseudonym map yet: the round trip with the key holder has not completed", base=base.id
+        )
     return LocalResources(
-        source_dsn=pg_dsn(base.source_connection_id, f"source of base {base.id}"),
+        source_dsn=source_dsn,
         intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
         intake_bucket=platform.intake.bucket,
         intake_prefix=platform.intake.prefix,
-        platform_key=key(platform.key_connection_id, f"level-1 key of platform {platform.id}"),
+        level1_version=level1_version,
         transport_key=key(network.transport_key_connection_id, "network transport key"),
         national_public_key=public,
         national_key_version=version,
     )
+
+
+def exchange_endpoint(platform: Platform) -> S3Endpoint:
+    """The key holder's exchange area, as reached by the zone running the task (its own connection)."""
+    loc = platform.key_holder.exchange
+    return s3_endpoint(loc.connection_id, f"key exchange area of platform {platform.id}")
+
+
+def level1_key(platform: Platform) -> Key:
+    """The level-1 key: resolved only by the key zone's tasks (`keys:<platform>`)."""
+    return key(platform.key_connection_id, f"level-1 key of platform {platform.id}")
 
 
 def platform_resources(platform: Platform) -> PlatformResources:

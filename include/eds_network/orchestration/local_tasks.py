@@ -10,8 +10,30 @@ import datetime as dt
 
 from eds_network import catalogue, quality
 from eds_network.core.config import load_network
-from eds_network.local import extract, publish
-from eds_network.orchestration.connections import catalogue_dsn, local_resources
+from eds_network.local import extract, level1, publish
+from eds_network.orchestration.connections import catalogue_dsn, exchange_endpoint, local_resources, pg_dsn
+
+
+def _round_trip_args(base_id: str, start: dt.datetime, end: dt.datetime) -> tuple[tuple, dict]:
+    network = load_network()
+    base = network.base(base_id)
+    p = network.platform(base.platform)
+    loc = p.key_holder.exchange
+    source = pg_dsn(base.source_connection_id, f"source of base {base.id}")
+    kwargs = {"base": base.id, "site": base.finess or base.id, "batch": extract.batch_id(base.id, start, end)}
+    return (source, exchange_endpoint(p), loc.bucket, loc.prefix), kwargs
+
+
+def blind_identities(base_id: str, start: dt.datetime, end: dt.datetime) -> dict:
+    """Blind the identities not evaluated yet and post them to the key holder (counts only to XCom)."""
+    args, kwargs = _round_trip_args(base_id, start, end)
+    return level1.blind_new_identities(*args, **kwargs)
+
+
+def finalize_pseudonyms(base_id: str, start: dt.datetime, end: dt.datetime) -> dict:
+    """Unblind the key holder's evaluations into the hospital's pseudonym map (counts only to XCom)."""
+    args, kwargs = _round_trip_args(base_id, start, end)
+    return level1.finalize_evaluations(*args, **kwargs)
 
 
 def extract_table(base_id: str, table: str, start: dt.datetime, end: dt.datetime, *, run_id: str) -> dict:
