@@ -40,11 +40,10 @@ def _secrets(conns: dict) -> set[str]:
     return {c["password"] for c in conns.values() if c.get("password")}
 
 
-# secrets legitimately shared, until issue 19's OPRF: the transport key (every hospital) and a platform's
-# level-1 key (its member hospitals and its key holder)
+# the one secret legitimately shared: the transport key (every hospital); a platform's level-1 key is its key
+# holder's alone (the hospitals get level-1 pseudonyms by the OPRF round trip)
 def _shared(all_conns) -> set[str]:
-    ids = [NETWORK.transport_key_connection_id, *(p.key_connection_id for p in NETWORK.platforms)]
-    return {all_conns[i]["password"] for i in ids}
+    return {all_conns[NETWORK.transport_key_connection_id]["password"]}
 
 
 def test_no_zone_holds_a_secret_of_another_zone(files):
@@ -60,7 +59,9 @@ def test_shared_keys_stay_inside_the_platform_family(files):
     for p in NETWORK.platforms:
         key = all_conns[p.key_connection_id]["password"]
         holders = {z for z, c in by_zone.items() if key in _secrets(c)}
-        assert holders == {zones.local(b.id) for b in p.members} | {zones.keys(p.id)}
+        assert holders == {zones.keys(p.id)}
+        for b in p.members:
+            assert p.key_connection_id not in by_zone[zones.local(b.id)]
     transport = all_conns[NETWORK.transport_key_connection_id]["password"]
     assert {z for z, c in by_zone.items() if transport in _secrets(c)} == {
         zones.local(b.id) for b in NETWORK.local_bases

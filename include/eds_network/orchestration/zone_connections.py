@@ -8,11 +8,11 @@ with that zone's own PostgreSQL role.
 
 What each zone holds (and why):
 
-    local:<base>        its source database; the intake (its own prefix); the catalogue; its signing key;
-                        the network transport key and its platform's level-1 key (the local pseudonymisation
-                        step needs both today: once the OPRF of issue 19 lands, the level-1 key moves to the
-                        `keys:<platform>` zone and leaves this list); the national box *public* key.
-    keys:<platform>     the platform's level-1 key; the catalogue (evaluation counts).
+    local:<base>        its source database; the intake (its own prefix); the key holder's exchange area (posts
+                        blinded elements, reads evaluations); the catalogue; its signing key; the network
+                        transport key; the national box *public* key. Never the level-1 key: level-1
+                        pseudonyms are an OPRF evaluated by the key holder (docs/pseudonymisation.md).
+    keys:<platform>     the platform's level-1 key; its exchange area; the catalogue (evaluation counts).
     platform:<p>        its warehouse; its intake and outbox; the catalogue; its signing key; the *version* of
                         its level-1 key (never the key).
     national            the national HMAC key, the national box *private* key, the landing zone, the outboxes
@@ -88,13 +88,13 @@ def _grants(network: Network, zone: str) -> list[_Grant]:
             _Grant(p.intake.connection_id, "s3"),
             cat,
             _Grant(signing_connection_id(zone), "secret"),
+            _Grant(p.key_holder.exchange.connection_id, "s3"),
             _Grant(network.transport_key_connection_id, "secret"),
-            _Grant(p.key_connection_id, "secret"),  # until the OPRF (issue 19): see the module doc
             _Grant(network.national.box_key_connection_id, "public"),
         ]
     if kind == "keys":
         p = network.platform(zone.split(":", 1)[1])
-        return [_Grant(p.key_connection_id, "secret"), cat]
+        return [_Grant(p.key_connection_id, "secret"), _Grant(p.key_holder.exchange.connection_id, "s3"), cat]
     if kind == "platform":
         p = network.platform(zone.split(":", 1)[1])
         return [
