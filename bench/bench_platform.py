@@ -116,8 +116,8 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
     s3 = boto3.client(
         "s3",
         endpoint_url=stack.s3_endpoint,
-        aws_access_key_id="eds-local",
-        aws_secret_access_key="eds-local-secret",
+        aws_access_key_id=stack.s3_login[0],
+        aws_secret_access_key=stack.s3_login[1],
         region_name="eu-west-3",
         config=Config(read_timeout=900, retries={"max_attempts": 1}),
     )

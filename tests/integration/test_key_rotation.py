@@ -70,7 +70,7 @@ class World:
 
     def __init__(self, stack, net: Network, new_db):
         self.stack, self.net = stack, net
-        self.ep = S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+        self.ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
         self.src = {b.id: new_db() for b in net.local_bases}
         for b in net.local_bases:
             seed.seed_base(self.src[b.id], net, b.id, (DAY1, DAY2))

@@ -60,7 +60,7 @@ def base(net) -> LocalBase:
 
 
 def _endpoint(stack) -> S3Endpoint:
-    return S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    return S3Endpoint(stack.s3_endpoint, *stack.s3_login)
 
 
 def _resources(stack, net: Network, dsn: str, prefix: str) -> extract.LocalResources:

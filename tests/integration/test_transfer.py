@@ -72,14 +72,14 @@ class Calls:
 
 
 def _endpoint(stack, *hooks) -> S3Endpoint:
-    return HookedEndpoint(stack.s3_endpoint, "eds-local", "eds-local-secret", hooks=tuple(hooks))
+    return HookedEndpoint(stack.s3_endpoint, *stack.s3_login, hooks=tuple(hooks))
 
 
 def _resources(stack, landing: S3Endpoint | None = None) -> transfer.NationalResources:
     keys = stack.keys(NETWORK)
     nk = keys[NETWORK.national.key_connection_id]
     box = keys[NETWORK.national.box_key_connection_id]
-    plain = S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    plain = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
     return transfer.NationalResources(
         outbox=plain,
         landing=landing or plain,

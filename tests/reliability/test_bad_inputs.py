@@ -385,7 +385,7 @@ def test_plain_http_landing_zone_is_refused_before_anything_is_sent(stack):
     p = NET.platforms[0]
     keys = stack.keys(NET)
     box = keys[NET.national.box_key_connection_id]
-    ep = S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
     res = transfer.NationalResources(
         outbox=ep,
         landing=ep,
@@ -466,7 +466,7 @@ def test_bad_batch_in_intake_is_rejected_naming_base_and_table_and_other_bases_s
     bad_key = prefix + world["published"][BASE.id].manifest_key[len(world["prefix"]) :]
     _edit_manifest(s3, p.intake.bucket, bad_key, damage)
     wh = _clone_empty(stack, world)
-    ep = S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
     version = stack.keys(NET)[p.key_connection_id]["extra"]["version"]
     c = consolidate.consolidate(
         p, p.intake.bucket, prefix, consolidate.PlatformResources(wh, ep, ep, level1_key_version=version)
@@ -507,7 +507,7 @@ def test_a_parquet_file_readable_but_of_the_wrong_schema_is_rejected_naming_the_
         s3.put_object(Bucket=bucket, Key=entry["key"], Body=buf.getvalue())
 
     _edit_manifest(s3, p.intake.bucket, bad_key, wrong_schema)
-    ep = S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
     c = consolidate.consolidate(
         p, p.intake.bucket, prefix, consolidate.PlatformResources(_clone_empty(stack, world), ep, ep)
     )

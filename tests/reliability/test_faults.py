@@ -50,7 +50,7 @@ def _no_fault_left(monkeypatch):
 
 
 def _ep(stack) -> S3Endpoint:
-    return S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    return S3Endpoint(stack.s3_endpoint, *stack.s3_login)
 
 
 def _warehouse_state(dsn: str) -> dict[str, tuple[int, int, str]]:

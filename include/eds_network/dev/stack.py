@@ -31,6 +31,7 @@ from pathlib import Path
 
 from eds_network.core.config import REPO_ROOT, Network, load_network, state_home
 from eds_network.core.errors import EdsError
+from eds_network.dev import access
 from eds_network.dev.access import new_signing_key, signing_zones, trust_store_of
 from eds_network.orchestration.zone_connections import (
     TRUST_STORE_CONNECTION_ID,
@@ -321,16 +322,23 @@ class Stack:
     def s3_running(self) -> bool:
         return not _free(self.s3_port)
 
-    def start_s3(self) -> None:
+    def start_s3(self, network: Network | None = None) -> None:
         if self.s3_running():
+            if network is not None and not access.s3_logins(self):
+                raise EdsError(f"an S3 server already listens on port {self.s3_port} without this stack's users")
             return
         self.logs.mkdir(parents=True, exist_ok=True)
         moto = Path(sys.executable).parent / "moto_server"
         cmd = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(self.s3_port)]
+        # moto enforces IAM (signatures + each user's policies) once it has served these first requests,
+        # which create the administrator user (dev/access.py)
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(access.MOTO_NO_AUTH_ACTIONS)}
+        access.forget_s3_users(self)
         with open(self.logs / "moto.log", "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._moto_pidfile.write_text(str(proc.pid))
         _wait_port(self.s3_port, "moto S3 server")
+        access.create_s3_users(self, network or load_network())
 
     def stop_s3(self) -> None:
         if not self._moto_pidfile.exists():
@@ -340,11 +348,18 @@ class Stack:
         except (ProcessLookupError, PermissionError):
             pass
         self._moto_pidfile.unlink(missing_ok=True)
+        access.forget_s3_users(self)
+
+    @property
+    def s3_login(self) -> tuple[str, str]:
+        """The stack administrator's S3 access key and secret (every action; not a zone's credential)."""
+        admin = access.s3_logins(self).get(access.ADMIN_S3_USER)
+        return (admin.login, admin.password) if admin else ("eds-local", "eds-local-secret")
 
     def s3_client(self):
         from eds_network.core.storage import s3_client
 
-        return s3_client(self.s3_endpoint, "eds-local", "eds-local-secret", "eu-west-3")
+        return s3_client(self.s3_endpoint, *self.s3_login, "eu-west-3")
 
     def local_resources(
         self, network: Network, base_id: str, *, source_dsn: str | None = None, intake_prefix: str | None = None
@@ -366,7 +381,7 @@ class Stack:
         )
         return LocalResources(
             source_dsn=source_dsn or self.dsn(f"src_{base_id}"),
-            intake=S3Endpoint(self.s3_endpoint, "eds-local", "eds-local-secret"),
+            intake=S3Endpoint(self.s3_endpoint, *self.s3_login),
             intake_bucket=platform.intake.bucket,
             intake_prefix=platform.intake.prefix if intake_prefix is None else intake_prefix,
             level1_version=level1_key.version,
@@ -426,10 +441,11 @@ class Stack:
                 "schema": db,
             }
 
+        s3_key, s3_secret = self.s3_login
         s3 = {
             "conn_type": "aws",
-            "login": "eds-local",
-            "password": "eds-local-secret",
+            "login": s3_key,
+            "password": s3_secret,
             "extra": {"endpoint_url": self.s3_endpoint, "region_name": "eu-west-3"},
         }
         conns: dict[str, dict] = {network.catalogue_connection_id: pg("catalogue")}
@@ -567,7 +583,7 @@ class Stack:
             *(f"src_{b.id}" for b in network.local_bases),
         ]:
             self.create_database(db)
-        self.start_s3()
+        self.start_s3(network)
         from eds_network.core.storage import ensure_bucket
 
         s3 = self.s3_client()
@@ -588,6 +604,7 @@ class Stack:
 
         catalogue.create_schema(self.dsn("catalogue"))
         catalogue.register_network(self.dsn("catalogue"), network)
+        access.apply_pg_roles(self, network)  # each zone's own role and grants (dev/access.py)
         log.info(
             "embedded stack up in %.1fs (PostgreSQL :%d, S3 %s)", time.monotonic() - t0, self.pg_port, self.s3_endpoint
         )
