@@ -35,7 +35,7 @@ DAY1, DAY2 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC), dt.datetime(2026, 3, 2, tzi
 def world(stack, new_db):
     dsn = new_db()
     seed.seed_base(dsn, NET, BASE.id, (DAY1, DAY2), tables=["person"])
-    ep = S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret")
+    ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
     bucket = PLATFORM.key_holder.exchange.bucket
     ensure_bucket(ep.client(), bucket)
     return {"dsn": dsn, "ep": ep, "bucket": bucket, "prefix": f"test-oprf-{uuid.uuid4().hex[:8]}/"}

@@ -34,21 +34,24 @@ def _resources(policy: dict | None) -> set[str]:
 def test_a_hospital_policy_names_only_its_own_intake_prefix():
     for b in NETWORK.local_bases:
         res = _resources(access.s3_policy(NETWORK, zones.local(b.id)))
-        intake = NETWORK.platform_of(b.id).intake
-        assert res == {f"arn:aws:s3:::{intake.bucket}", f"arn:aws:s3:::{intake.bucket}/{intake.prefix}{b.id}/*"}
+        intake, ex = NETWORK.platform_of(b.id).intake, NETWORK.platform_of(b.id).key_holder.exchange
+        assert res == {
+            f"arn:aws:s3:::{intake.bucket}",
+            f"arn:aws:s3:::{intake.bucket}/{intake.prefix}{b.id}/*",
+            f"arn:aws:s3:::{ex.bucket}",
+            f"arn:aws:s3:::{ex.bucket}/{ex.prefix}{b.id}/*",
+        }
         listing = next(
             s for s in access.s3_policy(NETWORK, zones.local(b.id))["Statement"] if "s3:ListBucket" in s["Action"]
         )
         assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{intake.prefix}{b.id}/*"]}}
 
 
-def test_only_the_national_zone_reaches_the_landing_zone_and_key_holders_reach_nothing():
+def test_only_the_national_zone_reaches_the_landing_zone():
     landing = NETWORK.national.landing_zone.bucket
     for zone in all_zones(NETWORK):
         touches = any(r.split(":::")[1].split("/")[0] == landing for r in _resources(access.s3_policy(NETWORK, zone)))
         assert touches == (zone == zones.NATIONAL), zone
-        if zones.kind(zone) == "keys":
-            assert access.s3_policy(NETWORK, zone) is None
 
 
 def test_role_sql_grants_each_source_and_warehouse_to_its_zone_only():

@@ -11,14 +11,16 @@ database: a zone role reaches only the databases granted here.
 
 S3 (moto server started with INITIAL_NO_AUTH_ACTION_COUNT, so it checks the SigV4 signature of every request and
 evaluates the caller's IAM policies): one IAM user per zone with the policy `s3_policy(network, zone)`:
-    local:<base>     read/write/delete `<intake bucket>/<intake prefix><base>/*` (its own batches only)
+    local:<base>     read/write/delete `<intake bucket>/<intake prefix><base>/*` (its own batches only) and
+                     its own prefix `<base>/` of its key holder's exchange area (blinded elements, evaluations)
+    keys:<p>         read/write/delete its exchange area (every member's prefix)
     platform:<p>     read its intake; read/write/delete its outbox
     national         read every outbox; everything in the landing zone bucket
-    keys:<p>         nothing
 The stack's administrator user (every action) creates buckets and users; it is the operator's credential, not a
 zone's. Gap of moto 5.2: it does not evaluate `Condition` blocks against request values (a conditional Allow is
 treated as a Deny), so ListBucket cannot be confined to a prefix there: in the embedded stack a hospital can
-list (not read) the key names of the other members' batches in its platform's intake bucket. The MinIO policy
+list (not read) the key names of the other members' batches in its platform's intake bucket and exchange
+area. The MinIO policy
 files (deploy/minio/policies, written by `write_minio_policies`) carry the `s3:prefix` condition.
 
 Also the zones' Ed25519 signing keys and the trust store of their public keys.
@@ -76,7 +78,14 @@ def s3_policy(network: Network, zone: str, *, prefix_conditions: bool = True) ->
     if kind == "local":
         base = network.base(zone.split(":", 1)[1])
         intake = network.platform_of(base.id).intake
-        stmts = _area(intake.bucket, f"{intake.prefix}{base.id}/", WRITE, **pc)
+        exchange = network.platform_of(base.id).key_holder.exchange
+        stmts = [
+            *_area(intake.bucket, f"{intake.prefix}{base.id}/", WRITE, **pc),
+            *_area(exchange.bucket, f"{exchange.prefix}{base.id}/", WRITE, **pc),
+        ]
+    elif kind == "keys":
+        exchange = network.platform(zone.split(":", 1)[1]).key_holder.exchange
+        stmts = _area(exchange.bucket, exchange.prefix, WRITE, **pc)
     elif kind == "platform":
         p = network.platform(zone.split(":", 1)[1])
         stmts = [

@@ -343,8 +343,14 @@ class Stack:
     def stop_s3(self) -> None:
         if not self._moto_pidfile.exists():
             return
+        pid = int(self._moto_pidfile.read_text())
         try:
-            os.killpg(int(self._moto_pidfile.read_text()), signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)
+            # its IAM users die with it: wait until it is gone, so a restart starts a fresh server
+            for _ in range(100):
+                os.killpg(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self._moto_pidfile.unlink(missing_ok=True)
