@@ -78,7 +78,7 @@ DOCS_BASE = "hosp_c"  # a generated hospital, resized small: its real extraction
 
 
 @pytest.fixture(scope="module")
-def data_docs(stack, ui_db) -> Path:
+def data_docs(stack, ui_db):
     """The real local pipeline step for two tables of hosp_c (extract, DQD checks, GX Data Docs), recording its
     quality results in the page's catalogue as the local DAG does. Returns the configured Data Docs root."""
     import uuid
@@ -97,7 +97,11 @@ def data_docs(stack, ui_db) -> Path:
     recorder = quality.catalogue_recorder(dsn, dag_run_id="manual__ui_docs")
     for table in ("person", "visit_occurrence"):
         extract.extract_table(base, table, start, start + dt.timedelta(days=1), res, on_checks=recorder)
-    return stack.root / "datadocs"
+    yield stack.root / "datadocs"
+    import psycopg
+
+    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "t_ui_docs_src" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
