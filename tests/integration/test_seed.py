@@ -8,10 +8,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eds_network.core import omop
+from eds_network.core import omop, omopzip
 from eds_network.core.config import Network, load_network
+from eds_network.core.nir import nir_is_valid
 from eds_network.dev import seed
-from eds_network.dev.seed import nir_is_valid
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
 
@@ -285,9 +285,9 @@ def test_shared_patients_have_identical_nir(fresh_db):
 
 def test_load_vocabulary(fresh_db, synthea_zip):
     with psycopg.connect(fresh_db) as conn:
-        first = seed.load_vocabulary(conn, synthea_zip)
+        first = omopzip.load_vocabulary(conn, synthea_zip)
         conn.commit()
-        second = seed.load_vocabulary(conn, synthea_zip)  # idempotent
+        second = omopzip.load_vocabulary(conn, synthea_zip)  # idempotent
         conn.commit()
         assert first == second
         assert first["concept"] == 2294

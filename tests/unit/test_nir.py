@@ -9,8 +9,9 @@ import pytest
 
 from eds_network.core.config import Network, load_network
 from eds_network.core.errors import ConfigError, SourceError
+from eds_network.core.nir import make_nir, nir_is_valid, nir_key
 from eds_network.dev import seed
-from eds_network.dev.seed import Identity, make_nir, nir_is_valid, nir_key
+from eds_network.dev.seed import Identity
 
 # ---------------------------------------------------------------------------------------------------
 # NIR key and validation

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import asdict
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
@@ -16,6 +14,8 @@ from eds_network import quality
 from eds_network.core import omop
 from eds_network.core.errors import ConfigError
 from eds_network.quality import Override, Reference, check_batch, dqd
+from eds_network.quality import gx as quality_gx
+from eds_network.quality import suites as quality_suites
 
 pytestmark = pytest.mark.skipif(not (dqd.DEFAULT_SUITES_DIR / "measurement.json").is_file(), reason="no suites")
 
@@ -124,9 +124,7 @@ def test_too_many_fatal_rows_make_the_batch_fatal():
     msg = quality.fatal_message(q)
     for part in ("base=chu_test", "table=measurement", "isRequired", "person_id", "50.00%"):
         assert part in msg
-    with pytest.raises(quality.QualityError) as exc:
-        quality.raise_for_fatal(q)
-    assert exc.value.base == "chu_test" and exc.value.table == "measurement" and exc.value.column == "person_id"
+    assert msg.startswith("[base=chu_test table=measurement column=person_id]")
     # A higher quarantine limit accepts it.
     assert not run(measurement(20, person_id=[None] * 10 + [1] * 10), quarantine_limit_pct=60).batch_fatal
 
@@ -328,7 +326,7 @@ def test_empty_batch(engine):
     q = run(measurement(0), reference=REF, known_person_ids=pa.array([], pa.int64()), engine=engine)
     assert q.rows == 0 and len(q.keep_mask) == 0 and q.quarantined_rows == 0
     assert not q.batch_fatal and not q.failed()
-    assert q.results and json.dumps(q.ref())
+    assert q.results and json.loads(json.dumps(q.ref()))["rows"] == 0
     q = run(pa.table({}), engine=engine)  # not even the columns
     assert q.rows == 0 and not q.batch_fatal
 
@@ -384,9 +382,6 @@ def test_concept_level_override_and_keys():
     assert result(run(batch, overrides={key: Override(threshold_pct=60)}), key).passed
     generic = "plausibleUnitConceptIds:measurement.measurement_concept_id"
     assert result(run(batch, overrides={generic: Override(threshold_pct=60)}), key).override == generic
-    assert quality.check_override_key(key) == key
-    with pytest.raises(ValueError):
-        quality.check_override_key("plausibleValueHigh measurement")
     assert quality.unknown_override_keys([key, generic, "isRequired:measurement.nope"]) == [
         "isRequired:measurement.nope"
     ]
@@ -396,18 +391,7 @@ def test_concept_level_override_and_keys():
 # Volume, exports
 
 
-def test_volume_drop_of_80_pct_is_an_anomaly():
-    r = quality.volume_anomaly([1000, 1100, 950, 1000, 1020], 200, base="chu_test", table="measurement")
-    assert r is not None and not r.passed
-    assert r.check_name == "volumeDrop" and r.violating_pct == pytest.approx(80.0)
-    assert r.table == "measurement" and json.dumps(r.to_dqd())
-    assert quality.volume_anomaly([1000, 1000, 1000], 900) is None
-    assert quality.volume_anomaly([1000, 1000], 0) is None  # not enough history
-    assert quality.volume_anomaly([0, 0, 0], 0) is None
-    assert quality.volume_anomaly([1000] * 3, 600, drop_pct=30) is not None
-
-
-def test_dqd_json_export_and_data_docs(tmp_path):
+def test_dqd_json_export():
     dates = [dt.date(2021, 3, 1)] * 10
     dates[0] = dt.date(1912, 3, 4)
     q = run(measurement(10, measurement_date=dates), reference=REF)
@@ -424,10 +408,6 @@ def test_dqd_json_export_and_data_docs(tmp_path):
         assert k in item
     assert doc["Overview"]["countTotal"] == len(q.results)
     assert doc["Overview"]["countOverallFailed"] == len(q.failed())
-    path = quality.build_data_docs([q], tmp_path / "run1")
-    text = path.read_text()
-    assert path.name == "index.html" and "chu_test" in text and "plausibleValueLow" in text
-    assert (tmp_path / "run1" / "dqd_results.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -468,8 +448,7 @@ def both_engines():
     return run(batch, engine="arrow", **kw), run(batch, engine="gx", **kw)
 
 
-def serialised(q: quality.QualityResult, tmp_path) -> str:
-    docs = quality.build_data_docs([q], tmp_path / q.engine)
+def serialised(q: quality.QualityResult) -> str:
     return "\n".join(
         [
             json.dumps([asdict(r) for r in q.results], default=str),
@@ -479,16 +458,14 @@ def serialised(q: quality.QualityResult, tmp_path) -> str:
             "\n".join(q.warnings),
             quality.fatal_message(q),
             repr(q),
-            docs.read_text(),
-            (docs.parent / "dqd_results.json").read_text(),
         ]
     )
 
 
-def test_no_planted_value_in_any_serialised_result(both_engines, tmp_path):
+def test_no_planted_value_in_any_serialised_result(both_engines):
     for q in both_engines:
         assert q.failed(), "the defect batch must fail checks, or this test proves nothing"
-        text = serialised(q, tmp_path)
+        text = serialised(q)
         for planted in ("DUPONT", "Jean-Michel", "1750375123456", str(PLANTED_ID), str(PLANTED_PK), "1912-03-04"):
             assert planted not in text, (q.engine, planted)
 
@@ -511,38 +488,12 @@ def test_gx_engine_gives_the_same_numbers_as_arrow(both_engines):
     } <= failed
 
 
-def test_gx_result_format_returns_no_values():
-    assert quality.GX_RESULT_FORMAT["partial_unexpected_count"] == 0
-    assert quality.GX_RESULT_FORMAT["exclude_unexpected_values"] is True
-    assert quality.GX_RESULT_FORMAT["include_unexpected_rows"] is False
-
-
-@pytest.mark.slow
-def test_arrow_engine_is_cheap_on_a_large_batch():
-    n = 1_000_000
-    rng = np.random.default_rng(0)
-    batch = measurement(
-        n,
-        measurement_id=np.arange(1, n + 1),
-        person_id=rng.integers(1, 4, n),
-        measurement_concept_id=np.full(n, GLUCOSE),
-        measurement_date=[dt.date(2021, 3, 1)] * n,
-        measurement_type_concept_id=np.full(n, LAB),
-        unit_concept_id=np.full(n, MMOL),
-        value_as_number=rng.normal(5, 1, n),
-    )
-    run(batch[:10], reference=REF)  # suites loaded once per process
-    started = time.perf_counter()
-    q = run(batch, reference=REF)
-    assert q.rows == n and time.perf_counter() - started < 3.0
-
-
 def test_raw_gx_validation_result_holds_no_value():
     """The GX result format itself: even GX's own (never stored) result object carries no value."""
     pytest.importorskip("great_expectations")
     plan_ids = [c.check_id for c in dqd.load_checks("measurement")]
-    validation = quality._gx_validate(
-        quality._suites_dir(None), "measurement", defect_batch(), plan_ids, dqd.suite_parameters(TODAY)
+    validation = quality_gx._gx_validate(
+        quality_suites._suites_dir(None), "measurement", defect_batch(), plan_ids, dqd.suite_parameters(TODAY)
     )
     assert not validation.success
     text = json.dumps(validation.to_json_dict(), default=str)

@@ -36,10 +36,10 @@ def _copy_blocks(copy: psycopg.Copy) -> Iterator[bytearray]:
     """The rows of a started `COPY … TO STDOUT`, in blocks of about COPY_BLOCK bytes.
 
     Reads libpq's buffer directly (`PQgetCopyData` without blocking) and waits on the socket only when the
-    buffer is empty: psycopg's `for row in copy` runs a generator and a wait loop per row, twice the CPU
-    (2 M rows: 2.7-2.9 against 1.4-1.6 CPU-s, all of it under the GIL the checks and pseudonymisation need),
-    and a blocking `PQgetCopyData` would hold the GIL while it waits for the server. `bytearray +=` copies
-    each row once (a `b"".join` of row memoryviews cost 5-6 CPU-s). The COPY's final result is read here, so
+    buffer is empty: psycopg's `for row in copy` runs a generator and a wait loop per row (about twice the
+    CPU, all of it under the GIL the checks and pseudonymisation need), and a blocking `PQgetCopyData` would
+    hold the GIL while it waits for the server. `bytearray +=` copies each row once (cheaper than a
+    `b"".join` of row memoryviews; figures in BENCHMARKS.md). The COPY's final result is read here, so
     the `Copy` block exits with nothing left to consume; a server error raises psycopg's error for it.
     """
     pg = copy.connection.pgconn

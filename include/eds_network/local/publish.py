@@ -18,7 +18,8 @@ from eds_network.core.errors import AccountingError, IntegrityError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
 from eds_network.core.storage import list_keys, object_exists, put_json, sha256_object
 from eds_network.local import keystate
-from eds_network.local.extract import LocalResources, batch_id
+from eds_network.local.extract import batch_id
+from eds_network.local.resources import LocalResources
 
 log = logging.getLogger(__name__)
 

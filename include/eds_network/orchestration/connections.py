@@ -15,7 +15,8 @@ from eds_network.core.config import LocalBase, Network, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import ConfigError
 from eds_network.core.storage import S3Endpoint
-from eds_network.local.extract import LocalResources
+from eds_network.local import resources
+from eds_network.local.resources import LocalResources
 from eds_network.national.transfer import NationalResources
 from eds_network.platform.consolidate import PlatformResources
 
@@ -100,22 +101,20 @@ def local_resources(network: Network, base: LocalBase) -> LocalResources:
     from eds_network.local import level1
 
     platform = network.platform(base.platform)
-    public, version = box_public_key(network.national.box_key_connection_id)
     source_dsn = pg_dsn(base.source_connection_id, f"source of base {base.id}")
     level1_version = level1.current_version_of(source_dsn)
     if level1_version is None:
         raise EdsError(
             "no level-1 pseudonym map yet: the round trip with the key holder has not completed", base=base.id
         )
-    return LocalResources(
+    return resources.local_resources(
+        network,
+        base,
         source_dsn=source_dsn,
         intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
-        intake_bucket=platform.intake.bucket,
-        intake_prefix=platform.intake.prefix,
         level1_version=level1_version,
         transport_key=key(network.transport_key_connection_id, "network transport key"),
-        national_public_key=public,
-        national_key_version=version,
+        national_public_key=box_public_key(network.national.box_key_connection_id),
     )
 
 

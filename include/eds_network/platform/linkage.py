@@ -10,26 +10,16 @@ from psycopg import sql
 
 from eds_network.core import omop
 from eds_network.core.config import Platform
+from eds_network.core.events import identity_columns
 from eds_network.platform.warehouse import (
     conflict_key,
 )
 
 log = logging.getLogger(__name__)
 
-# Per event table: the columns that make two sites' rows the same event (besides person_id).
-_EVENT_IDENTITY: dict[str, tuple[str, ...]] = {
-    "condition_occurrence": ("condition_concept_id", "condition_start_date"),
-    "drug_exposure": ("drug_concept_id", "drug_exposure_start_date", "quantity"),
-    "procedure_occurrence": ("procedure_concept_id", "procedure_date"),
-    "device_exposure": ("device_concept_id", "device_exposure_start_date"),
-    "measurement": ("measurement_concept_id", "measurement_date", "value_as_number", "value_as_concept_id"),
-    "observation": ("observation_concept_id", "observation_date", "value_as_number", "value_as_string"),
-    "specimen": ("specimen_concept_id", "specimen_date"),
-}
-
 
 def flag_duplicates(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> dict[str, dict[str, int]]:
-    """Flag events a second site reported for the same linked person (same concept, date, value).
+    """Flag events a second site reported for the same linked person (`core.events`: same concept, date, values).
 
     The first site's row (lowest site number, then lowest id) is the reference; rows of the other sites are
     recorded in eds_platform.duplicate_event with the row they duplicate. Nothing is deleted. Recomputed as
@@ -41,12 +31,11 @@ def flag_duplicates(conn: psycopg.Connection, platform: Platform, tables: list[s
     with conn.transaction():
         conn.execute("DELETE FROM eds_platform.duplicate_event")
         for t in tables:
-            cols = _EVENT_IDENTITY.get(t)
-            spec = omop.table(t)
-            if not cols or not all(spec.has(c) for c in cols):
+            cols = identity_columns(t)
+            if not cols:
                 continue
             key = sql.Identifier(conflict_key(t))
-            part = sql.SQL(", ").join(map(sql.Identifier, ("person_id", *cols)))
+            part = sql.SQL(", ").join(map(sql.Identifier, cols))
             conn.execute(
                 sql.SQL(
                     "INSERT INTO eds_platform.duplicate_event (table_name, row_id, duplicate_of, person_id, site_number) "

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from psycopg import sql
 from eds_network.core import omop
 from eds_network.core.config import Platform
 from eds_network.core.omopzip import load_vocabulary
+from eds_network.core.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,6 @@ def concept_columns(table: str) -> tuple[str, str | None] | None:
     return cc, (scc if scc and t.has(scc) else None)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ensure_vocabulary(conn: psycopg.Connection, zip_path: Path) -> dict[str, int]:
     """Load the vocabulary into the warehouse unless this very archive is already loaded. Commits.
 
@@ -125,7 +117,7 @@ def ensure_vocabulary(conn: psycopg.Connection, zip_path: Path) -> dict[str, int
     """
 
     zip_path = Path(zip_path)
-    digest = _sha256(zip_path)
+    digest = sha256_file(zip_path)
     conn.execute(
         "CREATE SCHEMA IF NOT EXISTS eds_platform; CREATE TABLE IF NOT EXISTS eds_platform.vocabulary_load ("
         "archive_sha256 text PRIMARY KEY, archive text NOT NULL, rows jsonb NOT NULL, "
