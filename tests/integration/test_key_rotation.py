@@ -20,11 +20,12 @@ import secrets
 import uuid
 
 import psycopg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from eds_network.core import omop
+from eds_network.core import omop, rowids
 from eds_network.core.config import Network, load_network
 from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError
@@ -115,10 +116,19 @@ class World:
     def package(self, platform_id: str, c: consolidate.Consolidation) -> packaging.Package:
         return packaging.package(self.net.platform(platform_id), self.pres(platform_id), c.key_versions)
 
-    def national(self, platform_id: str, nres=None) -> dict[str, dict[int, int]]:
-        """Transfer the platform's latest package; returns per table {row key: national person_id}."""
+    def national(self, platform_id: str, nres=None, raw: dict | None = None) -> dict[str, dict[int, int]]:
+        """Transfer the platform's latest package; returns per table {warehouse row key: national person_id}.
+
+        Landing row ids are the national keyed permutation of the warehouse's: translated back here with the
+        national key (every one must translate), their raw values collected in `raw`."""
         p = self.net.platform(platform_id)
-        d = transfer.transfer_platform(p, self.net.national, nres or self.nres)
+        nres = nres or self.nres
+        row_key = rowids.level_key(nres.national_key.secret, "national")
+        back: dict[str, dict[int, int]] = {}
+        for t, rows in self.warehouse(platform_id)["rows"].items():
+            ids = pa.array(list(rows), pa.int64())
+            back[t] = dict(zip(rowids.rekey(ids, row_key, "national-row").to_pylist(), rows, strict=True))
+        d = transfer.transfer_platform(p, self.net.national, nres)
         assert d.status in ("delivered", "already_delivered"), d
         s3 = self.ep.client()
         bucket = self.net.national.landing_zone.bucket
@@ -128,11 +138,15 @@ class World:
             t = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=f["key"])["Body"].read()))
             key = warehouse.conflict_key(f["table"])
             if "person_id" in t.column_names:
-                out[f["table"]] = (
-                    dict(zip(t.column(key).to_pylist(), t.column("person_id").to_pylist(), strict=True))
-                    if key != "person_id"
-                    else {i: i for i in t.column("person_id").to_pylist()}
-                )
+                if key != "person_id":
+                    landed = t.column(key).to_pylist()
+                    if raw is not None:
+                        raw.setdefault(f["table"], set()).update(landed)
+                    assert set(landed) <= set(back[f["table"]]), f["table"]
+                    rows = [back[f["table"]][i] for i in landed]
+                    out[f["table"]] = dict(zip(rows, t.column("person_id").to_pylist(), strict=True))
+                else:
+                    out[f["table"]] = {i: i for i in t.column("person_id").to_pylist()}
         return out
 
     def warehouse(self, platform_id: str) -> dict:
@@ -253,7 +267,13 @@ def test_rotating_the_national_key_changes_every_level2_id_consistently_across_p
         w.package(p, w.consolidate(p))
         before[p] = w.national(p)
     new = dataclasses.replace(w.nres, national_key=Key(secrets.token_bytes(32), "v2", w.nres.national_key.name))
-    after = {p: w.national(p, new) for p in ("idf", "onco")}
+    raw_before: dict = {}
+    raw_after: dict = {}
+    for p in ("idf", "onco"):
+        w.national(p, raw=raw_before)
+    after = {p: w.national(p, new, raw=raw_after) for p in ("idf", "onco")}
+    for t in EVENT_TABLES:  # rotating the national key changes every national row id too
+        assert raw_before[t] and not raw_before[t] & raw_after[t], t
     mapping: dict[int, int] = {}
     for p in ("idf", "onco"):
         for t in EVENT_TABLES:
@@ -293,11 +313,15 @@ def test_date_shift_moves_each_patient_by_one_offset_at_every_site_and_in_every_
                         k=sql.Identifier(key), c=sql.Identifier(col), t=sql.Identifier(t)
                     )
                     source = dict(src.execute(q).fetchall())
-                    q = sql.SQL("SELECT {k} - %s, {c}, person_id FROM omop.{t} WHERE _site = %s").format(
+                    row_key = rowids.level_key(w.res[b.id].transport_key.secret, f"level1|{b.finess or b.id}")
+                    local = list(source)
+                    published = rowids.rekey(pa.array(local, pa.int64()), row_key, "level1-row").to_pylist()
+                    to_local = dict(zip(published, local, strict=True))
+                    q = sql.SQL("SELECT {k}, {c}, person_id FROM omop.{t} WHERE _site = %s").format(
                         k=sql.Identifier(key), c=sql.Identifier(col), t=sql.Identifier(t)
                     )
-                    for local_id, shifted, pid in wh.execute(q, (b.site_number * 10**12, b.site_number)):
-                        offsets.setdefault(pid, set()).add((shifted - source[local_id]).days)
+                    for row_id, shifted, pid in wh.execute(q, (b.site_number,)):
+                        offsets.setdefault(pid, set()).add((shifted - source[to_local[row_id]]).days)
                         checked += 1
         shared = [
             r[0] for r in wh.execute("SELECT person_id FROM eds_platform.person_site GROUP BY 1 HAVING count(*) > 1")

@@ -26,7 +26,6 @@ from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import S3Endpoint, list_keys, read_json
 from eds_network.dev import seed
 from eds_network.local import extract, publish
-from eds_network.local.pseudonymise import ID_NAMESPACE
 from eds_network.platform import consolidate, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("synthea_zip")]
@@ -113,8 +112,15 @@ def _arrived(res: extract.LocalResources, published: publish.Published) -> tuple
 
 
 def _ns(base: LocalBase, local_ids) -> set[int]:
-    """Row ids as published: namespaced by site."""
-    return {base.site_number * ID_NAMESPACE + int(i) for i in local_ids}
+    """Row ids as published: the site's keyed permutation of the local ids (core.rowids)."""
+    from eds_network.core import rowids
+    from eds_network.dev.stack import Stack
+
+    net = load_network()
+    t = Stack.default().keys(net)[net.transport_key_connection_id]
+    transport = Key.from_secret(net.transport_key_connection_id, t["password"], t["extra"]["version"])
+    key = rowids.level_key(transport.secret, f"level1|{base.finess or base.id}")
+    return set(rowids.rekey(pa.array(sorted(int(i) for i in local_ids), pa.int64()), key, "level1-row").to_pylist())
 
 
 def _key_ids(table: pa.Table, name: str) -> set[int]:
@@ -285,7 +291,7 @@ def test_three_intervals_extract_exactly_their_changes_and_add_up_to_one_full_ex
             ).fetchall()
         )
     assert set(values) == _ns(base, inserted - deleted_new)  # deletions applied, inserts arrived
-    assert values[base.site_number * ID_NAMESPACE + max(inserted)] == 42  # the day-3 update won
+    assert values[next(iter(_ns(base, [max(inserted)])))] == 42  # the day-3 update won
 
 
 # --------------------------------------------------------------------------------------------------

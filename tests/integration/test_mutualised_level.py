@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 
 import psycopg
+import pyarrow as pa
 import pytest
 from psycopg import sql
 
@@ -145,9 +146,16 @@ def night(stack):
 
 
 def _ns(base_id: str, local_id: int) -> int:
-    from eds_network.local.pseudonymise import ID_NAMESPACE
+    """A local row id as the platform receives it: the site's keyed permutation (core.rowids)."""
+    from eds_network.core import rowids
+    from eds_network.core.crypto import Key
+    from eds_network.dev.stack import Stack
 
-    return NETWORK.base(base_id).site_number * ID_NAMESPACE + local_id
+    base = NETWORK.base(base_id)
+    t = Stack.default().keys(NETWORK)[NETWORK.transport_key_connection_id]
+    transport = Key.from_secret(NETWORK.transport_key_connection_id, t["password"], t["extra"]["version"])
+    key = rowids.level_key(transport.secret, f"level1|{base.finess or base.id}")
+    return rowids.rekey(pa.array([local_id], pa.int64()), key, "level1-row")[0].as_py()
 
 
 def test_shared_patients_are_one_person_and_overlap_is_the_ground_truth(night, stack):

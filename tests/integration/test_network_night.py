@@ -397,3 +397,63 @@ def test_the_operator_page_links_every_table_to_the_data_docs_the_night_built(ni
             assert url == f"/eds/data-docs/local/{b.id}/{table}/index.html"
             r = client.get(url.removeprefix("/eds"))
             assert r.status_code == 200 and "<html" in r.text.lower(), (b.id, table)
+
+
+def _id_columns(table: str, names) -> list[str]:
+    spec = omop.table(table)
+    return [n for n in names if spec.has(n) and (spec.column(n).is_id or n == "person_id")]
+
+
+def _db_ids(dsn: str) -> set[int]:
+    """Every value of every *_id column (row ids and references, person_id included) of the omop schema."""
+    out: set[int] = set()
+    with psycopg.connect(dsn) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'omop'")
+            if r[0].lower() in omop.schema()
+        ]
+        for t in tables:
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'omop' AND table_name = %s",
+                    (t,),
+                )
+            ]
+            for c in _id_columns(t, cols):
+                q = sql.SQL("SELECT DISTINCT {} FROM omop.{} WHERE {} IS NOT NULL").format(
+                    sql.Identifier(c), sql.Identifier(t), sql.Identifier(c)
+                )
+                out |= {r[0] for r in conn.execute(q)}
+    return out
+
+
+def test_no_landing_id_leads_back_to_a_source_or_a_warehouse(night, stack):
+    """Issue 19: every *_id of the landing zone is re-keyed at every level: none equals a source id or a warehouse
+    id, none gives back a source id modulo a power of ten beyond chance (site * 10**12 + id did: 200 of 200)."""
+    s3 = stack.s3_client()
+    zone = NETWORK.national.landing_zone
+    landing: set[int] = set()
+    for key, t in _parquet_objects(s3, zone.bucket, zone.prefix).items():
+        table = key.split("/")[-1].split(".")[0]
+        if table in omop.schema():
+            for c in _id_columns(table, t.column_names):
+                landing |= {v for v in t.column(c).to_pylist() if v is not None}
+    sources: set[int] = set()
+    for b in NETWORK.local_bases:
+        sources |= _db_ids(stack.dsn(f"src_{b.id}"))
+    warehouses: set[int] = set()
+    for p in NETWORK.platforms:
+        warehouses |= _db_ids(stack.dsn(f"wh_{p.id}"))
+    assert len(landing) > 1000 and len(sources) > 1000 and len(warehouses) > 1000
+    assert not landing & sources
+    assert not landing & warehouses  # no id joins the landing zone to a warehouse
+    assert not warehouses & (sources - set(range(0, 100)))  # nor a warehouse to its sources (tiny ids: chance)
+    for p in range(1, 19):
+        hits = sum(1 for i in landing if i % 10**p in sources)
+        chance = len(landing) * len({s for s in sources if s < 10**p}) / 10**p
+        if chance < 0.01:
+            assert hits == 0, p
+        else:
+            assert hits <= 3 * chance + 5, (p, hits, chance)

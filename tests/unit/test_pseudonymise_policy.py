@@ -13,6 +13,7 @@ import pytest
 import yaml
 from nacl.public import PrivateKey
 
+from eds_network.core import rowids
 from eds_network.core.config import DEFAULT_CONFIG, load_network
 from eds_network.core.crypto import Key
 from eds_network.core.errors import ConfigError, EdsError
@@ -227,8 +228,10 @@ def test_location_rows_keep_the_departement_only():
             "country_concept_id": pa.array([4330442], pa.int64()),
         }
     )
-    out = level1_batch(loc, "location", _persons(1, shift=0), site_number=2).to_pylist()[0]
-    assert out["zip"] == "2A" and out["location_id"] == 2 * 10**12 + 4
+    persons = _persons(1, shift=0)
+    out = level1_batch(loc, "location", persons, site_number=2).to_pylist()[0]
+    keyed = rowids.rekey(pa.array([4], pa.int64()), persons.row_key, "level1-row")[0].as_py()
+    assert out["zip"] == "2A" and out["location_id"] == keyed != 4
     assert [out[c] for c in ("address_1", "city", "county", "latitude", "longitude", "location_source_value")] == [
         None
     ] * 6

@@ -152,6 +152,7 @@ class _TableRun:
             date_shift_days=policy.date_shift_days,
             keep_birth_month=policy.keep_birth_month,
             allow_text=self.allow_text,
+            transport_version=self.res.transport_key.version,
         )
         self.full = keystate.needs_full_extraction(aux, table, self.fingerprint, self.bid)
         if self.full:

@@ -7,7 +7,11 @@ Level 1 (local -> mutualised platform)
                       the key holder has: the hospital blinds, the holder evaluates, the hospital finalizes and
                       keeps the result in its map (`eds_network.local.level1`)
   person_id         = the pseudonym's first 63 bits (collisions are detected and fail loudly)
-  other row ids     = namespaced by site: site_number * 10**12 + local id.
+  other row ids     = every *_id column but person_id and concept ids (visits, events, care sites, providers,
+                      locations, fact_id_1/2, preceding_visit_occurrence_id…): a keyed permutation per site
+                      (eds_network.core.rowids, AES-256 under a key derived from the transport key and the
+                      site), truncated to 63 bits: the site is not derivable, no local id can be read back,
+                      a new transport key version changes them all (and re-extracts everything).
 
 Transport token (for the national level, trust-centre pattern)
   token  = HMAC-SHA-256(network transport key, linkage identity), a key only hospitals hold;
@@ -43,7 +47,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eds_network.core import omop
+from eds_network.core import omop, rowids
 from eds_network.core.config import NEVER_ALLOWED_TEXT
 from eds_network.core.crypto import Key, hmac256, id63
 from eds_network.core.errors import EdsError
@@ -131,11 +135,19 @@ def generalise_postcode(col: pa.Array) -> pa.Array:
 
 
 def policy_fingerprint(
-    level1_version: str, *, date_shift_days: int, keep_birth_month: bool, allow_text: Iterable[str]
+    level1_version: str,
+    *,
+    date_shift_days: int,
+    keep_birth_month: bool,
+    allow_text: Iterable[str],
+    transport_version: str | None = None,
 ) -> str:
-    """What the published rows of a table depend on besides the data: a change means a full re-extraction."""
+    """What the published rows of a table depend on besides the data: a change means a full re-extraction.
+
+    The transport key's version is in it: that key seals the national tokens and keys the level-1 row ids."""
     text = hashlib.sha256(",".join(sorted(allow_text)).encode()).hexdigest()[:12]
-    return f"level1={level1_version};shift={date_shift_days};birth_month={int(keep_birth_month)};text={text}"
+    out = f"level1={level1_version};shift={date_shift_days};birth_month={int(keep_birth_month)};text={text}"
+    return out if transport_version is None else f"{out};transport={transport_version}"
 
 
 class PersonMap:
@@ -160,6 +172,7 @@ class PersonMap:
         self.transport_key = transport_key
         self._box = SealedBox(PublicKey(national_public_key))
         self.site = site
+        self.row_key = rowids.level_key(transport_key.secret, f"level1|{site}")
         self.date_shift_days = date_shift_days
         self._ids: dict[int, int] = {}
         self._tokens: dict[int, bytes] = {}
@@ -224,21 +237,36 @@ class PersonMap:
 
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<![0-9])(?:0|\+33 ?|0033 ?)[1-9](?:[ .-]?[0-9]{2}){4}(?![0-9])")
-_NIR_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])[12](?: ?[0-9AB]){14}(?![0-9])")
+# French phones in every usual spelling: 0612345678, 06 12 34 56 78, 06.12.34.56.78, 06-12-34-56-78,
+# +33 6 12 34 56 78, +33612345678, +33 (0)6 12 34 56 78, 0033 6 12 34 56 78.
+_PHONE = re.compile(r"(?<![0-9])(?:0|\+ ?33 ?(?:\(0\) ?)?|0033 ?(?:\(0\) ?)?)[1-9](?:[ .-]?[0-9]{2}){4}(?![0-9])")
+# A NIR with or without its key, any separators (spaces, dots, dashes) between its digits.
+_SEP = r"[ .\-]?"
+_NIR_CANDIDATE = re.compile(
+    r"(?<![0-9A-Za-z])[12](?:" + _SEP + r"[0-9AB]){12}(?:" + _SEP + r"[0-9]" + _SEP + r"[0-9])?(?![0-9])"
+)
+_NIR13 = re.compile(r"^[12][0-9]{2}(?:0[1-9]|1[0-2]|[2-3][0-9]|4[0-2]|[5-9][0-9])(?:[0-9]{2}|2A|2B)[0-9]{6}$")
+
+
+def _is_nir(candidate: str) -> bool:
+    compact = re.sub(r"[ .\-]", "", candidate)
+    if len(compact) == 15:
+        return nir_is_valid(compact)
+    return len(compact) == 13 and bool(_NIR13.match(compact))  # without its key: the structure is enough
 
 
 CODE_MAX_LENGTH = 255  # OMOP source values are varchar(50): anything much longer is free text, not a code
 
 
 def looks_like_identifier(value: str) -> bool:
-    """An e-mail address, a French phone number or a valid-key NIR inside a coded value (a misfiled identifier);
+    """An e-mail address, a French phone number or a NIR (with a valid key, or its 13 characters without key;
+    any separators) inside a coded value (a misfiled identifier);
     a value too long to be a code counts as one (it is free text, and scanning it would cost too much)."""
     if len(value) > CODE_MAX_LENGTH:
         return True
     if ("@" in value and _EMAIL.search(value)) or _PHONE.search(value):
         return True
-    return any(nir_is_valid(m.group(0).replace(" ", "")) for m in _NIR_CANDIDATE.finditer(value.upper()))
+    return any(_is_nir(m.group(0)) for m in _NIR_CANDIDATE.finditer(value.upper()))
 
 
 def scrub_identifiers(col: pa.Array) -> pa.Array:
@@ -250,6 +278,13 @@ def scrub_identifiers(col: pa.Array) -> pa.Array:
         return col
     mask = pc.fill_null(pc.is_in(col, value_set=pa.array(bad, col.type)), False)
     return pc.if_else(mask, pa.nulls(len(col), col.type), col)
+
+
+def rekey_ids(col: pa.Array, persons: PersonMap, *, table: str, column: str) -> pa.Array:
+    """Level-1 row ids of a local id column (see the module doc); ids must be in [0, 10**12) as before."""
+    if len(col) and (pc.min(col).as_py() or 0) < 0:
+        raise EdsError("ids must be non-negative", table=table, column=column)
+    return rowids.rekey(col, persons.row_key, "level1-row")
 
 
 def namespace_ids(col: pa.Array, site_number: int, *, table: str, column: str) -> pa.Array:
@@ -294,7 +329,10 @@ def level1_batch(
         elif table == "location" and name == "zip":
             col = generalise_postcode(col)
         elif c.is_id:
-            col = namespace_ids(col, site_number, table=table, column=name)
+            rekeyed = rekey_ids(col, persons, table=table, column=name)
+            if name == spec.primary_key:
+                rowids.check_no_collision(col, rekeyed, table=table, column=name)
+            col = rekeyed
         elif pa.types.is_string(col.type) and name not in allow_text:
             col = pa.nulls(len(col), type=col.type)
         elif offsets is not None and is_date_type(col.type):

@@ -8,7 +8,7 @@ from eds_network.core import omop
 from eds_network.core.config import LocalBase
 from eds_network.local.pseudonymise import (
     PersonMap,
-    namespace_ids,
+    rekey_ids,
 )
 from eds_network.local.resources import LocalResources
 from eds_network.local.source import fetch_identities
@@ -44,7 +44,7 @@ def tombstones(
     if deleted:
         local = pa.array(deleted, pa.int64())
         if spec.primary_key and spec.primary_key != "person_id":
-            out = namespace_ids(local, base.site_number, table=table, column=spec.primary_key).to_pylist()
+            out = rekey_ids(local, persons, table=table, column=spec.primary_key).to_pylist()
         else:  # keyed by person (death): map to the level-1 person id
             fetch_identities(conn, persons, local.to_pylist(), res)
             known = [p for p in local.to_pylist() if p in persons]

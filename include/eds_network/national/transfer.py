@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eds_network.core import faults
+from eds_network.core import faults, omop, rowids
 from eds_network.core.config import NationalTarget, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
@@ -183,6 +183,12 @@ def transfer_platform(
     key_versions = {"national": res.national_key.version, "national_box": res.box_key_version}
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise IntegrityError(f"delivery {source_delivery}: schema version {manifest.get('schema_version')!r}")
+    transport = (manifest.get("key_versions") or {}).get("transport") or []
+    if isinstance(transport, list) and len(transport) > 1:
+        raise IntegrityError(
+            f"delivery {source_delivery}: tokens under several transport key versions {transport} (a rotation in "
+            "progress): the national linkage would split patients; deliver once every member is re-keyed"
+        )
     if milestones is not None:
         blocked = delivery_gate(manifest.get("members") or [b.id for b in platform.members], milestones)
         if blocked:
@@ -216,7 +222,10 @@ def transfer_platform(
             res.box_private_key,
         )
         del person
+        # Every other id re-keyed with the national key: nothing delivered equals, or joins to, a warehouse id.
+        row_key = rowids.level_key(res.national_key.secret, "national")
         for t, path in local.items():
+            seen_ids: list = []
             out = Path(tmp) / f"{t}.parquet"
             pf = pq.ParquetFile(path)
             cols = [c for c in pf.schema_arrow.names if c not in FORBIDDEN_COLUMNS]
@@ -224,6 +233,7 @@ def transfer_platform(
             writer = None
             for rb in pf.iter_batches(batch_size=200_000, columns=cols):
                 tbl = pa.Table.from_batches([rb])
+                tbl = _rekey_row_ids(tbl, t, row_key, seen_ids)
                 if "person_id" in tbl.column_names:
                     new, missing = remap(tbl.column("person_id").combine_chunks(), mapping)
                     tbl = tbl.set_column(tbl.column_names.index("person_id"), "person_id", new)
@@ -241,6 +251,7 @@ def transfer_platform(
                 raise IntegrityError(
                     f"{dropped} rows refer to a person absent from the delivery", table=t, column="person_id"
                 )
+            _check_unique(seen_ids, t)
             sha = sha256_file(out)
             files.append({"table": t, "path": out, "sha256": sha, "bytes": out.stat().st_size, "rows": n})
             rows[t] = n
@@ -348,6 +359,34 @@ def transfer_platform(
         source_delivery=source_delivery,
         reused=reused,
     )
+
+
+def _rekey_row_ids(tbl: pa.Table, table: str, key: bytes, seen: list) -> pa.Table:
+    """Level-2 row ids: every id column but person_id through the national keyed permutation."""
+    if table.lower() not in omop.schema():
+        return tbl
+    spec = omop.table(table)
+    for name in tbl.column_names:
+        if name == "person_id" or not spec.has(name) or not spec.column(name).is_id:
+            continue
+        col = tbl.column(name).combine_chunks()
+        new = rowids.rekey(col, key, "national-row")
+        if name == spec.primary_key:
+            rowids.check_no_collision(col, new, table=table, column=name)
+            seen.append(new.to_numpy(zero_copy_only=False))
+        tbl = tbl.set_column(tbl.column_names.index(name), name, new)
+    return tbl
+
+
+def _check_unique(seen: list, table: str) -> None:
+    """Across the whole table: two rows never share a re-keyed id (a collision is refused, never merged)."""
+    import numpy as np
+
+    if not seen:
+        return
+    ids = np.concatenate(seen)
+    if len(np.unique(ids)) != len(ids):
+        raise IntegrityError("63-bit row id collision in the delivery: refused, never merged", table=table)
 
 
 def encrypted(head: dict | None) -> bool:

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
+from eds_network.core.errors import IntegrityError
 from eds_network.platform import keyversions, standardise
 from eds_network.platform.warehouse import (
     conflict_key,
@@ -87,6 +88,20 @@ def apply_batch(
             if std.units:
                 rows[f"{t}.units_normalised"] = std.units
         key = conflict_key(t)
+        if key != "person_id":  # row ids are keyed per site: the same id from another site is a collision
+            clash = conn.execute(
+                sql.SQL("SELECT count(*) FROM {s} JOIN omop.{t} w USING ({k}) WHERE w._site <> %s").format(
+                    s=stage, t=sql.Identifier(t), k=sql.Identifier(key)
+                ),
+                (site,),
+            ).fetchone()[0]
+            if clash:
+                raise IntegrityError(
+                    f"{clash} row ids already held by another site (63-bit collision): the batch is refused, "
+                    "never merged",
+                    base=manifest["base"],
+                    table=t,
+                )
         meta = ["_site", "_batch_id", keyversions.KEY_VERSION_COLUMN]
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
