@@ -24,14 +24,16 @@ No identifier leaves this DAG: XCom carries references, counts and checksums onl
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context
 
 from eds_network.core import zones
 from eds_network.core.config import LocalBase, load_network
+from eds_network.orchestration.zoned import zone_task
 
 
 def local_dag(base: LocalBase):
     asset = Asset(name=base.asset_name, uri=base.asset_uri)
+    zone = zones.local(base.id)  # every task runs at the hospital, on its own workers
 
     @dag(
         dag_id=base.dag_id,
@@ -45,34 +47,33 @@ def local_dag(base: LocalBase):
         doc_md=__doc__,
     )
     def local_level():
-        local_queue = zones.queue(zones.local(base.id))
-        keys_queue = zones.queue(zones.keys(base.platform))
+        key_holder = zones.keys(base.platform)  # the level-1 key's holder, on its own workers
 
-        @task(queue=keys_queue)
+        @zone_task(key_holder)
         def announce_key(data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import keys_tasks
 
             return keys_tasks.announce_key(base.id, data_interval_start, data_interval_end)
 
-        @task(queue=local_queue)
+        @zone_task(zone)
         def blind_identities(announced: dict, data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import local_tasks
 
             return local_tasks.blind_identities(base.id, data_interval_start, data_interval_end)
 
-        @task(queue=keys_queue)
+        @zone_task(key_holder)
         def evaluate_blinded(blinded: dict, data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import keys_tasks
 
             return keys_tasks.evaluate_blinded(base.id, data_interval_start, data_interval_end)
 
-        @task(queue=local_queue)
+        @zone_task(zone)
         def finalize_pseudonyms(evaluated: dict, data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import local_tasks
 
             return local_tasks.finalize_pseudonyms(base.id, data_interval_start, data_interval_end)
 
-        @task(map_index_template="{{ table }}")
+        @zone_task(zone, map_index_template="{{ table }}")
         def extract_table(table: str, data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import local_tasks
 
@@ -82,7 +83,7 @@ def local_dag(base: LocalBase):
                 base.id, table, data_interval_start, data_interval_end, run_id=ctx["run_id"]
             )
 
-        @task(trigger_rule="all_done", outlets=[asset])
+        @zone_task(zone, trigger_rule="all_done", outlets=[asset])
         def publish_batch(refs, data_interval_start=None, data_interval_end=None) -> dict:
             from eds_network.orchestration import local_tasks
 
@@ -94,7 +95,7 @@ def local_dag(base: LocalBase):
             }
             return published
 
-        @task
+        @zone_task(zone)
         def record_run(published: dict, data_interval_start=None, data_interval_end=None) -> None:
             from eds_network.orchestration import local_tasks
 

@@ -31,13 +31,16 @@ batch lands, its Asset event starts a new run that loads it and records it `arri
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context
 
+from eds_network.core import zones
 from eds_network.core.config import Platform, load_network
+from eds_network.orchestration.zoned import zone_task
 
 
 def mutualised_dag(platform: Platform):
     asset = Asset(name=platform.asset_name, uri=platform.asset_uri)
+    zone = zones.platform(platform.id)  # every task runs on the platform's own workers
 
     @dag(
         dag_id=platform.dag_id,
@@ -54,7 +57,7 @@ def mutualised_dag(platform: Platform):
         doc_md=__doc__,
     )
     def mutualised_level():
-        @task
+        @zone_task(zone)
         def consolidate() -> dict:
             from eds_network.orchestration import platform_tasks
 
@@ -63,7 +66,7 @@ def mutualised_dag(platform: Platform):
             run = get_current_context()["dag_run"]
             return platform_tasks.consolidate(platform.id, run.logical_date or run.run_after)
 
-        @task(outlets=[asset])
+        @zone_task(zone, outlets=[asset])
         def package(consolidation: dict) -> dict:
             from eds_network.orchestration import platform_tasks
 
@@ -74,13 +77,13 @@ def mutualised_dag(platform: Platform):
             }
             return pkg
 
-        @task
+        @zone_task(zone)
         def record_run(consolidation: dict, pkg: dict) -> None:
             from eds_network.orchestration import platform_tasks
 
             platform_tasks.record_run(platform.id, consolidation, pkg, run_id=get_current_context()["run_id"])
 
-        @task
+        @zone_task(zone)
         def check_warehouse(pkg: dict) -> dict:
             from eds_network.orchestration import platform_tasks
 

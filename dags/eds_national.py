@@ -41,9 +41,11 @@ Statuses an operator sees in the `transfer` XCom: `delivered`, `already_delivere
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk import Asset, dag, get_current_context
 
+from eds_network.core import zones
 from eds_network.core.config import load_network
+from eds_network.orchestration.zoned import zone_task
 
 NETWORK = load_network()
 
@@ -60,14 +62,15 @@ NETWORK = load_network()
     doc_md=__doc__,
 )
 def eds_national():
-    @task(map_index_template="{{ platform_id }}")
+    @zone_task(zones.NATIONAL, map_index_template="{{ platform_id }}")
     def transfer(platform_id: str) -> dict:
         from eds_network.orchestration import national_tasks
 
         get_current_context()["platform_id"] = platform_id
         return national_tasks.transfer(platform_id)
 
-    @task(
+    @zone_task(
+        zones.NATIONAL,
         map_index_template="{{ platform_id }}",
         outlets=[Asset(name="eds_national__hdh", uri=NETWORK.national.landing_zone.uri)],
     )
@@ -78,7 +81,7 @@ def eds_national():
         ctx["platform_id"] = delivery["platform"]
         national_tasks.receipt(delivery, run_id=ctx["run_id"])
 
-    @task
+    @zone_task(zones.NATIONAL)
     def linkage(deliveries: list[dict]) -> dict:
         from eds_network.orchestration import national_tasks
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context
+from airflow.sdk.exceptions import AirflowSkipException
 
-from eds_network.core import omop
+from eds_network.core import omop, zones
 from eds_network.core.config import load_network
+from eds_network.orchestration.zoned import zone_task
 
 NETWORK = load_network()
 BASES = [b.id for b in NETWORK.local_bases]
@@ -108,33 +110,58 @@ def _operator() -> str:
     },
 )
 def eds_onboard_base():
-    @task
+    @zone_task(zones.OPERATOR)
     def register() -> dict:
         from eds_network.orchestration import onboard_tasks
 
         ctx = get_current_context()
         return onboard_tasks.register(ctx["params"], operator=_operator(), run_id=ctx["run_id"])
 
-    @task
-    def check_schema(request: dict) -> dict:
+    def at_the_hospital(base_id: str):
+        """The schema check and the profile read the base's source: they run in that hospital's zone (one pair
+        of tasks per base, the others skip)."""
+
+        def only_for(request: dict) -> None:
+            if request["base"] != base_id:
+                raise AirflowSkipException(f"onboarding {request['base']}, not {base_id}")
+
+        @zone_task(zones.local(base_id), task_id=f"check_schema__{base_id}")
+        def check_schema(request: dict) -> dict:
+            from eds_network.orchestration import onboard_tasks
+
+            only_for(request)
+            return onboard_tasks.check_schema(request, run_id=get_current_context()["run_id"])
+
+        @zone_task(zones.local(base_id), task_id=f"profile__{base_id}")
+        def profile(request: dict) -> dict:
+            from eds_network.orchestration import onboard_tasks
+
+            only_for(request)
+            return onboard_tasks.profile(request, run_id=get_current_context()["run_id"])
+
+        return check_schema, profile
+
+    @zone_task(zones.OPERATOR, trigger_rule="none_failed")
+    def backfill(request: dict, schemas: list, volumes: list) -> dict:
         from eds_network.orchestration import onboard_tasks
 
-        return onboard_tasks.check_schema(request, run_id=get_current_context()["run_id"])
-
-    @task
-    def profile(request: dict) -> dict:
-        from eds_network.orchestration import onboard_tasks
-
-        return onboard_tasks.profile(request, run_id=get_current_context()["run_id"])
-
-    @task
-    def backfill(request: dict, schema: dict, volumes: dict) -> dict:
-        from eds_network.orchestration import onboard_tasks
-
-        return onboard_tasks.backfill(request, schema, run_id=get_current_context()["run_id"])
+        return onboard_tasks.backfill(request, _chosen(schemas), run_id=get_current_context()["run_id"])
 
     req = register()
-    backfill(req, check_schema(req), profile(req))
+    schemas, volumes = [], []
+    for base_id in BASES:
+        check_schema, profile = at_the_hospital(base_id)
+        schemas.append(check_schema(req))
+        volumes.append(profile(req))
+    backfill(req, schemas, volumes)
+
+
+def _chosen(results: list) -> dict:
+    """The one schema report of the base being onboarded (the other bases' tasks skipped: None)."""
+    done = [r for r in results if r is not None]
+    if len(done) != 1:
+        raise ValueError(f"expected the schema report of one base, got {len(done)}")
+    return done[0]
 
 
 eds_onboard_base()

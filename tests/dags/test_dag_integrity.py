@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from eds_network.core import zones
 from eds_network.core.config import load_network
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,9 @@ PARSE = textwrap.dedent(
     for dag_id, dag in bag.dags.items():
         out["dags"][dag_id] = {
             "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md and dag.doc_md.strip()),
-            "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries} for t in dag.tasks},
+            "tasks": {
+                t.task_id: {"owner": t.owner, "retries": t.retries, "queue": t.queue} for t in dag.tasks
+            },
             "timetable": type(dag.timetable).__name__,
             "deadline": str(getattr(getattr(dag.timetable, "timetable", None), "expression", "")),
             "deadline_tz": str(getattr(getattr(dag.timetable, "timetable", None), "timezone", "")),
@@ -89,3 +92,42 @@ def test_platform_dags_run_when_all_members_arrived_or_at_their_deadline(parsed)
         assert d["asset_condition"].startswith("AssetAll(")
         for b in p.members:
             assert f"name='{b.asset_name}'" in d["asset_condition"], b.id
+
+
+def _zones_of_dag(dag_id: str, tags: list[str]) -> set[str]:
+    """The zones a DAG's tasks may run in: its own level's zone, and the key holder of its platform."""
+    network = load_network()
+    if "local" in tags:
+        base = next(b for b in network.local_bases if b.dag_id == dag_id)
+        return {zones.local(base.id), zones.keys(base.platform)}
+    if "mutualised" in tags:
+        platform = next(p for p in network.platforms if p.dag_id == dag_id)
+        return {zones.platform(platform.id), zones.keys(platform.id)}
+    if "national" in tags:
+        return {zones.NATIONAL}
+    if "onboarding" in tags:  # the operator registers and backfills; each hospital checks its own source
+        return {zones.OPERATOR, *(zones.local(b.id) for b in network.local_bases)}
+    raise AssertionError(f"{dag_id}: tagged with no level (local, mutualised, national, onboarding)")
+
+
+def test_every_task_runs_on_a_queue_of_its_dags_zones(parsed):
+    """No task runs on the shared `default` queue: each is on the queue of one zone its DAG may use."""
+    for dag_id, d in parsed["dags"].items():
+        allowed = {zones.queue(z): z for z in _zones_of_dag(dag_id, d["tags"])}
+        for task_id, t in d["tasks"].items():
+            assert t["queue"] in allowed, f"{dag_id}.{task_id} runs on queue {t['queue']!r}, not one of {allowed}"
+
+
+def test_a_local_dag_runs_its_data_tasks_at_its_hospital(parsed):
+    for b in load_network().local_bases:
+        tasks = parsed["dags"][b.dag_id]["tasks"]
+        for task_id in ("extract_table", "publish_batch", "record_run"):
+            assert tasks[task_id]["queue"] == zones.queue(zones.local(b.id)), (b.id, task_id)
+
+
+def test_onboarding_reads_each_source_in_its_own_hospital_zone(parsed):
+    tasks = parsed["dags"]["eds_onboard_base"]["tasks"]
+    for b in load_network().local_bases:
+        for step in ("check_schema", "profile"):
+            assert tasks[f"{step}__{b.id}"]["queue"] == zones.queue(zones.local(b.id)), (b.id, step)
+    assert tasks["backfill"]["queue"] == tasks["register"]["queue"] == zones.queue(zones.OPERATOR)

@@ -8,11 +8,14 @@ zone's secrets:
     keys:<platform>     the holder of the platform's level-1 pseudonymisation key (a trusted third party)
     platform:<platform> the mutualised platform: its intake, warehouse and outbox
     national            the HDH: the national keys, the landing zone, receipts, research projects
+    operator            the network operator's own worker beside the central Airflow: the catalogue and the
+                        Airflow REST API (onboarding backfills); no data store, no key
 """
 
 from __future__ import annotations
 
 NATIONAL = "national"
+OPERATOR = "operator"
 
 
 def local(base_id: str) -> str:

@@ -30,7 +30,7 @@ from eds_network import quality
 from eds_network.core import faults, omop
 from eds_network.core.config import LocalBase
 from eds_network.core.copystream import prefetch
-from eds_network.core.errors import AccountingError, EdsError, QualityError, SourceError
+from eds_network.core.errors import AccountingError, EdsError, QualityError, SourceError, db_error_is_transient
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import sha256_file
 from eds_network.local import keystate
@@ -379,7 +379,9 @@ def _connect(res: LocalResources, base: LocalBase, table: str) -> tuple[psycopg.
         aux = psycopg.connect(res.source_dsn, connect_timeout=10, autocommit=True)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"source database unreachable: {first}", base=base.id, table=table) from None
+        raise SourceError(
+            f"source database unreachable: {first}", base=base.id, table=table, transient=db_error_is_transient(exc)
+        ) from None
     return stream_conn, aux
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from eds_network import catalogue
 from eds_network.core import omop
 from eds_network.core.config import LocalBase, Network
-from eds_network.core.errors import ConfigError, SourceError
+from eds_network.core.errors import ConfigError, SourceError, db_error_is_transient
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,9 @@ def connect_source(dsn: str, base_id: str) -> psycopg.Connection:
         return psycopg.connect(dsn, connect_timeout=10, autocommit=True, application_name="eds-onboard")
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"source database unreachable: {first}", base=base_id) from None
+        raise SourceError(
+            f"source database unreachable: {first}", base=base_id, transient=db_error_is_transient(exc)
+        ) from None
 
 
 def compare_schema(conn: psycopg.Connection, base_id: str, tables: Sequence[str]) -> SchemaReport:

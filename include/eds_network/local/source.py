@@ -14,7 +14,7 @@ from eds_network import quality
 from eds_network.core import omop
 from eds_network.core.config import LocalBase
 from eds_network.core.copystream import stream_query
-from eds_network.core.errors import EdsError, SourceError
+from eds_network.core.errors import EdsError, SourceError, db_error_is_transient
 from eds_network.local import level1
 from eds_network.local.pseudonymise import (
     PersonMap,
@@ -141,7 +141,10 @@ def connection_lost_is_a_source_error(base_id: str, table: str) -> Iterator[None
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(
-            f"source connection lost during extraction: {first[:200]}", base=base_id, table=table
+            f"source connection lost during extraction: {first[:200]}",
+            base=base_id,
+            table=table,
+            transient=db_error_is_transient(exc),
         ) from None
 
 
