@@ -33,10 +33,10 @@ install: system-deps $(STAMP) ## venv from the pinned requirements + the project
 demo: install ## start the embedded stack, seed, run a whole network night through Airflow, print the summary
 	$(EDS) demo
 
-airflow: install ## the Airflow UI on the same stack: http://localhost:8080 (login admin, password in .eds/secrets)
-	$(EDS) stack start
-	@echo "Airflow UI: http://localhost:8080  user: admin  password: see .eds/secrets/ui_passwords.json"
-	$(EDS) airflow standalone
+airflow: install ## the Airflow cluster on the same stack (Edge executor, one worker per trust zone) and its workers
+	$(EDS) cluster start
+	@echo "Airflow UI: http://localhost:$${EDS_API_PORT:-8080}  user: admin  password: see .eds/secrets/ui_passwords.json"
+	@echo "Edge workers (one per zone, each with its own secrets in .eds/zones/<queue>/): UI page Admin > Edge Worker Hosts"
 
 stop: ## stop the embedded stack (S3 objects are in memory and go with it)
 	@[ -x $(EDS) ] && $(EDS) stack stop || true

@@ -55,6 +55,9 @@ def cmd_stack(args) -> int:
         s.start(load_network())
         print(f"embedded stack up: PostgreSQL 127.0.0.1:{s.pg_port}, S3 {s.s3_endpoint}, state in {s.root}")
     elif args.action == "stop":
+        from eds_network.dev.cluster import Cluster
+
+        Cluster(s).stop()  # the Airflow processes and zone workers first, then the stores they use
         s.stop()
         print("embedded stack stopped (S3 objects were in memory and are gone; PostgreSQL data stays in .eds/)")
     else:
@@ -259,6 +262,26 @@ def cmd_demo(args) -> int:
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
+def cmd_cluster(args) -> int:
+    """The embedded cluster: central Airflow (Edge executor, no data connection) + one Edge worker per zone."""
+    from eds_network.dev.cluster import Cluster
+
+    network = load_network()
+    s = _stack()
+    c = Cluster(s, network)
+    if args.action == "start":
+        s.start(network)
+        c.start()
+        c.wait_workers()
+    elif args.action == "stop":
+        c.stop()
+        print("cluster stopped (Airflow api-server, scheduler, dag-processor, every zone's Edge worker)")
+        return 0
+    for w in c.workers():
+        print(f"  {w['worker']:24s} {w['state']:12s} queues={w['queues']}  last heartbeat {w['last_heartbeat']}")
+    return 0
+
+
 def cmd_airflow(args) -> int:
     s = _stack()
     return s.airflow(*args.rest, check=False).returncode
@@ -431,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     nt.set_defaults(fn=cmd_night)
     sub.add_parser("summary").set_defaults(fn=cmd_summary)
     sub.add_parser("demo").set_defaults(fn=cmd_demo)
+    cl = sub.add_parser("cluster", help="central Airflow + one Edge worker per trust zone, each with its own secrets")
+    cl.add_argument("action", choices=["start", "stop", "workers"])
+    cl.set_defaults(fn=cmd_cluster)
     af = sub.add_parser("airflow")
     af.add_argument("rest", nargs=argparse.REMAINDER)
     af.set_defaults(fn=cmd_airflow)

@@ -107,6 +107,9 @@ def _zones_of_dag(dag_id: str, tags: list[str]) -> set[str]:
         return {zones.NATIONAL}
     if "onboarding" in tags:  # the operator registers and backfills; each hospital checks its own source
         return {zones.OPERATOR, *(zones.local(b.id) for b in network.local_bases)}
+    if "selftest" in tags:  # one probe per zone, on that zone's own worker
+        keys_and_platforms = {z for p in network.platforms for z in (zones.platform(p.id), zones.keys(p.id))}
+        return {*(zones.local(b.id) for b in network.local_bases), zones.NATIONAL, zones.OPERATOR, *keys_and_platforms}
     raise AssertionError(f"{dag_id}: tagged with no level (local, mutualised, national, onboarding)")
 
 
@@ -123,6 +126,16 @@ def test_a_local_dag_runs_its_data_tasks_at_its_hospital(parsed):
         tasks = parsed["dags"][b.dag_id]["tasks"]
         for task_id in ("extract_table", "publish_batch", "record_run"):
             assert tasks[task_id]["queue"] == zones.queue(zones.local(b.id)), (b.id, task_id)
+
+
+def test_the_zone_selftest_probes_every_zone_on_its_own_queue(parsed):
+    tasks = parsed["dags"]["eds_zone_selftest"]["tasks"]
+    network = load_network()
+    every = [zones.local(b.id) for b in network.local_bases] + [zones.NATIONAL, zones.OPERATOR]
+    every += [z for p in network.platforms for z in (zones.keys(p.id), zones.platform(p.id))]
+    for z in every:
+        assert tasks[f"probe__{zones.queue(z)}"]["queue"] == zones.queue(z), z
+    assert len(tasks) == len(every)
 
 
 def test_onboarding_reads_each_source_in_its_own_hospital_zone(parsed):
