@@ -71,6 +71,42 @@ def create_app(
     def api_base(base_id: str) -> dict:
         return base_or_404(base_id, view())
 
+    _catalogue_routes(app, deps, dsn, view, base_or_404)
+
+    @app.get("/api/deliveries", dependencies=deps)
+    def api_deliveries() -> list[dict]:
+        return view()["deliveries"]
+
+    @app.get("/api/lead-times", dependencies=deps)
+    def api_lead_times() -> dict:
+        v = view()
+        return {
+            "distribution": v["lead_time"],
+            "bases": [{"id": b["id"], "reference": b["reference"], **(b["lead_time"] or {})} for b in v["bases"]],
+        }
+
+    @app.get("/api/audit", dependencies=deps)
+    def api_audit(limit: int = 50) -> list[dict]:
+        return recent_audit(dsn(), limit)
+
+    @app.get("/data-docs/{rel:path}", dependencies=deps)
+    def data_docs(rel: str) -> FileResponse:
+        """GX Data Docs as GX builds them: any file under the one configured root, so every relative link of
+        a site (validation pages, static assets) works; nothing outside the root."""
+        path = data_docs_file(data_docs_dir, rel)
+        if path is None:
+            raise HTTPException(status_code=404, detail="no such Data Docs file")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
+
+    return app
+
+
+def _catalogue_routes(app, deps: list, dsn: Callable[[], str], view: Callable[[], dict], base_or_404) -> None:
+    """The catalogue's published documents: HealthDCAT-AP, small-cell statistics, the EHDS quality label."""
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+
     @app.get("/api/bases/{base_id}/healthdcat", dependencies=deps)
     def api_healthdcat(base_id: str) -> JSONResponse:
         from eds_network.catalogue import healthdcat
@@ -107,31 +143,3 @@ def create_app(
         from eds_network.catalogue import healthdcat
 
         return JSONResponse(healthdcat.catalog_jsonld(dsn()), media_type="application/ld+json")
-
-    @app.get("/api/deliveries", dependencies=deps)
-    def api_deliveries() -> list[dict]:
-        return view()["deliveries"]
-
-    @app.get("/api/lead-times", dependencies=deps)
-    def api_lead_times() -> dict:
-        v = view()
-        return {
-            "distribution": v["lead_time"],
-            "bases": [{"id": b["id"], "reference": b["reference"], **(b["lead_time"] or {})} for b in v["bases"]],
-        }
-
-    @app.get("/api/audit", dependencies=deps)
-    def api_audit(limit: int = 50) -> list[dict]:
-        return recent_audit(dsn(), limit)
-
-    @app.get("/data-docs/{rel:path}", dependencies=deps)
-    def data_docs(rel: str) -> FileResponse:
-        """GX Data Docs as GX builds them: any file under the one configured root, so every relative link of
-        a site (validation pages, static assets) works; nothing outside the root."""
-        path = data_docs_file(data_docs_dir, rel)
-        if path is None:
-            raise HTTPException(status_code=404, detail="no such Data Docs file")
-        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media)
-
-    return app

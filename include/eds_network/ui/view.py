@@ -206,6 +206,47 @@ def _quality_over_time(dsn: str, base_id: str) -> dict:
     return {"changes": quality_trends.changes(dsn, base_id), "trends": quality_trends.trends(dsn, base_id)}
 
 
+def _levels_and_links(dsn, base_id, configured, platform, runs, data_docs_dir, prefix) -> tuple[dict, dict]:
+    """A network base's last run per level, and its links (DAG runs, each table's Data Docs)."""
+    levels: dict[str, dict | None] = {}
+    links: dict[str, Any] = {"dag_runs": None, "data_docs": None, "data_docs_tables": {}}
+    if configured is None or platform is None:
+        return levels, links
+    dag_id = configured.dag_id
+    links["dag_runs"] = f"/dags/{dag_id}/runs"
+    levels["local"] = _run_summary("local", runs.get(("local", base_id)), dag_id)
+    levels["mutualised"] = _run_summary("mutualised", runs.get(("mutualised", platform.id)), platform.dag_id)
+    levels["national"] = _run_summary("national", runs.get(("national", platform.id)), "eds_national")
+    docs = {t: f"{prefix}/data-docs/{rel}" for t, rel in data_docs_index(data_docs_dir, base_id, dsn).items()}
+    links["data_docs_tables"] = docs
+    links["data_docs"] = docs.get("person") or next(iter(docs.values()), None)
+    return levels, links
+
+
+def _deliveries(dsn: str) -> list[dict]:
+    """National deliveries and their receipts, newest first."""
+    out = []
+    for d in catalogue.deliveries(dsn):
+        receipt = d["receipt"] or {}
+        out.append(
+            {
+                "id": d["id"],
+                "platform_id": d["platform_id"],
+                "level": d["level"],
+                "status": d["status"],
+                "files": len(d["files"] or []),
+                "bytes": d["bytes"] or 0,
+                "rows": sum(int(v or 0) for v in (d["rows"] or {}).values()),
+                "key_versions": d["key_versions"] or {},
+                "receipt": receipt.get("status"),
+                "recorded_at": _iso(d["recorded_at"]),
+                "link": "/dags/eds_national/runs",
+            }
+        )
+    out.reverse()
+    return out
+
+
 def network_view(
     dsn: str,
     network: Network,
@@ -232,18 +273,9 @@ def network_view(
     bases = []
     for b in bases_rows:
         ms = reached.get(b["id"], {})
-        levels: dict[str, dict | None] = {}
-        links: dict[str, Any] = {"dag_runs": None, "data_docs": None, "data_docs_tables": {}}
-        platform = platforms.get(b["platform_id"] or "")
-        if b["id"] in configured and platform is not None:
-            dag_id = configured[b["id"]].dag_id
-            links["dag_runs"] = f"/dags/{dag_id}/runs"
-            levels["local"] = _run_summary("local", runs.get(("local", b["id"])), dag_id)
-            levels["mutualised"] = _run_summary("mutualised", runs.get(("mutualised", platform.id)), platform.dag_id)
-            levels["national"] = _run_summary("national", runs.get(("national", platform.id)), "eds_national")
-            docs = {t: f"{prefix}/data-docs/{rel}" for t, rel in data_docs_index(data_docs_dir, b["id"], dsn).items()}
-            links["data_docs_tables"] = docs
-            links["data_docs"] = docs.get("person") or next(iter(docs.values()), None)
+        levels, links = _levels_and_links(
+            dsn, b["id"], configured.get(b["id"]), platforms.get(b["platform_id"] or ""), runs, data_docs_dir, prefix
+        )
         bases.append(
             {
                 "id": b["id"],
@@ -266,25 +298,6 @@ def network_view(
             }
         )
 
-    deliveries = []
-    for d in catalogue.deliveries(dsn):
-        receipt = d["receipt"] or {}
-        deliveries.append(
-            {
-                "id": d["id"],
-                "platform_id": d["platform_id"],
-                "level": d["level"],
-                "status": d["status"],
-                "files": len(d["files"] or []),
-                "bytes": d["bytes"] or 0,
-                "rows": sum(int(v or 0) for v in (d["rows"] or {}).values()),
-                "key_versions": d["key_versions"] or {},
-                "receipt": receipt.get("status"),
-                "recorded_at": _iso(d["recorded_at"]),
-                "link": "/dags/eds_national/runs",
-            }
-        )
-    deliveries.reverse()  # newest first
     return {
         "network": network.name,
         "generated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
@@ -302,7 +315,7 @@ def network_view(
             for p in network.platforms
         ],
         "bases": bases,
-        "deliveries": deliveries,
+        "deliveries": _deliveries(dsn),
         "lead_time": lead_time.distribution(dsn, today=today),
         "audit": recent_audit(dsn),
     }
