@@ -40,3 +40,13 @@ def test_every_spelling_of_an_identifier_is_recognised(value):
 @pytest.mark.parametrize("value", ["E11.9", "8480-6", "C50.9", "250.00", "mg/dL", "12345", "3400930000000", "I10"])
 def test_ordinary_codes_pass(value):
     assert not looks_like_identifier(value)
+
+
+def test_a_quarantined_row_with_nan_or_infinity_is_strict_json():
+    import json
+
+    from eds_network.local.quarantine import row_json
+
+    text = row_json({"value_as_number": float("nan"), "range_high": float("inf"), "low": float("-inf"), "n": 1})
+    assert json.loads(text) == {"value_as_number": "NaN", "range_high": "Infinity", "low": "-Infinity", "n": 1}
+    assert "NaN," not in text.replace('"NaN"', "")  # no bare NaN literal PostgreSQL's json would reject

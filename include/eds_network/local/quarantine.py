@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import psycopg
 import pyarrow as pa
@@ -25,8 +26,21 @@ def reset_quarantine(conn: psycopg.Connection, bid: str, table: str) -> None:
     conn.execute("DELETE FROM eds_local.quarantine WHERE batch_id = %s AND table_name = %s", (bid, table))
 
 
+def _json_safe(value):
+    """NaN and ±Infinity are not JSON (PostgreSQL would reject the row, and its error quote the value): they are
+    kept as the strings 'NaN', 'Infinity', '-Infinity'."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def row_json(rec: dict) -> str:
+    """One quarantined row as strict JSON (never NaN/Infinity literals)."""
+    return json.dumps({k: _json_safe(v) for k, v in rec.items()}, default=str, allow_nan=False)
+
+
 def record_quarantine(conn: psycopg.Connection, bid: str, table: str, rows: pa.Table, reason: str) -> None:
     """Quarantined rows stay at the local level, in the hospital's own database."""
     with conn.cursor().copy("COPY eds_local.quarantine (batch_id, table_name, reason, row_data) FROM STDIN") as copy:
         for rec in rows.to_pylist():
-            copy.write_row((bid, table, reason, json.dumps(rec, default=str)))
+            copy.write_row((bid, table, reason, row_json(rec)))
