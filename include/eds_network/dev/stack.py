@@ -399,7 +399,13 @@ class Stack:
             ),
             national_public_key=base64.b64decode(box["extra"]["public_key"]),
             national_key_version=box["extra"]["version"],
+            signing_key=base64.b64decode(keys[signing_connection_id(f"local:{base_id}")]["password"]),
         )
+
+    def trust(self, network: Network) -> dict[str, bytes]:
+        """The trust store's public keys (zone -> Ed25519 public key), as the receiving zones read them."""
+        store = trust_store_of(network, self.keys(network))["extra"]["public_keys"]
+        return {zone: base64.b64decode(k) for zone, k in store.items()}
 
     # -- keys and connections --------------------------------------------------------------------------
     def keys(self, network: Network) -> dict[str, dict]:

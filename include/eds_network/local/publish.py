@@ -12,10 +12,11 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from eds_network.core import faults
+from eds_network.core import faults, zones
 from eds_network.core.config import LocalBase
 from eds_network.core.errors import AccountingError, IntegrityError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
+from eds_network.core.signing import sign_document
 from eds_network.core.storage import list_keys, object_exists, put_json, sha256_object
 from eds_network.local import keystate
 from eds_network.local.extract import batch_id
@@ -125,6 +126,8 @@ def publish_batch(
         "failed_tables": failed,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
+    if res.signing_key is not None:  # signed by the hospital zone's own key, last field set
+        manifest = sign_document(manifest, res.signing_key, zones.local(base.id))
     faults.inject("publish.after_upload_before_manifest")  # tests: files staged, no manifest yet
     put_json(s3, res.intake_bucket, manifest_key, manifest)
     # What each published table now depends on (key version, policy): the next run re-extracts on a change.

@@ -27,6 +27,9 @@ class LocalResources:
     # Embedded stack and tests only: run the OPRF round trip in process for patients not evaluated yet (the
     # stack holds every zone's keys). In production the map is filled by the DAG's round trip, before extraction.
     level1_evaluate: Callable[[psycopg.Connection, list[int]], None] | None = field(default=None, repr=False)
+    # The hospital's own Ed25519 signing key (32-byte seed): its batch manifests are signed with it, and the
+    # platform refuses an unsigned one (platform/manifests.py).
+    signing_key: bytes | None = field(default=None, repr=False)
 
 
 def local_resources(
@@ -40,6 +43,7 @@ def local_resources(
     national_public_key: tuple[bytes, str],
     intake_prefix: str | None = None,
     level1_evaluate: Callable[[psycopg.Connection, list[int]], None] | None = None,
+    signing_key: bytes | None = None,
 ) -> LocalResources:
     """The resources of `base`: its platform's intake, the version of its level-1 pseudonym map, the network's
     transport key and the national sealed-box public key (resolved by Airflow connections, or the dev stack)."""
@@ -55,4 +59,5 @@ def local_resources(
         national_public_key=public,
         national_key_version=version,
         level1_evaluate=level1_evaluate,
+        signing_key=signing_key,
     )

@@ -11,6 +11,7 @@ import base64
 from airflow.sdk import Connection
 from airflow.sdk.log import mask_secret
 
+from eds_network.core import zones
 from eds_network.core.config import LocalBase, Network, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import ConfigError
@@ -115,6 +116,7 @@ def local_resources(network: Network, base: LocalBase) -> LocalResources:
         level1_version=level1_version,
         transport_key=key(network.transport_key_connection_id, "network transport key"),
         national_public_key=box_public_key(network.national.box_key_connection_id),
+        signing_key=signing_key(zones.local(base.id)),
     )
 
 
@@ -129,8 +131,33 @@ def level1_key(platform: Platform) -> Key:
     return key(platform.key_connection_id, f"level-1 key of platform {platform.id}")
 
 
+def signing_key(zone: str) -> bytes:
+    """The zone's own Ed25519 signing key (32-byte seed), from its signing-key connection."""
+    from eds_network.orchestration.zone_connections import signing_connection_id
+
+    conn_id = signing_connection_id(zone)
+    c = _conn(conn_id, f"signing key of zone {zone}")
+    if not c.password:
+        raise ConfigError(f"signing key of zone {zone}: connection {conn_id!r} holds no key")
+    mask_secret(c.password)
+    seed = base64.b64decode(c.password)
+    _mask_bytes(seed)
+    return seed
+
+
+def trust_store() -> dict[str, bytes]:
+    """Zone -> Ed25519 public key, from the trust-store connection (public keys only)."""
+    from eds_network.orchestration.zone_connections import TRUST_STORE_CONNECTION_ID
+
+    keys = _conn(TRUST_STORE_CONNECTION_ID, "trust store").extra_dejson.get("public_keys") or {}
+    if not keys:
+        raise ConfigError(f"trust store: connection {TRUST_STORE_CONNECTION_ID!r} lists no public key")
+    return {zone: base64.b64decode(k) for zone, k in keys.items()}
+
+
 def platform_resources(platform: Platform) -> PlatformResources:
     return PlatformResources(
+        trust=trust_store(),
         warehouse_dsn=pg_dsn(platform.warehouse_connection_id, f"warehouse of platform {platform.id}"),
         intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
         outbox=s3_endpoint(platform.outbox.connection_id, f"outbox of platform {platform.id}"),

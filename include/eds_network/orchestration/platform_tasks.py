@@ -7,6 +7,7 @@ import datetime as dt
 
 from eds_network import catalogue, quality
 from eds_network.catalogue import base_stats
+from eds_network.core import zones
 from eds_network.core.config import load_network
 from eds_network.orchestration.connections import catalogue_dsn, platform_resources
 from eds_network.platform import consolidate as consolidation_step
@@ -53,6 +54,14 @@ def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str)
             "arrivals": {b: a["status"] for b, a in consolidation["arrivals"].items()},
         },
     )
+    for bid, reason in consolidation["rejected"].items():  # refused manifests and batches: audited, named
+        catalogue.record_key_event(
+            dsn,
+            "batch.rejected",
+            f"batch:{bid}",
+            {"platform": platform_id, "reason": reason},
+            actor=zones.platform(platform_id),
+        )
     for version in consolidation.get("retired_key_versions", []):  # key rotation finished at this platform
         catalogue.record_key_event(
             dsn, "key.retired", f"key:{platform.key_connection_id}", {"platform": platform_id, "version": version}

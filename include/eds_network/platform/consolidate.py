@@ -40,6 +40,7 @@ from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
 from eds_network.core.storage import download, list_keys
 from eds_network.platform import keyversions, standardise
+from eds_network.platform import manifests as manifests_check
 from eds_network.platform.linkage import flag_duplicates, linkage_stats, platform_checks
 from eds_network.platform.merge import apply_batch
 from eds_network.platform.warehouse import (
@@ -128,11 +129,21 @@ def consolidate(
     tables = platform_tables(platform)
     s3 = res.intake.client()
     manifests: list[tuple[dict, str]] = []
+    refused: list[tuple[str, str, str, str]] = []  # (base, batch, manifest sha256, reason)
     for b in platform.members:
-        for key in list_keys(s3, intake_bucket, f"{intake_prefix}{b.id}/"):
+        base_prefix = f"{intake_prefix}{b.id}/"
+        for key in list_keys(s3, intake_bucket, base_prefix):
             if key.endswith("/" + MANIFEST):
                 raw = s3.get_object(Bucket=intake_bucket, Key=key)["Body"].read()
-                manifests.append((json.loads(raw), hashlib.sha256(raw).hexdigest()))
+                sha = hashlib.sha256(raw).hexdigest()
+                try:  # signature, base, site, platform and prefix, before anything the manifest lists is read
+                    doc = manifests_check.verify_batch_manifest(
+                        raw, key, platform=platform, base=b, base_prefix=base_prefix, trust=res.trust
+                    )
+                except IntegrityError as exc:
+                    refused.append((b.id, manifests_check.batch_of_key(key), sha, str(exc)))
+                    continue
+                manifests.append((doc, sha))
     manifests.sort(key=lambda m: (m[0]["data_interval"]["start"], m[0]["base"]))
     applied: list[str] = []
     replaced: list[str] = []
@@ -141,13 +152,25 @@ def consolidate(
     skipped = 0
     with psycopg.connect(res.warehouse_dsn) as conn:
         ensure_warehouse(conn, tables)
+        conn.execute(manifests_check.STATE_DDL)
+        conn.commit()
+        for base_id, bid, msha, why in refused:
+            reason = f"platform {platform.id}: batch {bid} rejected, left in intake: {why}"
+            log.error("%s", reason)
+            rejected[bid] = reason
+            conn.execute(
+                "INSERT INTO eds_platform.rejected (batch_id, manifest_sha256, reason, base_id) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (bid, msha, reason, base_id),
+            )
         conn.commit()
         if vocabulary is not None:
             standardise.ensure_vocabulary(conn, vocabulary)
         for manifest, msha in manifests:
             bid = manifest["batch_id"]
             if conn.execute(
-                "SELECT 1 FROM eds_platform.ledger WHERE batch_id = %s AND manifest_sha256 = %s", (bid, msha)
+                "SELECT 1 FROM eds_platform.ledger WHERE batch_id = %s AND manifest_sha256 = %s AND replaced_at IS NULL",
+                (bid, msha),
             ).fetchone():
                 skipped += 1
                 continue
@@ -173,6 +196,7 @@ def consolidate(
                             "not link; rerun the interval",
                             base=manifest.get("base"),
                         )
+                    manifests_check.check_not_replayed(conn, manifest, msha)
                     files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
                     with conn.transaction():
                         # Another version of this batch applied before (local rerun): this one replaces it.
@@ -190,6 +214,7 @@ def consolidate(
                             vocabulary=vocabulary is not None,
                             replace=bool(previous),
                         )
+                        manifests_check.record_accepted(conn, manifest, msha)
                         faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
                         conn.execute(
                             "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, "

@@ -4,6 +4,7 @@ and bookkeeping schema `eds_platform` (ledger, person_site, rejected batches, du
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import psycopg
@@ -25,6 +26,9 @@ class PlatformResources:
     outbox: S3Endpoint
     # The platform's current level-1 key version: a batch pseudonymised with another version would not link.
     level1_key_version: str | None = None
+    # The trust store (zone -> Ed25519 public key): members' manifests are verified against it. None only in
+    # step-level tests that publish unsigned batches; the Airflow adapter always sets it.
+    trust: Mapping[str, bytes] | None = None
 
 
 def platform_tables(platform: Platform) -> list[str]:
