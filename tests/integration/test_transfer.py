@@ -10,6 +10,7 @@ ignores encryption at rest.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -34,9 +35,11 @@ from eds_network.core.config import NationalTarget, Platform, load_network
 from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
+from eds_network.core.signing import sign_document, verify_document
 from eds_network.core.storage import S3Endpoint, list_keys, read_json, sha256_object
 from eds_network.national import linkage as nlinkage
 from eds_network.national import receipt, transfer
+from eds_network.orchestration.zone_connections import signing_connection_id
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +116,15 @@ class Outbox:
     identity_values: set[str]
 
 
-def _package(stack, platform: Platform, tokens: list[bytes], *, measurements: int = 2_000, seed: int = 0) -> Outbox:
+def _package(
+    stack,
+    platform: Platform,
+    tokens: list[bytes],
+    *,
+    measurements: int = 2_000,
+    seed: int = 0,
+    sign_as: str | None = None,
+) -> Outbox:
     """A platform delivery as the mutualised level leaves it in its outbox (manifest + `_latest.json`)."""
     rng = np.random.default_rng(seed)
     box = SealedBox(PublicKey(base64.b64decode(stack.keys(NETWORK)["eds_key_national_box"]["extra"]["public_key"])))
@@ -161,6 +172,9 @@ def _package(stack, platform: Platform, tokens: list[bytes], *, measurements: in
         "tables": tables,
         "members": [b.id for b in platform.members],
     }
+    if sign_as is not None:  # as the platform zone signs it (package.py), with `sign_as`'s key
+        seed_b64 = stack.keys(NETWORK)[signing_connection_id(sign_as)]["password"]
+        manifest = sign_document(manifest, base64.b64decode(seed_b64), sign_as)
     s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
     s3.put_object(
         Bucket=bucket,
@@ -549,3 +563,33 @@ def test_shared_persons_per_platform_pair_are_stated_and_recorded(stack, tag, ta
     # the scan is not vacuous: a level-1 id planted in one object is found
     planted = {**texts, "x": texts[summary["summary_key"]] + str(min(level1))}
     assert [k for k, text in planted.items() for v in forbidden if v in text] == ["x"]
+
+
+# -- signed package manifests, the HDH zone's receipt ---------------------------------------------------------------
+def test_a_package_manifest_not_signed_by_its_platform_is_refused(stack, tag, target):
+    platform = _platform("idf", tag)
+    res = dataclasses.replace(_resources(stack), trust=stack.trust(NETWORK))
+    for sign_as in (None, "platform:onco", "local:hosp_a"):  # unsigned, another platform, a member hospital
+        _package(stack, platform, _tokens(5), sign_as=sign_as)
+        with pytest.raises(IntegrityError, match="not signed|bad signature"):
+            transfer.transfer_platform(platform, target, res, milestones=ALL_MILESTONES)
+        assert _landing(stack, target) == []
+    _package(stack, platform, _tokens(5), sign_as="platform:idf")
+    assert transfer.transfer_platform(platform, target, res, milestones=ALL_MILESTONES).status == "delivered"
+
+
+def test_the_hdh_receipt_is_signed_and_a_tampered_landing_object_makes_it_refuse(stack, tag, target):
+    platform = _platform("onco", tag)
+    res = dataclasses.replace(_resources(stack), trust=stack.trust(NETWORK))
+    _package(stack, platform, _tokens(8), sign_as="platform:onco")
+    d = transfer.transfer_platform(platform, target, res, milestones=ALL_MILESTONES)
+    national_key = base64.b64decode(stack.keys(NETWORK)[signing_connection_id("national")]["password"])
+    ok = receipt.receipt(target, res.landing, d.delivery_id, signing_key=national_key)
+    assert ok["status"] == "accepted", ok
+    verify_document(ok, stack.trust(NETWORK)["national"], what="receipt")
+    s3 = stack.s3_client()
+    victim = next(k for k in _landing(stack, target) if k.endswith(".parquet"))
+    body = s3.get_object(Bucket=BUCKET, Key=victim)["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=victim, Body=body[:-1] + bytes([body[-1] ^ 1]), ServerSideEncryption="AES256")
+    bad = receipt.receipt(target, res.landing, d.delivery_id, signing_key=national_key)
+    assert bad["status"] == "rejected" and any(victim in p for p in bad["problems"]), bad

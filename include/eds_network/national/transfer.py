@@ -34,11 +34,12 @@ import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eds_network.core import faults, omop, rowids
+from eds_network.core import faults, omop, rowids, zones
 from eds_network.core.config import NationalTarget, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
+from eds_network.core.signing import verify_document
 from eds_network.core.storage import (
     S3Endpoint,
     download,
@@ -83,6 +84,9 @@ class NationalResources:
     box_private_key: bytes = field(repr=False)
     box_key_version: str
     sse_kms_key_id: str | None = None
+    # The trust store (zone -> Ed25519 public key): platforms' package manifests are verified against it. None
+    # only in step-level tests of unsigned packages; the Airflow adapter always sets it.
+    trust: Mapping[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ def transfer_platform(
     key_versions = {"national": res.national_key.version, "national_box": res.box_key_version}
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise IntegrityError(f"delivery {source_delivery}: schema version {manifest.get('schema_version')!r}")
+    check_package_manifest(platform, manifest, res.trust)
     transport = (manifest.get("key_versions") or {}).get("transport") or []
     if isinstance(transport, list) and len(transport) > 1:
         raise IntegrityError(
@@ -433,6 +438,20 @@ def abort_incomplete_uploads(s3, bucket: str, prefix: str) -> int:
     except (ClientError, BotoCoreError) as exc:
         log.warning("could not abort incomplete multipart uploads under %s: %s", prefix, type(exc).__name__)
     return n
+
+
+def check_package_manifest(platform: Platform, manifest: dict, trust: Mapping[str, bytes] | None) -> None:
+    """The platform's package manifest, signed by that platform's key (the trust store's, never the one it claims)
+    and naming that platform; else IntegrityError. `trust` None: step-level tests of unsigned packages only."""
+    if trust is None:
+        return
+    what = f"platform {platform.id}: delivery {manifest.get('delivery_id')} manifest"
+    public = trust.get(zones.platform(platform.id))
+    if public is None:
+        raise IntegrityError(f"{what}: no public key for {zones.platform(platform.id)} in the trust store")
+    verify_document(manifest, public, what=what)
+    if manifest.get("platform") != platform.id:
+        raise IntegrityError(f"{what}: names platform {manifest.get('platform')!r}")
 
 
 def verify_object(s3, bucket: str, f: dict, *, platform: str | None = None) -> None:

@@ -158,6 +158,7 @@ def trust_store() -> dict[str, bytes]:
 def platform_resources(platform: Platform) -> PlatformResources:
     return PlatformResources(
         trust=trust_store(),
+        signing_key=signing_key(zones.platform(platform.id)),
         warehouse_dsn=pg_dsn(platform.warehouse_connection_id, f"warehouse of platform {platform.id}"),
         intake=s3_endpoint(platform.intake.connection_id, f"intake of platform {platform.id}"),
         outbox=s3_endpoint(platform.outbox.connection_id, f"outbox of platform {platform.id}"),
@@ -173,6 +174,7 @@ def national_resources(network: Network, platform: Platform) -> NationalResource
         national_key=key(network.national.key_connection_id, "national key"),
         box_private_key=private,
         box_key_version=version,
+        trust=trust_store(),
     )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from eds_network import catalogue
+from eds_network.core import zones
 from eds_network.core.config import load_network
 from eds_network.core.errors import AlreadyDelivered, TransferError
 from eds_network.national import linkage as linkage_step
 from eds_network.national import receipt as receipt_step
 from eds_network.national import transfer as transfer_step
-from eds_network.orchestration.connections import catalogue_dsn, national_resources, s3_endpoint
+from eds_network.orchestration.connections import catalogue_dsn, national_resources, s3_endpoint, signing_key
 
 
 def transfer(platform_id: str) -> dict:
@@ -37,7 +38,10 @@ def receipt(delivery: dict, *, run_id: str) -> None:
     if delivery["status"] != "delivered":
         return
     doc = receipt_step.receipt(
-        network.national, s3_endpoint(network.national.landing_zone.connection_id), delivery["delivery_id"]
+        network.national,
+        s3_endpoint(network.national.landing_zone.connection_id),
+        delivery["delivery_id"],
+        signing_key=signing_key(zones.NATIONAL),
     )
     accepted = doc["status"] == "accepted"
     catalogue.record_delivery(

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network.core import omop
+from eds_network.core import omop, zones
 from eds_network.core.config import Platform
 from eds_network.core.copystream import stream_query
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
+from eds_network.core.signing import sign_document
 from eds_network.core.storage import put_json, sha256_file
 from eds_network.platform import keyversions
 from eds_network.platform.warehouse import (
@@ -83,21 +84,19 @@ def package(platform: Platform, res: PlatformResources, key_versions: dict[str, 
                 s3.upload_file(str(path), bucket, key)
                 files[t] = {"key": key, "sha256": sha, "bytes": path.stat().st_size, "rows": n}
     manifest_key = f"{prefix}{delivery_id}/{MANIFEST}"
-    put_json(
-        s3,
-        bucket,
-        manifest_key,
-        {
-            "kind": "eds-network/platform-delivery",
-            "platform": platform.id,
-            "delivery_id": delivery_id,
-            "schema_version": SCHEMA_VERSION,
-            "key_versions": key_versions,
-            "tables": files,
-            "members": [b.id for b in platform.members],
-            "packaged_at": dt.datetime.now(dt.UTC).isoformat(),
-        },
-    )
+    manifest = {
+        "kind": "eds-network/platform-delivery",
+        "platform": platform.id,
+        "delivery_id": delivery_id,
+        "schema_version": SCHEMA_VERSION,
+        "key_versions": key_versions,
+        "tables": files,
+        "members": [b.id for b in platform.members],
+        "packaged_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if res.signing_key is not None:  # the national zone verifies it against the trust store
+        manifest = sign_document(manifest, res.signing_key, zones.platform(platform.id))
+    put_json(s3, bucket, manifest_key, manifest)
     put_json(s3, bucket, f"{prefix}_latest.json", {"delivery_id": delivery_id, "manifest_key": manifest_key})
     log.info(
         "%s: delivery %s packaged: %s",

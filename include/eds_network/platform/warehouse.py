@@ -29,6 +29,8 @@ class PlatformResources:
     # The trust store (zone -> Ed25519 public key): members' manifests are verified against it. None only in
     # step-level tests that publish unsigned batches; the Airflow adapter always sets it.
     trust: Mapping[str, bytes] | None = None
+    # The platform zone's own Ed25519 signing key: its package manifests are signed with it.
+    signing_key: bytes | None = field(default=None, repr=False)
 
 
 def platform_tables(platform: Platform) -> list[str]:
