@@ -30,7 +30,11 @@ One mapped task per platform (`transfer`, `receipt`), then one `linkage` task:
    version, no identity column; writes `_receipt.json` beside the manifest. The catalogue records the
    delivery (files, bytes, SHA-256, key versions, rows, receipt) and, once accepted, the members'
    `transfer_channel` milestone.
-3. **linkage**: per platform pair, how many persons share a national pseudonym in the platforms' current
+3. **tables** (one per platform, after the receipts): applies each accepted delivery to the HDH's national
+   Iceberg tables (`national/tables.py`): one commit per OMOP table replacing the platform's partition, snapshot
+   summaries naming delivery, platform, manifest SHA-256 and key versions; a retried or replayed delivery is a
+   no-op. `eds national tables` lists them.
+4. **linkage**: per platform pair, how many persons share a national pseudonym in the platforms' current
    deliveries: a summary object `<prefix>linkage/<id>.json` in the landing zone and rows in the catalogue
    table `national_linkage`.
 
@@ -81,6 +85,13 @@ def eds_national():
         ctx["platform_id"] = delivery["platform"]
         national_tasks.receipt(delivery, run_id=ctx["run_id"])
 
+    @zone_task(zones.NATIONAL, map_index_template="{{ platform_id }}")
+    def tables(delivery: dict) -> dict:
+        from eds_network.orchestration import national_tasks
+
+        get_current_context()["platform_id"] = delivery["platform"]
+        return national_tasks.apply_tables(delivery)
+
     @zone_task(zones.NATIONAL)
     def linkage(deliveries: list[dict]) -> dict:
         from eds_network.orchestration import national_tasks
@@ -88,7 +99,7 @@ def eds_national():
         return national_tasks.linkage(deliveries)
 
     deliveries = transfer.expand(platform_id=[p.id for p in NETWORK.platforms])
-    receipt.expand(delivery=deliveries)
+    receipt.expand(delivery=deliveries) >> tables.expand(delivery=deliveries)
     linkage(deliveries)
 
 

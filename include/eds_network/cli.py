@@ -13,6 +13,8 @@ eds keys list                   the pseudonymisation key connections and their v
 eds keys rotate --platform ID   new version of a platform's level-1 key (or --national): the next night re-keys
 eds leak-scan [--json]          look for the hospitals' identifiers in every output (exit 1 on any hit)
 eds quality export --base X     the DQD results JSON of a base's latest local run (or --platform P: mutualised)
+eds national tables [--snapshot ID] [--json]   the HDH's Iceberg tables: rows per platform, snapshots (a
+                                snapshot id pins what a project saw: --snapshot gives that table's rows then)
 eds quality changes --base X [--threshold CHECK=PCT]   checks newly failing / resolved / still failing since the
                                 previous night (thresholds re-applied to the stored results, nothing re-run)
 """
@@ -441,6 +443,29 @@ def cmd_quality(args) -> int:
     return 0
 
 
+def cmd_national(args) -> int:
+    import json
+
+    from eds_network.core.storage import S3Endpoint
+    from eds_network.national import tables
+
+    network = load_network()
+    stack = _stack()
+    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret"))
+    doc = tables.describe(network.national, res, snapshot_id=args.snapshot)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    if not doc:
+        print("no national table yet (no delivery applied)")
+    for t in doc:
+        rows = ", ".join(f"{p}={n}" for p, n in t["rows"].items()) or "empty"
+        print(f"omop.{t['table']}: snapshot {t['snapshot_id']}  rows {rows}")
+        for s in t["snapshots"][-args.last :]:
+            print(f"    {s['snapshot_id']}  {s['at']}  {s['operation']:<9} {s['platform']:<12} {s['delivery_id']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -479,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("leak-scan", help="scan every output of the embedded stack for direct identifiers")
     ls.add_argument("--json", action="store_true", help="machine-readable report")
     ls.set_defaults(fn=cmd_leak_scan)
+    na = sub.add_parser("national", help="the HDH's national Iceberg tables")
+    na.add_argument("action", choices=["tables"])
+    na.add_argument("--snapshot", type=int, help="rows per platform as of this snapshot id (time travel)")
+    na.add_argument("--last", type=int, default=5, help="snapshots listed per table (default 5)")
+    na.add_argument("--json", action="store_true", help="machine-readable listing")
+    na.set_defaults(fn=cmd_national)
     qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
     qa.add_argument("action", choices=["export", "changes"])
     who = qa.add_mutually_exclusive_group(required=True)

@@ -304,6 +304,9 @@ class NationalTarget(_Model):
     )
     key_connection_id: str = "eds_key_national"
     box_key_connection_id: str = "eds_key_national_box"
+    tables_connection_id: str = Field(
+        default="eds_hdh_tables", description="the HDH zone's PostgreSQL: Iceberg SQL catalog + apply ledger"
+    )
 
 
 class Network(_Model):

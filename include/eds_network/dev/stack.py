@@ -468,6 +468,7 @@ class Stack:
             for b in p.members:
                 conns[b.source_connection_id] = pg(f"src_{b.id}")
         conns[network.national.landing_zone.connection_id] = s3
+        conns[network.national.tables_connection_id] = pg("hdh")
         # Airflow's own REST API, for the onboarding DAG's backfills (the UI's admin user of this stack).
         conns["eds_airflow_api"] = {
             "conn_type": "http",
@@ -591,6 +592,7 @@ class Stack:
         for db in [
             "airflow",
             "catalogue",
+            "hdh",  # the HDH zone's database: the national tables' Iceberg catalog
             *(f"wh_{p.id}" for p in network.platforms),
             *(f"src_{b.id}" for b in network.local_bases),
         ]:

@@ -1,4 +1,5 @@
-"""The national DAG's tasks (`dags/eds_national.py`): the milestone gate, the transfer, the receipt, linkage."""
+"""The national DAG's tasks (`dags/eds_national.py`): the milestone gate, the transfer, the receipt, the national
+Iceberg tables, linkage."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from eds_network.core.errors import AlreadyDelivered, TransferError
 from eds_network.national import linkage as linkage_step
 from eds_network.national import receipt as receipt_step
 from eds_network.national import transfer as transfer_step
-from eds_network.orchestration.connections import catalogue_dsn, national_resources, s3_endpoint, signing_key
+from eds_network.orchestration.connections import catalogue_dsn, national_resources, pg_dsn, s3_endpoint, signing_key
 
 
 def transfer(platform_id: str) -> dict:
@@ -85,3 +86,26 @@ def linkage(deliveries: list[dict]) -> dict:
     )
     catalogue.record_national_linkage(catalogue_dsn(network), summary)
     return {"summary_key": summary["summary_key"], "pairs": summary["pairs"]}
+
+
+def apply_tables(delivery: dict) -> dict:
+    """Apply a delivery the landing zone accepted to the national Iceberg tables: one commit per table, exactly
+    once (a retried, replayed or concurrent apply is a no-op)."""
+    from eds_network.core.storage import object_exists, read_json
+    from eds_network.national import tables
+    from eds_network.national.transfer import landing_prefix
+
+    platform = delivery["platform"]
+    if delivery["status"] not in ("delivered", "already_delivered") or not delivery.get("delivery_id"):
+        return {"platform": platform, "status": "nothing_to_apply"}
+    network = load_network()
+    target = network.national
+    landing = s3_endpoint(target.landing_zone.connection_id, "HDH landing zone")
+    receipt_key = landing_prefix(target, delivery["delivery_id"]) + "_receipt.json"
+    s3 = landing.client()
+    if object_exists(s3, target.landing_zone.bucket, receipt_key) is None:
+        return {"platform": platform, "delivery_id": delivery["delivery_id"], "status": "not_received"}
+    if read_json(s3, target.landing_zone.bucket, receipt_key).get("status") != "accepted":
+        return {"platform": platform, "delivery_id": delivery["delivery_id"], "status": "rejected"}
+    res = tables.NationalTables(pg_dsn(target.tables_connection_id, "HDH national tables"), landing)
+    return tables.apply_delivery(target, res, delivery["delivery_id"]).ref()

@@ -15,7 +15,8 @@ What each zone holds (and why):
     keys:<platform>     the platform's level-1 key; its exchange area; the catalogue (evaluation counts).
     platform:<p>        its warehouse; its intake and outbox; the catalogue; its signing key; the *version* of
                         its level-1 key (never the key).
-    national            the national HMAC key, the national box *private* key, the landing zone, the outboxes
+    national            the national HMAC key, the national box *private* key, the landing zone, the national
+                        tables' database (Iceberg catalog + apply ledger), the outboxes
                         (read), the catalogue, its signing key.
 
 Every zone also gets the trust store (public keys of every signer, no secret). The Airflow REST API connection
@@ -110,6 +111,7 @@ def _grants(network: Network, zone: str) -> list[_Grant]:
             _Grant(network.national.key_connection_id, "secret"),
             _Grant(network.national.box_key_connection_id, "secret"),
             _Grant(network.national.landing_zone.connection_id, "s3"),
+            _Grant(network.national.tables_connection_id, "pg"),
             *(_Grant(p.outbox.connection_id, "s3") for p in network.platforms),
             cat,
             _Grant(signing_connection_id(zone), "secret"),

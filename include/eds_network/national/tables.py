@@ -1,0 +1,382 @@
+"""The HDH's national tables in Apache Iceberg: one table per OMOP table holding every platform.
+
+- Catalog: pyiceberg's SQL catalog (name `hdh`) in the HDH zone's PostgreSQL, namespace `omop`.
+- Data and metadata files: the landing bucket, under `<landing prefix>iceberg/` (pyiceberg's S3 FileIO on the
+  landing zone's endpoint and credentials, path-style addressing).
+- Schema: the OMOP CDM 5.4 columns of the table (`core/omop.py`) + `_platform` (required), identity-partitioned
+  on `_platform`: a platform's delivery replaces its partition only. Level-2 pseudonyms only (what the transfer
+  step delivers to the landing zone).
+- Each delivery is applied as ONE catalog commit per table (a transaction: delete the platform's partition, then
+  append the delivery's rows in bounded chunks) whose snapshot summaries carry `eds.delivery_id`,
+  `eds.platform`, `eds.manifest_sha256`, `eds.key_versions` and `eds.delivered_at`. The commit is the only
+  visible change: a crash before it leaves the table as it was (data files already written are orphans, removed by
+  the table maintenance).
+- Exactly once: before applying, the table's snapshot summaries and the ledger `eds_national.applied` (in the same
+  PostgreSQL, kept when snapshots are expired) are checked; a delivery already applied, or older than the last one
+  applied for its platform, is a no-op. Two racing applies: the catalog's compare-and-swap on the metadata
+  location lets one commit; the loser reloads, finds the delivery and does nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
+from pyiceberg.expressions import EqualTo
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table as IcebergTable
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType, TimestampType
+
+from eds_network.core import omop
+from eds_network.core.config import NationalTarget
+from eds_network.core.errors import IntegrityError
+from eds_network.core.exchange import MANIFEST
+from eds_network.core.storage import S3Endpoint, download
+from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix
+
+log = logging.getLogger(__name__)
+
+CATALOG_NAME = "hdh"
+NAMESPACE = "omop"
+PLATFORM_COLUMN = "_platform"
+CHUNK_ROWS = 500_000  # rows per append inside the one commit: bounded memory
+COMMIT_ATTEMPTS = 3
+PROP_DELIVERY = "eds.delivery_id"
+PROP_PLATFORM = "eds.platform"
+PROP_MANIFEST = "eds.manifest_sha256"
+PROP_KEYS = "eds.key_versions"
+PROP_DELIVERED_AT = "eds.delivered_at"
+PROP_KIND = "eds.kind"
+
+LEDGER_DDL = """
+CREATE SCHEMA IF NOT EXISTS eds_national;
+CREATE TABLE IF NOT EXISTS eds_national.applied (
+    delivery_id text NOT NULL,
+    table_name text NOT NULL,
+    platform text NOT NULL,
+    kind text NOT NULL DEFAULT 'full',
+    manifest_sha256 text NOT NULL,
+    delivered_at timestamptz NOT NULL,
+    snapshot_id bigint,
+    rows_written bigint NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (delivery_id, table_name)
+);
+"""
+
+
+def _iceberg_type(col: omop.Column):
+    d = col.datatype.lower()
+    if d in ("integer", "bigint"):
+        return LongType()
+    if d == "float":
+        return DoubleType()
+    if d == "date":
+        return DateType()
+    if d == "datetime":
+        return TimestampType()
+    return StringType()
+
+
+def iceberg_schema(table: str) -> Schema:
+    """The national table's schema: `_platform` (required), then the OMOP columns (optional: a delivery's
+    Parquet files are nullable, the OMOP required flags are checked by the quality step)."""
+    spec = omop.table(table)
+    fields = [NestedField(1, PLATFORM_COLUMN, StringType(), required=True)]
+    for i, c in enumerate(spec.columns, start=2):
+        fields.append(NestedField(i, c.name, _iceberg_type(c), required=False))
+    return Schema(*fields)
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    spec = omop.table(table)
+    return pa.schema(
+        [pa.field(PLATFORM_COLUMN, pa.string(), nullable=False)]
+        + [pa.field(c.name, c.arrow_type, nullable=True) for c in spec.columns]
+    )
+
+
+def warehouse_location(target: NationalTarget) -> str:
+    return f"s3://{target.landing_zone.bucket}/{target.landing_zone.prefix}iceberg"
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """A libpq URL (`postgresql://...`) as SQLAlchemy's psycopg 3 URL."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+
+
+@dataclass(frozen=True)
+class NationalTables:
+    """What the HDH zone's table tasks need: its PostgreSQL (catalog + ledger) and the landing endpoint."""
+
+    dsn: str = field(repr=False)
+    landing: S3Endpoint
+
+    def catalog(self, target: NationalTarget) -> SqlCatalog:
+        props = {
+            "uri": sqlalchemy_url(self.dsn),
+            "warehouse": warehouse_location(target),
+            "s3.access-key-id": self.landing.access_key or "",
+            "s3.secret-access-key": self.landing.secret_key or "",
+            "s3.region": self.landing.region,
+            "s3.force-virtual-addressing": "false",
+        }
+        if self.landing.endpoint_url:
+            props["s3.endpoint"] = self.landing.endpoint_url
+        return SqlCatalog(CATALOG_NAME, **props)
+
+
+def ensure_ledger(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:  # one transaction; the lock serialises concurrent first applies
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('eds_national.applied'))")
+        conn.execute(LEDGER_DDL)
+
+
+def ensure_table(catalog: SqlCatalog, table: str) -> IcebergTable:
+    """Open (or create) the national table of one OMOP table, identity-partitioned on `_platform`."""
+    try:
+        catalog.create_namespace(NAMESPACE)
+    except NamespaceAlreadyExistsError:
+        pass
+    ident = (NAMESPACE, table)
+    if catalog.table_exists(ident):
+        return catalog.load_table(ident)
+    schema = iceberg_schema(table)
+    spec = PartitionSpec(
+        PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name=PLATFORM_COLUMN)
+    )
+    try:
+        return catalog.create_table(
+            ident,
+            schema=schema,
+            partition_spec=spec,
+            properties={"write.parquet.compression-codec": "zstd", "format-version": "2"},
+        )
+    except TableAlreadyExistsError:  # a concurrent apply created it
+        return catalog.load_table(ident)
+
+
+@dataclass
+class Applied:
+    delivery_id: str
+    platform: str
+    status: str  # applied | already_applied | superseded
+    tables: dict[str, dict] = field(default_factory=dict)  # table -> {status, rows, snapshot_id}
+
+    def ref(self) -> dict:
+        return {
+            "delivery_id": self.delivery_id,
+            "platform": self.platform,
+            "status": self.status,
+            "tables": self.tables,
+        }
+
+
+def _ledger(dsn: str, delivery_id: str, platform: str) -> tuple[set[str], dt.datetime | None]:
+    """Tables the ledger has for this delivery, and the newest delivery time applied for its platform."""
+    with psycopg.connect(dsn) as conn:
+        done = {
+            r[0]
+            for r in conn.execute("SELECT table_name FROM eds_national.applied WHERE delivery_id = %s", (delivery_id,))
+        }
+        newest = conn.execute(
+            "SELECT max(delivered_at) FROM eds_national.applied WHERE platform = %s AND delivery_id <> %s",
+            (platform, delivery_id),
+        ).fetchone()[0]
+    return done, newest
+
+
+def _record(dsn: str, rows: list[tuple]) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO eds_national.applied (delivery_id, table_name, platform, kind, manifest_sha256, delivered_at,"
+            " snapshot_id, rows_written) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            rows,
+        )
+
+
+def applied_snapshot(tbl: IcebergTable, delivery_id: str) -> int | None:
+    """The snapshot that applied `delivery_id` to this table (still in its history), if any."""
+    for snap in tbl.metadata.snapshots:
+        if snap.summary is not None and snap.summary.additional_properties.get(PROP_DELIVERY) == delivery_id:
+            return snap.snapshot_id
+    return None
+
+
+def _chunks(path: Path, table: str, platform: str) -> Iterator[pa.Table]:
+    """The delivery file's rows as the national table's Arrow schema, in chunks of about CHUNK_ROWS."""
+    schema = arrow_schema(table)
+    pf = pq.ParquetFile(path)
+    bad = sorted(set(pf.schema_arrow.names) & FORBIDDEN_COLUMNS)
+    if bad:
+        raise IntegrityError(f"delivery file carries forbidden columns {bad}", table=table)
+    unknown = sorted(set(pf.schema_arrow.names) - set(schema.names))
+    if unknown:
+        raise IntegrityError(f"delivery file has columns outside OMOP 5.4: {unknown}", table=table)
+    for rb in pf.iter_batches(batch_size=CHUNK_ROWS):
+        n = rb.num_rows
+        cols = []
+        for f in schema:
+            if f.name == PLATFORM_COLUMN:
+                cols.append(pa.array([platform] * n, pa.string()))
+            elif f.name in rb.schema.names:
+                cols.append(rb.column(f.name).cast(f.type))
+            else:
+                cols.append(pa.nulls(n, f.type))
+        yield pa.Table.from_arrays(cols, schema=schema)
+
+
+def _commit_table(
+    catalog: SqlCatalog, table: str, path: Path, props: dict[str, str], platform: str
+) -> tuple[str, int, int | None]:
+    """Replace the platform's partition of one table by the delivery's rows, in one commit. Returns (status, rows,
+    snapshot id). A lost race is retried after a reload; a delivery found applied meanwhile is a no-op."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        tbl = ensure_table(catalog, table)
+        snap = applied_snapshot(tbl, props[PROP_DELIVERY])
+        if snap is not None:
+            return "already_applied", 0, snap
+        n = 0
+        try:
+            with tbl.transaction() as tx:
+                with warnings.catch_warnings():  # the platform's first delivery: nothing to delete
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                    tx.delete(EqualTo(PLATFORM_COLUMN, platform), snapshot_properties=props)
+                for chunk in _chunks(path, table, platform):
+                    tx.append(chunk, snapshot_properties=props)
+                    n += chunk.num_rows
+        except (CommitFailedException, ValidationException):
+            log.info("national table %s: commit lost to a concurrent writer (attempt %d); reloading", table, attempt)
+            continue
+        tbl = catalog.load_table((NAMESPACE, table))
+        return "applied", n, tbl.metadata.current_snapshot_id
+    raise IntegrityError(f"could not commit after {COMMIT_ATTEMPTS} attempts (concurrent writers)", table=table)
+
+
+def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str) -> Applied:
+    """Apply one landed delivery (today: a full delivery of its platform) to the national tables, exactly once."""
+    s3 = res.landing.client()
+    bucket = target.landing_zone.bucket
+    prefix = landing_prefix(target, delivery_id)
+    body = s3.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()
+    manifest = json.loads(body)
+    platform = manifest["platform"]
+    delivered_at = dt.datetime.fromisoformat(manifest["delivered_at"])
+    props = {
+        PROP_DELIVERY: delivery_id,
+        PROP_PLATFORM: platform,
+        PROP_MANIFEST: hashlib.sha256(body).hexdigest(),
+        PROP_KEYS: json.dumps(manifest.get("key_versions", {}), sort_keys=True),
+        PROP_DELIVERED_AT: manifest["delivered_at"],
+        PROP_KIND: manifest.get("kind_of_delivery", "full"),
+    }
+    ensure_ledger(res.dsn)
+    done, newest = _ledger(res.dsn, delivery_id, platform)
+    out = Applied(delivery_id, platform, "applied")
+    if newest is not None and newest > delivered_at and not done:
+        log.warning("%s: delivery %s is older than the last one applied: not applied", platform, delivery_id)
+        out.status = "superseded"
+        return out
+    catalog = res.catalog(target)
+    ledger_rows = []
+    with tempfile.TemporaryDirectory(prefix="eds-iceberg-") as tmp:
+        for f in manifest["files"]:
+            t = f["table"]
+            if t in done:
+                out.tables[t] = {"status": "already_applied", "rows": 0}
+                continue
+            path = Path(tmp) / f"{t}.parquet"
+            sha, _ = download(s3, bucket, f["key"], path)
+            if sha != f["sha256"]:
+                raise IntegrityError(f"landing file {f['key']} does not match its manifest", table=t)
+            status, n, snap = _commit_table(catalog, t, path, props, platform)
+            path.unlink()
+            if status == "applied" and n != f["rows"]:
+                raise IntegrityError(f"applied {n} rows, the manifest says {f['rows']}", table=t)
+            out.tables[t] = {"status": status, "rows": n, "snapshot_id": snap}
+            ledger_rows.append(
+                (delivery_id, t, platform, props[PROP_KIND], props[PROP_MANIFEST], delivered_at, snap, n)
+            )
+    _record(res.dsn, ledger_rows)
+    if out.tables and all(v["status"] == "already_applied" for v in out.tables.values()):
+        out.status = "already_applied"
+    log.info(
+        "%s: delivery %s %s to the national tables: %s",
+        platform,
+        delivery_id,
+        out.status,
+        ", ".join(f"{t}={v['rows']}" for t, v in out.tables.items()),
+    )
+    return out
+
+
+def table_names(catalog: SqlCatalog) -> list[str]:
+    try:
+        return sorted(ident[-1] for ident in catalog.list_tables(NAMESPACE))
+    except Exception:  # no namespace yet: no table
+        return []
+
+
+def rows_per_platform(tbl: IcebergTable, snapshot_id: int | None = None) -> dict[str, int]:
+    """Row counts per platform from the manifests (no data file read): exact, the tables carry no delete files."""
+    counts: dict[str, int] = {}
+    for task in tbl.scan(snapshot_id=snapshot_id).plan_files():
+        if task.delete_files:
+            raise IntegrityError("unexpected delete files: counts need a scan", table=tbl.name()[-1])
+        p = task.file.partition[0]
+        counts[p] = counts.get(p, 0) + task.file.record_count
+    return dict(sorted(counts.items()))
+
+
+def describe(target: NationalTarget, res: NationalTables, *, snapshot_id: int | None = None) -> list[dict]:
+    """Per table: its current snapshot (or `snapshot_id`, for the tables that have it: time travel), rows per
+    platform as of that snapshot, and every snapshot (id, time, operation, delivery, platform)."""
+    catalog = res.catalog(target)
+    out = []
+    for name in table_names(catalog):
+        tbl = catalog.load_table((NAMESPACE, name))
+        if snapshot_id is not None and tbl.metadata.snapshot_by_id(snapshot_id) is None:
+            continue
+        snaps = []
+        for s in tbl.metadata.snapshots:
+            extra = s.summary.additional_properties if s.summary is not None else {}
+            snaps.append(
+                {
+                    "snapshot_id": s.snapshot_id,
+                    "at": dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.UTC).isoformat(timespec="seconds"),
+                    "operation": s.summary.operation.value if s.summary is not None else "",
+                    "delivery_id": extra.get(PROP_DELIVERY, ""),
+                    "platform": extra.get(PROP_PLATFORM, ""),
+                }
+            )
+        pinned = snapshot_id if snapshot_id is not None else tbl.metadata.current_snapshot_id
+        out.append(
+            {
+                "table": name,
+                "snapshot_id": pinned,
+                "rows": rows_per_platform(tbl, pinned) if pinned is not None else {},
+                "snapshots": snaps,
+            }
+        )
+    return out
