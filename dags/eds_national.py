@@ -34,6 +34,9 @@ One mapped task per platform (`transfer`, `receipt`), then one `linkage` task:
    Iceberg tables (`national/tables.py`): one commit per OMOP table replacing the platform's partition, snapshot
    summaries naming delivery, platform, manifest SHA-256 and key versions; a retried or replayed delivery is a
    no-op. `eds national tables` lists them.
+   **upkeep** (once, after every apply): when a delivery removed persons (objections), every superseded
+   snapshot is expired and every file it alone reached deleted (`national/maintenance.py`); landing data files
+   of superseded deliveries and orphans of crashed applies are deleted; counts go to the catalogue's audit.
 4. **linkage**: per platform pair, how many persons share a national pseudonym in the platforms' current
    deliveries: a summary object `<prefix>linkage/<id>.json` in the landing zone and rows in the catalogue
    table `national_linkage`.
@@ -93,13 +96,21 @@ def eds_national():
         return national_tasks.apply_tables(delivery)
 
     @zone_task(zones.NATIONAL)
+    def upkeep(applied: list[dict]) -> dict:
+        from eds_network.orchestration import national_tasks
+
+        return national_tasks.upkeep(applied)
+
+    @zone_task(zones.NATIONAL)
     def linkage(deliveries: list[dict]) -> dict:
         from eds_network.orchestration import national_tasks
 
         return national_tasks.linkage(deliveries)
 
     deliveries = transfer.expand(platform_id=[p.id for p in NETWORK.platforms])
-    receipt.expand(delivery=deliveries) >> tables.expand(delivery=deliveries)
+    applied = tables.expand(delivery=deliveries)
+    receipt.expand(delivery=deliveries) >> applied
+    upkeep(applied)
     linkage(deliveries)
 
 

@@ -183,3 +183,135 @@ def test_racing_applies_of_one_delivery_commit_once(hdh, tmp_path):
     tbl = res.catalog(target).load_table(("omop", "person"))
     appends = [s for s in tbl.metadata.snapshots if s.summary.operation.value == "append"]
     assert len(appends) == 1  # one clean apply, not two
+
+
+OBJECTOR = 7_305_419_882_651_117_003  # a level-2 pseudonym no other object of the stack holds
+
+
+def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+
+
+def _avro_payload(data: bytes) -> bytes:
+    """An Avro container file's blocks, decompressed (deflate or gzip), concatenated: what a reader sees."""
+    import zlib
+
+    sync = data[-16:]
+    out = b""
+    for chunk in data.split(sync)[1:]:
+        if len(chunk) < 2:
+            continue
+        _, pos = _zigzag(chunk, 0)
+        size, pos = _zigzag(chunk, pos)
+        block = chunk[pos : pos + size]
+        for wbits in (-15, 47):
+            try:
+                out += zlib.decompress(block, wbits)
+                break
+            except zlib.error:
+                continue
+        else:
+            out += block
+    return out
+
+
+def objects_holding(s3, value: int) -> list[str]:
+    """Every object of every bucket holding `value`: Parquet decoded (every integer column), Avro blocks
+    decompressed, everything else as raw bytes (8-byte little/big endian, decimal text)."""
+    needles = (value.to_bytes(8, "little", signed=True), value.to_bytes(8, "big", signed=True), str(value).encode())
+    hits = []
+    for bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                if body[:4] == b"PAR1":
+                    t = pq.read_table(io.BytesIO(body))
+                    found = any(pa.types.is_integer(c.type) and value in set(c.to_pylist()) for c in t.itercolumns())
+                elif body[:4] == b"Obj\x01":
+                    found = any(n in _avro_payload(body) for n in needles)
+                else:
+                    found = False
+                if found or any(n in body for n in needles):
+                    hits.append(f"{bucket}/{obj['Key']}")
+    return hits
+
+
+def test_an_objector_leaves_no_row_in_any_table_nor_any_object_after_the_night(hdh, tmp_path):
+    from eds_network.national import maintenance
+
+    target, res = hdh
+    s3 = res.landing.client()
+    first = land(
+        target,
+        res,
+        "pa",
+        {"person": _person([1, 2, OBJECTOR]), "visit_occurrence": _visits([1, OBJECTOR, OBJECTOR])},
+        T0,
+    )
+    other = land(target, res, "pb", {"person": _person([9]), "visit_occurrence": _visits([9], start=50)}, T0)
+    tables.apply_delivery(target, res, first)
+    tables.apply_delivery(target, res, other)
+    # Non-vacuous: the objector's rows were there, and the scan finds them in the landing and Iceberg files.
+    tbl = res.catalog(target).load_table(("omop", "visit_occurrence"))
+    assert tbl.scan(row_filter=f"person_id == {OBJECTOR}").to_arrow().num_rows == 2
+    before = objects_holding(s3, OBJECTOR)
+    assert any("/iceberg/" in h for h in before) and any("/deliveries/" in h for h in before)
+
+    # The next night: the platform's full delivery no longer holds the objector.
+    second = land(
+        target, res, "pa", {"person": _person([1, 2]), "visit_occurrence": _visits([1])}, T0 + dt.timedelta(1)
+    )
+    out = tables.apply_delivery(target, res, second)
+    assert out.persons_removed == 1
+    catalog = res.catalog(target)
+    purged = maintenance.purge(target, res, tables.table_names(catalog))
+    assert purged["person"]["snapshots_expired"] >= 2 and purged["person"]["files_deleted"] > 0
+    assert maintenance.purge_superseded_deliveries(target, res) == 2  # first's two data files; pb's stay
+    assert maintenance.sweep(target, res) == {"person": 0, "visit_occurrence": 0}
+
+    assert objects_holding(s3, OBJECTOR) == []
+    assert duckdb_counts(target, res, "person", tmp_path) == {"pa": 2, "pb": 1}
+    assert duckdb_counts(target, res, "visit_occurrence", tmp_path) == {"pa": 1, "pb": 1}
+
+
+def test_explicit_erasure_and_a_crashed_apply_leave_no_row_and_no_orphan(hdh, tmp_path):
+    from eds_network.national import maintenance
+
+    objector = OBJECTOR + 1  # its own value: this test keeps the current delivery's landing files
+
+    target, res = hdh
+    s3 = res.landing.client()
+    d = land(target, res, "pa", {"person": _person([1, objector]), "visit_occurrence": _visits([objector])}, T0)
+    tables.apply_delivery(target, res, d)
+    # A crash between data files and commit: files written, no commit. Nothing visible changes.
+    tbl = res.catalog(target).load_table(("omop", "person"))
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    orphans = list(
+        _dataframe_to_data_files(
+            table_metadata=tbl.metadata,
+            write_uuid=uuid.uuid4(),
+            df=pa.Table.from_pylist([{"_platform": "pa", "person_id": 99}], schema=tables.arrow_schema("person")),
+            io=tbl.io,
+        )
+    )
+    assert orphans and duckdb_counts(target, res, "person", tmp_path) == {"pa": 2}
+    erased = maintenance.erase_persons(target, res, [objector])
+    assert erased == {"person": 1, "visit_occurrence": 1}
+    maintenance.purge(target, res, erased)
+    assert maintenance.sweep(target, res) == {"person": 0, "visit_occurrence": 0}
+    keys = {
+        k
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=target.landing_zone.bucket)
+        for k in [o["Key"] for o in page.get("Contents", [])]
+    }
+    assert not any(o.file_path.split("/", 3)[-1] in keys for o in orphans)
+    assert [h for h in objects_holding(s3, objector) if "/iceberg/" in h] == []
+    assert duckdb_counts(target, res, "person", tmp_path) == {"pa": 1}

@@ -161,6 +161,39 @@ def test_each_platform_delivery_reaches_the_landing_zone_with_a_receipt(night, s
     assert delivered == {p.id for p in NETWORK.platforms}
 
 
+def test_national_tables_hold_exactly_each_platforms_delivered_rows(night, stack, tmp_path):
+    """Read by DuckDB from the data files the Iceberg manifests list, as an HDH engine would."""
+    import duckdb
+
+    from eds_network.core.storage import S3Endpoint
+    from eds_network.national import tables
+
+    s3 = stack.s3_client()
+    zone = NETWORK.national.landing_zone
+    expected: dict[tuple[str, str], int] = {}
+    for k in list_keys(s3, zone.bucket, zone.prefix):
+        if k.endswith("/_manifest.json") and "/deliveries/" in k:
+            m = read_json(s3, zone.bucket, k)
+            for f in m["files"]:
+                expected[(f["table"], m["platform"])] = f["rows"]
+    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret"))
+    catalog = res.catalog(NETWORK.national)
+    got: dict[tuple[str, str], int] = {}
+    for name in tables.table_names(catalog):
+        paths = []
+        for i, task in enumerate(catalog.load_table(("omop", name)).scan().plan_files()):
+            bucket, key = task.file.file_path.removeprefix("s3://").split("/", 1)
+            s3.download_file(bucket, key, str(tmp_path / f"{name}-{i}.parquet"))
+            paths.append(str(tmp_path / f"{name}-{i}.parquet"))
+        if paths:
+            for platform, n in duckdb.sql(
+                f"SELECT _platform, count(*) FROM read_parquet({paths!r}) GROUP BY 1"
+            ).fetchall():
+                got[(name, platform)] = n
+    assert {k: v for k, v in expected.items() if v} == got
+    assert {p for _, p in got} == {p.id for p in NETWORK.platforms}
+
+
 def test_one_patient_at_two_platforms_has_one_national_id(night, stack):
     s3 = stack.s3_client()
     zone = NETWORK.national.landing_zone

@@ -224,6 +224,15 @@ def applied_snapshot(tbl: IcebergTable, delivery_id: str) -> int | None:
     return None
 
 
+def _platform_persons(catalog: SqlCatalog, platform: str) -> set[int]:
+    """The person ids the national person table holds for a platform now (before an apply)."""
+    if not catalog.table_exists((NAMESPACE, "person")):
+        return set()
+    tbl = catalog.load_table((NAMESPACE, "person"))
+    scan = tbl.scan(row_filter=EqualTo(PLATFORM_COLUMN, platform), selected_fields=("person_id",))
+    return set(scan.to_arrow().column("person_id").to_pylist())
+
+
 def _chunks(path: Path, table: str, platform: str) -> Iterator[pa.Table]:
     """The delivery file's rows as the national table's Arrow schema, in chunks of about CHUNK_ROWS."""
     schema = arrow_schema(table)
@@ -310,11 +319,16 @@ def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str
             sha, _ = download(s3, bucket, f["key"], path)
             if sha != f["sha256"]:
                 raise IntegrityError(f"landing file {f['key']} does not match its manifest", table=t)
+            before = _platform_persons(catalog, platform) if t == "person" else None
             status, n, snap = _commit_table(catalog, t, path, props, platform)
-            path.unlink()
             if status == "applied" and n != f["rows"]:
                 raise IntegrityError(f"applied {n} rows, the manifest says {f['rows']}", table=t)
             out.tables[t] = {"status": status, "rows": n, "snapshot_id": snap}
+            if before is not None and status == "applied":
+                # persons of the platform's previous state absent from this full delivery (objections, merges)
+                now = set(pq.read_table(path, columns=["person_id"]).column("person_id").to_pylist())
+                out.persons_removed = len(before - now)
+            path.unlink()
             ledger_rows.append(
                 (delivery_id, t, platform, props[PROP_KIND], props[PROP_MANIFEST], delivered_at, snap, n)
             )

@@ -109,3 +109,30 @@ def apply_tables(delivery: dict) -> dict:
         return {"platform": platform, "delivery_id": delivery["delivery_id"], "status": "rejected"}
     res = tables.NationalTables(pg_dsn(target.tables_connection_id, "HDH national tables"), landing)
     return tables.apply_delivery(target, res, delivery["delivery_id"]).ref()
+
+
+def upkeep(applied: list[dict]) -> dict:
+    """After the night's applies: when a delivery removed persons (objections), expire every superseded snapshot
+    and delete the files holding them; landing files of superseded deliveries go; orphans of crashed applies go.
+    The catalogue's audit trail records counts only."""
+    from eds_network.catalogue.db import engine
+    from eds_network.national import maintenance, tables
+
+    network = load_network()
+    target = network.national
+    res = tables.NationalTables(
+        pg_dsn(target.tables_connection_id, "HDH national tables"),
+        s3_endpoint(target.landing_zone.connection_id, "HDH landing zone"),
+    )
+    removed = sum(a.get("persons_removed", 0) for a in applied if a.get("status") == "applied")
+    purged = maintenance.purge(target, res, tables.table_names(res.catalog(target))) if removed else {}
+    out = {
+        "persons_removed": removed,
+        "snapshots_expired": sum(v["snapshots_expired"] for v in purged.values()),
+        "files_purged": sum(v["files_deleted"] for v in purged.values()),
+        "orphans_deleted": sum(maintenance.sweep(target, res).values()),
+        "landing_files_deleted": maintenance.purge_superseded_deliveries(target, res),
+    }
+    with engine(catalogue_dsn(network)).begin() as conn:
+        catalogue.audit(conn, "airflow", "national.tables.upkeep", f"national:{target.id}", out)
+    return out
