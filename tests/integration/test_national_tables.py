@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -137,6 +138,8 @@ def test_apply_full_deliveries_counts_per_platform_and_replay_is_a_no_op(hdh, tm
         5,
     ]
 
+    pinned = tbl.metadata.current_snapshot_id  # what a project extracted today
+
     # A retried / replayed delivery changes nothing: same snapshots, same rows.
     before = {t: snapshot_count(target, res, t) for t in ("person", "visit_occurrence")}
     assert tables.apply_delivery(target, res, a1).status == "already_applied"
@@ -159,6 +162,12 @@ def test_apply_full_deliveries_counts_per_platform_and_replay_is_a_no_op(hdh, tm
     desc = {d["table"]: d for d in tables.describe(target, res)}
     assert desc["person"]["rows"] == {"pa": 3, "pb": 3}
     assert {s["delivery_id"] for s in desc["person"]["snapshots"]} == {a1, b1, a2}
+    # Time travel: the pinned snapshot still reads what the project saw, by pyiceberg and in the CLI listing.
+    then = res.catalog(target).load_table(("omop", "person")).scan(snapshot_id=pinned).to_arrow()
+    assert sorted(then.filter(pa.compute.equal(then["_platform"], "pa"))["person_id"].to_pylist()) == [1, 2, 3, 4, 5]
+    assert {d["table"]: d["rows"] for d in tables.describe(target, res, snapshot_id=pinned)} == {
+        "person": {"pa": 5, "pb": 3}
+    }
 
 
 def test_racing_applies_of_one_delivery_commit_once(hdh, tmp_path):

@@ -3,6 +3,7 @@
 PostgreSQL (enforced by the server): one LOGIN role per zone, `principal(zone)` (`eds_local_hosp_a`, ...).
     local:<base>     CONNECT + SELECT on its own source database `src_<base>` only
     platform:<p>     owns its warehouse database `wh_<p>` (and everything in it) only
+    national         owns the HDH database `hdh` (Iceberg SQL catalog + apply ledger) only
     keys:<p>, every  the catalogue through the NOLOGIN group `eds_task`: read/write on the catalogue's tables,
     zone             INSERT only on `catalogue.audit` (no SELECT, UPDATE, DELETE, TRUNCATE, no ownership)
 The audit table and its append-only trigger stay owned by the stack's administrator (`eds`), a role no task
@@ -123,6 +124,9 @@ def write_minio_policies(network: Network, folder: Path = MINIO_POLICY_DIR) -> l
 
 
 # -- PostgreSQL roles --------------------------------------------------------------------------------------
+NATIONAL_DATABASE = "hdh"  # the embedded stack's HDH database (connection `tables_connection_id`)
+
+
 def pg_statements(network: Network, passwords: dict[str, str]) -> dict[str, list[str]]:
     """Database -> SQL that creates the zones' roles and grants (run as the administrator, idempotent).
 
@@ -143,6 +147,7 @@ def pg_statements(network: Network, passwords: dict[str, str]) -> dict[str, list
         ]
     databases = ["airflow", "postgres", "catalogue"]
     databases += [f"src_{b.id}" for b in network.local_bases] + [f"wh_{p.id}" for p in network.platforms]
+    databases += [NATIONAL_DATABASE]
     server += [f"REVOKE ALL ON DATABASE {db} FROM PUBLIC" for db in databases]
     server += [f"GRANT CONNECT, TEMPORARY ON DATABASE catalogue TO {TASK_GROUP}"]
     out = {"postgres": server, "catalogue": _catalogue_grants()}
@@ -168,6 +173,13 @@ def pg_statements(network: Network, passwords: dict[str, str]) -> dict[str, list
             f"ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO {role}",
             f"ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO {role}",
         ]
+    role = principal(zones.NATIONAL)
+    out[NATIONAL_DATABASE] = [
+        f"ALTER DATABASE {NATIONAL_DATABASE} OWNER TO {role}",
+        f"GRANT CONNECT ON DATABASE {NATIONAL_DATABASE} TO {role}",
+        f"ALTER SCHEMA public OWNER TO {role}",
+        _reassign_to(role),
+    ]
     return out
 
 
