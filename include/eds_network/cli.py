@@ -451,7 +451,7 @@ def cmd_national(args) -> int:
 
     network = load_network()
     stack = _stack()
-    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret"))
+    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, *stack.s3_login))
     doc = tables.describe(network.national, res, snapshot_id=args.snapshot)
     if args.json:
         print(json.dumps(doc, indent=1))

@@ -39,7 +39,7 @@ def hdh(stack, fresh_db):
     """A landing zone under its own prefix and a fresh HDH database (catalog + ledger)."""
     zone = NETWORK.national.landing_zone.model_copy(update={"prefix": f"t-{uuid.uuid4().hex[:8]}/"})
     target = NETWORK.national.model_copy(update={"landing_zone": zone})
-    res = tables.NationalTables(fresh_db, S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret"))
+    res = tables.NationalTables(fresh_db, S3Endpoint(stack.s3_endpoint, *stack.s3_login))
     return target, res
 
 

@@ -176,7 +176,7 @@ def test_national_tables_hold_exactly_each_platforms_delivered_rows(night, stack
             m = read_json(s3, zone.bucket, k)
             for f in m["files"]:
                 expected[(f["table"], m["platform"])] = f["rows"]
-    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, "eds-local", "eds-local-secret"))
+    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, *stack.s3_login))
     catalog = res.catalog(NETWORK.national)
     got: dict[tuple[str, str], int] = {}
     for name in tables.table_names(catalog):
