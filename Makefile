@@ -6,7 +6,7 @@ EDS := $(VENV)/bin/eds
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install system-deps demo airflow stop status seed night summary test test-all lint format lock \
+.PHONY: help install system-deps demo airflow stop status seed night summary test test-fast test-all lint format lock \
         check-config expectations schema clean browser-deps bench
 
 help: ## list the targets
@@ -38,7 +38,7 @@ airflow: install ## the Airflow cluster on the same stack (Edge executor, one wo
 	@echo "Airflow UI: http://localhost:$${EDS_API_PORT:-8080}  user: admin  password: see .eds/secrets/ui_passwords.json"
 	@echo "Edge workers (one per zone, each with its own secrets in .eds/zones/<queue>/): UI page Admin > Edge Worker Hosts"
 
-stop: ## stop the embedded stack (S3 objects are in memory and go with it)
+stop: ## stop everything demo/airflow started: Airflow (scheduler, workers, API), S3 endpoint, PostgreSQL
 	@[ -x $(EDS) ] && $(EDS) stack stop || true
 
 status: install ## is the embedded stack up?
@@ -62,6 +62,9 @@ browser-deps: ## headless Chromium from the system packages, for the operator-pa
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "no Chromium: run 'sudo apt-get install chromium' (or set EDS_CHROMIUM to a Chromium binary)"; exit 1; fi; \
 	fi
+
+test-fast: install ## the fast lane (< 3 min): unit tests + DAG integrity, no data system started (EDS_NO_STACK)
+	EDS_NO_STACK=1 $(PY) -m pytest -q tests/unit tests/dags
 
 test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
 	$(PY) -m pytest -q -m "not slow" tests
@@ -92,7 +95,7 @@ schema: install ## regenerate the packaged OMOP 5.4 schema from ../shared/refere
 	$(PY) -m eds_network.core.omop ../shared/reference/ohdsi-dqd-5.4/OMOP_CDMv5.4_Field_Level.csv
 
 expectations: install ## regenerate the GX suites in expectations/ from the OHDSI DQD catalogue
-	$(PY) -m eds_network.quality.dqd generate --out expectations
+	$(PY) -m eds_network.quality.generate generate --out expectations
 
 clean: stop ## remove the embedded stack's state (.eds/) and the venv
 	rm -rf .eds $(VENV)

@@ -1,5 +1,7 @@
 """Shared fixtures: one real embedded stack (PostgreSQL + S3 endpoint + migrated Airflow DB) per test session.
 
+`EDS_NO_STACK=1` (the fast lane, `make test-fast`) starts nothing: a test that asks for the stack is skipped.
+
 The test stack has its own state folder (.eds-test/) and ports, so it never touches the demo's `.eds/`.
 The ports lie below the kernel's ephemeral range (Linux: 32768-60999), where a client socket could hold them.
 """
@@ -24,6 +26,8 @@ def stack():
     from eds_network.core.config import load_network
     from eds_network.dev.stack import Stack
 
+    if os.environ.get("EDS_NO_STACK"):
+        pytest.skip("EDS_NO_STACK: this lane starts no data system")
     s = Stack.default()
     s.start(load_network())
     yield s

@@ -61,7 +61,10 @@ def cmd_stack(args) -> int:
 
         Cluster(s).stop()  # the Airflow processes and zone workers first, then the stores they use
         s.stop()
-        print("embedded stack stopped (S3 objects were in memory and are gone; PostgreSQL data stays in .eds/)")
+        print(
+            "embedded stack stopped: Airflow, S3 endpoint, PostgreSQL (S3 objects were in memory and are gone; "
+            "PostgreSQL data stays in .eds/)"
+        )
     else:
         for k, v in s.status().items():
             print(f"{k:10s} {'up' if v else 'down'}")
@@ -134,8 +137,12 @@ def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple
         raise EdsError(f"the DAG folder does not load: {res.stderr.strip()[-1500:]}")
     results: list[tuple[str, bool, float]] = []
     with ThreadPoolExecutor(max_workers=int(os.environ.get("EDS_NIGHT_PARALLEL", "4"))) as pool:
-        for level in levels:
-            results += list(pool.map(one, level))
+        try:
+            for level in levels:
+                results += list(pool.map(one, level))
+        except BaseException:  # Ctrl-C, SIGTERM (SystemExit), an error: no `airflow dags test` outlives the night
+            s.processes.stop("airflow-dags-test")
+            raise
     return results
 
 
@@ -520,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     qa.add_argument("--out", help="write to this file instead of stdout")
     qa.set_defaults(fn=cmd_quality)
     args = p.parse_args(argv)
+    from eds_network.dev.processes import terminate_on_sigterm
+
+    terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the children this command started are ended
     try:
         return args.fn(args)
     except EdsError as exc:

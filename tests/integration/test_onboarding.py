@@ -102,9 +102,14 @@ def airflow(stack, net, net_file):
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
     }
-    # A clean metadata DB for this module: earlier runs of the same DAGs would be reused by the backfill.
+    # A metadata DB of this module's own, new at each run (earlier runs of the same DAGs would be reused by the
+    # backfill): the session's metadata DB, which other tests share, is never reset.
+    stack.create_database("airflow_onboarding", drop=True)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = stack.sqlalchemy_url("airflow_onboarding").replace(
+        "+psycopg", "+psycopg2"
+    )
     airflow_bin = str(Path(env["PATH"].split(os.pathsep)[0]) / "airflow")
-    subprocess.run([airflow_bin, "db", "reset", "-y"], env=env, check=True, capture_output=True)
+    subprocess.run([airflow_bin, "db", "migrate"], env=env, check=True, capture_output=True)
     stack.logs.mkdir(parents=True, exist_ok=True)
     procs: dict[Path, subprocess.Popen] = {}  # each component's log -> its process
     for component in ("api-server", "scheduler", "dag-processor"):
@@ -130,6 +135,8 @@ def airflow(stack, net, net_file):
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait(10)
+        with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS airflow_onboarding WITH (FORCE)")
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -33,6 +33,7 @@ from eds_network.core.config import REPO_ROOT, Network, load_network, state_home
 from eds_network.core.errors import EdsError
 from eds_network.dev import access
 from eds_network.dev.access import new_signing_key, signing_zones, trust_store_of
+from eds_network.dev.processes import MARKER, ProcessRegistry
 from eds_network.orchestration.zone_connections import (
     TRUST_STORE_CONNECTION_ID,
     signing_connection_id,
@@ -314,10 +315,11 @@ class Stack:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn(name)
 
-    # -- S3 (moto server) ------------------------------------------------------------------------------
+    # -- processes and S3 (moto server) ----------------------------------------------------------------------
     @property
-    def _moto_pidfile(self) -> Path:
-        return self.root / "moto.pid"
+    def processes(self) -> ProcessRegistry:
+        """The registry of every process this stack starts (`stop()` ends them all): pid files in <state>/run/."""
+        return ProcessRegistry(self.root / "run", str(self.root))
 
     def s3_running(self) -> bool:
         return not _free(self.s3_port)
@@ -335,25 +337,13 @@ class Stack:
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(access.MOTO_NO_AUTH_ACTIONS)}
         access.forget_s3_users(self)
         with open(self.logs / "moto.log", "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        self._moto_pidfile.write_text(str(proc.pid))
+            self.processes.spawn("moto", cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         _wait_port(self.s3_port, "moto S3 server")
         access.create_s3_users(self, network or load_network())
 
     def stop_s3(self) -> None:
-        if not self._moto_pidfile.exists():
-            return
-        pid = int(self._moto_pidfile.read_text())
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            # its IAM users die with it: wait until it is gone, so a restart starts a fresh server
-            for _ in range(100):
-                os.killpg(pid, 0)
-                time.sleep(0.1)
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._moto_pidfile.unlink(missing_ok=True)
+        # its IAM users die with it: `stop` waits until it is gone, so a restart starts a fresh server
+        self.processes.stop("moto")
         access.forget_s3_users(self)
 
     @property
@@ -374,31 +364,27 @@ class Stack:
         from eds_network.core.crypto import Key
         from eds_network.core.storage import S3Endpoint
         from eds_network.dev.level1 import in_process
-        from eds_network.local.extract import LocalResources
+        from eds_network.local.resources import local_resources
 
         keys = self.keys(network)
         platform = network.platform_of(base_id)
         base = network.base(base_id)
         box = keys[network.national.box_key_connection_id]
-        level1_key = Key.from_secret(
-            platform.key_connection_id,
-            keys[platform.key_connection_id]["password"],
-            keys[platform.key_connection_id]["extra"]["version"],
-        )
-        return LocalResources(
+
+        def key(conn_id: str) -> Key:
+            return Key.from_secret(conn_id, keys[conn_id]["password"], keys[conn_id]["extra"]["version"])
+
+        level1_key = key(platform.key_connection_id)
+        return local_resources(
+            network,
+            base,
             source_dsn=source_dsn or self.dsn(f"src_{base_id}"),
             intake=S3Endpoint(self.s3_endpoint, *self.s3_login),
-            intake_bucket=platform.intake.bucket,
-            intake_prefix=platform.intake.prefix if intake_prefix is None else intake_prefix,
             level1_version=level1_key.version,
+            transport_key=key(network.transport_key_connection_id),
+            national_public_key=(base64.b64decode(box["extra"]["public_key"]), box["extra"]["version"]),
+            intake_prefix=intake_prefix,
             level1_evaluate=in_process(level1_key, platform.id, base.finess or base.id),
-            transport_key=Key.from_secret(
-                network.transport_key_connection_id,
-                keys[network.transport_key_connection_id]["password"],
-                keys[network.transport_key_connection_id]["extra"]["version"],
-            ),
-            national_public_key=base64.b64decode(box["extra"]["public_key"]),
-            national_key_version=box["extra"]["version"],
             signing_key=base64.b64decode(keys[signing_connection_id(f"local:{base_id}")]["password"]),
         )
 
@@ -507,7 +493,10 @@ class Stack:
         venv_bin = str(Path(sys.executable).parent)
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sqlalchemy_url("airflow").replace("+psycopg", "+psycopg2"),
+            # EDS_AIRFLOW_DB: another metadata DB on the same server (a test that resets or migrates its own)
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sqlalchemy_url(
+                os.environ.get("EDS_AIRFLOW_DB", "airflow")
+            ).replace("+psycopg", "+psycopg2"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -541,6 +530,7 @@ class Stack:
             "EDS_S3_PORT": str(self.s3_port),
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             "NO_PROXY": "*",
+            MARKER: str(self.root),  # every process of this stack carries it: `stop()` finds them all
         }
         return env
 
@@ -559,9 +549,18 @@ class Stack:
             return {}
 
     def airflow(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+        """Run the Airflow CLI in the stack's environment, in a registered process group: ended with the
+        stack (`stop`), and at once if this call is interrupted (Ctrl-C, SIGTERM, an exception)."""
         env = {**os.environ, **self.airflow_env()}
         airflow = Path(sys.executable).parent / "airflow"
-        return subprocess.run([str(airflow), *args], env=env, check=check, text=True, capture_output=capture)
+        name = "airflow-" + "-".join(a for a in args[:2] if a.isidentifier()) + f"-{secrets.token_hex(4)}"
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if capture else {}
+        with self.processes.run(name, [str(airflow), *args], env=env, text=True, **pipes) as proc:
+            out, err = proc.communicate()
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        if check:
+            res.check_returncode()
+        return res
 
     # -- whole stack -----------------------------------------------------------------------------------
     def warn_ephemeral_ports(self) -> list[str]:
@@ -624,8 +623,10 @@ class Stack:
         )
 
     def stop(self) -> None:
-        self.stop_s3()
+        """Stop every process the stack started (registered groups, then anything left with its marker), then
+        PostgreSQL."""
+        self.processes.stop()
         self.stop_postgres()
 
     def status(self) -> dict[str, bool]:
-        return {"postgres": self.pg_running(), "s3": self.s3_running()}
+        return {"postgres": self.pg_running(), "s3": self.s3_running(), **{n: True for n in self.processes.running()}}
