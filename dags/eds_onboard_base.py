@@ -31,10 +31,6 @@ from eds_network.orchestration.zoned import zone_task
 
 NETWORK = load_network()
 BASES = [b.id for b in NETWORK.local_bases]
-_today = dt.date.today()
-_six_months_ago = (_today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
-for _ in range(5):
-    _six_months_ago = (_six_months_ago - dt.timedelta(days=1)).replace(day=1)
 
 
 def _operator() -> str:
@@ -61,20 +57,22 @@ def _operator() -> str:
             title="Base",
             description="The base to onboard, as configured in config/network.yaml.",
         ),
+        # Static defaults (empty): the dates are decided when the run starts, so the DAG does not change daily.
         "start_date": Param(
-            _six_months_ago.isoformat(),
-            type="string",
+            None,
+            type=["null", "string"],
             format="date",
             title="Start date",
-            description="First day of the history to bring in (intervals starting on or after it).",
+            description="First day of the history to bring in (intervals starting on or after it). Empty: the "
+            "first day of the month six months before the end date.",
         ),
         "end_date": Param(
-            _today.isoformat(),
-            type="string",
+            None,
+            type=["null", "string"],
             format="date",
             title="End date",
             description="Day after the last day of the history (exclusive); after the start date, not in the "
-            "future. Nightly runs take over from the latest complete interval.",
+            "future. Empty: today. Nightly runs take over from the latest complete interval.",
         ),
         "tables": Param(
             list(omop.DEFAULT_TABLES),

@@ -42,8 +42,9 @@ PARSE = textwrap.dedent(
             "deadline": str(getattr(getattr(dag.timetable, "timetable", None), "expression", "")),
             "deadline_tz": str(getattr(getattr(dag.timetable, "timetable", None), "timezone", "")),
             "asset_condition": str(getattr(dag.timetable, "asset_condition", "")),
+            "params": {k: v for k, v in dag.params.dump().items()},
         }
-    print("JSON:" + json.dumps(out))
+    print("JSON:" + json.dumps(out, default=str))
     """
 )
 
@@ -149,3 +150,10 @@ def test_onboarding_reads_each_source_in_its_own_hospital_zone(parsed):
         for step in ("check_schema", "profile"):
             assert tasks[f"{step}__{b.id}"]["queue"] == zones.queue(zones.local(b.id)), (b.id, step)
     assert tasks["backfill"]["queue"] == tasks["register"]["queue"] == zones.queue(zones.OPERATOR)
+
+
+def test_onboarding_params_have_static_defaults(parsed):
+    """No default computed from today's date at parse time: parsing on another day gives the same DAG."""
+    params = parsed["dags"]["eds_onboard_base"]["params"]
+    assert params["start_date"] is None and params["end_date"] is None
+    assert params["dry_run"] is True and params["reprocess"] == "failed"

@@ -724,3 +724,12 @@ def test_make_fragment_defines_compose_targets_with_tab_indented_recipes(tmp_pat
     order = [plan.index(s) for s in ("create-secrets.sh", "make-certs.sh", "up -d --build")]
     assert order == sorted(order), plan
     assert "--scale airflow-worker=3" in plan and f"cd {ROOT}" in plan
+
+
+def test_the_image_carries_no_dev_dependency() -> None:
+    """moto (the embedded stack's S3 endpoint) is a dev dependency: not in the runtime lock the image installs."""
+    runtime = {ln.split("==")[0].lower() for ln in (ROOT / "requirements.txt").read_text().splitlines() if "==" in ln}
+    dev = {ln.split("==")[0].lower() for ln in (ROOT / "requirements-dev.txt").read_text().splitlines() if "==" in ln}
+    assert "moto" in dev and "moto" not in runtime
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "requirements.txt" in dockerfile and "requirements-dev" not in dockerfile

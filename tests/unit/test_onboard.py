@@ -19,6 +19,13 @@ def _req(**params):
     return onboard.parse_request(load_network(), {**base, **params}, operator="alice", today=TODAY)
 
 
+def test_empty_dates_are_decided_when_the_run_starts():
+    req = onboard.parse_request(load_network(), {"base": "hosp_b", "start_date": None}, today=TODAY)
+    assert (req.start_date, req.end_date) == (dt.date(2026, 5, 1), TODAY)
+    req = onboard.parse_request(load_network(), {"base": "hosp_b", "end_date": "2026-03-15"}, today=TODAY)
+    assert (req.start_date, req.end_date) == (dt.date(2025, 9, 1), dt.date(2026, 3, 15))
+
+
 def test_defaults_are_a_dry_run_of_the_bases_tables_two_intervals_at_a_time():
     req = _req()
     assert req.dry_run is True

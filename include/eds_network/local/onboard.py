@@ -91,10 +91,22 @@ def _date(name: str, value: Any) -> dt.date:
         raise ConfigError(f"{name}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
+def default_start(end: dt.date, months: int = 6) -> dt.date:
+    """The first day of the month `months` months before `end`'s month: the default start of a history."""
+    start = end.replace(day=1)
+    for _ in range(months):
+        start = (start - dt.timedelta(days=1)).replace(day=1)
+    return start
+
+
 def check_range(start: Any, end: Any, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
-    """The onboarding range: start before end, neither in the future. Messages name both dates."""
+    """The onboarding range: start before end, neither in the future. Messages name both dates.
+
+    An empty end is today, an empty start six months before the end (`default_start`): the DAG's Params have
+    static defaults, so these dates are decided when the run starts, never when the DAG file is parsed."""
     today = today or dt.date.today()
-    s, e = _date("start_date", start), _date("end_date", end)
+    e = _date("end_date", end) if end not in (None, "") else today
+    s = _date("start_date", start) if start not in (None, "") else default_start(e)
     if s >= e:
         raise ConfigError(f"start_date {s} must be before end_date {e}: the range [{s}, {e}) is empty")
     if e > today:

@@ -30,13 +30,14 @@ def _conn(conn_id: str, what: str) -> Connection:
 
 
 def pg_dsn(conn_id: str, what: str = "database") -> str:
+    """The libpq URI of a Postgres connection, built by the Postgres provider's hook (SQLAlchemy's URL quoting)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
     c = _conn(conn_id, what)
     if c.password:
         mask_secret(c.password)
-    from urllib.parse import quote
-
-    auth = f"{quote(c.login or '')}:{quote(c.password or '')}@" if c.login else ""
-    return f"postgresql://{auth}{c.host or 'localhost'}:{c.port or 5432}/{c.schema or 'postgres'}"
+    url = PostgresHook(postgres_conn_id=conn_id, connection=c).sqlalchemy_url
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def s3_endpoint(conn_id: str, what: str = "object storage") -> S3Endpoint:
