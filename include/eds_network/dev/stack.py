@@ -591,11 +591,13 @@ class Stack:
         for db in [
             "airflow",
             "catalogue",
-            "hdh",  # the HDH zone's database: the national tables' Iceberg catalog
             *(f"wh_{p.id}" for p in network.platforms),
             *(f"src_{b.id}" for b in network.local_bases),
         ]:
             self.create_database(db)
+        # The HDH's database holds the national tables' Iceberg catalog, pointing at files in S3 whose objects
+        # live in the S3 server's memory: a new S3 server means a new, empty catalog.
+        self.create_database("hdh", drop=not self.s3_running())
         self.start_s3(network)
         from eds_network.core.storage import ensure_bucket
 
