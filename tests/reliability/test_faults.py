@@ -92,14 +92,13 @@ def _local_run(stack, world, prefix: str, dsn: str | None = None) -> publish.Pub
 
 
 def _with_other_base(stack, world, prefix: str) -> None:
-    """Copy hosp_b's good batch under `prefix`, so the platform sees both members as in the clean run."""
-    s3 = stack.s3_client()
-    src = world["prefix"] + "hosp_b/"
-    for key in list_keys(s3, PLATFORM.intake.bucket, src):
-        dst = prefix + key[len(world["prefix"]) :]
-        s3.copy_object(
-            Bucket=PLATFORM.intake.bucket, Key=dst, CopySource={"Bucket": PLATFORM.intake.bucket, "Key": key}
-        )
+    """Publish hosp_b's good batch under `prefix` from its seeded template, so the platform sees both members as
+    in the clean run. (A copy of the world's batch would list files outside its own prefix: the platform refuses
+    such a manifest.)"""
+    other = NET.base("hosp_b")
+    res = stack.local_resources(NET, other.id, source_dsn=world["clone"](other.id), intake_prefix=prefix)
+    refs = [extract.extract_table(other, t, DAY1, DAY2, res).ref() for t in other.tables]
+    publish.publish_batch(other, DAY1, DAY2, refs, res)
 
 
 def _no_incomplete_uploads(s3, bucket: str) -> None:

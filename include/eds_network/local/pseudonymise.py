@@ -245,7 +245,9 @@ _SEP = r"[ .\-]?"
 _NIR_CANDIDATE = re.compile(
     r"(?<![0-9A-Za-z])[12](?:" + _SEP + r"[0-9AB]){12}(?:" + _SEP + r"[0-9]" + _SEP + r"[0-9])?(?![0-9])"
 )
-_NIR13 = re.compile(r"^[12][0-9]{2}(?:0[1-9]|1[0-2]|[2-3][0-9]|4[0-2]|[5-9][0-9])(?:[0-9]{2}|2A|2B)[0-9]{6}$")
+# sex, year, month (01-12, or the 20-42 / 50-99 codes of an unknown month), département (never 00; 2A/2B), commune
+# and order. Département 00 does not exist: it keeps 13-digit codes such as SNOMED's 1231000119100 out.
+_NIR13 = re.compile(r"^[12][0-9]{2}(?:0[1-9]|1[0-2]|[2-3][0-9]|4[0-2]|[5-9][0-9])(?:0[1-9]|[1-9][0-9]|2A|2B)[0-9]{6}$")
 
 
 def _is_nir(candidate: str) -> bool:
