@@ -85,20 +85,17 @@ def clean(stack, world):
     return _warehouse_state(wh)
 
 
-def _local_run(stack, world, prefix: str, dsn: str | None = None) -> publish.Published:
-    res = stack.local_resources(NET, BASE.id, source_dsn=dsn or world["clone"](BASE.id), intake_prefix=prefix)
-    refs = [extract.extract_table(BASE, t, DAY1, DAY2, res).ref() for t in BASE.tables]
-    return publish.publish_batch(BASE, DAY1, DAY2, refs, res)
+def _local_run(stack, world, prefix: str, dsn: str | None = None, base=BASE) -> publish.Published:
+    res = stack.local_resources(NET, base.id, source_dsn=dsn or world["clone"](base.id), intake_prefix=prefix)
+    refs = [extract.extract_table(base, t, DAY1, DAY2, res).ref() for t in base.tables]
+    return publish.publish_batch(base, DAY1, DAY2, refs, res)
 
 
 def _with_other_base(stack, world, prefix: str) -> None:
     """Publish hosp_b's good batch under `prefix` from its seeded template, so the platform sees both members as
     in the clean run. (A copy of the world's batch would list files outside its own prefix: the platform refuses
     such a manifest.)"""
-    other = NET.base("hosp_b")
-    res = stack.local_resources(NET, other.id, source_dsn=world["clone"](other.id), intake_prefix=prefix)
-    refs = [extract.extract_table(other, t, DAY1, DAY2, res).ref() for t in other.tables]
-    publish.publish_batch(other, DAY1, DAY2, refs, res)
+    _local_run(stack, world, prefix, base=NET.base("hosp_b"))
 
 
 def _no_incomplete_uploads(s3, bucket: str) -> None:
