@@ -15,6 +15,9 @@ eds leak-scan [--json]          look for the hospitals' identifiers in every out
 eds quality export --base X     the DQD results JSON of a base's latest local run (or --platform P: mutualised)
 eds national tables [--snapshot ID] [--json]   the HDH's Iceberg tables: rows per platform, snapshots (a
                                 snapshot id pins what a project saw: --snapshot gives that table's rows then)
+eds milestone set BASE MILESTONE [--date D] [--evidence TEXT] [--by WHO]   record (or correct) an onboarding
+                                milestone, audited; `correct` refuses one not yet recorded, `unset --reason` withdraws
+eds milestone list [BASE]       every base's milestones (date, evidence, who, when) and the deliveries they hold back
 eds quality changes --base X [--threshold CHECK=PCT]   checks newly failing / resolved / still failing since the
                                 previous night (thresholds re-applied to the stored results, nothing re-run)
 """
@@ -473,6 +476,65 @@ def cmd_national(args) -> int:
     return 0
 
 
+def _milestone_dsn(args) -> str:
+    return args.dsn or os.environ.get("EDS_CATALOGUE_DSN") or _stack().dsn("catalogue")
+
+
+def _print_milestones(dsn: str, base: str | None) -> None:
+    from eds_network.catalogue import milestone_records as mr
+
+    for b in mr.listing(dsn, base):
+        print(f"{b['base']}  (stage: {b['stage']})")
+        for m in b["milestones"]:
+            if m["reached_on"] is None:
+                print(f"    {m['milestone']:17s} not reached")
+                continue
+            when = (m["recorded_at"] or "")[:16].replace("T", " ")
+            print(
+                f"    {m['milestone']:17s} {m['reached_on']}  by {m['recorded_by']} at {when}"
+                f"  evidence: {m['evidence'] or '-'}"
+            )
+    for h in mr.held_deliveries(dsn):
+        state = "the next national run delivers" if h["unblocked"] else "still held"
+        lacks = "; ".join(f"{b['base']} lacks {', '.join(b['missing'] or b['recorded'])}" for b in h["bases"])
+        print(f"held back: platform {h['platform']} delivery {h['source_delivery']}: {lacks} ({state})")
+
+
+def cmd_milestone(args) -> int:
+    """Record, correct, withdraw or list onboarding milestones in the catalogue (audited, who and when)."""
+    import getpass
+
+    from sqlalchemy.exc import OperationalError
+
+    from eds_network.catalogue import milestone_records as mr
+
+    dsn = _milestone_dsn(args)
+    who = args.by or getpass.getuser()
+    try:
+        if args.action == "list":
+            _print_milestones(dsn, args.base)
+            return 0
+        if not args.milestone:
+            raise EdsError(f"eds milestone {args.action} needs BASE MILESTONE")
+        if args.action == "unset":
+            mr.unset(dsn, args.base, args.milestone, reason=args.reason or "", recorded_by=who)
+            print(f"{args.base}: {args.milestone} withdrawn (audited: milestone.unset by {who})")
+            return 0
+        out = mr.record(
+            dsn,
+            args.base,
+            args.milestone,
+            mr.parse_date(args.date, base=args.base),
+            evidence=args.evidence,
+            recorded_by=who,
+            correct=args.action == "correct",
+        )
+    except OperationalError as exc:
+        raise EdsError(f"catalogue database unreachable ({exc.orig}); is the stack up (`eds stack start`)?") from None
+    print(f"{out['base']}: {out['milestone']} reached on {out['reached_on']} ({out['action']} by {who})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -517,6 +579,18 @@ def main(argv: list[str] | None = None) -> int:
     na.add_argument("--last", type=int, default=5, help="snapshots listed per table (default 5)")
     na.add_argument("--json", action="store_true", help="machine-readable listing")
     na.set_defaults(fn=cmd_national)
+    ms = sub.add_parser("milestone", help="record, correct, withdraw or list onboarding milestones (audited)")
+    ms.add_argument("action", choices=["set", "correct", "unset", "list"])
+    ms.add_argument("base", nargs="?", help="the base id (list: optional)")
+    ms.add_argument(
+        "milestone", nargs="?", help="contract_signed, documentation, preparation, transfer_channel, available"
+    )
+    ms.add_argument("--date", help="the day it was reached, YYYY-MM-DD (default today; never in the future)")
+    ms.add_argument("--evidence", help="a document reference or URL proving it (no personal data)")
+    ms.add_argument("--by", help="who records it (default: your login name)")
+    ms.add_argument("--reason", help="unset: why the milestone is withdrawn (required)")
+    ms.add_argument("--dsn", help="catalogue database (default: $EDS_CATALOGUE_DSN, else the embedded stack's)")
+    ms.set_defaults(fn=cmd_milestone)
     qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
     qa.add_argument("action", choices=["export", "changes"])
     who = qa.add_mutually_exclusive_group(required=True)

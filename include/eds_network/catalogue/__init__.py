@@ -45,6 +45,7 @@ from eds_network.catalogue.runs import (
     count,
     deliveries,
     latest_runs,
+    mark_available,
     mark_transfer_channel,
     milestones,
     national_linkage,
@@ -58,6 +59,7 @@ from eds_network.catalogue.runs import (
     rows_passed_through,
     set_milestone,
     stage,
+    unset_milestone,
 )
 from eds_network.catalogue.tables import (
     LEVELS,
@@ -100,6 +102,7 @@ __all__ = [
     "engine",
     "head_revision",
     "latest_runs",
+    "mark_available",
     "mark_transfer_channel",
     "member_arrival_t",
     "metadata",
@@ -130,6 +133,7 @@ __all__ = [
     "run_table_t",
     "schema_diff",
     "set_milestone",
+    "unset_milestone",
     "stage",
     "table_volumes",
     "upgrade",

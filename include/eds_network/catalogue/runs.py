@@ -54,27 +54,58 @@ def register_network(dsn: str, network: Network, actor: str = "eds-network") -> 
 
 def set_milestone(
     dsn: str, base_id: str, milestone: str, reached_on: dt.date, *, evidence: str | None, recorded_by: str
-) -> None:
+) -> str:
+    """Record a milestone, or correct one already recorded (same row, new date / evidence / recorder, now).
+
+    Audited as `milestone.set` (first time) or `milestone.corrected` (with the previous date and evidence);
+    recording exactly what is already there changes nothing and returns `unchanged`."""
     if milestone not in MILESTONES:
         raise ValueError(f"unknown milestone {milestone!r}; expected one of {', '.join(MILESTONES)}")
     with engine(dsn).begin() as conn:
+        before = conn.execute(
+            select(milestone_t.c.reached_on, milestone_t.c.evidence)
+            .where(milestone_t.c.base_id == base_id, milestone_t.c.milestone == milestone)
+            .with_for_update()
+        ).first()
+        if before is not None and (before.reached_on, before.evidence) == (reached_on, evidence):
+            return "unchanged"
+        values = {"reached_on": reached_on, "evidence": evidence, "recorded_by": recorded_by, "recorded_at": func.now()}
         conn.execute(
             insert(milestone_t)
-            .values(
-                base_id=base_id, milestone=milestone, reached_on=reached_on, evidence=evidence, recorded_by=recorded_by
-            )
-            .on_conflict_do_update(
-                index_elements=["base_id", "milestone"],
-                set_={"reached_on": reached_on, "evidence": evidence, "recorded_by": recorded_by},
-            )
+            .values(base_id=base_id, milestone=milestone, **values)
+            .on_conflict_do_update(index_elements=["base_id", "milestone"], set_=values)
         )
+        details = {"milestone": milestone, "reached_on": reached_on.isoformat(), "evidence": evidence}
+        if before is not None:
+            details |= {"previous_reached_on": before.reached_on.isoformat(), "previous_evidence": before.evidence}
+        action = "milestone.corrected" if before is not None else "milestone.set"
+        audit(conn, recorded_by, action, f"base:{base_id}", details)
+    return action
+
+
+def unset_milestone(dsn: str, base_id: str, milestone: str, *, reason: str, recorded_by: str) -> bool:
+    """Withdraw a milestone recorded by mistake (audited `milestone.unset` with what it was and why)."""
+    with engine(dsn).begin() as conn:
+        gone = conn.execute(
+            milestone_t.delete()
+            .where(milestone_t.c.base_id == base_id, milestone_t.c.milestone == milestone)
+            .returning(milestone_t.c.reached_on, milestone_t.c.evidence)
+        ).first()
+        if gone is None:
+            return False
         audit(
             conn,
             recorded_by,
-            "milestone.set",
+            "milestone.unset",
             f"base:{base_id}",
-            {"milestone": milestone, "reached_on": reached_on.isoformat()},
+            {
+                "milestone": milestone,
+                "previous_reached_on": gone.reached_on.isoformat(),
+                "previous_evidence": gone.evidence,
+                "reason": reason,
+            },
         )
+    return True
 
 
 def milestones(dsn: str, base_id: str) -> dict[str, dt.date]:
@@ -191,7 +222,13 @@ def record_delivery(
 
 
 def record_skipped_delivery(
-    dsn: str, *, platform_id: str, source_delivery: str, skipped: dict[str, list[str]], actor: str = "airflow"
+    dsn: str,
+    *,
+    platform_id: str,
+    source_delivery: str,
+    skipped: dict[str, list[str]],
+    message: str | None = None,
+    actor: str = "airflow",
 ) -> None:
     """A platform delivery held back by missing milestones: a national run `skipped` with the reasons, and one
     audit entry per blocking base naming the milestones it lacks."""
@@ -201,7 +238,7 @@ def record_skipped_delivery(
         scope_id=platform_id,
         batch_id=f"skipped:{source_delivery}",
         status="skipped",
-        details={"reason": "milestones", "missing_milestones": skipped},
+        details={"reason": "milestones", "missing_milestones": skipped, "message": message},
         actor=actor,
     )
     with engine(dsn).begin() as conn:
@@ -219,17 +256,24 @@ def mark_transfer_channel(
     dsn: str, base_ids: Iterable[str], on: dt.date | None = None, actor: str = "eds-national"
 ) -> list[str]:
     """A first accepted national receipt proves the transfer channel: record the milestone where missing."""
+    return _mark_where_missing(dsn, base_ids, "transfer_channel", on, "national receipt accepted", actor)
+
+
+def mark_available(
+    dsn: str, base_ids: Iterable[str], delivery_id: str, on: dt.date | None = None, actor: str = "eds-national"
+) -> list[str]:
+    """The HDH accepted a delivery carrying these bases: they are available at the national level (the end of
+    the onboarding lead time). Recorded where missing, the accepted delivery as evidence; never moved later."""
+    return _mark_where_missing(dsn, base_ids, "available", on, f"HDH receipt accepted: delivery {delivery_id}", actor)
+
+
+def _mark_where_missing(
+    dsn: str, base_ids: Iterable[str], milestone: str, on: dt.date | None, evidence: str, actor: str
+) -> list[str]:
     done = []
     for b in base_ids:
-        if "transfer_channel" not in milestones(dsn, b):
-            set_milestone(
-                dsn,
-                b,
-                "transfer_channel",
-                on or dt.date.today(),
-                evidence="national receipt accepted",
-                recorded_by=actor,
-            )
+        if milestone not in milestones(dsn, b):
+            set_milestone(dsn, b, milestone, on or dt.date.today(), evidence=evidence, recorded_by=actor)
             done.append(b)
     return done
 

@@ -50,6 +50,7 @@ milestone_t = Table(
     Column("reached_on", Date, nullable=False),
     Column("evidence", Text),
     Column("recorded_by", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 run_t = Table(
     "run",

@@ -11,7 +11,8 @@
   (and the landing bucket carries a lifecycle rule aborting stale ones); an object that fails verification
   (checksum, size, encryption) is deleted so that a retry sends it again.
 - Milestone gating: a platform delivery leaves only when every member base has `contract_signed` and
-  `preparation` in the catalogue (the caller passes the milestones); otherwise it is skipped with the reasons.
+  `preparation` in the catalogue (the caller passes the milestones); otherwise it is skipped, the warning and
+  the result naming each blocking base and the milestones it lacks (`gate_message`).
 - National linkage: per platform pair, the number of persons sharing a level-2 pseudonym, in a summary object.
 - The landing zone never receives an identity value, a level-1 pseudonym or a transport token.
 """
@@ -127,6 +128,17 @@ def delivery_gate(members: Iterable[str], milestones: Mapping[str, Iterable[str]
     return blocked
 
 
+def gate_message(platform_id: str, source_delivery: str, blocked: Mapping[str, Iterable[str]]) -> str:
+    """What the gate says when it holds a delivery back: every blocking base with the milestones it lacks, and how
+    to unblock it."""
+    lacks = "; ".join(f"base {b} lacks {', '.join(m)}" for b, m in sorted(blocked.items()))
+    return (
+        f"platform {platform_id}: delivery {source_delivery} not sent (milestone gate): {lacks}. Record the "
+        "milestone on the operator page (EDS network > Held-back deliveries) or with `eds milestone set BASE "
+        "MILESTONE --evidence TEXT`; the next national run delivers."
+    )
+
+
 def ensure_abort_lifecycle(s3, bucket: str, days: int = ABORT_INCOMPLETE_AFTER_DAYS) -> bool:
     """Make sure the landing bucket aborts incomplete multipart uploads older than `days` (idempotent; other
     rules are kept). Returns False, with a warning, when the endpoint does not let us set it."""
@@ -197,12 +209,7 @@ def transfer_platform(
     if milestones is not None:
         blocked = delivery_gate(manifest.get("members") or [b.id for b in platform.members], milestones)
         if blocked:
-            log.warning(
-                "%s: delivery %s not sent: %s",
-                platform.id,
-                source_delivery,
-                "; ".join(f"base {b} lacks {', '.join(m)}" for b, m in blocked.items()),
-            )
+            log.warning("%s", gate_message(platform.id, source_delivery, blocked))
             return Delivery(
                 platform.id, "", "skipped", None, [], {}, key_versions, source_delivery=source_delivery, skipped=blocked
             )

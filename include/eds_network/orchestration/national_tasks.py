@@ -25,13 +25,18 @@ def transfer(platform_id: str) -> dict:
         return {"platform": platform_id, "status": "already_delivered", "detail": str(exc)}
     if out.status == "skipped":
         catalogue.record_skipped_delivery(
-            dsn, platform_id=platform_id, source_delivery=out.source_delivery, skipped=out.skipped
+            dsn,
+            platform_id=platform_id,
+            source_delivery=out.source_delivery,
+            skipped=out.skipped,
+            message=transfer_step.gate_message(platform_id, out.source_delivery, out.skipped),
         )
     return out.ref()
 
 
 def receipt(delivery: dict, *, run_id: str) -> None:
-    """Check a delivered delivery in the landing zone and record it (and the members' transfer channel)."""
+    """Check a delivered delivery in the landing zone and record it; an accepted receipt sets the members'
+    `transfer_channel` and `available` milestones where missing."""
     network = load_network()
     dsn = catalogue_dsn(network)
     if delivery["status"] == "already_delivered" and delivery.get("delivery_id"):
@@ -75,7 +80,10 @@ def receipt(delivery: dict, *, run_id: str) -> None:
     )
     if not accepted:
         raise TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
-    catalogue.mark_transfer_channel(dsn, [b.id for b in network.platform(delivery["platform"]).members])
+    members = [b.id for b in network.platform(delivery["platform"]).members]
+    catalogue.mark_transfer_channel(dsn, members)
+    # The HDH accepted the delivery: its bases are available nationally (the end of their onboarding lead time).
+    catalogue.mark_available(dsn, members, delivery["delivery_id"])
 
 
 def linkage(deliveries: list[dict]) -> dict:
