@@ -2,7 +2,9 @@
 
 - FastAPI app mounted at `/eds` (`/eds/` the page, `/eds/api/...` JSON): built by `eds_network.ui`, behind
   Airflow's own authentication (`requires_access_view(WEBSITE)`: whoever may use the Airflow UI);
-- an external view "EDS network" in the Airflow navigation that shows `/eds/` inside the UI.
+- an external view "EDS network" in the Airflow navigation that shows `/eds/` inside the UI;
+- the milestone form (`POST /eds/milestones`): recorded under the logged-in Airflow user's name, by a user who
+  may edit the `eds_national` DAG (what a milestone unblocks); audited in the catalogue.
 
 The catalogue is read through the `eds_catalogue` connection (Airflow's secrets backend; `$EDS_CATALOGUE_DSN`
 overrides it); Data Docs, when a
@@ -14,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
-from airflow.api_fastapi.core_api.security import requires_access_view
+from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagDetails
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_view
 from airflow.plugins_manager import AirflowPlugin
 
 from eds_network import ui
@@ -43,6 +45,24 @@ def _data_docs_dir() -> Path:
     return Path(os.environ.get("EDS_DATA_DOCS_DIR", state_home() / "datadocs"))
 
 
+RECORD_PERMISSION_DAG = "eds_national"
+
+
+def _recorder(user: GetUserDep) -> str:
+    """The logged-in Airflow user's name, if they may edit the national DAG (else HTTP 403)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from fastapi import HTTPException
+
+    allowed = get_auth_manager().is_authorized_dag(
+        method="PUT", details=DagDetails(id=RECORD_PERMISSION_DAG), user=user
+    )
+    if not allowed:
+        raise HTTPException(
+            status_code=403, detail=f"recording a milestone needs edit access to the {RECORD_PERMISSION_DAG} DAG"
+        )
+    return user.get_name()
+
+
 app = ui.create_app(
     _dsn,
     load_network,
@@ -50,6 +70,7 @@ app = ui.create_app(
     login_url=_login_url,
     data_docs_dir=_data_docs_dir(),
     prefix=PREFIX,
+    recorder=_recorder,
 )
 
 

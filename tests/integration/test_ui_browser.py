@@ -348,3 +348,152 @@ def test_no_internet_asset_on_the_page(api_server):
     assert status == 200 and b"--ok:" in css and b"http" not in css
     assert _http(f"{base}/eds/static/eds.css")[0] in (401, 403)  # behind the login like the page
     assert _http(f"{base}/eds/static/..%2Fview.py", token=token)[0] == 404
+
+
+# -- the milestone form: a delivery held back by the national gate, unblocked from the page ----------------------
+
+
+def _national_run(stack, dsn: str, platform, target) -> dict:
+    """One national run of `platform`, as `eds_national`'s tasks do it (national_tasks.transfer then .receipt),
+    on a test outbox prefix and this page's catalogue: milestones read from the catalogue, the gate, the transfer,
+    the receipt recorded (an accepted one sets `available`)."""
+    from test_transfer import _resources
+
+    from eds_network.national import receipt as receipt_step
+    from eds_network.national import transfer as transfer_step
+    from eds_network.orchestration import national_tasks
+
+    reached = {b.id: set(catalogue.milestones(dsn, b.id)) for b in platform.members}
+    res = _resources(stack)
+    out = transfer_step.transfer_platform(platform, target, res, milestones=reached)
+    national_tasks.record_gate(dsn, out)
+    if out.status == "delivered":
+        doc = receipt_step.receipt(target, res.landing, out.delivery_id)
+        assert national_tasks.record_receipt(
+            dsn, [b.id for b in platform.members], out.ref(), doc, run_id="manual__ui_milestone"
+        )
+    return out.ref()
+
+
+@pytest.fixture(scope="module")
+def held_onco(stack, ui_db):
+    """onco's package in a test outbox, and a national run the gate skipped: hosp_d lacks `preparation`."""
+    import uuid
+
+    from test_transfer import _package, _platform, _tokens
+
+    dsn, _ = ui_db
+    tag = uuid.uuid4().hex[:10]
+    network = load_network()
+    zone = network.national.landing_zone.model_copy(update={"prefix": f"t-ui-{tag}/"})
+    target = network.national.model_copy(update={"landing_zone": zone})
+    platform = _platform("onco", tag)
+    _package(stack, platform, _tokens(12))
+    out = _national_run(stack, dsn, platform, target)
+    assert out["status"] == "skipped" and out["skipped"] == {"hosp_d": ["preparation"]}
+    return platform, target
+
+
+def _form_post(base: str, fields: dict, *, cookie: str | None = None, token: str | None = None, origin=None):
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    if cookie:
+        headers["Cookie"] = f"_token={cookie}"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if origin:
+        headers["Origin"] = origin
+    req = urllib.request.Request(
+        f"{base}/eds/milestones", data=urllib.parse.urlencode(fields).encode(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_milestone_form_refuses_forgeries_and_bad_input(api_server, ui_db):
+    base, token = api_server
+    dsn, _ = ui_db
+    ok = {"base": "ref_e_sis", "milestone": "preparation", "date": "2023-02-01", "evidence": "HDH catalogue 2023"}
+    before = catalogue.milestones(dsn, "ref_e_sis")
+    # the session cookie alone (what a forged cross-site form carries) is not enough: the token bound to it is needed
+    assert _form_post(base, ok, cookie=token)[0] == 403
+    assert _form_post(base, {**ok, "csrf_token": "0" * 64}, cookie=token)[0] == 403
+    assert (
+        _form_post(base, {**ok, "csrf_token": ui.app.csrf_token(token)}, cookie=token, origin="https://evil.example")[0]
+        == 403
+    )
+    assert _form_post(base, ok)[0] in (401, 403)  # no login at all
+    assert catalogue.milestones(dsn, "ref_e_sis") == before
+    # unknown base or milestone, future date: a clear error, nothing written
+    status, body = _form_post(base, {**ok, "base": "hosp_zz"}, token=token)
+    assert status == 400 and "unknown base 'hosp_zz'" in body["detail"]
+    status, body = _form_post(base, {**ok, "milestone": "signed"}, token=token)
+    assert status == 400 and "[base=ref_e_sis] unknown milestone 'signed'" in body["detail"]
+    status, body = _form_post(base, {**ok, "date": "2999-01-01"}, token=token)
+    assert status == 400 and "in the future" in body["detail"]
+    status, body = _form_post(base, {**ok, "evidence": "call jean.dupont@chu.fr"}, token=token)
+    assert status == 400 and "direct identifier" in body["detail"] and "jean.dupont" not in body["detail"]
+    assert catalogue.milestones(dsn, "ref_e_sis") == before
+    # with the token bound to the session cookie (the page's own form), it records, under the user's name
+    status, body = _form_post(base, {**ok, "csrf_token": ui.app.csrf_token(token)}, cookie=token)
+    assert status == 200 and body["action"] == "milestone.set", body
+    got = catalogue.milestones(dsn, "ref_e_sis")
+    assert got["preparation"] == dt.date(2023, 2, 1)
+
+
+def test_an_operator_records_the_missing_milestone_on_the_page_and_the_next_national_run_delivers(
+    api_server, browser, ui_db, held_onco, stack
+):
+    from test_transfer import _manifests
+
+    base, token = api_server
+    dsn, _ = ui_db
+    platform, target = held_onco
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+    ctx.add_cookies([{"name": "_token", "value": token, "url": base}])
+    page = ctx.new_page()
+    page.goto(f"{base}/eds/")
+    # the page shows the skip, naming the platform, the base and the milestone, and offers to record it
+    held = page.locator(
+        "#held tr[data-held-platform='onco'][data-held-base='hosp_d'][data-held-milestone='preparation']"
+    )
+    assert held.count() == 1
+    assert "Preparation" in held.inner_text()
+    page.locator("#held").screenshot(path=str(ARTIFACTS / "eds_held_delivery.png"))
+    held.locator("input[name='evidence']").fill("Preparation minutes CHU-D 2026-11, ref. ONCO-PREP-7")
+    with page.expect_navigation():
+        held.locator("button[type='submit']").click()
+    assert "/eds/?recorded=hosp_d.preparation" in page.url
+    notice = page.locator("#milestone-notice").inner_text()
+    assert "Preparation of hosp_d reached on" in notice and "by admin" in notice
+    # recorded under the logged-in Airflow user, audited
+    got = catalogue.milestone_records.current_milestones(dsn, "hosp_d")["preparation"]
+    assert got["recorded_by"] == "admin" and got["evidence"].startswith("Preparation minutes CHU-D")
+    assert got["reached_on"] == dt.date.today().isoformat()
+    a = catalogue.audit_t
+    with catalogue.engine(dsn).connect() as conn:
+        entry = conn.execute(
+            a.select().where(a.c.action == "milestone.set", a.c.object == "base:hosp_d").order_by(a.c.id.desc())
+        ).first()
+    assert entry.actor == "admin" and entry.details["milestone"] == "preparation"
+    held = page.locator("#held tr[data-held-base='hosp_d'][data-held-milestone='preparation']")
+    assert "the next national run delivers" in held.inner_text()
+    assert "milestone.set" in page.locator("#audit").inner_text()
+
+    # the next national run passes the gate and delivers; the accepted receipt makes hosp_d available
+    out = _national_run(stack, dsn, platform, target)
+    assert out["status"] == "delivered" and len(_manifests(stack, target)) == 1
+    assert "available" in catalogue.milestones(dsn, "hosp_d")
+    page.reload()
+    assert page.locator("#held tr[data-held-platform='onco']").count() == 0
+    assert page.locator(f"#deliveries tr[data-delivery='{out['delivery_id']}']").count() == 1
+    assert page.locator("#levels tr[data-base='hosp_d'] td[data-level='national']").get_attribute("data-status") == (
+        "success"
+    )
+    row = page.locator("#milestones tr[data-base='hosp_d']")
+    assert row.locator("[data-milestone='available'] .date").inner_text() == dt.date.today().isoformat()
+    assert row.locator("[data-lead-state]").get_attribute("data-lead-state") in ("within", "over")  # no longer pending
+    page.screenshot(path=str(ARTIFACTS / "eds_milestone_recorded.png"), full_page=True)
+    ctx.close()

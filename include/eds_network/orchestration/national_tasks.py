@@ -23,15 +23,20 @@ def transfer(platform_id: str) -> dict:
         out = transfer_step.transfer_platform(p, network.national, national_resources(network, p), milestones=reached)
     except AlreadyDelivered as exc:
         return {"platform": platform_id, "status": "already_delivered", "detail": str(exc)}
+    record_gate(dsn, out)
+    return out.ref()
+
+
+def record_gate(dsn: str, out: transfer_step.Delivery) -> None:
+    """A delivery the milestone gate held back: a skipped national run naming each blocking base and milestone."""
     if out.status == "skipped":
         catalogue.record_skipped_delivery(
             dsn,
-            platform_id=platform_id,
+            platform_id=out.platform,
             source_delivery=out.source_delivery,
             skipped=out.skipped,
-            message=transfer_step.gate_message(platform_id, out.source_delivery, out.skipped),
+            message=transfer_step.gate_message(out.platform, out.source_delivery, out.skipped),
         )
-    return out.ref()
 
 
 def receipt(delivery: dict, *, run_id: str) -> None:
@@ -49,6 +54,15 @@ def receipt(delivery: dict, *, run_id: str) -> None:
         delivery["delivery_id"],
         signing_key=signing_key(zones.NATIONAL),
     )
+    members = [b.id for b in network.platform(delivery["platform"]).members]
+    if not record_receipt(dsn, members, delivery, doc, run_id=run_id):
+        raise TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
+
+
+def record_receipt(dsn: str, members: list[str], delivery: dict, doc: dict, *, run_id: str | None) -> bool:
+    """Record the HDH's receipt of a delivery in the catalogue; returns whether it was accepted. An accepted
+    receipt sets the members' `transfer_channel` and `available` milestones where missing (the end of their
+    onboarding lead time)."""
     accepted = doc["status"] == "accepted"
     catalogue.record_delivery(
         dsn,
@@ -78,12 +92,10 @@ def receipt(delivery: dict, *, run_id: str) -> None:
         f"national:{delivery['platform']}",
         {"delivery_id": delivery["delivery_id"], "key_versions": delivery["key_versions"]},
     )
-    if not accepted:
-        raise TransferError(f"landing zone rejected delivery {delivery['delivery_id']}: {doc['problems']}")
-    members = [b.id for b in network.platform(delivery["platform"]).members]
-    catalogue.mark_transfer_channel(dsn, members)
-    # The HDH accepted the delivery: its bases are available nationally (the end of their onboarding lead time).
-    catalogue.mark_available(dsn, members, delivery["delivery_id"])
+    if accepted:
+        catalogue.mark_transfer_channel(dsn, members)
+        catalogue.mark_available(dsn, members, delivery["delivery_id"])
+    return accepted
 
 
 def linkage(deliveries: list[dict]) -> dict:

@@ -10,7 +10,10 @@ What the page shows, all from the catalogue (counts, dates, statuses, ids: never
   - onboarding milestones of every base (network and the seven reference bases): the five milestones with
     their dates, a placeholder where not reached, milestones reached out of order flagged;
   - lead times (contract signed -> available) against the 7-month target, and their distribution;
-  - national deliveries and their receipts.
+  - national deliveries and their receipts;
+  - deliveries the national milestone gate held back, with a form to record the missing milestone, and a form
+    to record, correct and evidence any milestone (`POST /milestones`: same origin, an anti-forgery token bound
+    to the session, the user the plugin's `recorder` dependency names, audited in the catalogue).
 """
 
 from __future__ import annotations

@@ -1,15 +1,40 @@
 """The FastAPI app of the operator page: `/` (the page), `/api/...` (JSON), `/static/...`, `/data-docs/...`."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the route parameters' types (Request) as objects.
 
 import datetime as dt
+import hashlib
+import hmac
 import mimetypes
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+from eds_network.catalogue import milestone_records
 from eds_network.core.config import Network
-from eds_network.ui.render import STATIC, render_html
-from eds_network.ui.view import data_docs_file, network_view, recent_audit
+from eds_network.ui.render import STATIC, milestone_form, render_html
+from eds_network.ui.view import MILESTONE_LABELS, data_docs_file, network_view, recent_audit
+
+SESSION_COOKIE = "_token"  # Airflow's session cookie (its JWT): the form's anti-forgery token is bound to it
+_CSRF_CONTEXT = b"eds-network operator page: milestone form"
+FORM_MAX_BYTES = 8192
+
+
+def csrf_token(session: str | None) -> str:
+    """The anti-forgery token of a session: HMAC-SHA-256 keyed by the session cookie, which another site can
+    neither read nor guess (empty without a session: a request with a Bearer header needs none)."""
+    if not session:
+        return ""
+    return hmac.new(session.encode(), _CSRF_CONTEXT, hashlib.sha256).hexdigest()
+
+
+def _same_origin(request) -> bool:
+    """A browser's Origin (when it sends one) must be this server, as the client reached it."""
+    origin = request.headers.get("origin")
+    if not origin:
+        return True
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")} - {""}
+    return urlsplit(origin).netloc in hosts
 
 
 def create_app(
@@ -20,13 +45,19 @@ def create_app(
     login_url: Callable[[str], str] | None = None,
     data_docs_dir: Path | None = None,
     prefix: str = "/eds",
+    recorder: Callable | None = None,
 ):
-    """The FastAPI app mounted at `prefix`: `/` (the page), `/api/...` (JSON), `/static/<file>`, `/data-docs/<base>/`.
+    """The FastAPI app mounted at `prefix`: `/` (the page), `/api/...` (JSON), `/static/<file>`, `/data-docs/<base>/`,
+    `POST /milestones` (the milestone form).
 
     `auth` is a FastAPI dependency applied to every route (the plugin passes Airflow's); an unauthenticated
-    browser asking for the page is redirected to `login_url(next)`."""
+    browser asking for the page is redirected to `login_url(next)`. `recorder` is a dependency returning the
+    name of the user recording a milestone (and refusing one who may not); without it nobody may record."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+
+    def _nobody() -> str:
+        raise HTTPException(status_code=403, detail="recording milestones is not enabled on this server")
 
     deps = [Depends(auth)] if auth is not None else []
     app = FastAPI(title="EDS network", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
@@ -34,7 +65,7 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def _unauthenticated(request: Request, exc: HTTPException):
         wants_html = "text/html" in request.headers.get("accept", "") and "/api/" not in request.url.path
-        if exc.status_code in (401, 403) and wants_html and login_url is not None:
+        if exc.status_code in (401, 403) and wants_html and request.method == "GET" and login_url is not None:
             return RedirectResponse(login_url(f"{prefix}/"), status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -47,9 +78,52 @@ def create_app(
                 return b
         raise HTTPException(status_code=404, detail=f"catalogue.base: no base {base_id!r}")
 
+    def page_with(request: Request, v: dict, status: int = 200, **form) -> HTMLResponse:
+        token = csrf_token(request.cookies.get(SESSION_COOKIE))
+        html = render_html(v, api_prefix=f"{prefix}/api", form=milestone_form(prefix, csrf_token=token, **form))
+        return HTMLResponse(html, status_code=status)
+
     @app.get("/", response_class=HTMLResponse, dependencies=deps)
-    def page() -> HTMLResponse:
-        return HTMLResponse(render_html(view(), api_prefix=f"{prefix}/api"))
+    def page(request: Request, recorded: str | None = None) -> HTMLResponse:
+        v = view()
+        return page_with(request, v, notice=_recorded_notice(v, recorded))
+
+    @app.post("/milestones", dependencies=deps)
+    async def record_milestone(request: Request, who: str = Depends(recorder or _nobody)):
+        """The milestone form: same origin, anti-forgery token bound to the session, validated, audited."""
+        body = await request.body()
+        wants_json = "application/json" in request.headers.get("accept", "")
+        if len(body) > FORM_MAX_BYTES:
+            raise HTTPException(status_code=413, detail=f"form larger than {FORM_MAX_BYTES} bytes")
+        fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        values = {k: fields.get(k, "").strip() for k in ("base", "milestone", "date")}
+        bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+        expected = csrf_token(request.cookies.get(SESSION_COOKIE))
+        forged = not _same_origin(request) or (
+            not bearer and not (expected and hmac.compare_digest(expected, fields.get("csrf_token", "")))
+        )
+        error, status = None, 400
+        if forged:
+            error, status = "The form's anti-forgery check failed: reload the page and submit again.", 403
+        else:
+            try:
+                out = milestone_records.record(
+                    dsn(),
+                    values["base"],
+                    values["milestone"],
+                    milestone_records.parse_date(values["date"], base=values["base"] or None),
+                    evidence=fields.get("evidence"),
+                    recorded_by=who,
+                )
+            except milestone_records.MilestoneError as exc:
+                error = str(exc)
+        if error is not None:
+            if wants_json:
+                return JSONResponse({"detail": error}, status_code=status)
+            return page_with(request, view(), status, error=error, values=values)  # evidence never echoed back
+        if wants_json:
+            return JSONResponse(out)
+        return RedirectResponse(f"{prefix}/?recorded={out['base']}.{out['milestone']}#milestone-form", 303)
 
     @app.get("/static/{name}", dependencies=deps)
     def static(name: str) -> FileResponse:
@@ -100,6 +174,21 @@ def create_app(
         return FileResponse(path, media_type=media)
 
     return app
+
+
+def _recorded_notice(v: dict, recorded: str | None) -> str | None:
+    """The confirmation after the form's redirect, read back from the catalogue (nothing of the URL is echoed)."""
+    base_id, _, milestone = (recorded or "").partition(".")
+    for b in v["bases"]:
+        if b["id"] != base_id:
+            continue
+        for m in b["milestones"]:
+            if m["milestone"] == milestone and m["reached"]:
+                return (
+                    f"Recorded: {MILESTONE_LABELS[milestone]} of {b['id']} reached on {m['date']}, "
+                    f"by {m['recorded_by']}; evidence: {m['evidence'] or '-'}"
+                )
+    return None
 
 
 def _catalogue_routes(app, deps: list, dsn: Callable[[], str], view: Callable[[], dict], base_or_404) -> None:

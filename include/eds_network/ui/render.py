@@ -94,10 +94,42 @@ def _platform_groups(view: dict[str, Any]) -> list[tuple[str, dict | None, list[
     return [(pid, labels.get(pid), members) for pid, members in by_platform.items()]
 
 
-def render_html(view: dict[str, Any], *, api_prefix: str = "/eds/api", static_prefix: str | None = None) -> str:
+def milestone_form(
+    prefix: str,
+    *,
+    csrf_token: str = "",
+    error: str | None = None,
+    notice: str | None = None,
+    values: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What the milestone form needs: where it posts, its anti-forgery token, an error or notice, kept values."""
+    from eds_network.catalogue.milestone_records import EVIDENCE_MAX
+    from eds_network.catalogue.tables import MILESTONES
+
+    # national.transfer.REQUIRED_MILESTONES (ui imports no zone; tests/unit checks they agree)
+    required = tuple(m for m in MILESTONES if m in ("contract_signed", "preparation"))
+    return {
+        "action": f"{prefix}/milestones",
+        "csrf_token": csrf_token,
+        "error": error,
+        "notice": notice,
+        "kept": values or {},  # what the operator had typed (never the evidence), after a refusal
+        "evidence_max": EVIDENCE_MAX,
+        "required": required,
+    }
+
+
+def render_html(
+    view: dict[str, Any],
+    *,
+    api_prefix: str = "/eds/api",
+    static_prefix: str | None = None,
+    form: dict[str, Any] | None = None,
+) -> str:
     """The page for a `network_view(...)`; `static_prefix` defaults to the sibling of `api_prefix`."""
+    prefix = api_prefix.rsplit("/api", 1)[0]
     if static_prefix is None:
-        static_prefix = api_prefix.rsplit("/api", 1)[0] + "/static"
+        static_prefix = prefix + "/static"
     network_bases = [b for b in view["bases"] if not b["reference"]]
     ref_bases = [b for b in view["bases"] if b["reference"]]
     return (
@@ -113,5 +145,6 @@ def render_html(view: dict[str, Any], *, api_prefix: str = "/eds/api", static_pr
             stage_labels=STAGE_LABELS,
             api_prefix=api_prefix,
             static_prefix=static_prefix,
+            form=form or milestone_form(prefix),
         )
     )

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from eds_network import catalogue
-from eds_network.catalogue import base_stats, lead_time, quality_trends
+from eds_network.catalogue import base_stats, lead_time, milestone_records, quality_trends
 from eds_network.core.config import Network
 
 MILESTONE_LABELS = {
@@ -117,6 +117,7 @@ def _milestone_rows(dsn: str) -> dict[str, dict[str, dict]]:
                 "date": m.reached_on.isoformat(),
                 "evidence": m.evidence,
                 "recorded_by": m.recorded_by,
+                "recorded_at": _iso(m.recorded_at),
             }
     return out
 
@@ -145,7 +146,16 @@ def _lead(row: dict, target: int) -> dict:
     return {"days": None, "elapsed_days": None, "state": "not_started", "target_days": target}
 
 
-AUDIT_DETAIL_KEYS = ("milestone", "reached_on", "batch_id", "platform", "level", "kind", "reference")
+AUDIT_DETAIL_KEYS = (
+    "milestone",
+    "reached_on",
+    "previous_reached_on",
+    "batch_id",
+    "platform",
+    "level",
+    "kind",
+    "reference",
+)
 
 
 def recent_audit(dsn: str, limit: int = 20) -> list[dict]:
@@ -316,6 +326,7 @@ def network_view(
         ],
         "bases": bases,
         "deliveries": _deliveries(dsn),
+        "held": milestone_records.held_deliveries(dsn),
         "lead_time": lead_time.distribution(dsn, today=today),
         "audit": recent_audit(dsn),
     }
