@@ -18,6 +18,7 @@ eds national tables [--snapshot ID] [--json]   the HDH's Iceberg tables: rows pe
 eds milestone set BASE MILESTONE [--date D] [--evidence TEXT] [--by WHO]   record (or correct) an onboarding
                                 milestone, audited; `correct` refuses one not yet recorded, `unset --reason` withdraws
 eds milestone list [BASE]       every base's milestones (date, evidence, who, when) and the deliveries they hold back
+eds docs-check [ROOT]           every eds command, make target, path and connection id README.md and docs/ name exists
 eds quality changes --base X [--threshold CHECK=PCT]   checks newly failing / resolved / still failing since the
                                 previous night (thresholds re-applied to the stored results, nothing re-run)
 """
@@ -476,6 +477,15 @@ def cmd_national(args) -> int:
     return 0
 
 
+def cmd_docs_check(args) -> int:
+    from pathlib import Path
+
+    from eds_network.core.config import REPO_ROOT
+    from eds_network.dev import docscheck
+
+    return docscheck.run(Path(args.root) if args.root else REPO_ROOT, build_parser())
+
+
 def _milestone_dsn(args) -> str:
     return args.dsn or os.environ.get("EDS_CATALOGUE_DSN") or _stack().dsn("catalogue")
 
@@ -535,8 +545,8 @@ def cmd_milestone(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    """The `eds` command tree (also read by the docs check, `eds_network.dev.docscheck`)."""
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("stack")
@@ -591,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     ms.add_argument("--reason", help="unset: why the milestone is withdrawn (required)")
     ms.add_argument("--dsn", help="catalogue database (default: $EDS_CATALOGUE_DSN, else the embedded stack's)")
     ms.set_defaults(fn=cmd_milestone)
+    dc = sub.add_parser("docs-check", help="every command, make target, path and connection id the docs name exists")
+    dc.add_argument("root", nargs="?", help="the checkout to check (default this one)")
+    dc.set_defaults(fn=cmd_docs_check)
     qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
     qa.add_argument("action", choices=["export", "changes"])
     who = qa.add_mutually_exclusive_group(required=True)
@@ -600,6 +613,12 @@ def main(argv: list[str] | None = None) -> int:
     qa.add_argument("--threshold", action="append", help="changes: re-apply a threshold, CHECK=PCT (repeatable)")
     qa.add_argument("--out", help="write to this file instead of stdout")
     qa.set_defaults(fn=cmd_quality)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = build_parser()
     args = p.parse_args(argv)
     from eds_network.dev.processes import terminate_on_sigterm
 
