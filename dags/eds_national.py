@@ -31,9 +31,12 @@ One mapped task per platform (`transfer`, `receipt`), then one `linkage` task:
    delivery (files, bytes, SHA-256, key versions, rows, receipt) and, once accepted, the members'
    `transfer_channel` milestone.
 3. **tables** (one per platform, after the receipts): applies each accepted delivery to the HDH's national
-   Iceberg tables (`national/tables.py`): one commit per OMOP table replacing the platform's partition, snapshot
-   summaries naming delivery, platform, manifest SHA-256 and key versions; a retried or replayed delivery is a
-   no-op. `eds national tables` lists them.
+   Iceberg tables (`national/tables.py`): one commit per OMOP table touched (a full delivery replaces the
+   platform's partition, an incremental one its changed and deleted rows, a reconciliation only the tables that
+   differ), snapshot summaries naming delivery, platform, manifest SHA-256 and key versions; a retried or replayed
+   delivery is a no-op; then the signed acknowledgement (`_ack.json` in the platform's outbox: the change
+   watermark its next incremental delivery starts from, or a request for a full one). `eds national tables`
+   lists them.
    **upkeep** (once, after every apply): when a delivery removed persons (objections), every superseded
    snapshot is expired and every file it alone reached deleted (`national/maintenance.py`); landing data files
    of superseded deliveries and orphans of crashed applies are deleted; counts go to the catalogue's audit.

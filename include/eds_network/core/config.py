@@ -265,6 +265,12 @@ class Platform(_Model):
         description="when the platform consolidates with whatever arrived, members missing being recorded late",
     )
     deadline_timezone: TimeZone = "Europe/Paris"
+    reconcile_every_days: int = Field(
+        default=7,
+        ge=0,
+        description="a full reconciliation delivery (counts + content hash per table, repaired where the HDH "
+        "differs) when the last one is this many days old; 0: never",
+    )
 
     @model_validator(mode="after")
     def _stamp_members(self) -> Platform:

@@ -25,3 +25,9 @@ def oprf_prefix(prefix: str, base: str, batch_id: str) -> str:
 
 def oprf_part_key(where: str, kind: str, part: int) -> str:
     return f"{where}{kind}.{part:05d}.bin"
+
+
+# The HDH's acknowledgement of a platform delivery applied to the national tables, written by the national zone
+# into the platform's outbox (`<outbox prefix>_ack.json`), signed with the national key: the change-sequence
+# watermark the next incremental delivery starts from, and whether the HDH asks for a full delivery instead.
+ACK = "_ack.json"

@@ -16,7 +16,7 @@ evaluates the caller's IAM policies): one IAM user per zone with the policy `s3_
                      its own prefix `<base>/` of its key holder's exchange area (blinded elements, evaluations)
     keys:<p>         read/write/delete its exchange area (every member's prefix)
     platform:<p>     read its intake; read/write/delete its outbox
-    national         read every outbox; everything in the landing zone bucket
+    national         read every outbox, write its `_ack.json`; everything in the landing zone bucket
 The stack's administrator user (every action) creates buckets and users; it is the operator's credential, not a
 zone's. Gap of moto 5.2: it does not evaluate `Condition` blocks against request values (a conditional Allow is
 treated as a Deny), so ListBucket cannot be confined to a prefix there: in the embedded stack a hospital can
@@ -96,6 +96,14 @@ def s3_policy(network: Network, zone: str, *, prefix_conditions: bool = True) ->
     elif kind == zones.NATIONAL:
         for p in network.platforms:
             stmts += _area(p.outbox.bucket, p.outbox.prefix, READ, **pc)
+            # its signed acknowledgement of what the national tables hold (national/ack.py), nothing else
+            stmts.append(
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:PutObject"],
+                    "Resource": [_arn(p.outbox.bucket, f"{p.outbox.prefix}_ack.json")],
+                }
+            )
         landing = network.national.landing_zone.bucket
         stmts.append({"Effect": "Allow", "Action": ["s3:*"], "Resource": [_arn(landing), _arn(landing, "*")]})
     if not stmts:

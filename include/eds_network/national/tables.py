@@ -40,7 +40,7 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     ValidationException,
 )
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import And, EqualTo, In
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table as IcebergTable
@@ -52,6 +52,7 @@ from eds_network.core.config import NationalTarget
 from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST
 from eds_network.core.storage import S3Endpoint, download
+from eds_network.national import reconcile
 from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ CREATE TABLE IF NOT EXISTS eds_national.applied (
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (delivery_id, table_name)
 );
+ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS since_seq bigint;
+ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS upto_seq bigint;
+ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS key_versions text;
+ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS rows_deleted bigint NOT NULL DEFAULT 0;
 """
 
 
@@ -181,29 +186,42 @@ def ensure_table(catalog: SqlCatalog, table: str) -> IcebergTable:
 class Applied:
     delivery_id: str
     platform: str
-    status: str  # applied | already_applied | superseded
-    tables: dict[str, dict] = field(default_factory=dict)  # table -> {status, rows, snapshot_id}
+    status: str  # applied | already_applied | superseded | gap | needs_full | reconciled
+    tables: dict[str, dict] = field(default_factory=dict)  # table -> {status, rows, deleted, snapshot_id}
+    kind: str = "full"
+    persons_removed: int = 0
+    rows_removed: int = 0
+    repaired: list[str] = field(default_factory=list)  # reconciliation: tables that differed, replaced
+    detail: str = ""
 
     def ref(self) -> dict:
         return {
             "delivery_id": self.delivery_id,
             "platform": self.platform,
             "status": self.status,
+            "kind": self.kind,
             "tables": self.tables,
+            "persons_removed": self.persons_removed,
+            "rows_removed": self.rows_removed,
+            "repaired": self.repaired,
+            "detail": self.detail,
         }
 
 
-def _ledger(dsn: str, delivery_id: str, platform: str) -> tuple[set[str], dt.datetime | None]:
-    """Tables the ledger has for this delivery, and the newest delivery time applied for its platform."""
+def _ledger(dsn: str, delivery_id: str, platform: str) -> tuple[set[str], dict | None]:
+    """Tables the ledger has for this delivery, and the platform's newest other delivery applied (delivered_at,
+    upto_seq, key_versions), if any."""
     with psycopg.connect(dsn) as conn:
         done = {
             r[0]
             for r in conn.execute("SELECT table_name FROM eds_national.applied WHERE delivery_id = %s", (delivery_id,))
         }
-        newest = conn.execute(
-            "SELECT max(delivered_at) FROM eds_national.applied WHERE platform = %s AND delivery_id <> %s",
+        row = conn.execute(
+            "SELECT delivered_at, upto_seq, key_versions FROM eds_national.applied WHERE platform = %s"
+            " AND delivery_id <> %s ORDER BY delivered_at DESC LIMIT 1",
             (platform, delivery_id),
-        ).fetchone()[0]
+        ).fetchone()
+    newest = None if row is None else {"delivered_at": row[0], "upto_seq": row[1], "key_versions": row[2]}
     return done, newest
 
 
@@ -211,7 +229,8 @@ def _record(dsn: str, rows: list[tuple]) -> None:
     with psycopg.connect(dsn) as conn:
         conn.cursor().executemany(
             "INSERT INTO eds_national.applied (delivery_id, table_name, platform, kind, manifest_sha256, delivered_at,"
-            " snapshot_id, rows_written) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            " snapshot_id, rows_written, rows_deleted, since_seq, upto_seq, key_versions)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             rows,
         )
 
@@ -283,8 +302,110 @@ def _commit_table(
     raise IntegrityError(f"could not commit after {COMMIT_ATTEMPTS} attempts (concurrent writers)", table=table)
 
 
+def _commit_changes(
+    catalog: SqlCatalog,
+    table: str,
+    rows: Path | None,
+    deletes: Path | None,
+    props: dict[str, str],
+    platform: str,
+) -> tuple[str, int, int, int | None]:
+    """Apply an incremental delivery's changes to one table in one commit: delete the platform's rows whose key
+    is upserted or deleted, append the upserted rows. Returns (status, rows appended, keys deleted, snapshot)."""
+    key = omop.table(table).primary_key or "person_id"
+    keys: list[int] = []
+    if rows is not None:
+        keys += pq.read_table(rows, columns=[key]).column(key).to_pylist()
+    n_deleted = 0
+    if deletes is not None:
+        gone = pq.read_table(deletes, columns=["id"]).column("id").to_pylist()
+        n_deleted = len(gone)
+        keys += gone
+    if not keys:
+        return "unchanged", 0, 0, None
+    flt = And(EqualTo(PLATFORM_COLUMN, platform), In(key, sorted(set(keys))))
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        tbl = ensure_table(catalog, table)
+        snap = applied_snapshot(tbl, props[PROP_DELIVERY])
+        if snap is not None:
+            return "already_applied", 0, 0, snap
+        n = 0
+        try:
+            with tbl.transaction() as tx:
+                with warnings.catch_warnings():  # new rows only: nothing to delete
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                    tx.delete(flt, snapshot_properties=props)
+                if rows is not None:
+                    for chunk in _chunks(rows, table, platform):
+                        tx.append(chunk, snapshot_properties=props)
+                        n += chunk.num_rows
+                if n == 0:  # deletes only: an empty append on top, so no current manifest lists a deleted entry
+                    tx.append(arrow_schema(table).empty_table(), snapshot_properties=props)
+        except (CommitFailedException, ValidationException):
+            log.info("national table %s: commit lost to a concurrent writer (attempt %d); reloading", table, attempt)
+            continue
+        tbl = catalog.load_table((NAMESPACE, table))
+        return "applied", n, n_deleted, tbl.metadata.current_snapshot_id
+    raise IntegrityError(f"could not commit after {COMMIT_ATTEMPTS} attempts (concurrent writers)", table=table)
+
+
+def _manifest_props(body: bytes, manifest: dict, delivery_id: str) -> dict[str, str]:
+    return {
+        PROP_DELIVERY: delivery_id,
+        PROP_PLATFORM: manifest["platform"],
+        PROP_MANIFEST: hashlib.sha256(body).hexdigest(),
+        PROP_KEYS: json.dumps(manifest.get("key_versions", {}), sort_keys=True),
+        PROP_DELIVERED_AT: manifest["delivered_at"],
+        PROP_KIND: manifest.get("kind_of_delivery", "full"),
+    }
+
+
+def _refusal(manifest: dict, newest: dict | None, props: dict[str, str], done: set[str]) -> tuple[str, str] | None:
+    """Why this delivery may not be applied now (status, detail), or None."""
+    if done or newest is None:
+        return None
+    delivered_at = dt.datetime.fromisoformat(manifest["delivered_at"])
+    if newest["delivered_at"] > delivered_at:
+        return "superseded", "older than the last delivery applied"
+    if props[PROP_KIND] != "incremental":
+        return None
+    since = manifest.get("since_seq")
+    if newest["upto_seq"] is None or since is None or since > newest["upto_seq"]:
+        return "gap", f"starts after change {since}, the HDH holds up to {newest['upto_seq']}: a full delivery is due"
+    if newest["key_versions"] is not None and newest["key_versions"] != props[PROP_KEYS]:
+        return "needs_full", "key versions changed since the last delivery applied: a full delivery is due"
+    return None
+
+
+def platform_rows(catalog: SqlCatalog, table: str, platform: str) -> pa.Table:
+    """The national table's rows of one platform now (the reconciliation's HDH side)."""
+    if not catalog.table_exists((NAMESPACE, table)):
+        return arrow_schema(table).empty_table()
+    tbl = catalog.load_table((NAMESPACE, table))
+    return tbl.scan(row_filter=EqualTo(PLATFORM_COLUMN, platform)).to_arrow().cast(arrow_schema(table))
+
+
+def _matches(catalog: SqlCatalog, table: str, path: Path, platform: str) -> bool:
+    """Whether the national table holds exactly the delivered rows of the platform (row count + content hash)."""
+    key = omop.table(table).primary_key or "person_id"
+    ours = reconcile.digest(pa.concat_tables(list(_chunks(path, table, platform))), key)
+    theirs = reconcile.digest(platform_rows(catalog, table, platform), key)
+    if ours != theirs:
+        log.warning(
+            "%s: national table %s: %d rows (hash %s) vs %d delivered (hash %s)",
+            platform,
+            table,
+            theirs[0],
+            theirs[1][:12],
+            ours[0],
+            ours[1][:12],
+        )
+    return ours == theirs
+
+
 def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str) -> Applied:
-    """Apply one landed delivery (today: a full delivery of its platform) to the national tables, exactly once."""
+    """Apply one landed delivery to the national tables, exactly once: a full one replaces its platform's
+    partition, an incremental one its changed and deleted rows, a reconciliation only the tables that differ."""
     s3 = res.landing.client()
     bucket = target.landing_zone.bucket
     prefix = landing_prefix(target, delivery_id)
@@ -292,52 +413,87 @@ def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str
     manifest = json.loads(body)
     platform = manifest["platform"]
     delivered_at = dt.datetime.fromisoformat(manifest["delivered_at"])
-    props = {
-        PROP_DELIVERY: delivery_id,
-        PROP_PLATFORM: platform,
-        PROP_MANIFEST: hashlib.sha256(body).hexdigest(),
-        PROP_KEYS: json.dumps(manifest.get("key_versions", {}), sort_keys=True),
-        PROP_DELIVERED_AT: manifest["delivered_at"],
-        PROP_KIND: manifest.get("kind_of_delivery", "full"),
-    }
+    props = _manifest_props(body, manifest, delivery_id)
+    kind = props[PROP_KIND]
     ensure_ledger(res.dsn)
     done, newest = _ledger(res.dsn, delivery_id, platform)
-    out = Applied(delivery_id, platform, "applied")
-    if newest is not None and newest > delivered_at and not done:
-        log.warning("%s: delivery %s is older than the last one applied: not applied", platform, delivery_id)
-        out.status = "superseded"
+    out = Applied(delivery_id, platform, "applied", kind=kind)
+    refused = _refusal(manifest, newest, props, done)
+    if refused is not None:
+        out.status, out.detail = refused
+        log.warning("%s: delivery %s not applied: %s", platform, delivery_id, out.detail)
         return out
     catalog = res.catalog(target)
+    by_table: dict[str, dict[str, dict]] = {}
+    for f in manifest["files"]:
+        by_table.setdefault(f["table"], {})[f.get("role", "rows")] = f
     ledger_rows = []
     with tempfile.TemporaryDirectory(prefix="eds-iceberg-") as tmp:
-        for f in manifest["files"]:
-            t = f["table"]
+
+        def fetch(f: dict, name: str) -> Path:
+            path = Path(tmp) / f"{name}.parquet"
+            sha, _ = download(s3, bucket, f["key"], path)
+            if sha != f["sha256"]:
+                raise IntegrityError(f"landing file {f['key']} does not match its manifest", table=f["table"])
+            return path
+
+        for t, parts in by_table.items():
             if t in done:
                 out.tables[t] = {"status": "already_applied", "rows": 0}
                 continue
-            path = Path(tmp) / f"{t}.parquet"
-            sha, _ = download(s3, bucket, f["key"], path)
-            if sha != f["sha256"]:
-                raise IntegrityError(f"landing file {f['key']} does not match its manifest", table=t)
-            before = _platform_persons(catalog, platform) if t == "person" else None
-            status, n, snap = _commit_table(catalog, t, path, props, platform)
-            if status == "applied" and n != f["rows"]:
-                raise IntegrityError(f"applied {n} rows, the manifest says {f['rows']}", table=t)
-            out.tables[t] = {"status": status, "rows": n, "snapshot_id": snap}
-            if before is not None and status == "applied":
-                # persons of the platform's previous state absent from this full delivery (objections, merges)
-                now = set(pq.read_table(path, columns=["person_id"]).column("person_id").to_pylist())
-                out.persons_removed = len(before - now)
-            path.unlink()
+            rows_f, del_f = parts.get("rows"), parts.get("deletes")
+            path = fetch(rows_f, t) if rows_f else None
+            n_del = 0
+            if kind == "incremental":
+                dpath = fetch(del_f, f"{t}.deletes") if del_f else None
+                status, n, n_del, snap = _commit_changes(catalog, t, path, dpath, props, platform)
+                if t == "person":
+                    out.persons_removed += n_del
+                out.rows_removed += n_del
+            else:
+                if kind == "reconcile" and _matches(catalog, t, path, platform):
+                    status, n, snap = "reconciled", 0, None
+                else:
+                    before = _platform_persons(catalog, platform) if t == "person" else None
+                    status, n, snap = _commit_table(catalog, t, path, props, platform)
+                    if before is not None and status == "applied":
+                        # persons of the platform's previous state absent from this full delivery (objections)
+                        now = set(pq.read_table(path, columns=["person_id"]).column("person_id").to_pylist())
+                        out.persons_removed = len(before - now)
+                    if status == "applied" and kind == "reconcile":
+                        log.warning("%s: national table %s differed from the platform: repaired", platform, t)
+                        out.repaired.append(t)
+            if status == "applied" and rows_f and n != rows_f["rows"]:
+                raise IntegrityError(f"applied {n} rows, the manifest says {rows_f['rows']}", table=t)
+            out.tables[t] = {"status": status, "rows": n, "deleted": n_del, "snapshot_id": snap}
             ledger_rows.append(
-                (delivery_id, t, platform, props[PROP_KIND], props[PROP_MANIFEST], delivered_at, snap, n)
+                (
+                    delivery_id,
+                    t,
+                    platform,
+                    kind,
+                    props[PROP_MANIFEST],
+                    delivered_at,
+                    snap,
+                    n,
+                    n_del,
+                    manifest.get("since_seq"),
+                    manifest.get("upto_seq"),
+                    props[PROP_KEYS],
+                )
             )
+            for p in Path(tmp).iterdir():
+                p.unlink()
     _record(res.dsn, ledger_rows)
-    if out.tables and all(v["status"] == "already_applied" for v in out.tables.values()):
+    statuses = {v["status"] for v in out.tables.values()}
+    if statuses and statuses <= {"already_applied"}:
         out.status = "already_applied"
+    elif kind == "reconcile" and "applied" not in statuses:
+        out.status = "reconciled"
     log.info(
-        "%s: delivery %s %s to the national tables: %s",
+        "%s: %s delivery %s %s to the national tables: %s",
         platform,
+        kind,
         delivery_id,
         out.status,
         ", ".join(f"{t}={v['rows']}" for t, v in out.tables.items()),

@@ -218,22 +218,31 @@ def transfer_platform(
     files: list[dict] = []
     rows: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="eds-national-") as tmp:
-        local: dict[str, Path] = {}
-        for t, entry in manifest["tables"].items():
-            path = Path(tmp) / f"in-{t}.parquet"
+
+        def fetch(entry: dict, name: str, table: str) -> Path:
+            path = Path(tmp) / f"in-{name}.parquet"
             sha, _ = download(out_s3, platform.outbox.bucket, entry["key"], path)
             if sha != entry["sha256"]:
-                raise IntegrityError(f"outbox file {entry['key']} does not match its manifest", table=t)
-            local[t] = path
-        # Level 2: open the sealed transport tokens, derive national ids; tokens never leave this step.
-        person = pq.read_table(local["person"], columns=["person_id", TOKEN_COLUMN])
+                raise IntegrityError(f"outbox file {entry['key']} does not match its manifest", table=table)
+            return path
+
+        local = {t: fetch(e, t, t) for t, e in manifest["tables"].items()}
+        gone = {t: fetch(e, f"{t}.deletes", t) for t, e in (manifest.get("deletes") or {}).items()}
+        if "person" not in local:
+            raise IntegrityError(f"delivery {source_delivery} has no person file", table="person")
+        # Level 2: open the sealed transport tokens, derive national ids; tokens never leave this step. An
+        # incremental delivery also lists the tokens of the unchanged persons its changed rows refer to.
+        refs = [pq.read_table(local["person"], columns=["person_id", TOKEN_COLUMN])]
+        if manifest.get("persons"):
+            refs.append(pq.read_table(fetch(manifest["persons"], "_persons", "person")))
+        person = pa.concat_tables([r.cast(refs[0].schema) for r in refs])
         mapping = national_person_ids(
             person.column(TOKEN_COLUMN).combine_chunks(),
             person.column("person_id").combine_chunks(),
             res.national_key,
             res.box_private_key,
         )
-        del person
+        del person, refs
         # Every other id re-keyed with the national key: nothing delivered equals, or joins to, a warehouse id.
         row_key = rowids.level_key(res.national_key.secret, "national")
         for t, path in local.items():
@@ -267,9 +276,30 @@ def transfer_platform(
             sha = sha256_file(out)
             files.append({"table": t, "path": out, "sha256": sha, "bytes": out.stat().st_size, "rows": n})
             rows[t] = n
+        for t, path in gone.items():  # deletes: level-2 keys of the rows (persons) the HDH must remove
+            out = Path(tmp) / f"{t}.deletes.parquet"
+            ids = _level2_deletes(pq.read_table(path), t, row_key, res)
+            pq.write_table(pa.table({"id": ids}), out, compression="zstd")
+            sha = sha256_file(out)
+            files.append(
+                {
+                    "table": t,
+                    "role": "deletes",
+                    "path": out,
+                    "sha256": sha,
+                    "bytes": out.stat().st_size,
+                    "rows": len(ids),
+                }
+            )
+            rows[f"{t}.deleted"] = len(ids)
+        kind = manifest.get("kind_of_delivery", "full")
+        since, upto = manifest.get("since_seq"), manifest.get("upto_seq")
+        if kind == "reconcile":  # each reconciliation is checked, even of unchanged data
+            upto = f"{upto}@{manifest.get('packaged_at')}"
         # The national delivery is named by its content: the same data delivered again is the same delivery
         # (the platform's sealed tokens are re-randomised on every run, the level-2 output is not).
-        digest = hashlib.sha256("|".join(f"{f['table']}:{f['sha256']}" for f in files).encode()).hexdigest()
+        name = "|".join(f"{f['table']}:{f.get('role', 'rows')}:{f['sha256']}" for f in files)
+        digest = hashlib.sha256(f"{kind}|{since}|{upto}|{name}".encode()).hexdigest()
         delivery_id = f"{platform.id}__{digest[:16]}"
         prefix = landing_prefix(target, delivery_id)
         manifest_key = prefix + MANIFEST
@@ -294,7 +324,8 @@ def transfer_platform(
             return already("manifest present")
         reused = 0
         for f in files:
-            f["key"] = f"{prefix}{f['table']}.{f['sha256'][:16]}.parquet"
+            stem = f"{f['table']}.deletes" if f.get("role") == "deletes" else f["table"]
+            f["key"] = f"{prefix}{stem}.{f['sha256'][:16]}.parquet"
             try:
                 sent = _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res, platform.id)
             except TransferError:
@@ -324,6 +355,9 @@ def transfer_platform(
         "platform": platform.id,
         "schema_version": SCHEMA_VERSION,
         "key_versions": key_versions,
+        "kind_of_delivery": kind,
+        "since_seq": since,
+        "upto_seq": manifest.get("upto_seq"),
         "files": files,
         "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
     }
@@ -371,6 +405,18 @@ def transfer_platform(
         source_delivery=source_delivery,
         reused=reused,
     )
+
+
+def _level2_deletes(tbl: pa.Table, table: str, row_key: bytes, res: NationalResources) -> pa.Array:
+    """The level-2 keys of deleted rows: row ids through the national permutation; persons (sealed tokens only,
+    the platform keeps no level-1 id of a deleted person) through the national pseudonym."""
+    if table == "person":
+        sealed = tbl.column(TOKEN_COLUMN).combine_chunks()
+        mapping = national_person_ids(
+            sealed, pa.array(range(len(sealed)), pa.int64()), res.national_key, res.box_private_key
+        )
+        return pa.array([mapping[i] for i in range(len(sealed))], pa.int64())
+    return rowids.rekey(tbl.column("id").combine_chunks(), row_key, "national-row")
 
 
 def _rekey_row_ids(tbl: pa.Table, table: str, key: bytes, seen: list) -> pa.Table:

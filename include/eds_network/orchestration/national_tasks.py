@@ -128,7 +128,13 @@ def apply_tables(delivery: dict) -> dict:
     if read_json(s3, target.landing_zone.bucket, receipt_key).get("status") != "accepted":
         return {"platform": platform, "delivery_id": delivery["delivery_id"], "status": "rejected"}
     res = tables.NationalTables(pg_dsn(target.tables_connection_id, "HDH national tables"), landing)
-    return tables.apply_delivery(target, res, delivery["delivery_id"]).ref()
+    out = tables.apply_delivery(target, res, delivery["delivery_id"]).ref()
+    # The platform's next delivery starts from what the HDH now holds (or is a full one if the HDH asks).
+    from eds_network.national import ack
+
+    p = network.platform(platform)
+    ack.acknowledge(p, national_resources(network, p).outbox, res.dsn, out, signing_key=signing_key(zones.NATIONAL))
+    return out
 
 
 def upkeep(applied: list[dict]) -> dict:
@@ -144,10 +150,14 @@ def upkeep(applied: list[dict]) -> dict:
         pg_dsn(target.tables_connection_id, "HDH national tables"),
         s3_endpoint(target.landing_zone.connection_id, "HDH landing zone"),
     )
-    removed = sum(a.get("persons_removed", 0) for a in applied if a.get("status") == "applied")
-    purged = maintenance.purge(target, res, tables.table_names(res.catalog(target))) if removed else {}
+    done = [a for a in applied if a.get("status") == "applied"]
+    removed = sum(a.get("persons_removed", 0) for a in done)
+    rows_removed = sum(a.get("rows_removed", 0) for a in done)
+    purge_all = removed or rows_removed
+    purged = maintenance.purge(target, res, tables.table_names(res.catalog(target))) if purge_all else {}
     out = {
         "persons_removed": removed,
+        "rows_removed": rows_removed,
         "snapshots_expired": sum(v["snapshots_expired"] for v in purged.values()),
         "files_purged": sum(v["files_deleted"] for v in purged.values()),
         "orphans_deleted": sum(maintenance.sweep(target, res).values()),

@@ -25,9 +25,12 @@ def consolidate(platform_id: str, night_end: dt.datetime) -> dict:
 
 
 def package(platform_id: str, consolidation: dict) -> dict:
-    """One Parquet file per table + a manifest in the platform outbox."""
+    """What changed since the HDH's acknowledgement (or a full / weekly reconciliation delivery): Parquet files +
+    a manifest in the platform outbox."""
     p = load_network().platform(platform_id)
-    return package_step.package(p, platform_resources(p), key_versions=consolidation["key_versions"]).ref()
+    return package_step.package(
+        p, platform_resources(p), key_versions=consolidation["key_versions"], full=None, reconcile=None
+    ).ref()
 
 
 def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str) -> None:

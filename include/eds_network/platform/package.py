@@ -1,5 +1,6 @@
-"""Package the warehouse for the national level: one Parquet file per table + a manifest (written last) in the
-platform outbox, named by the ledger state it holds."""
+"""Package the warehouse for the national level: what changed since the delivery the HDH acknowledged (upserts
+and deletes, `changes.py`), or the whole warehouse, as Parquet files + a manifest (written last) in the platform
+outbox, named by the ledger state and the change range it holds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import datetime as dt
 import hashlib
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -18,10 +20,11 @@ from psycopg import sql
 from eds_network.core import omop, zones
 from eds_network.core.config import Platform
 from eds_network.core.copystream import stream_query
-from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
-from eds_network.core.signing import sign_document
-from eds_network.core.storage import put_json, sha256_file
-from eds_network.platform import keyversions
+from eds_network.core.errors import IntegrityError
+from eds_network.core.exchange import ACK, MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
+from eds_network.core.signing import sign_document, verify_document
+from eds_network.core.storage import object_exists, put_json, read_json, sha256_file
+from eds_network.platform import changes, keyversions
 from eds_network.platform.warehouse import (
     PlatformResources,
     conflict_key,
@@ -39,69 +42,197 @@ class Package:
     delivery_id: str
     manifest_key: str
     files: dict[str, dict]
+    kind: str = "full"  # full | incremental | reconcile
+    deletes: dict[str, dict] = field(default_factory=dict)
 
     def ref(self) -> dict:
         return {
             "platform": self.platform,
             "delivery_id": self.delivery_id,
             "manifest_key": self.manifest_key,
+            "kind": self.kind,
             "rows": {t: f["rows"] for t, f in self.files.items()},
-            "bytes": sum(f["bytes"] for f in self.files.values()),
+            "deleted": {t: f["rows"] for t, f in self.deletes.items()},
+            "bytes": sum(f["bytes"] for f in [*self.files.values(), *self.deletes.values()]),
         }
 
 
-def package(platform: Platform, res: PlatformResources, key_versions: dict[str, list[str]]) -> Package:
-    """Export the warehouse as one Parquet file per table + a manifest (written last) in the outbox."""
+def read_ack(s3, platform: Platform, trust: Mapping[str, bytes] | None) -> dict | None:
+    """The HDH's signed acknowledgement in the outbox (None: none yet, or not verifiable: then a full delivery)."""
+    key = f"{platform.outbox.prefix}{ACK}"
+    if object_exists(s3, platform.outbox.bucket, key) is None:
+        return None
+    doc = read_json(s3, platform.outbox.bucket, key)
+    if trust is not None:
+        public = trust.get(zones.NATIONAL)
+        try:
+            if public is None:
+                raise IntegrityError("no national public key in the trust store")
+            verify_document(doc, public, what=f"platform {platform.id}: HDH acknowledgement")
+        except IntegrityError as exc:
+            log.warning("%s: %s; the next delivery is a full one", platform.id, exc)
+            return None
+    if doc.get("platform") != platform.id:
+        log.warning("%s: the HDH acknowledgement names %r; ignored", platform.id, doc.get("platform"))
+        return None
+    return doc
+
+
+def _export(conn, query: sql.Composable, cols: list[str], types: dict, path: Path, table: str) -> int:
+    schema = pa.schema([pa.field(c, types[c]) for c in cols])
+    n = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as w:
+        for rb in stream_query(conn, query, cols, types, table=table):
+            w.write_batch(rb.cast(schema) if rb.schema != schema else rb)
+            n += rb.num_rows
+    return n
+
+
+def _changed(since: int | None, upto: int) -> sql.Composable:
+    if since is None:
+        return sql.SQL("")
+    return sql.SQL(" WHERE {c} > {a} AND {c} <= {b}").format(
+        c=sql.Identifier(changes.SEQ_COLUMN), a=sql.Literal(since), b=sql.Literal(upto)
+    )
+
+
+def package(
+    platform: Platform,
+    res: PlatformResources,
+    key_versions: dict[str, list[str]],
+    *,
+    full: bool | None = None,
+    reconcile: bool | None = False,
+) -> Package:
+    """Package what changed since the delivery the HDH acknowledged (upserts + deletes), or the whole warehouse
+    (`full`: no acknowledgement yet, the HDH asked for one, or the caller forces it; `reconcile`: a full package
+    the HDH compares with its tables and applies only where they differ; None: when the platform's
+    `reconcile_every_days` have passed since the last one). One Parquet file per table and kind + a manifest
+    (written last) in the outbox."""
     tables = platform_tables(platform)
     s3 = res.outbox.client()
     bucket, prefix = platform.outbox.bucket, platform.outbox.prefix
+    ack = read_ack(s3, platform, res.trust)
     with psycopg.connect(res.warehouse_dsn) as conn:
         ensure_warehouse(conn, tables)
         keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
+        if (
+            ack is not None and ack.get("upto_seq") is not None
+        ):  # deletions the HDH applied are forgotten: no objector's token outlives its erasure
+            pruned = changes.prune(conn, int(ack["upto_seq"]))
+            if pruned:
+                log.info("%s: %d acknowledged deletions pruned from the change log", platform.id, pruned)
+        if reconcile is None:
+            reconcile = ack is not None and changes.reconcile_due(conn, platform.reconcile_every_days)
+    if full is None:
+        full = reconcile or ack is None or bool(ack.get("full_requested"))
+    since = None if full else int(ack["upto_seq"])
+    kind = "reconcile" if reconcile else ("full" if full else "incremental")
+    with psycopg.connect(res.warehouse_dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one consistent state for every file
+        conn.read_only = True
+        upto = changes.high_water(conn, tables)
         state = conn.execute(
             "SELECT coalesce(string_agg(batch_id || ':' || manifest_sha256, ',' ORDER BY batch_id,"
             " manifest_sha256), '') FROM eds_platform.ledger"
         ).fetchone()[0]
-        delivery_id = f"{platform.id}__{hashlib.sha256(state.encode()).hexdigest()[:16]}"
+        packaged_at = dt.datetime.now(dt.UTC).isoformat()
+        # A reconciliation checks again even if nothing changed: it is named by its time too.
+        name = f"{state}|{kind}|{since}|{upto}" + (f"|{packaged_at}" if kind == "reconcile" else "")
+        delivery_id = f"{platform.id}__{hashlib.sha256(name.encode()).hexdigest()[:16]}"
         files: dict[str, dict] = {}
+        deletes: dict[str, dict] = {}
+        extra: dict[str, dict] = {}
         with tempfile.TemporaryDirectory(prefix="eds-package-") as tmp:
+
+            def put(path: Path, n: int, stem: str) -> dict:
+                sha = sha256_file(path)
+                key = f"{prefix}{delivery_id}/{stem}.{sha[:16]}.parquet"
+                s3.upload_file(str(path), bucket, key)
+                return {"key": key, "sha256": sha, "bytes": path.stat().st_size, "rows": n}
+
+            with_person = []
             for t in tables:
                 cols = expected_columns(t)
                 spec = omop.table(t)
                 types = {c: (spec.column(c).arrow_type if spec.has(c) else pa.string()) for c in cols}
-                query = sql.SQL("SELECT {} FROM omop.{} ORDER BY {}").format(
-                    sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(t), sql.Identifier(conflict_key(t))
+                query = sql.SQL("SELECT {} FROM omop.{}{} ORDER BY {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, cols)),
+                    sql.Identifier(t),
+                    _changed(since, upto),
+                    sql.Identifier(conflict_key(t)),
                 )
                 path = Path(tmp) / f"{t}.parquet"
-                schema = pa.schema([pa.field(c, types[c]) for c in cols])
-                n = 0
-                with pq.ParquetWriter(path, schema, compression="zstd") as w:
-                    for rb in stream_query(conn, query, cols, types, table=t):
-                        w.write_batch(rb.cast(schema) if rb.schema != schema else rb)
-                        n += rb.num_rows
-                sha = sha256_file(path)
-                key = f"{prefix}{delivery_id}/{t}.{sha[:16]}.parquet"
-                s3.upload_file(str(path), bucket, key)
-                files[t] = {"key": key, "sha256": sha, "bytes": path.stat().st_size, "rows": n}
+                n = _export(conn, query, cols, types, path, t)
+                if full or n or t == "person":
+                    files[t] = put(path, n, t)
+                if since is None:
+                    continue
+                if spec.has("person_id") and t != "person" and n:
+                    with_person.append(t)
+                col = TOKEN_COLUMN if t == "person" else "id"
+                dq = sql.SQL(
+                    "SELECT {sel} FROM eds_platform.change_log WHERE table_name = {t} AND seq > {a} AND seq <= {b}"
+                ).format(
+                    sel=sql.SQL("token") if t == "person" else sql.SQL("row_id"),
+                    t=sql.Literal(t),
+                    a=sql.Literal(since),
+                    b=sql.Literal(upto),
+                )
+                dpath = Path(tmp) / f"{t}.deletes.parquet"
+                dn = _export(conn, dq, [col], {col: pa.string() if t == "person" else pa.int64()}, dpath, t)
+                if dn:
+                    deletes[t] = put(dpath, dn, f"{t}.deletes")
+            if with_person:
+                # The sealed tokens of the persons the changed rows refer to: the national zone needs them to
+                # derive the level-2 pseudonyms (the person rows themselves did not change).
+                refs = sql.SQL(" UNION ").join(
+                    sql.SQL("SELECT person_id FROM omop.{}{}").format(sql.Identifier(t), _changed(since, upto))
+                    for t in with_person
+                )
+                q = sql.SQL("SELECT person_id, {tok} FROM omop.person WHERE person_id IN ({refs})").format(
+                    tok=sql.Identifier(TOKEN_COLUMN), refs=refs
+                )
+                rpath = Path(tmp) / "persons.parquet"
+                rn = _export(
+                    conn,
+                    q,
+                    ["person_id", TOKEN_COLUMN],
+                    {"person_id": pa.int64(), TOKEN_COLUMN: pa.string()},
+                    rpath,
+                    "person",
+                )
+                extra["persons"] = put(rpath, rn, "_persons")
     manifest_key = f"{prefix}{delivery_id}/{MANIFEST}"
     manifest = {
         "kind": "eds-network/platform-delivery",
         "platform": platform.id,
         "delivery_id": delivery_id,
+        "kind_of_delivery": kind,
+        "since_seq": since,
+        "upto_seq": upto,
         "schema_version": SCHEMA_VERSION,
         "key_versions": key_versions,
         "tables": files,
+        "deletes": deletes,
+        **extra,
         "members": [b.id for b in platform.members],
-        "packaged_at": dt.datetime.now(dt.UTC).isoformat(),
+        "packaged_at": packaged_at,
     }
     if res.signing_key is not None:  # the national zone verifies it against the trust store
         manifest = sign_document(manifest, res.signing_key, zones.platform(platform.id))
     put_json(s3, bucket, manifest_key, manifest)
+    with psycopg.connect(res.warehouse_dsn) as conn:
+        changes.record_package(conn, delivery_id, kind, since, upto)
     put_json(s3, bucket, f"{prefix}_latest.json", {"delivery_id": delivery_id, "manifest_key": manifest_key})
     log.info(
-        "%s: delivery %s packaged: %s",
+        "%s: %s delivery %s packaged (changes %s..%s): %s; deletes %s",
         platform.id,
+        kind,
         delivery_id,
+        since,
+        upto,
         ", ".join(f"{t}={f['rows']}" for t, f in files.items()),
+        ", ".join(f"{t}={f['rows']}" for t, f in deletes.items()) or "none",
     )
-    return Package(platform.id, delivery_id, manifest_key, files)
+    return Package(platform.id, delivery_id, manifest_key, files, kind=kind, deletes=deletes)

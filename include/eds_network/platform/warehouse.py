@@ -14,7 +14,7 @@ from eds_network.core import omop
 from eds_network.core.config import Platform
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import S3Endpoint
-from eds_network.platform import keyversions
+from eds_network.platform import changes, keyversions
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
             person_id bigint NOT NULL, site_number integer NOT NULL, PRIMARY KEY (table_name, row_id));
     """)
     keyversions.ensure_registry(conn, tables)
+    changes.ensure_tracking(conn, {t: conflict_key(t) for t in tables})
 
 
 def expected_columns(table: str) -> list[str]:

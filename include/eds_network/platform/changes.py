@@ -1,0 +1,122 @@
+"""Change tracking in the platform warehouse, for incremental deliveries to the national level.
+
+- Every warehouse row carries `_seq`: a value of the warehouse-wide sequence `eds_platform.change_seq`, drawn
+  when the row is inserted and again whenever an update really changes it (a `BEFORE UPDATE` trigger compares
+  the whole row), whatever statement writes it: the merge, a tombstone, a re-keying run.
+- Every deleted row leaves one entry in `eds_platform.change_log` (a statement-level `AFTER DELETE` trigger with
+  a transition table): the table, its row id (for `person`: no id, only the person's sealed transport token,
+  from which the national zone derives the level-2 pseudonym) and a sequence value. Never a level-1 person id.
+- A delivery holds the changes in (`since`, `upto`]: rows with `since < _seq <= upto` (upserts) and change-log
+  entries in that range (deletes). `since` is the watermark the HDH acknowledged (`ack.py`); the entries at or
+  below it are pruned when the platform reads the acknowledgement, so an objector's tokens do not outlive
+  the delivery that erased them.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from eds_network.core.exchange import TOKEN_COLUMN
+
+SEQ_COLUMN = "_seq"
+
+_DDL = f"""
+CREATE SEQUENCE IF NOT EXISTS eds_platform.change_seq;
+CREATE TABLE IF NOT EXISTS eds_platform.change_log (
+    seq bigint NOT NULL DEFAULT nextval('eds_platform.change_seq') PRIMARY KEY,
+    table_name text NOT NULL,
+    row_id bigint,
+    token text
+);
+CREATE TABLE IF NOT EXISTS eds_platform.packaged (
+    delivery_id text PRIMARY KEY,
+    kind text NOT NULL,
+    since_seq bigint,
+    upto_seq bigint NOT NULL,
+    packaged_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION eds_platform.bump_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF ROW(NEW.*) IS DISTINCT FROM ROW(OLD.*) THEN
+        NEW.{SEQ_COLUMN} := nextval('eds_platform.change_seq');
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION eds_platform.log_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_ARGV[0] = 'person' THEN
+        INSERT INTO eds_platform.change_log (table_name, token)
+        SELECT 'person', {TOKEN_COLUMN} FROM gone;
+    ELSE
+        EXECUTE format('INSERT INTO eds_platform.change_log (table_name, row_id) SELECT %L, %I FROM gone',
+                       TG_TABLE_NAME, TG_ARGV[1]);
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+
+def ensure_tracking(conn: psycopg.Connection, tables: dict[str, str]) -> None:
+    """The sequence, the change log and, on each `omop.<table>` (table -> key column), `_seq` and its triggers."""
+    conn.execute(_DDL)
+    for t, key in tables.items():
+        ident = sql.Identifier(t)
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE omop.{t} ADD COLUMN IF NOT EXISTS {c} bigint NOT NULL "
+                "DEFAULT nextval('eds_platform.change_seq')"
+            ).format(t=ident, c=sql.Identifier(SEQ_COLUMN))
+        )
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON omop.{t} ({c})").format(
+                i=sql.Identifier(f"{t}_seq_idx"), t=ident, c=sql.Identifier(SEQ_COLUMN)
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER eds_bump_seq BEFORE UPDATE ON omop.{t} "
+                "FOR EACH ROW EXECUTE FUNCTION eds_platform.bump_seq()"
+            ).format(t=ident)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER eds_log_deletes AFTER DELETE ON omop.{t} REFERENCING OLD TABLE AS gone "
+                "FOR EACH STATEMENT EXECUTE FUNCTION eds_platform.log_deletes({kind}, {key})"
+            ).format(t=ident, kind=sql.Literal("person" if t == "person" else "row"), key=sql.Literal(key))
+        )
+
+
+def high_water(conn: psycopg.Connection, tables: list[str]) -> int:
+    """The highest change sequence value the warehouse holds now (rows and change log): a delivery's `upto`."""
+    parts = [sql.SQL("SELECT max(seq) FROM eds_platform.change_log")] + [
+        sql.SQL("SELECT max({c}) FROM omop.{t}").format(c=sql.Identifier(SEQ_COLUMN), t=sql.Identifier(t))
+        for t in tables
+    ]
+    q = sql.SQL("SELECT coalesce(max(m), 0) FROM ({}) AS x(m)").format(sql.SQL(" UNION ALL ").join(parts))
+    return int(conn.execute(q).fetchone()[0])
+
+
+def prune(conn: psycopg.Connection, upto: int) -> int:
+    """Forget the deletions the HDH has acknowledged (at or below `upto`). Returns the entries removed."""
+    return conn.execute("DELETE FROM eds_platform.change_log WHERE seq <= %s", (upto,)).rowcount
+
+
+def reconcile_due(conn: psycopg.Connection, every_days: int) -> bool:
+    """Whether the last full or reconciliation package is `every_days` old or more (none: due). 0: never due."""
+    if every_days <= 0:
+        return False
+    last = conn.execute(
+        "SELECT max(packaged_at) FROM eds_platform.packaged WHERE kind IN ('full', 'reconcile')"
+    ).fetchone()[0]
+    if last is None:
+        return True
+    return bool(conn.execute("SELECT now() - %s >= make_interval(days => %s)", (last, every_days)).fetchone()[0])
+
+
+def record_package(conn: psycopg.Connection, delivery_id: str, kind: str, since: int | None, upto: int) -> None:
+    conn.execute(
+        "INSERT INTO eds_platform.packaged (delivery_id, kind, since_seq, upto_seq) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (delivery_id) DO NOTHING",
+        (delivery_id, kind, since, upto),
+    )
