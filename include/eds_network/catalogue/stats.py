@@ -98,9 +98,14 @@ class _Span:
 
 
 def protected_counts(
-    cells: Mapping[tuple, int], *, k: int = DEFAULT_K, totals: Mapping[tuple, int] | None = None
+    cells: Mapping[tuple, int],
+    *,
+    k: int = DEFAULT_K,
+    totals: Mapping[tuple, int] | None = None,
+    suppress: frozenset[tuple] | set[tuple] = frozenset(),
 ) -> dict:
-    """Apply primary and secondary suppression. Returns
+    """Apply primary and secondary suppression. `suppress` names cells or totals to treat as primary-suppressed
+    whatever their value (e.g. a published total that is not the plain sum of its cells). Returns
 
     {"k", "cells": {key: n | None}, "totals": {key: n | None}, "primary": [keys], "secondary": [keys]}
 
@@ -127,8 +132,8 @@ def protected_counts(
         if sum(vals[c] for c in cover[t]) != v:
             raise ValueError(f"total {t!r} = {v} is not the sum of the cells it covers")
 
-    sup_cells = {c for c, v in vals.items() if 0 < v < k}
-    sup_tots = {t for t, v in tots.items() if 0 < v < k}
+    sup_cells = {c for c, v in vals.items() if 0 < v < k or c in suppress}
+    sup_tots = {t for t, v in tots.items() if 0 < v < k or t in suppress}
     primary = sup_cells | sup_tots
     secondary: set[tuple] = set()
 
