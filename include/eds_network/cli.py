@@ -19,6 +19,7 @@ eds milestone set BASE MILESTONE [--date D] [--evidence TEXT] [--by WHO]   recor
                                 milestone, audited; `correct` refuses one not yet recorded, `unset --reason` withdraws
 eds milestone list [BASE]       every base's milestones (date, evidence, who, when) and the deliveries they hold back
 eds docs-check [ROOT]           every eds command, make target, path and connection id README.md and docs/ name exists
+eds project feasibility|…      research projects (see `eds project -h`, eds_network.project_cli)
 eds quality changes --base X [--threshold CHECK=PCT]   checks newly failing / resolved / still failing since the
                                 previous night (thresholds re-applied to the stored results, nothing re-run)
 """
@@ -604,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc = sub.add_parser("docs-check", help="every command, make target, path and connection id the docs name exists")
     dc.add_argument("root", nargs="?", help="the checkout to check (default this one)")
     dc.set_defaults(fn=cmd_docs_check)
+    from eds_network import project_cli
+
+    project_cli.add_parser(sub)
     qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
     qa.add_argument("action", choices=["export", "changes"])
     who = qa.add_mutually_exclusive_group(required=True)

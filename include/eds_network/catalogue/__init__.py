@@ -15,10 +15,14 @@ Every DAG writes here through this module only. Tables:
   quality_check                  one DQD-style result per check, run and table (local and mutualised levels)
   base_statistics                per base: small-cell protected statistics (catalogue.base_stats)
   quality_table                  per run and table: engine, rows checked, quarantine, GX Data Docs path (UI link)
+  project, project_event         research projects and data permits, status timeline (catalogue.projects)
+  project_dataset                per project extract: pinned snapshots, prefix, bytes, rows; deletion at expiry
+  project_withdrawal             withdrawal notices (project pseudonym) after an objection
 """
 
 from __future__ import annotations
 
+from eds_network.catalogue import projects  # noqa: F401,E402 (its tables join the metadata)
 from eds_network.catalogue.db import (
     BASELINE_REVISION,
     MIGRATIONS,

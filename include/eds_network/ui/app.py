@@ -146,6 +146,9 @@ def create_app(
         return base_or_404(base_id, view())
 
     _catalogue_routes(app, deps, dsn, view, base_or_404)
+    from eds_network.ui.projects import project_routes
+
+    project_routes(app, deps, dsn, prefix)
 
     @app.get("/api/deliveries", dependencies=deps)
     def api_deliveries() -> list[dict]:
