@@ -254,6 +254,7 @@ def test_each_dataset_holds_only_its_permitted_tables_columns_period_and_cohort(
         cohort_national = national_feasibility.cohort_persons(catalog, p.cohort, pins, platforms=p.platforms)["*"]
         expected = project_extract_mod.project_pseudonyms(sorted(cohort_national), res.national_key.secret, pid)
         assert set(got["person"].column("person_id").to_pylist()) == expected  # exactly the cohort
+        assert got["person"].num_rows == len(expected)  # one row per person (OMOP PERSON)
         for t, tbl in got.items():
             if t != "person":
                 assert set(tbl.column("person_id").to_pylist()) <= expected

@@ -163,6 +163,17 @@ def _sorted(tbl: pa.Table, table: str) -> pa.Table:
     return tbl.sort_by([(c, "ascending") for c in keys]) if tbl.num_rows else tbl
 
 
+def one_row_per_person(tbl: pa.Table) -> pa.Table:
+    """PERSON has one row per platform that knows the patient in the national tables: the project gets one row per
+    person (the first of the sorted rows: deterministic)."""
+    if tbl.num_rows < 2 or "person_id" not in tbl.column_names:
+        return tbl
+    ids = tbl.column("person_id").combine_chunks()
+    first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
+    return tbl.filter(keep)
+
+
 def parquet_bytes(tbl: pa.Table) -> bytes:
     """Deterministic Parquet: fixed writer options, no time in the metadata."""
     buf = io.BytesIO()
@@ -219,6 +230,8 @@ def extract(
         if t not in pins:
             raise IntegrityError(f"permit {permit.permit_reference}: no national table (no pin)", table=t)
         tbl = _sorted(rekey_ids(_read_table(catalog, t, pins, permit, persons), t, key), t)
+        if t == "person":
+            tbl = one_row_per_person(tbl)
         bodies[f"{t}.parquet"] = parquet_bytes(tbl)
         rows[t] = tbl.num_rows
     bodies["dictionary.json"] = json.dumps(dictionary(permit), indent=1, sort_keys=True).encode()
