@@ -488,7 +488,15 @@ def cmd_docs_check(args) -> int:
 
 
 def _milestone_dsn(args) -> str:
-    return args.dsn or os.environ.get("EDS_CATALOGUE_DSN") or _stack().dsn("catalogue")
+    """--dsn, else $EDS_CATALOGUE_DSN, else in a deployment ($EDS_DEPLOYMENT, e.g. compose's airflow-cli) the
+    Airflow connection of the catalogue, else the embedded stack's catalogue."""
+    if args.dsn or os.environ.get("EDS_CATALOGUE_DSN"):
+        return args.dsn or os.environ["EDS_CATALOGUE_DSN"]
+    if os.environ.get("EDS_DEPLOYMENT"):
+        from eds_network.orchestration.connections import catalogue_dsn
+
+        return catalogue_dsn(load_network())
+    return _stack().dsn("catalogue")
 
 
 def _print_milestones(dsn: str, base: str | None) -> None:
@@ -600,7 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--evidence", help="a document reference or URL proving it (no personal data)")
     ms.add_argument("--by", help="who records it (default: your login name)")
     ms.add_argument("--reason", help="unset: why the milestone is withdrawn (required)")
-    ms.add_argument("--dsn", help="catalogue database (default: $EDS_CATALOGUE_DSN, else the embedded stack's)")
+    ms.add_argument(
+        "--dsn",
+        help="catalogue database (default: $EDS_CATALOGUE_DSN; with $EDS_DEPLOYMENT the eds_catalogue connection; "
+        "else the embedded stack's)",
+    )
     ms.set_defaults(fn=cmd_milestone)
     dc = sub.add_parser("docs-check", help="every command, make target, path and connection id the docs name exists")
     dc.add_argument("root", nargs="?", help="the checkout to check (default this one)")

@@ -25,7 +25,7 @@ import pytest
 from ui_catalogue import DEMO_MILESTONES, EXTRA_MILESTONES, seed_ui_catalogue
 
 from eds_network import catalogue, ui
-from eds_network.catalogue import shacl
+from eds_network.catalogue import milestone_records, shacl
 from eds_network.core.config import load_network
 from eds_network.dev.reference_bases import REFERENCE_BASES
 
@@ -469,7 +469,7 @@ def test_an_operator_records_the_missing_milestone_on_the_page_and_the_next_nati
     notice = page.locator("#milestone-notice").inner_text()
     assert "Preparation of hosp_d reached on" in notice and "by admin" in notice
     # recorded under the logged-in Airflow user, audited
-    got = catalogue.milestone_records.current_milestones(dsn, "hosp_d")["preparation"]
+    got = milestone_records.current_milestones(dsn, "hosp_d")["preparation"]
     assert got["recorded_by"] == "admin" and got["evidence"].startswith("Preparation minutes CHU-D")
     assert got["reached_on"] == dt.date.today().isoformat()
     a = catalogue.audit_t
