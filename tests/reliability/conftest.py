@@ -14,6 +14,7 @@ import uuid
 
 import psycopg
 import pytest
+from planting import PLANTED_BASES, SPELLINGS, give_short_surnames  # tests/reliability/planting.py
 from psycopg import sql
 
 from eds_network import cli
@@ -36,7 +37,6 @@ PLANTS = (
     ("measurement", "value_source_value", "first_name"),
     ("procedure_occurrence", "procedure_source_value", "nir"),
 )
-PLANTED_BASES = ("hosp_a", "hosp_b", "hosp_d")
 
 
 def plant_identifiers(stack, network=NETWORK, bases=PLANTED_BASES, rows_per_plant: int = 3) -> int:
@@ -46,6 +46,27 @@ def plant_identifiers(stack, network=NETWORK, bases=PLANTED_BASES, rows_per_plan
     for base_id in bases:
         base = network.base(base_id)
         with psycopg.connect(stack.dsn(f"src_{base_id}"), autocommit=True) as conn:
+            give_short_surnames(conn)
+            for k, (_, _, table, column, expr, cond) in enumerate(SPELLINGS):
+                if table not in base.tables:
+                    continue
+                key = f"{table}_id"
+                # rows of their own (an offset per spelling), far from the rows PLANTS below takes
+                n += conn.execute(
+                    sql.SQL(
+                        "UPDATE omop.{t} o SET {c} = left({e}, 50), _updated_at = %s FROM identity.patient i"
+                        " WHERE i.person_id = o.person_id AND o.{k} IN ("
+                        " SELECT o2.{k} FROM omop.{t} o2 JOIN identity.patient i USING (person_id)"
+                        " WHERE {cond} ORDER BY o2.{k} DESC OFFSET %s LIMIT %s)"
+                    ).format(
+                        t=sql.Identifier(table),
+                        c=sql.Identifier(column),
+                        e=sql.SQL(expr),
+                        k=sql.Identifier(key),
+                        cond=sql.SQL(cond),
+                    ),
+                    (stamp, k * rows_per_plant, rows_per_plant),
+                ).rowcount
             for table, column, ident in PLANTS:
                 if table not in base.tables:
                     continue

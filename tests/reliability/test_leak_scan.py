@@ -14,6 +14,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from planting import PLANTED_BASES, SHORT_SURNAMES, SPELLINGS
+from psycopg import sql
 
 from eds_network import cli
 from eds_network.core.config import load_network
@@ -51,7 +53,20 @@ IDS = leakscan.Identifiers(
         ("tel 06 12 34 56 78", {"phone"}),
         ("<td>mathilde.lefevre7@poste.example</td>", {"email"}),
         ("id 90212345678 and sha 0212345678ab", set()),  # not inside a longer number or a checksum
-        ("Roy is short: names under 5 letters are words", set()),
+        ("Mme Roy, vue ce jour", {"last_name"}),  # a short surname, written as a name is
+        ("ROY Jean", {"last_name"}),
+        ("<li>royalty, destroy, roy-alty</li>", set()),  # not a whole token written as a name
+        ("NIR 1.85.05.75.056.012.05 noted", {"nir"}),
+        ("nir sans cle 1850575056012", {"nir"}),
+        ("nir 1 85 05 75 056 012", {"nir"}),
+        ("NIR 1-85-05-75-056-012-05", {"nir"}),
+        ("tel +33 6 12 34 56 78", {"phone"}),
+        ("tel +33612345678", {"phone"}),
+        ("tel 0033 6 12 34 56 78", {"phone"}),
+        ("tel +33 (0)6 12 34 56 78", {"phone"}),
+        ("tel 06.12.34.56.78", {"phone"}),
+        ("tel 06-12-34-56-78", {"phone"}),
+        ("value 12.5 on 2025-03-01, version 1.2.3", set()),
         ("12 rue de la Paix", set()),
     ],
 )
@@ -123,8 +138,68 @@ def test_no_identifier_in_any_output_of_the_night(scanned):
     assert set(ids.counts) == set(leakscan.KINDS) and all(ids.counts[k] > 0 for k in leakscan.KINDS), ids.counts
     assert report.hits == [], report.text()
     # Every kind of place was actually read, with content in it.
-    for area in ("s3", "warehouse", "catalogue", "airflow_db", "files", "summary"):
+    for area in ("s3", "warehouse", "national_db", "catalogue", "airflow_db", "files", "pg_logs", "summary"):
         assert report.chars.get(area, 0) > 0, area
+
+
+def _spelled(stack, expr: str, cond: str, table: str, column: str) -> tuple[list[str], int]:
+    """The values a spelling gave in the sources (planted) and how many source rows still carry one."""
+    values, rows = [], 0
+    for base_id in PLANTED_BASES:
+        if table not in NETWORK.base(base_id).tables:
+            continue
+        with psycopg.connect(stack.dsn(f"src_{base_id}")) as conn:
+            got = conn.execute(
+                sql.SQL(
+                    "SELECT o.{c}, count(*) FROM omop.{t} o JOIN identity.patient i USING (person_id) "
+                    "WHERE {cond} AND o.{c} = left({e}, 50) GROUP BY 1"
+                ).format(c=sql.Identifier(column), t=sql.Identifier(table), cond=sql.SQL(cond), e=sql.SQL(expr))
+            ).fetchall()
+        values += [v for v, _ in got]
+        rows += sum(n for _, n in got)
+    return values, rows
+
+
+@pytest.mark.integration
+@pytest.mark.airflow
+@pytest.mark.timeout(3600)  # includes the shared night (fixture setup counts): ~3 min idle, 20+ min on a loaded machine
+def test_every_planted_spelling_is_in_a_source_and_found_when_planted_directly_in_an_output(scanned, stack):
+    """Issue 19's spellings (NIR with/without key, spaces/dots/dashes; +33, dotted, compact phones; e-mail; IPP;
+    short and long surnames), planted in coded columns by `planted_night`: the clean scan above is not vacuous —
+    each value is in a source, and each is found once written in an output (an object of the landing zone, a line
+    of the PostgreSQL server log)."""
+    _, ids = scanned
+    s3 = stack.s3_client()
+    bucket = NETWORK.national.landing_zone.bucket
+    prefix = "zz-probe-spellings/"
+    expected, short_seen = set(), set()
+    try:
+        for k, (label, kind, table, column, expr, cond) in enumerate(SPELLINGS):
+            values, rows = _spelled(stack, expr, cond, table, column)
+            assert rows > 0 and values, f"{label}: planted in no source row"
+            short_seen |= {v for v in values if kind == "last_name" and len(v) < 5}
+            key = f"{prefix}{k:02d}.json"
+            s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"value_source_value": values[0]}).encode())
+            expected.add((f"s3://{bucket}/{key}", kind))
+        got = {(h.where, h.kind) for h in leakscan.scan(leakscan.s3_places(s3, bucket, prefix), ids).hits}
+    finally:
+        for k in range(len(SPELLINGS)):
+            s3.delete_object(Bucket=bucket, Key=f"{prefix}{k:02d}.json")
+    assert got == expected
+    assert set(SHORT_SURNAMES) <= short_seen
+
+    # The PostgreSQL server log: a line quoting a dotted NIR without its key, found there.
+    nir_dotted = _spelled(stack, *SPELLINGS[3][4:], *SPELLINGS[3][2:4])[0][0]
+    log = stack.pg_root / "postgres.log"
+    original = log.read_bytes()
+    try:
+        with open(log, "ab") as f:
+            f.write(f'ERROR:  invalid input syntax for type bigint: "{nir_dotted}"\n'.encode())
+        hits = leakscan.scan(leakscan.pg_log_places(stack), ids).hits
+    finally:
+        with open(log, "r+b") as f:
+            f.truncate(len(original))
+    assert {(h.where, h.kind) for h in hits} == {(str(log), "nir")}
 
 
 @pytest.mark.integration

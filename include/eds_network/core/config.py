@@ -154,6 +154,11 @@ class LocalBase(_Model):
         description="per-table change column (a timestamp the hospital EDS maintains) when it is not "
         f"'{omop.CHANGE_COLUMN}'; null = the table has none: it is snapshotted and diffed by content hash",
     )
+    ipp_formats: list[str] = Field(
+        default_factory=list,
+        description="regular expressions of this hospital's patient numbers (IPP), each matched as a whole token: "
+        "a coded value holding one is scrubbed before it leaves, and `eds leak-scan` looks for them",
+    )
     # Filled by the platform validator below; never written in YAML.
     platform: str = ""
     asset_uri: str = ""
@@ -174,6 +179,22 @@ class LocalBase(_Model):
             raise ValueError("a table is listed twice")
         order = {t: i for i, t in enumerate(omop.DEFAULT_TABLES)}
         return sorted(tables, key=lambda t: order.get(t, len(order)))
+
+    @field_validator("ipp_formats")
+    @classmethod
+    def _ipp_formats_are_specific(cls, formats: list[str]) -> list[str]:
+        for f in formats:
+            try:
+                rx = re.compile(f)
+            except re.error as exc:
+                raise ValueError(f"ipp_formats: {f!r} is not a regular expression ({exc})") from None
+            if f.startswith("^") or f.endswith("$"):
+                raise ValueError(f"ipp_formats: {f!r}: no anchors, each format is matched as a whole token")
+            if rx.fullmatch("") or any(rx.fullmatch(w) for w in ("0", "1", "12", "123", "2024", "1234")):
+                raise ValueError(f"ipp_formats: {f!r} matches ordinary short numbers: too broad for a patient number")
+            if rx.groups:
+                raise ValueError(f"ipp_formats: {f!r}: use non-capturing groups (?:…) only")
+        return formats
 
     @model_validator(mode="after")
     def _change_columns_in_scope(self) -> LocalBase:

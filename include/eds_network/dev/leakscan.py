@@ -1,14 +1,18 @@
 """Leak scan: look for the hospitals' direct identifiers in everything the network writes outside the hospitals.
 
 What is looked for: every value of the hospitals' identity registries (`identity.patient` of each source):
-NIR (as stored, compact and spaced), IPP, last and first names (5 characters or more: shorter names are
-ordinary words), postal address, phone (as stored and digits only), e-mail. Full birth dates are not looked
-for: a date of birth is also an ordinary clinical date, and the year of birth is published by design.
+NIR (with and without its key; compact, spaced, dotted or dashed), IPP, surnames whatever their length (a
+surname under 5 letters, "Li", "Roy", as a whole token written as a name is: as stored, Capitalised or UPPER,
+since "li" is also an HTML tag), first names of 5 characters or more (shorter ones are ordinary words), postal
+address, phone (as stored, digits only, +33 / 0033 forms, dotted or dashed), e-mail. Full birth dates are not
+looked for: a date of birth is also an ordinary clinical date, and the year of birth is published by design.
 
 Where: every object of the platform intakes and outboxes and of the HDH landing zone (Parquet decoded), every
-table of the platform warehouses and of the catalogue, every table of Airflow's metadata database (XCom,
-rendered template fields, `dag_run.conf`, …), every file of the state folder (task logs, quality data docs)
-except the PostgreSQL cluster and the secrets, and the night's summary text.
+table of the platform warehouses, of the HDH's database (national tables' catalog, person-digest registry) and
+of the catalogue, every table of Airflow's metadata database (XCom, rendered template fields, `dag_run.conf`,
+…), every file of the state folder (task logs, quality data docs) except the PostgreSQL cluster and the
+secrets, the PostgreSQL server's own log (an error there can quote a statement's data), and the night's
+summary text.
 
 Matching is on tokens (case-folded words, numbers, e-mail addresses), a multi-word value (address, spaced
 phone) matching as a sequence of tokens; so an IPP does not match inside a longer number or a checksum.
@@ -21,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,30 +36,21 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from psycopg import sql
 
+from eds_network.core.textmatch import EDGE, fold, raw_tokens, tokens
+
 CHUNK = 1 << 20  # characters of text scanned at once
-MIN_NAME = 5
+MIN_NAME = 5  # first names shorter than this are ordinary words; surnames are looked for whatever their length
 KINDS = ("nir", "ipp", "last_name", "first_name", "address", "phone", "email")
-# Token characters: letters, digits and the punctuation of e-mail addresses and names; anything else separates.
-_KEEP = b"0123456789abcdefghijklmnopqrstuvwxyz@_+'.-"
-_SEPARATE = bytes(c if c in _KEEP else 32 for c in range(256))
-_EDGE = ".-_'+"
+_EDGE = EDGE
 
 
 def _norm(text: str) -> str:
-    """Case-folded, accents removed (NFKD, ASCII only), so 'Église' and 'eglise' match."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    return text.lower()
+    return fold(text)
 
 
 def _raw_tokens(text: str) -> list[str]:
     """`text` already normalised (`_norm`)."""
-    return text.encode("ascii", "ignore").translate(_SEPARATE).decode("ascii").split()
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-case ASCII tokens; punctuation at a token's edges is dropped ("Dupont." is "dupont")."""
-    return [s for s in (t.strip(_EDGE) for t in _raw_tokens(_norm(text))) if s]
+    return raw_tokens(text)
 
 
 @dataclass(frozen=True)
@@ -70,12 +64,16 @@ class Hit:
         return f"{self.kind} in {self.where}"
 
 
-_DIGIT_RUN = re.compile(r"(?<![0-9a-z])[0-9]{1,3}(?: [0-9]{1,3}){2,}(?![0-9a-z])")
+_DIGIT_RUN = re.compile(r"(?<![0-9a-z])[0-9]{1,4}(?: [0-9]{1,3}){2,}(?![0-9a-z])")
+_SEPARATED = re.compile(r"^[0-9ab]+(?:[.-][0-9ab]+){2,}$")  # 06.12.34.56.78, 1-85-05-75-056-012-05, 2A.04…
 
 
 def _digit_runs(text: str) -> set[str]:
-    """Numbers written in groups ("06 12 34 56 78", "1 85 05 …"): every contiguous part of 4+ groups, joined."""
+    """Numbers written in groups ("06 12 34 56 78", "+33 (0)6 12 …", "1 85 05 …"): every contiguous part of 4+
+    groups, joined."""
     out = set()
+    if "(0)" in text:
+        text = text.replace("(0)", "")
     for m in _DIGIT_RUN.finditer(text):
         g = m.group(0).split(" ")
         out.update("".join(g[i:j]) for i in range(len(g)) for j in range(i + 4, len(g) + 1))
@@ -89,10 +87,16 @@ class Identifiers:
     def __init__(self, values: dict[str, Iterable[str]]):
         self._single: dict[str, str] = {}  # token -> kind
         multi: list[tuple[list[str], str]] = []
+        short: set[str] = set()
         self.counts: dict[str, int] = {}
         for kind, vs in values.items():
             n = 0
             for v in vs:
+                if kind == "last_name" and 0 < len(v.strip()) < MIN_NAME and len(tokens(v)) == 1:
+                    cased = tokens(v, lower=False)[0]
+                    short.update({cased, cased.capitalize(), cased.upper()})
+                    n += 1
+                    continue
                 for variant in _variants(kind, v):
                     toks = tokens(variant)
                     if all(t.isdigit() for t in toks):
@@ -113,6 +117,10 @@ class Identifiers:
             self._multi.setdefault(rare, []).append((frozenset(toks), " " + " ".join(toks) + " ", kind))
         self._single_keys = frozenset(self._single)
         self._multi_keys = frozenset(self._multi)
+        # Short surnames ("Li", "Roy") are ordinary lower-case words too ("<li>" in every HTML page): they are
+        # looked for as whole tokens written as a name is (as stored, Capitalised or UPPER), accents ignored.
+        self._short_lower = frozenset(s.lower() for s in short)
+        self._short = frozenset(short)
 
     def __len__(self) -> int:
         return sum(self.counts.values())
@@ -123,7 +131,12 @@ class Identifiers:
         present = set(toks)
         present |= {t.strip(_EDGE) for t in present if t[0] in _EDGE or t[-1] in _EDGE}
         present |= _digit_runs(norm)
+        present |= {re.sub(r"[.-]", "", t) for t in present if t[:1].isdigit() and _SEPARATED.match(t)}
         found = {self._single[t] for t in present & self._single_keys}
+        if self._short and "last_name" not in found and not present.isdisjoint(self._short_lower):
+            cased = {t.strip(_EDGE) for t in _raw_tokens(fold(text, lower=False))}
+            if not cased.isdisjoint(self._short):
+                found.add("last_name")
         joined = None
         for rare in present & self._multi_keys:
             for need, seq, kind in self._multi[rare]:
@@ -163,17 +176,23 @@ class Identifiers:
 
 def _variants(kind: str, value: str) -> list[str]:
     value = value.strip()
-    if kind in ("last_name", "first_name"):
+    if kind == "first_name":
         return [value] if len(value) >= MIN_NAME else []
+    if kind == "last_name":
+        return [value]  # every length: the short ones are matched by their written case (`Identifiers`)
     if kind == "nir":
-        compact = value.replace(" ", "")
-        spaced = " ".join(
-            [compact[0:1], compact[1:3], compact[3:5], compact[5:7], compact[7:10], compact[10:13], compact[13:15]]
-        )
-        return [compact, spaced]
+        compact = re.sub(r"[ .\-]", "", value)
+        groups = [compact[0:1], compact[1:3], compact[3:5], compact[5:7], compact[7:10], compact[10:13]]
+        # with and without its key; spaces (dots and dashes are compacted by `kinds_in`)
+        return [compact, " ".join([*groups, compact[13:15]]), compact[:13], " ".join(groups)]
     if kind == "phone":
         digits = re.sub(r"\D", "", value)
-        return [value, digits] if len(digits) >= 8 else []
+        if len(digits) < 8:
+            return []
+        out = [value, digits]
+        if len(digits) == 10 and digits[0] == "0":  # +33 6 12 34 56 78, +33612345678, 0033 6 12 34 56 78
+            out += ["33" + digits[1:], "0033" + digits[1:]]
+        return out
     return [value]
 
 
@@ -340,13 +359,27 @@ def stack_places(stack, network, *, summary: str | None = None) -> Iterator[Plac
         # `vocab`: the OMOP vocabulary loaded for standardisation: public reference text whose concept names
         # can match surnames; it holds no patient data.
         yield from pg_places(stack.dsn(f"wh_{p.id}"), f"wh_{p.id}", area="warehouse", exclude_schemas=["vocab"])
+    yield from pg_places(stack.dsn("hdh"), "hdh", area="national_db")
     yield from pg_places(stack.dsn("catalogue"), "catalogue", area="catalogue")
     yield from pg_places(stack.dsn("airflow"), "airflow", area="airflow_db")
+    yield from pg_log_places(stack)
     # The cluster's files hold the sources themselves; the secrets folder holds keys, not patient data.
     skip = [stack.pgdata, stack.secrets_dir, stack.pg_root / ".pg_password"]
     yield from file_places(stack.root, area="files", skip_dirs=skip)
     if summary is not None:
         yield text_place("summary", summary, area="summary")
+
+
+def pg_log_places(stack, area: str = "pg_logs") -> Iterator[Place]:
+    """The PostgreSQL server's logs: the file `pg_ctl -l` writes, and the collector's folder when it is on."""
+    logs = [
+        stack.pg_root / "postgres.log",
+        *sorted((stack.pgdata / "log").glob("*")),
+        *sorted((stack.pgdata / "pg_log").glob("*")),
+    ]
+    for path in logs:
+        if path.is_file():
+            yield area, str(path), _file_chunks(path)
 
 
 def source_dsns(stack, network) -> list[str]:

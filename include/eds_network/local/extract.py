@@ -27,14 +27,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from eds_network import quality
-from eds_network.core import faults, omop
+from eds_network.core import digests, faults, omop
 from eds_network.core.config import LocalBase
 from eds_network.core.copystream import prefetch
 from eds_network.core.errors import AccountingError, EdsError, QualityError, SourceError, db_error_is_transient
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import sha256_file
 from eds_network.local import keystate
-from eds_network.local.pseudonymise import DEFAULT_TEXT_ALLOW_LIST, PersonMap, level1_batch, policy_fingerprint
+from eds_network.local.pseudonymise import (
+    DEFAULT_TEXT_ALLOW_LIST,
+    Detector,
+    PersonMap,
+    level1_batch,
+    policy_fingerprint,
+)
 from eds_network.local.quarantine import record_quarantine, reset_quarantine
 from eds_network.local.resources import LocalResources
 from eds_network.local.rules import any_mask, death_before_birth, unpublishable_rows
@@ -157,6 +163,7 @@ class _TableRun:
         self.full = keystate.needs_full_extraction(aux, table, self.fingerprint, self.bid)
         if self.full:
             log.info("%s.%s: key version or policy changed since the last publication: full extraction", base.id, table)
+        self.detector = identifier_detector(aux, base)
         self.persons = PersonMap(
             self.res.transport_key,
             self.res.national_public_key,
@@ -244,6 +251,7 @@ class _TableRun:
             self.base.site_number,
             allow_text=self.allow_text,
             keep_birth_month=policy.keep_birth_month,
+            detector=self.detector,
         )
 
     def write(self, stream_conn, aux, out_path: Path) -> None:
@@ -426,8 +434,15 @@ def extract_table(
     return run.result(staged, time.monotonic() - t0)
 
 
+def identifier_detector(aux: psycopg.Connection, base: LocalBase) -> Detector:
+    """The scrubber's view of this hospital: every surname of its identity table, its IPP formats."""
+    names = [r[0] for r in aux.execute("SELECT DISTINCT last_name FROM identity.patient WHERE last_name IS NOT NULL")]
+    return Detector(names, base.ipp_formats)
+
+
 def _published_schema(table: str) -> pa.Schema:
     schema = omop.table(table).arrow_schema()
     if table == "person":
         schema = schema.append(pa.field(TOKEN_COLUMN, pa.string()))
+        schema = schema.append(pa.field(digests.DIGEST_COLUMN, pa.string()))
     return pa.schema([pa.field(f.name, f.type) for f in schema])

@@ -6,7 +6,8 @@ Level 1 (local -> mutualised platform)
   level-1 pseudonym = the RFC 9497 OPRF (ristretto255-SHA512) of the identity under the platform's key, which only
                       the key holder has: the hospital blinds, the holder evaluates, the hospital finalizes and
                       keeps the result in its map (`eds_network.local.level1`)
-  person_id         = the pseudonym's first 63 bits (collisions are detected and fail loudly)
+  person_id         = the pseudonym's first 63 bits; the first half of the output (32 bytes) goes beside it in
+                      `_person_digest`: the platform refuses two digests for one id (`core.digests`)
   other row ids     = every *_id column but person_id and concept ids (visits, events, care sites, providers,
                       locations, fact_id_1/2, preceding_visit_occurrence_id…): a keyed permutation per site
                       (eds_network.core.rowids, AES-256 under a key derived from the transport key and the
@@ -47,13 +48,14 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eds_network.core import omop, rowids
+from eds_network.core import digests, omop, rowids
 from eds_network.core.config import NEVER_ALLOWED_TEXT
 from eds_network.core.crypto import Key, hmac256, id63
 from eds_network.core.errors import EdsError
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.identity import linkage_identity, normalise
 from eds_network.core.nir import nir_is_valid
+from eds_network.core.textmatch import NameMatcher
 
 __all__ = ["linkage_identity", "normalise"]
 
@@ -176,6 +178,7 @@ class PersonMap:
         self.date_shift_days = date_shift_days
         self._ids: dict[int, int] = {}
         self._tokens: dict[int, bytes] = {}
+        self._digests: dict[int, str] = {}
         self._shift: dict[int, int] = {}
         self._seen63: dict[int, bytes] = {}
         self.site_scoped = 0
@@ -200,6 +203,7 @@ class PersonMap:
                 raise EdsError("level-1 person id collision (63-bit): refuse to merge two patients", table="person")
             self._seen63[pid] = digest
             self._ids[person_id] = pid
+            self._digests[person_id] = digest[: digests.LEVEL1_DIGEST_BYTES].hex()
             self._tokens[person_id] = hmac256(self.transport_key, ident)
             if self.date_shift_days:
                 self._shift[person_id] = date_offset(digest, self.date_shift_days)
@@ -224,6 +228,11 @@ class PersonMap:
         keys = pa.array(uniq, type=pa.int64())
         vals = pa.array([self._shift.get(u, 0) for u in uniq], type=pa.int32())
         return pc.take(vals, pc.index_in(local, value_set=keys))
+
+    def digests(self, local: pa.Array) -> pa.Array:
+        """The full level-1 digest (hex) beside each 63-bit id: the platform keeps it under a uniqueness
+        constraint, so two patients sharing 63 bits are refused, never merged (`eds_network.core.digests`)."""
+        return pa.array([None if p is None else self._digests[p] for p in local.to_pylist()], type=pa.string())
 
     def sealed_tokens(self, local: pa.Array) -> pa.Array:
         """One fresh sealed box per row: the same patient gives a different value every time."""
@@ -271,11 +280,36 @@ def looks_like_identifier(value: str) -> bool:
     return any(_is_nir(m.group(0)) for m in _NIR_CANDIDATE.finditer(value.upper()))
 
 
-def scrub_identifiers(col: pa.Array) -> pa.Array:
+class Detector:
+    """What the hospital's scrubber looks for in a coded value besides NIRs, phones and e-mails: every surname of
+    its identity table whatever its length, as whole tokens (`core.textmatch`), and its patient numbers (IPP)
+    in the formats configured for the base (`ipp_formats` in config/network.yaml), each as a whole token."""
+
+    def __init__(self, surnames: Iterable[str] = (), ipp_formats: Iterable[str] = ()):
+        self.names = NameMatcher(surnames)
+        formats = list(ipp_formats)
+        self.ipp = (
+            re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(f"(?:{f})" for f in formats) + r")(?![0-9A-Za-z])")
+            if formats
+            else None
+        )
+
+    def __call__(self, value: str) -> bool:
+        if looks_like_identifier(value):
+            return True
+        if self.ipp is not None and self.ipp.search(value):
+            return True
+        return bool(len(self.names)) and self.names.found_in(value)
+
+
+NO_NAMES = Detector()
+
+
+def scrub_identifiers(col: pa.Array, detector: Detector = NO_NAMES) -> pa.Array:
     """Null the values of an allowed text column that carry an identifier; checked once per distinct value."""
     if len(col) == 0 or col.null_count == len(col):
         return col
-    bad = [v for v in pc.unique(col).to_pylist() if v is not None and looks_like_identifier(v)]
+    bad = [v for v in pc.unique(col).to_pylist() if v is not None and detector(v)]
     if not bad:
         return col
     mask = pc.fill_null(pc.is_in(col, value_set=pa.array(bad, col.type)), False)
@@ -307,6 +341,7 @@ def level1_batch(
     *,
     allow_text: frozenset[str] = DEFAULT_TEXT_ALLOW_LIST,
     keep_birth_month: bool = False,
+    detector: Detector = NO_NAMES,
 ) -> pa.Table:
     """Pseudonymise one extracted batch for the platform: ids replaced, identifiers removed or generalised,
     event dates shifted when the platform's policy asks for it."""
@@ -340,8 +375,10 @@ def level1_batch(
         elif offsets is not None and is_date_type(col.type):
             col = shift_dates(col, offsets)
         elif pa.types.is_string(col.type):
-            col = scrub_identifiers(col)  # a coded value may still hold a misfiled NIR, e-mail or phone
+            col = scrub_identifiers(col, detector)  # a coded value may still hold a misfiled identifier
         cols[name] = col
     if table == "person":
-        cols[TOKEN_COLUMN] = persons.sealed_tokens(batch.column("person_id").combine_chunks())
+        local_ids = batch.column("person_id").combine_chunks()
+        cols[TOKEN_COLUMN] = persons.sealed_tokens(local_ids)
+        cols[digests.DIGEST_COLUMN] = persons.digests(local_ids)
     return pa.table(cols)

@@ -21,11 +21,21 @@ def national_person_ids(
     sealed: pa.Array, level1_ids: pa.Array, national_key: Key, private_key: bytes
 ) -> Mapping[int, int]:
     """Open each person's sealed token and derive the level-2 id. Returns level-1 id -> level-2 id."""
+    return {
+        pid: nid for pid, (nid, _) in national_person_digests(sealed, level1_ids, national_key, private_key).items()
+    }
+
+
+def national_person_digests(
+    sealed: pa.Array, level1_ids: pa.Array, national_key: Key, private_key: bytes, *, truncate=id63
+) -> Mapping[int, tuple[int, bytes]]:
+    """Level-1 id -> (level-2 id, full level-2 digest). `truncate` (digest -> 63-bit id) is a parameter so that a
+    test can force collisions; the digests go to the national registry (`eds_network.core.digests`)."""
     from nacl.exceptions import CryptoError
     from nacl.public import PrivateKey, SealedBox
 
     box = SealedBox(PrivateKey(private_key))
-    out: dict[int, int] = {}
+    out: dict[int, tuple[int, bytes]] = {}
     seen: dict[int, bytes] = {}
     for s, pid in zip(sealed.to_pylist(), level1_ids.to_pylist(), strict=True):
         if s is None:
@@ -39,11 +49,11 @@ def national_person_ids(
                 column=TOKEN_COLUMN,
             ) from None
         digest = hmac256(national_key, token)
-        nid = id63(digest)
+        nid = truncate(digest)
         if seen.get(nid, digest) != digest:
             raise EdsError("level-2 person id collision (63-bit)", table="person")
         seen[nid] = digest
-        out[pid] = nid
+        out[pid] = (nid, digest)
     return out
 
 

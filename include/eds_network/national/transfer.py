@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eds_network.core import faults, omop, rowids, zones
+from eds_network.core import digests, faults, omop, rowids, zones
 from eds_network.core.config import NationalTarget, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
@@ -49,7 +49,7 @@ from eds_network.core.storage import (
     sha256_file,
     sha256_object,
 )
-from eds_network.national.level2 import national_person_ids, remap
+from eds_network.national.level2 import national_person_digests, national_person_ids, remap
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ class NationalResources:
     # The trust store (zone -> Ed25519 public key): platforms' package manifests are verified against it. None
     # only in step-level tests of unsigned packages; the Airflow adapter always sets it.
     trust: Mapping[str, bytes] | None = None
+    # The national database holding the person-digest registry (`eds_national.person_digest`): every level-2 id
+    # is recorded beside its full digest under uniqueness constraints, so a 63-bit collision across deliveries
+    # and platforms is refused. None only in step-level tests; the Airflow adapter always sets it.
+    registry_dsn: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -236,13 +240,17 @@ def transfer_platform(
         if manifest.get("persons"):
             refs.append(pq.read_table(fetch(manifest["persons"], "_persons", "person")))
         person = pa.concat_tables([r.cast(refs[0].schema) for r in refs])
-        mapping = national_person_ids(
+        with_digests = national_person_digests(
             person.column(TOKEN_COLUMN).combine_chunks(),
             person.column("person_id").combine_chunks(),
             res.national_key,
             res.box_private_key,
         )
         del person, refs
+        if res.registry_dsn is not None:
+            register_national_digests(res.registry_dsn, with_digests.values(), platform.id)
+        mapping = {pid: nid for pid, (nid, _) in with_digests.items()}
+        del with_digests
         # Every other id re-keyed with the national key: nothing delivered equals, or joins to, a warehouse id.
         row_key = rowids.level_key(res.national_key.secret, "national")
         for t, path in local.items():
@@ -417,6 +425,20 @@ def _level2_deletes(tbl: pa.Table, table: str, row_key: bytes, res: NationalReso
         )
         return pa.array([mapping[i] for i in range(len(sealed))], pa.int64())
     return rowids.rekey(tbl.column("id").combine_chunks(), row_key, "national-row")
+
+
+REGISTRY_SCHEMA = "eds_national"
+
+
+def register_national_digests(dsn: str, pairs: Iterable[tuple[int, bytes]], platform: str) -> int:
+    """Record (level-2 id, digest) pairs under the registry's uniqueness constraints, before anything is sent: a
+    collision with any earlier delivery of any platform refuses the delivery (IntegrityError), never merges."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('eds_national.person_digest'))")
+        digests.ensure_registry(conn, REGISTRY_SCHEMA)
+        return digests.register_pairs(conn, REGISTRY_SCHEMA, pairs, zone=f"national (platform {platform})")
 
 
 def _rekey_row_ids(tbl: pa.Table, table: str, key: bytes, seen: list) -> pa.Table:

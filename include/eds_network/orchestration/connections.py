@@ -176,6 +176,7 @@ def national_resources(network: Network, platform: Platform) -> NationalResource
         box_private_key=private,
         box_key_version=version,
         trust=trust_store(),
+        registry_dsn=pg_dsn(network.national.tables_connection_id, "HDH national database (person-digest registry)"),
     )
 
 

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
+from eds_network.core import digests
 from eds_network.core.errors import IntegrityError
 from eds_network.platform import keyversions, standardise
 from eds_network.platform.warehouse import (
@@ -24,6 +25,8 @@ from eds_network.platform.warehouse import (
 )
 
 log = logging.getLogger(__name__)
+DIGEST = digests.DIGEST_COLUMN
+SCHEMA = "eds_platform"
 
 
 def _copy_parquet(conn: psycopg.Connection, path: Path, target: sql.Composable, columns: list[str]) -> int:
@@ -76,7 +79,21 @@ def apply_batch(
                 stage, sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(t)
             )
         )
-        n = _copy_parquet(conn, files[t], stage, cols)
+        if t == "person":
+            # The full level-1 digest beside each 63-bit id, checked against the registry before any merge.
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(stage, sql.Identifier(DIGEST)))
+            if DIGEST not in pq.ParquetFile(files[t]).schema_arrow.names:
+                raise IntegrityError(
+                    "the person file carries no digest beside its 63-bit ids: refused (a collision could not be "
+                    "detected)",
+                    base=manifest["base"],
+                    table=t,
+                    column=DIGEST,
+                )
+            n = _copy_parquet(conn, files[t], stage, [*cols, DIGEST])
+            _register_digests(conn, stage, manifest["base"])
+        else:
+            n = _copy_parquet(conn, files[t], stage, cols)
         if manifest["tables"][t].get("full"):
             # Re-keying run (key rotation / policy change): this file is the site's whole table.
             _replace_site_rows(conn, t, stage, site, manifest["base"])
@@ -174,6 +191,12 @@ def apply_batch(
             "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)"
         )
     keyversions.register_version(conn, version)
+    if replace or replaced or tombs:
+        # Digests of persons the warehouse no longer holds go with them (an objection leaves no trace).
+        conn.execute(
+            "DELETE FROM eds_platform.person_digest d WHERE NOT EXISTS ("
+            "SELECT 1 FROM omop.person p WHERE p.person_id = d.person_id)"
+        )
     if replace:
         # Persons the new version no longer carries and no other site treats: gone with their last site.
         conn.execute(
@@ -182,6 +205,20 @@ def apply_batch(
             (bid,),
         )
     return rows
+
+
+def _register_digests(conn: psycopg.Connection, stage: sql.Identifier, base: str) -> None:
+    view = sql.Identifier("stage_person_digest_v")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP VIEW {} AS SELECT person_id, CASE WHEN {d} ~ '^[0-9a-f]{{64}}$' THEN decode({d}, 'hex') END "
+            "AS digest FROM {}"
+        ).format(view, stage, d=sql.Identifier(DIGEST))
+    )
+    try:
+        digests.register_from(conn, SCHEMA, view, zone="platform", base=base)
+    finally:
+        conn.execute(sql.SQL("DROP VIEW {}").format(view))
 
 
 def _replace_site_rows(conn: psycopg.Connection, table: str, stage: sql.Identifier, site: int, base_id: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from eds_network.core import omop
+from eds_network.core import digests, omop
 from eds_network.core.config import Platform
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import S3Endpoint
@@ -90,6 +90,7 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
     """)
     keyversions.ensure_registry(conn, tables)
     changes.ensure_tracking(conn, {t: conflict_key(t) for t in tables})
+    digests.ensure_registry(conn, "eds_platform")
 
 
 def expected_columns(table: str) -> list[str]:
