@@ -46,8 +46,8 @@ from eds_network.platform.merge import apply_batch
 from eds_network.platform.warehouse import (
     PlatformResources,
     ensure_warehouse,
-    expected_columns,
     platform_tables,
+    published_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _verify_files(s3, bucket: str, manifest: dict, workdir: Path, tables: list[s
                 )
             if dest is files:
                 got = pq.read_schema(path).names
-                want = expected_columns(t)
+                want = published_columns(t)
                 if got != want:
                     missing = sorted(set(want) - set(got))
                     extra = sorted(set(got) - set(want))

@@ -96,3 +96,10 @@ def ensure_warehouse(conn: psycopg.Connection, tables: list[str]) -> None:
 def expected_columns(table: str) -> list[str]:
     cols = omop.table(table).column_names
     return [*cols, TOKEN_COLUMN] if table == "person" else cols
+
+
+def published_columns(table: str) -> list[str]:
+    """The columns of a member's file: the warehouse's, plus (person) the digest beside each 63-bit id, which is
+    checked and kept in `eds_platform.person_digest`, never in `omop.person`."""
+    cols = expected_columns(table)
+    return [*cols, digests.DIGEST_COLUMN] if table == "person" else cols
