@@ -332,3 +332,27 @@ def test_date_shift_moves_each_patient_by_one_offset_at_every_site_and_in_every_
     assert all(1 <= abs(v) <= 20 for v in values)
     assert len(set(values)) > 10  # offsets differ between patients
     assert shared and all(len(offsets[p]) == 1 for p in shared if p in offsets)  # one offset across the two sites
+
+
+def test_a_level1_key_rotation_changes_every_person_id_and_no_date_offset(stack, new_db):
+    """The date-shift key is its own: re-keying a platform gives every patient a new id and the same shifted dates
+    (the two versions of a row cannot be differenced to learn an offset)."""
+    net = _network(date_shift_days=20)
+    w = World(stack, net, new_db)
+    base = "hosp_b"
+
+    def published(refs) -> dict[int, tuple]:
+        ref = refs["visit_occurrence"]
+        body = w.ep.client().get_object(Bucket=w.res[base].intake_bucket, Key=ref["key"])["Body"].read()
+        t = pq.read_table(io.BytesIO(body), columns=["visit_occurrence_id", "person_id", "visit_start_date"])
+        return {r["visit_occurrence_id"]: (r["person_id"], r["visit_start_date"]) for r in t.to_pylist()}
+
+    before, _ = w.local(base)
+    w.rotate_platform_key("idf")
+    after, _ = w.local(base)
+    assert after["visit_occurrence"]["full"]  # the new key version re-extracts the table
+    b, a = published(before), published(after)
+    assert len(b) > 50 and b.keys() == a.keys()  # row ids come from the transport key: unchanged here
+    assert all(a[k][0] != b[k][0] for k in b)  # every person id changed
+    assert all(a[k][1] == b[k][1] for k in b)  # every shifted date is the same
+    assert any(b[k][1] is not None for k in b)

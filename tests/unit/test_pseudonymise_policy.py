@@ -42,10 +42,21 @@ def _nir(body13: str) -> str:
 
 PLATFORM = _key("idf")
 TRANSPORT = _key("transport")
+DATE_SHIFT = _key("date_shift")
 
 
-def _persons(n: int, *, shift: int, key: Key = PLATFORM, site: str = "750000001") -> PersonMap:
-    m = KeyedPersonMap(key, TRANSPORT, bytes(BOX.public_key), site=site, date_shift_days=shift)
+def _persons(
+    n: int,
+    *,
+    shift: int,
+    key: Key = PLATFORM,
+    site: str = "750000001",
+    transport: Key = TRANSPORT,
+    shift_key: Key = DATE_SHIFT,
+) -> PersonMap:
+    m = KeyedPersonMap(
+        key, transport, bytes(BOX.public_key), site=site, date_shift_days=shift, date_shift_key=shift_key
+    )
     m.add([(i, _nir(f"18412764510{i:02d}"), dt.date(1984, 12, 3), "M", f"IPP{i}") for i in range(1, n + 1)])
     return m
 
@@ -119,13 +130,52 @@ def test_date_offsets_differ_between_patients_and_stay_in_range():
     assert min(days) < 0 < max(days)
 
 
-def test_date_offsets_are_stable_across_nights_and_sites_and_change_with_the_key_version():
+def test_date_offsets_are_stable_across_nights_sites_and_key_rotations_and_come_from_their_own_key():
     ids = pa.array(range(1, 21), pa.int64())
     night1 = _persons(20, shift=15).shift_days(ids).to_pylist()
     night2 = _persons(20, shift=15, site="750000002").shift_days(ids).to_pylist()  # another night, another site
     assert night1 == night2
-    rotated = _persons(20, shift=15, key=_key("idf", "v2")).shift_days(ids).to_pylist()
-    assert rotated != night1
+    # a rotation of the level-1 key or of the transport key leaves every offset as it was (new ids, same shift:
+    # the two versions of a patient's rows cannot be differenced to learn the offset) ...
+    assert _persons(20, shift=15, key=_key("idf", "v2")).shift_days(ids).to_pylist() == night1
+    assert _persons(20, shift=15, transport=_key("transport", "v2")).shift_days(ids).to_pylist() == night1
+    # ... the dedicated date-shift key alone decides them
+    assert _persons(20, shift=15, shift_key=_key("date_shift", "v2")).shift_days(ids).to_pylist() != night1
+
+
+def test_date_shifting_needs_the_date_shift_key_and_its_version_is_in_the_policy_fingerprint():
+    with pytest.raises(EdsError, match="no date-shift key"):
+        PersonMap(TRANSPORT, bytes(BOX.public_key), "750000001", date_shift_days=10)
+    PersonMap(TRANSPORT, bytes(BOX.public_key), "750000001", date_shift_days=0)  # off: no key needed
+
+    def fp(days, version):
+        return policy_fingerprint(
+            "v1", date_shift_days=days, keep_birth_month=False, allow_text=DEFAULT_TEXT_ALLOW_LIST,
+            date_shift_version=version,
+        )  # fmt: skip
+
+    assert fp(10, "v1") != fp(10, "v2")  # a new date-shift key re-extracts everything
+    assert fp(0, "v1") == fp(0, "v2") == fp(0, None)  # shifting off: the key does not matter
+
+
+def test_only_hospitals_of_a_shifting_platform_resolve_the_date_shift_key(tmp_path):
+    from eds_network.orchestration import zone_connections
+
+    off = load_network()
+    assert not any(
+        g.conn_id == off.date_shift_key_connection_id
+        for b in off.local_bases
+        for g in zone_connections._grants(off, f"local:{b.id}")
+    )
+    on = load_network(_config(tmp_path, {"date_shift_days": 30}))
+    granted = {
+        b.id
+        for b in on.local_bases
+        if any(g.conn_id == on.date_shift_key_connection_id for g in zone_connections._grants(on, f"local:{b.id}"))
+    }
+    assert granted == {b.id for b in on.platform("idf").members}  # hosp_d's platform does not shift
+    for zone in ("platform:idf", "keys:idf", "national"):
+        assert all(g.conn_id != on.date_shift_key_connection_id for g in zone_connections._grants(on, zone))
 
 
 def test_date_shift_off_by_default_changes_nothing():
@@ -256,7 +306,9 @@ def test_a_batch_is_hashed_once_per_patient_not_once_per_row(monkeypatch):
     calls = []
     real = pseudonymise.hmac256
     monkeypatch.setattr(pseudonymise, "hmac256", lambda k, msg: calls.append(k.name) or real(k, msg))
-    m = KeyedPersonMap(PLATFORM, TRANSPORT, bytes(BOX.public_key), site="750000001", date_shift_days=10)
+    m = KeyedPersonMap(
+        PLATFORM, TRANSPORT, bytes(BOX.public_key), site="750000001", date_shift_days=10, date_shift_key=DATE_SHIFT
+    )
     n_rows, patients = 50_000, [3, 5, 8]
     m.add([(p, _nir(f"18412764510{p:02d}"), dt.date(1984, 12, 3), "M", f"IPP{p}") for p in patients])
     t0 = dt.datetime(2024, 1, 1)
@@ -269,8 +321,9 @@ def test_a_batch_is_hashed_once_per_patient_not_once_per_row(monkeypatch):
     )
     out = level1_batch(rows, "measurement", m, site_number=1)
     assert out.num_rows == n_rows
-    # per patient: one transport token (the level-1 pseudonym comes from the hospital's map); none per row
-    assert sorted(calls) == ["transport"] * 3
+    # per patient: one transport token and one date offset (the level-1 pseudonym comes from the hospital's map);
+    # none per row
+    assert sorted(calls) == ["date_shift"] * 3 + ["transport"] * 3
     assert len(set(out.column("person_id").to_pylist())) == 3
 
 

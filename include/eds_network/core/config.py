@@ -103,8 +103,9 @@ class Pseudonymisation(_Model):
         default=0,
         ge=0,
         le=3650,
-        description="shift every event date of a patient by one offset in [-N, N] days (never 0) derived from the "
-        "level-1 key; 0 = off (the default: levels that link on dates must keep it off)",
+        description="shift every event date of a patient by one offset in [-N, N] days (never 0) keyed by the "
+        "network's dedicated date-shift key on the linkage identity (not the level-1 key: a key rotation leaves "
+        "offsets unchanged); 0 = off (the default: levels that link on dates must keep it off)",
     )
     keep_birth_month: bool = Field(default=False, description="month_of_birth is kept (year_of_birth always is)")
     text_allow_list: list[str] = Field(
@@ -339,6 +340,9 @@ class NationalTarget(_Model):
 class Network(_Model):
     name: str
     transport_key_connection_id: str = "eds_key_transport"
+    # The hospitals' dedicated date-shift key (only resolved where a platform shifts dates): never rotated with
+    # the level-1 or transport keys, so a patient's offset does not change at a key rotation.
+    date_shift_key_connection_id: str = "eds_key_date_shift"
     catalogue_connection_id: str = "eds_catalogue"
     national: NationalTarget
     platforms: list[Platform] = Field(min_length=1)

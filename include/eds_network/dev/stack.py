@@ -386,6 +386,7 @@ class Stack:
             intake_prefix=intake_prefix,
             level1_evaluate=in_process(level1_key, platform.id, base.finess or base.id),
             signing_key=base64.b64decode(keys[signing_connection_id(f"local:{base_id}")]["password"]),
+            date_shift_key=key(network.date_shift_key_connection_id),
         )
 
     def trust(self, network: Network) -> dict[str, bytes]:
@@ -413,6 +414,9 @@ class Stack:
 
         keys = json.loads(self._secret("keys.json", make))
         changed = False
+        if network.date_shift_key_connection_id not in keys:  # the hospitals' dedicated date-shift key
+            keys[network.date_shift_key_connection_id] = {"password": secrets.token_hex(32), "extra": {"version": "v1"}}
+            changed = True
         for p in network.platforms:
             if p.key_connection_id not in keys:
                 keys[p.key_connection_id] = {"password": secrets.token_hex(32), "extra": {"version": "v1"}}

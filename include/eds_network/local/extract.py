@@ -159,6 +159,7 @@ class _TableRun:
             keep_birth_month=policy.keep_birth_month,
             allow_text=self.allow_text,
             transport_version=self.res.transport_key.version,
+            date_shift_version=self.res.date_shift_key.version if self.res.date_shift_key else None,
         )
         self.full = keystate.needs_full_extraction(aux, table, self.fingerprint, self.bid)
         if self.full:
@@ -169,6 +170,7 @@ class _TableRun:
             self.res.national_public_key,
             site=base.finess or base.id,
             date_shift_days=policy.date_shift_days,
+            date_shift_key=self.res.date_shift_key,
         )
         reset_quarantine(aux, self.bid, table)
 

@@ -29,10 +29,12 @@ Removal and generalisation (level 1)
   location (when in scope): zip -> département, address / city / county / coordinates emptied.
 
 Date shifting (off by default; `pseudonymisation.date_shift_days` on the platform)
-  offset = HMAC-SHA-256(second half of the level-1 PRF output, "DATE-SHIFT|") mapped to [-N, N] days, never 0
-  (the platform sees only the first 63 bits of the output, so it cannot compute offsets):
-  one offset per patient, the same in every table and at every site of the platform, stable across nights;
-  a new key version gives new offsets (the re-keying run re-extracts everything).
+  offset = HMAC-SHA-256(date-shift key, "DATE-SHIFT|" + linkage identity) mapped to [-N, N] days, never 0.
+  The date-shift key is the hospitals' own dedicated secret (`date_shift_key_connection_id`), not the level-1
+  key: one offset per patient, the same in every table and at every site, stable across nights and across
+  rotations of the level-1 and transport keys (a rotation must not let anyone difference two versions of a
+  patient's dates). Neither the platform nor the key holder has the key; a new date-shift key version changes
+  the policy fingerprint (full re-extraction).
 
 Every function works on whole Arrow columns per batch and hashes once per distinct patient.
 """
@@ -41,7 +43,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import re
 from collections.abc import Iterable
 
@@ -92,13 +93,14 @@ LOCATION_DROPPED = (
     "longitude",
     "location_source_value",
 )
-DATE_SHIFT_DOMAIN = b"DATE-SHIFT|"
+DATE_SHIFT_DOMAIN = "DATE-SHIFT|"
 MICROS_PER_DAY = 86_400_000_000
 
 
-def date_offset(level1_digest: bytes, max_days: int) -> int:
-    """A patient's date offset in [-max_days, max_days], never 0, keyed on the hidden half of the level-1 output."""
-    mac = hmac.new(level1_digest[32:], DATE_SHIFT_DOMAIN, hashlib.sha256).digest()
+def date_offset(date_shift_key: Key, identity: str, max_days: int) -> int:
+    """A patient's date offset in [-max_days, max_days], never 0, keyed by the dedicated date-shift key on the
+    patient's linkage identity (the same at every site; independent of the level-1 and transport keys)."""
+    mac = hmac256(date_shift_key, DATE_SHIFT_DOMAIN + identity)
     r = int.from_bytes(mac[:8], "big") % (2 * max_days)
     return r - max_days if r < max_days else r - max_days + 1
 
@@ -143,13 +145,18 @@ def policy_fingerprint(
     keep_birth_month: bool,
     allow_text: Iterable[str],
     transport_version: str | None = None,
+    date_shift_version: str | None = None,
 ) -> str:
     """What the published rows of a table depend on besides the data: a change means a full re-extraction.
 
     The transport key's version is in it: that key seals the national tokens and keys the level-1 row ids."""
     text = hashlib.sha256(",".join(sorted(allow_text)).encode()).hexdigest()[:12]
     out = f"level1={level1_version};shift={date_shift_days};birth_month={int(keep_birth_month)};text={text}"
-    return out if transport_version is None else f"{out};transport={transport_version}"
+    if transport_version is not None:
+        out += f";transport={transport_version}"
+    if date_shift_days and date_shift_version is not None:
+        out += f";shift_key={date_shift_version}"
+    return out
 
 
 class PersonMap:
@@ -166,11 +173,15 @@ class PersonMap:
         site: str,
         *,
         date_shift_days: int = 0,
+        date_shift_key: Key | None = None,
     ):
         from nacl.public import PublicKey, SealedBox
 
         if date_shift_days < 0:
             raise EdsError("date_shift_days must be >= 0 (0 = off)")
+        if date_shift_days and date_shift_key is None:
+            raise EdsError("date shifting is on but the hospital has no date-shift key (date_shift_key_connection_id)")
+        self.date_shift_key = date_shift_key
         self.transport_key = transport_key
         self._box = SealedBox(PublicKey(national_public_key))
         self.site = site
@@ -206,7 +217,7 @@ class PersonMap:
             self._digests[person_id] = digest[: digests.LEVEL1_DIGEST_BYTES].hex()
             self._tokens[person_id] = hmac256(self.transport_key, ident)
             if self.date_shift_days:
-                self._shift[person_id] = date_offset(digest, self.date_shift_days)
+                self._shift[person_id] = date_offset(self.date_shift_key, ident, self.date_shift_days)
 
     def __contains__(self, person_id: int) -> bool:
         return person_id in self._ids

@@ -30,6 +30,8 @@ class LocalResources:
     # The hospital's own Ed25519 signing key (32-byte seed): its batch manifests are signed with it, and the
     # platform refuses an unsigned one (platform/manifests.py).
     signing_key: bytes | None = field(default=None, repr=False)
+    # The hospitals' dedicated date-shift key: resolved only when the base's platform shifts dates.
+    date_shift_key: Key | None = field(default=None, repr=False)
 
 
 def local_resources(
@@ -44,6 +46,7 @@ def local_resources(
     intake_prefix: str | None = None,
     level1_evaluate: Callable[[psycopg.Connection, list[int]], None] | None = None,
     signing_key: bytes | None = None,
+    date_shift_key: Key | None = None,
 ) -> LocalResources:
     """The resources of `base`: its platform's intake, the version of its level-1 pseudonym map, the network's
     transport key and the national sealed-box public key (resolved by Airflow connections, or the dev stack)."""
@@ -60,4 +63,5 @@ def local_resources(
         national_key_version=version,
         level1_evaluate=level1_evaluate,
         signing_key=signing_key,
+        date_shift_key=date_shift_key if base.pseudonymisation.date_shift_days else None,
     )

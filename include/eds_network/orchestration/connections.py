@@ -118,6 +118,11 @@ def local_resources(network: Network, base: LocalBase) -> LocalResources:
         transport_key=key(network.transport_key_connection_id, "network transport key"),
         national_public_key=box_public_key(network.national.box_key_connection_id),
         signing_key=signing_key(zones.local(base.id)),
+        date_shift_key=(
+            key(network.date_shift_key_connection_id, "date-shift key")
+            if base.pseudonymisation.date_shift_days
+            else None
+        ),
     )
 
 

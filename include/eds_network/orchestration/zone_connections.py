@@ -92,6 +92,11 @@ def _grants(network: Network, zone: str) -> list[_Grant]:
             _Grant(p.key_holder.exchange.connection_id, "s3"),
             _Grant(network.transport_key_connection_id, "secret"),
             _Grant(network.national.box_key_connection_id, "public"),
+            *(
+                [_Grant(network.date_shift_key_connection_id, "secret")]
+                if base.pseudonymisation.date_shift_days
+                else []
+            ),
         ]
     if kind == "keys":
         p = network.platform(zone.split(":", 1)[1])
