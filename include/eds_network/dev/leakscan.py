@@ -68,6 +68,14 @@ _DIGIT_RUN = re.compile(r"(?<![0-9a-z])[0-9]{1,4}(?: [0-9]{1,3}){2,}(?![0-9a-z])
 _SEPARATED = re.compile(r"^[0-9ab]+(?:[.-][0-9ab]+){2,}$")  # 06.12.34.56.78, 1-85-05-75-056-012-05, 2A.04…
 
 
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _textual(text: str) -> bool:
+    """Text, not binary decoded with replacement (fonts, images): no NUL, under 1% replacement characters."""
+    return "\x00" not in text and text.count("\ufffd") * 100 <= len(text)
+
+
 def _digit_runs(text: str) -> set[str]:
     """Numbers written in groups ("06 12 34 56 78", "+33 (0)6 12 …", "1 85 05 …"): every contiguous part of 4+
     groups, joined."""
@@ -126,6 +134,8 @@ class Identifiers:
         return sum(self.counts.values())
 
     def kinds_in(self, text: str) -> set[str]:
+        if "\\u" in text:  # JSON's escaped non-ASCII ("C\u00f4t\u00e9"): read as the characters they stand for
+            text = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
         norm = _norm(text)
         toks = _raw_tokens(norm)
         present = set(toks)
@@ -133,7 +143,12 @@ class Identifiers:
         present |= _digit_runs(norm)
         present |= {re.sub(r"[.-]", "", t) for t in present if t[:1].isdigit() and _SEPARATED.match(t)}
         found = {self._single[t] for t in present & self._single_keys}
-        if self._short and "last_name" not in found and not present.isdisjoint(self._short_lower):
+        if (
+            self._short
+            and "last_name" not in found
+            and not present.isdisjoint(self._short_lower)
+            and _textual(text)  # two letters occur by chance in the bytes of a font or an image
+        ):
             cased = {t.strip(_EDGE) for t in _raw_tokens(fold(text, lower=False))}
             if not cased.isdisjoint(self._short):
                 found.add("last_name")
