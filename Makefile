@@ -6,7 +6,7 @@ EDS := $(VENV)/bin/eds
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install system-deps demo airflow stop status seed night summary test test-fast test-all lint format lock \
+.PHONY: help install system-deps demo airflow stop status seed night summary test test-fast test-all rehearsal lint format lock \
         check-config expectations schema clean browser-deps bench
 
 help: ## list the targets
@@ -67,9 +67,12 @@ test-fast: install ## the fast lane (< 3 min): unit tests + DAG integrity, no da
 	EDS_NO_STACK=1 $(PY) -m pytest -q tests/unit tests/dags
 
 test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow and not rehearsal" tests
 
-test-all: install browser-deps ## the whole test suite including slow fault-injection tests
+rehearsal: install ## the production rehearsal: TLS S3 (private CA), per-zone Edge workers, a night, a key rotation
+	$(PY) -m pytest -q -x -m rehearsal tests/rehearsal
+
+test-all: install browser-deps ## the whole test suite including slow fault-injection tests and the rehearsal
 	$(PY) -m pytest -q tests
 
 lint: install ## ruff (with Airflow's AIR rules), ruff format, and the architecture's import contracts (pyproject.toml)

@@ -10,8 +10,10 @@
 # trailing newline. The directory is 0700 (only you); the files are 0644 because compose bind-mounts them
 # as they are and the containers read them as their own users (postgres, redis, airflow, minio).
 # `eds_keys` is a YAML mapping, by Airflow connection id, of the pseudonymisation keys: base64 of 32
-# random bytes; for the X25519 box key, `<id>` is the private key and `<id>.public` the public key.
-# To rotate a secret: delete its file (or its line in eds_keys), re-run, then `make compose-up`.
+# random bytes; for the X25519 box key, `<id>` is the private key and `<id>.public` the public key;
+# `<id>.version` is the key's version (v1 when absent), stamped on everything keyed with it.
+# To rotate a secret: delete its file and re-run, then `make compose-up`. To rotate a pseudonymisation
+# key: replace its value AND bump its `<id>.version` (deploy/secrets.example/README.md).
 # See deploy/secrets.example/README.md.
 set -euo pipefail
 

@@ -125,11 +125,14 @@ def secrets_lookup(secrets_dir: Path = SECRETS_DIR, env: Mapping[str, str] | Non
         if kind == "secret":
             return read_secret(name)
         if kind == "key":
+            name, sep, default = name.partition(":-")  # ${key:NAME:-default}: the default when NAME is absent
             if keys is None:
                 loaded = yaml.safe_load(read_secret(KEYS_SECRET)) or {}
                 if not isinstance(loaded, dict):
                     raise ProvisionError(f"secret {KEYS_SECRET!r} must be a YAML mapping of name: value")
                 keys = {str(k): str(v) for k, v in loaded.items()}
+            if name not in keys and sep:
+                return default
             if name not in keys:
                 raise ProvisionError(
                     f"no entry {name!r} in secret {KEYS_SECRET!r}; run deploy/create-secrets.sh, "

@@ -1,7 +1,8 @@
 """`eds` — the operator's command line for the embedded stack and the demo.
 
 eds stack start|stop|status     the embedded PostgreSQL + S3 endpoint (+ Airflow metadata DB migration)
-eds seed                        (re)create the demo hospital sources (Synthea27Nj + generated hospitals)
+eds seed [--connections FILE]   (re)create the demo hospital sources (Synthea27Nj + generated hospitals), on the
+                                embedded stack or on the databases an Airflow connections file names
 eds night [--date D]            run one whole network night through Airflow (`airflow dags test`, flow order)
 eds summary                     per base and level: rows, files delivered with SHA-256, catalogue stage
 eds demo                        stack start + seed + night + summary
@@ -76,17 +77,55 @@ def cmd_stack(args) -> int:
     return 0
 
 
-def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> dict[str, dict[str, int]]:
+def connection_dsn(conn: dict) -> str:
+    """The libpq URI of a Postgres connection as Airflow's connections file holds it (host, port, login, …)."""
+    from urllib.parse import quote
+
+    if conn.get("conn_type") not in ("postgres", "postgresql"):
+        raise EdsError(f"not a PostgreSQL connection: {conn.get('conn_type')!r}")
+    auth = quote(conn.get("login") or "", safe="")
+    if conn.get("password"):
+        auth += ":" + quote(conn["password"], safe="")
+    return (
+        f"postgresql://{auth}@{conn.get('host') or 'localhost'}:{conn.get('port') or 5432}/{conn.get('schema') or ''}"
+    )
+
+
+def seed_dsns(network: Network, connections: str | None = None) -> dict[str, str]:
+    """Where `eds seed` writes: {connection id: DSN} of each base's source and of the catalogue. The embedded
+    stack's by default; or any stack's, from an Airflow connections file (JSON, the operator's own, holding
+    logins allowed to create the demo schemas: the hospital zones' roles only read)."""
+    ids = [network.catalogue_connection_id, *(b.source_connection_id for b in network.local_bases)]
+    if connections is None:
+        s = _stack()
+        return {
+            network.catalogue_connection_id: s.dsn("catalogue"),
+            **{b.source_connection_id: s.dsn(f"src_{b.id}") for b in network.local_bases},
+        }
+    import json
+    from pathlib import Path
+
+    conns = json.loads(Path(connections).read_text())
+    missing = [c for c in ids if c not in conns]
+    if missing:
+        raise EdsError(f"{connections}: no connection {missing} (the network config's source and catalogue ids)")
+    return {c: connection_dsn(conns[c]) for c in ids}
+
+
+def seed_network(
+    network: Network, stamp: tuple[dt.datetime, dt.datetime], dsns: dict[str, str] | None = None
+) -> dict[str, dict[str, int]]:
     from eds_network import catalogue
     from eds_network.dev import reference_bases, seed
 
-    s = _stack()
+    dsns = dsns or seed_dsns(network)
     out = {}
     for b in network.local_bases:
         t0 = time.monotonic()
-        out[b.id] = seed.seed_base(s.dsn(f"src_{b.id}"), network, b.id, stamp)
+        out[b.id] = seed.seed_base(dsns[b.source_connection_id], network, b.id, stamp)
         log.info("seeded %s: %d rows in %.1fs", b.id, sum(out[b.id].values()), time.monotonic() - t0)
-    dsn = s.dsn("catalogue")
+    dsn = dsns[network.catalogue_connection_id]
+    catalogue.create_schema(dsn)  # a stack other than the embedded one may not have started yet
     reference_bases.seed_reference_bases(dsn)
     for b in network.local_bases:
         have = catalogue.milestones(dsn, b.id)
@@ -100,7 +139,8 @@ def seed_network(network: Network, stamp: tuple[dt.datetime, dt.datetime]) -> di
 
 def cmd_seed(args) -> int:
     network = load_network()
-    counts = seed_network(network, demo_interval())
+    night = demo_interval(dt.datetime.fromisoformat(args.night_end)) if args.night_end else demo_interval()
+    counts = seed_network(network, night, seed_dsns(network, args.connections))
     for base, tables in counts.items():
         print(f"{base}: " + ", ".join(f"{t}={n}" for t, n in tables.items()))
     return 0
@@ -151,10 +191,44 @@ def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple
     return results
 
 
+def run_cluster_night(network: Network, night: tuple[dt.datetime, dt.datetime]) -> dict[str, str]:
+    """One whole night through the scheduler on the zones' Edge workers (the cluster started if it is not)."""
+    from eds_network.dev.cluster import Cluster
+
+    s = _stack()
+    c = Cluster(s, network)
+    t0 = time.monotonic()
+    c.start()
+    c.wait_workers()
+    print(f"  cluster up ({len(c.zones())} zone workers) in {time.monotonic() - t0:.0f}s", flush=True)
+    return c.run_night(night, say=lambda m: print(m, flush=True))
+
+
 def cmd_night(args) -> int:
+    network = load_network()
+    if args.cluster:
+        from eds_network.dev.cluster import latest_night
+
+        night = demo_interval(dt.datetime.fromisoformat(args.date)) if args.date else latest_night(network)
+        states = run_cluster_night(network, night)
+        return 0 if set(states.values()) == {"success"} else 1
     end = dt.datetime.fromisoformat(args.date) if args.date else DEMO_NIGHT_END
-    results = run_night(load_network(), end)
+    results = run_night(network, end)
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+COUNTED = ("extracted", "published", "quarantined", "excluded_objection", "tombstones")
+
+
+def summary_counts(dsn: str) -> dict[str, dict[str, dict[str, int]]]:
+    """The summary's row counts: {"<level>:<scope>": {table: {extracted, published, quarantined, ...}}} of the
+    latest run of each level and scope (what two ways of running one night must agree on)."""
+    from eds_network import catalogue
+
+    return {
+        f"{r['level']}:{r['scope_id']}": {t: {k: int(v[k]) for k in COUNTED} for t, v in sorted(r["tables"].items())}
+        for r in catalogue.latest_runs(dsn)
+    }
 
 
 def summary(network: Network) -> str:
@@ -258,15 +332,26 @@ def cmd_demo(args) -> int:
     t0 = time.monotonic()
     print("1/4 starting the embedded stack (PostgreSQL, S3 endpoint, Airflow metadata DB)…", flush=True)
     _stack().start(network)
+    if args.cluster:  # the night the scheduler would run now (the latest complete one), on the zones' workers
+        from eds_network.dev.cluster import latest_night
+
+        night = latest_night(network)
+    else:
+        night = demo_interval()
     print("2/4 seeding the hospital sources…", flush=True)
-    for base, tables in seed_network(network, demo_interval()).items():
+    for base, tables in seed_network(network, night).items():
         print(f"  {base}: {sum(tables.values()):,d} rows in {len(tables)} tables", flush=True)
+    how = "the scheduler, one Edge worker per zone" if args.cluster else "Airflow (`airflow dags test`)"
     print(
-        f"3/4 running the network night {demo_interval()[0]:%Y-%m-%d %H:%M} → {demo_interval()[1]:%Y-%m-%d %H:%M}"
-        " (Europe/Paris) through Airflow…",
+        f"3/4 running the network night {night[0]:%Y-%m-%d %H:%M} → {night[1]:%Y-%m-%d %H:%M} (Europe/Paris) "
+        f"through {how}…",
         flush=True,
     )
-    results = run_night(network)
+    if args.cluster:
+        states = run_cluster_night(network, night)
+        results = [(dag_id, state == "success", 0.0) for dag_id, state in states.items()]
+    else:
+        results = run_night(network)
     print("4/4 summary", flush=True)
     print(summary(network))
     print(
@@ -463,7 +548,9 @@ def cmd_national(args) -> int:
 
     network = load_network()
     stack = _stack()
-    res = tables.NationalTables(stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, *stack.s3_login))
+    res = tables.NationalTables(
+        stack.dsn("hdh"), S3Endpoint(stack.s3_endpoint, *stack.s3_login, verify=stack.s3_verify)
+    )
     doc = tables.describe(network.national, res, snapshot_id=args.snapshot)
     if args.json:
         print(json.dumps(doc, indent=1))
@@ -561,12 +648,24 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stack")
     st.add_argument("action", choices=["start", "stop", "status"])
     st.set_defaults(fn=cmd_stack)
-    sub.add_parser("seed").set_defaults(fn=cmd_seed)
+    sd = sub.add_parser("seed", help="(re)create the demo hospital sources (the embedded stack's, or any stack's)")
+    sd.add_argument(
+        "--connections", metavar="FILE",
+        help="an Airflow connections file (JSON) naming the sources and the catalogue (default: the embedded stack)",
+    )  # fmt: skip
+    sd.add_argument("--night-end", help="the rows' changes are stamped in the night ending then (ISO 8601)")
+    sd.set_defaults(fn=cmd_seed)
     nt = sub.add_parser("night")
     nt.add_argument("--date", help="end of the data interval (ISO 8601), default the demo night")
+    nt.add_argument(
+        "--cluster", action="store_true",
+        help="through the scheduler on the zones' Edge workers (default night: the latest complete one)",
+    )  # fmt: skip
     nt.set_defaults(fn=cmd_night)
     sub.add_parser("summary").set_defaults(fn=cmd_summary)
-    sub.add_parser("demo").set_defaults(fn=cmd_demo)
+    dm = sub.add_parser("demo")
+    dm.add_argument("--cluster", action="store_true", help="the night through the scheduler on per-zone Edge workers")
+    dm.set_defaults(fn=cmd_demo)
     cl = sub.add_parser("cluster", help="central Airflow + one Edge worker per trust zone, each with its own secrets")
     cl.add_argument("action", choices=["start", "stop", "workers"])
     cl.set_defaults(fn=cmd_cluster)

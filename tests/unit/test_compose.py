@@ -733,3 +733,28 @@ def test_the_image_carries_no_dev_dependency() -> None:
     assert "moto" in dev and "moto" not in runtime
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "requirements.txt" in dockerfile and "requirements-dev" not in dockerfile
+
+
+def test_a_pseudonymisation_key_rotated_in_eds_keys_carries_its_bumped_version(
+    provision: Any, network: Any, secrets_dir: Path, tmp_path: Path
+) -> None:
+    """Every key connection carries its version (v1 by default); a rotation bumps `<id>.version` with the value."""
+    roles = provision.connection_roles(network)
+    connections, _ = provision.render_connections(
+        provision.load_template(), roles, provision.secrets_lookup(secrets_dir, env={})
+    )
+    idf = network.platforms[0].key_connection_id
+    key_ids = {p.key_connection_id for p in network.platforms} | {
+        network.transport_key_connection_id,
+        network.national.key_connection_id,
+        network.national.box_key_connection_id,
+    }
+    assert {json.loads(connections[c]["extra"])["version"] for c in key_ids} == {"v1"}
+    rotated = tmp_path / "secrets"
+    shutil.copytree(secrets_dir, rotated)
+    keys = yaml.safe_load((rotated / "eds_keys").read_text())
+    keys[idf], keys[f"{idf}.version"] = "bmV3IGtleSB2YWx1ZSBvZiAzMiBieXRlcyBleGFjdGx5IQ==", "v2"
+    (rotated / "eds_keys").write_text(yaml.safe_dump(keys))
+    after, _ = provision.render_connections(provision.load_template(), roles, provision.secrets_lookup(rotated, env={}))
+    assert json.loads(after[idf]["extra"])["version"] == "v2" and after[idf]["password"] == keys[idf]
+    assert json.loads(after[network.transport_key_connection_id]["extra"])["version"] == "v1"

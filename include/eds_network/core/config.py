@@ -293,6 +293,11 @@ class Platform(_Model):
         description="a full reconciliation delivery (counts + content hash per table, repaired where the HDH "
         "differs) when the last one is this many days old; 0: never",
     )
+    vocabulary: Literal["required", "none"] = Field(
+        default="required",
+        description="required: the OMOP vocabulary archive named by $EDS_VOCABULARY_ZIP must be there, else the "
+        "consolidation fails at once; none: consolidate without standardisation (an explicit choice, logged)",
+    )
 
     @model_validator(mode="after")
     def _stamp_members(self) -> Platform:

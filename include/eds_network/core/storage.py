@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,20 @@ class S3Endpoint:
     access_key: str | None
     secret_key: str | None = field(repr=False)
     region: str = "eu-west-3"
+    # TLS verification: a CA bundle's path (a private CA, connection extra `verify`), False (never in production),
+    # or None: botocore's default, which honours AWS_CA_BUNDLE
+    verify: str | bool | None = None
 
     def client(self):
-        return s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region)
+        return s3_client(self.endpoint_url, self.access_key, self.secret_key, self.region, verify=self.verify)
+
+    @property
+    def ca_bundle(self) -> str | None:
+        """The CA bundle file this endpoint is verified with, when it is not the system's (clients other than
+        boto3, such as pyarrow's S3 filesystem, need it given explicitly)."""
+        if isinstance(self.verify, str):
+            return self.verify
+        return os.environ.get("AWS_CA_BUNDLE") or None
 
     def is_loopback_http(self) -> bool:
         if not self.endpoint_url:
@@ -69,7 +81,26 @@ class S3Endpoint:
         )
 
 
-def s3_client(endpoint_url: str | None, access_key: str | None, secret_key: str | None, region: str = "eu-west-3"):
+def verify_of(value) -> str | bool | None:
+    """A connection extra's `verify` (boto3's meaning): a CA bundle path, a boolean (or its text), or absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def s3_client(
+    endpoint_url: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+    region: str = "eu-west-3",
+    *,
+    verify: str | bool | None = None,
+):
     cfg = Config(
         region_name=region,
         retries={"max_attempts": 5, "mode": "standard"},
@@ -86,6 +117,7 @@ def s3_client(endpoint_url: str | None, access_key: str | None, secret_key: str 
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         config=cfg,
+        verify=verify,
     )
     client.meta.events.register("before-call.s3", faults.s3_hook)  # no-op unless EDS_FAULT is set (tests)
     return client

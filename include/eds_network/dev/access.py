@@ -288,6 +288,7 @@ def create_s3_users(stack, network: Network) -> dict[str, Login]:
     iam = boto3.client(
         "iam",
         endpoint_url=stack.s3_endpoint,
+        verify=stack.s3_verify,
         region_name="us-east-1",
         aws_access_key_id="bootstrap",
         aws_secret_access_key="bootstrap",
@@ -304,6 +305,7 @@ def create_s3_users(stack, network: Network) -> dict[str, Login]:
     iam = boto3.client(
         "iam",
         endpoint_url=stack.s3_endpoint,
+        verify=stack.s3_verify,
         region_name="us-east-1",
         aws_access_key_id=admin.login,
         aws_secret_access_key=admin.password,

@@ -19,6 +19,7 @@ claim).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from eds_network.core import zones
 from eds_network.core.config import REPO_ROOT, Network, load_network
 from eds_network.core.errors import EdsError
 from eds_network.dev.stack import _wait_port
+from eds_network.orchestration.airflow_api import AirflowApi, AirflowApiError
 from eds_network.orchestration.zone_connections import CENTRAL_CONNECTION_IDS, all_zones
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ EDGE_DB_MANAGER = "airflow.providers.edge3.models.db.EdgeDBManager"
 LOCAL_FS_BACKEND = "airflow.secrets.local_filesystem.LocalFilesystemBackend"
 CENTRAL = ("api-server", "scheduler", "dag-processor")
 WORKER_CONCURRENCY = 2  # a zone's tasks at once on one worker (the embedded stack shares 2 cores)
+# How long a worker's signed request stays valid (seconds, plus as much leeway): Airflow's default, 30, is too short
+# for one loaded 2-core machine, whose API server can stall for over a minute; a refused heartbeat stops a worker.
+JWT_LEEWAY = "300"
 
 
 def cluster_zones(network: Network) -> list[str]:
@@ -108,6 +113,8 @@ class Cluster:
                 "AIRFLOW__CORE__EXECUTOR": EDGE_EXECUTOR,
                 "AIRFLOW__EDGE__API_ENABLED": "True",
                 "AIRFLOW__EDGE__API_URL": self.edge_api_url,
+                "AIRFLOW__EDGE__JOB_SUCCESS_PURGE": "1440",  # a day: which zone's worker ran each task
+                "AIRFLOW__API_AUTH__JWT_LEEWAY": JWT_LEEWAY,
                 "AIRFLOW__SECRETS__BACKEND_KWARGS": central,
                 "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": central,
             }
@@ -133,6 +140,7 @@ class Cluster:
                 "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "2",
                 "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "10",
                 "AIRFLOW__API_AUTH__JWT_SECRET": central["AIRFLOW__API_AUTH__JWT_SECRET"],
+                "AIRFLOW__API_AUTH__JWT_LEEWAY": JWT_LEEWAY,
                 "AIRFLOW__SECRETS__BACKEND": LOCAL_FS_BACKEND,
                 "AIRFLOW__SECRETS__BACKEND_KWARGS": own,
                 "AIRFLOW__WORKERS__SECRETS_BACKEND": LOCAL_FS_BACKEND,
@@ -199,16 +207,150 @@ class Cluster:
                 self.worker_env(zone),
             )  # fmt: skip
 
-    def stop(self) -> None:
-        """End every process of the cluster (workers first), by the process group each was started in."""
+    # -- a night through the scheduler -------------------------------------------------------------------
+    def api(self) -> AirflowApi:
+        """The central Airflow's REST API, as the operator (the `eds_airflow_api` connection's login)."""
+        return AirflowApi(f"http://localhost:{self.stack.api_port}", "admin", self.stack.ui_password())
+
+    def airflow(self, *args: str) -> str:
+        """The Airflow CLI on the central side (no data connection)."""
+        res = subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), *args],
+            env=self.central_env(), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise EdsError(f"airflow {' '.join(args)} failed:\n{res.stderr.strip()[-1500:]}")
+        return res.stdout
+
+    def _trigger_night(self, api: AirflowApi, dag_id: str, night: tuple[dt.datetime, dt.datetime]) -> str:
+        """A run of `dag_id` for exactly `night`, with the logical date the scheduler would give it (the interval's
+        start), so that unpausing the DAG does not add a second run of that night; an existing one is cleared
+        (rerun: the interval's batch is replaced)."""
+        start, end = night
+        same = api.dag_runs(dag_id, start, start)
+        if same:
+            run_id = same[0]["dag_run_id"]
+            api.call("POST", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/clear", {"dry_run": False})
+            return run_id
+        run_id = f"night__{start.astimezone(dt.UTC):%Y%m%dT%H%M}"
+        body = {
+            "dag_run_id": run_id,
+            "logical_date": start.isoformat(),
+            "data_interval_start": start.isoformat(),
+            "data_interval_end": end.isoformat(),
+            "conf": {},
+        }
+        api.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+        return run_id
+
+    def run_night(self, night: tuple[dt.datetime, dt.datetime], *, timeout: float = 1800, say=print) -> dict:
+        """One whole network night through the scheduler on the zones' Edge workers.
+
+        Each base's local DAG gets a run for `night`; the platforms' and the HDH's DAGs are unpaused and run
+        when their Assets say so (every member published; every platform packaged). Waits for the whole chain,
+        then pauses every DAG again (as they were created). Returns {dag_id: final state} of the night's runs."""
+        import psycopg
+
+        api = self.api()
+        self.airflow("dags", "reserialize")  # every DAG, its Assets and its next run computed now
+        net = self.network
+        local = [b.dag_id for b in net.local_bases]
+        downstream = [*(p.dag_id for p in net.platforms), "eds_national"]
+        try:
+            for dag_id in downstream:
+                api.set_paused(dag_id, False)
+            # Unpausing a platform's DAG runs its latest missed deadline at once (catchup off): let that run (and
+            # the HDH's run its package starts) end before the night, so the night's batches are consolidated by
+            # the run their Assets start, as on a night of the network.
+            self._settle(downstream, say)
+            with psycopg.connect(self.stack.dsn("airflow")) as conn:
+                t0 = conn.execute("SELECT now()").fetchone()[0]  # the night's runs are those queued from now on
+            runs = {dag_id: self._trigger_night(api, dag_id, night) for dag_id in local}
+            for dag_id in local:
+                api.set_paused(dag_id, False)
+            say(f"  night {night[0]:%Y-%m-%d %H:%M} → {night[1]:%Y-%m-%d %H:%M} triggered on {len(local)} bases")
+            return self._wait_night(runs, downstream, t0, timeout, say)
+        finally:
+            for dag_id in [*local, *downstream]:
+                try:
+                    api.set_paused(dag_id, True)
+                except AirflowApiError as exc:
+                    log.warning("could not pause %s again: %s", dag_id, exc)
+
+    def _settle(self, dags: list[str], say, quiet: float = 20, timeout: float = 900) -> None:
+        """Until no run of `dags` is queued or running for `quiet` seconds in a row."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        calm_since = time.monotonic()
+        said = False
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.stack.dsn("airflow")) as conn:
+                active = conn.execute(
+                    "SELECT dag_id, run_id FROM dag_run WHERE dag_id = ANY(%s) AND state IN ('queued', 'running')",
+                    (dags,),
+                ).fetchall()
+            if active:
+                if not said:
+                    say(f"  letting the missed deadline runs end first: {sorted(r[1] for r in active)}")
+                    said = True
+                calm_since = time.monotonic()
+            elif time.monotonic() - calm_since >= quiet:
+                return
+            time.sleep(2)
+        raise EdsError(f"runs of {dags} still active after {timeout:.0f}s")
+
+    def _wait_night(self, runs: dict[str, str], downstream: list[str], t0, timeout: float, say) -> dict:
+        """Until the local runs, then a platform run and a national run queued after them, are finished and no
+        run of the night's DAGs is queued or running."""
+        import psycopg
+
+        dags = [*runs, *downstream]
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        seen: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.stack.dsn("airflow")) as conn:
+                rows = conn.execute(
+                    "SELECT dag_id, run_id, state, queued_at, end_date FROM dag_run WHERE dag_id = ANY(%s) "
+                    "AND (run_id = ANY(%s) OR queued_at >= %s) ORDER BY queued_at",
+                    (dags, list(runs.values()), t0),
+                ).fetchall()
+            final = {}
+            for dag_id, run_id, state, _queued, _end in rows:
+                if dag_id in runs and run_id != runs[dag_id]:
+                    continue
+                final[dag_id] = state
+                if seen.get(f"{dag_id}/{run_id}") != state and state in ("success", "failed"):
+                    say(f"  {dag_id:32s} {state:8s} ({time.monotonic() - started:.0f}s)")
+                seen[f"{dag_id}/{run_id}"] = state
+            active = [r for r in rows if r[2] in ("queued", "running")]
+            done = all(final.get(d) in ("success", "failed") for d in dags)
+            if done and not active:
+                last_platform = max(r[4] for r in rows if r[0] in downstream[:-1])
+                national = [r for r in rows if r[0] == "eds_national" and r[3] >= last_platform]
+                if national or any(final.get(d) == "failed" for d in dags):
+                    return final
+            time.sleep(3)
+        raise EdsError(f"the night did not finish within {timeout:.0f}s: {seen}")
+
+    def stop(self, grace: float = 20) -> None:
+        """End every process of the cluster (workers first), by the process group each was started in: all are
+        asked at once (SIGTERM), those still there after `grace` seconds are killed."""
+        pids: dict[str, int] = {}
         for name in reversed(self.process_names()):
-            path = self._pidfile(name)
             try:
-                pid = int(path.read_text())
+                pids[name] = int(self._pidfile(name).read_text())
             except (OSError, ValueError):
                 continue
-            _end_group(pid)
-            path.unlink(missing_ok=True)
+            _signal_group(pids[name], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_group_alive(p) for p in pids.values()):
+            time.sleep(0.5)
+        for name, pid in pids.items():
+            if _group_alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+            self._pidfile(name).unlink(missing_ok=True)
 
     def workers(self) -> list[dict]:
         """The Edge workers the central side knows: hostname, state, queues, last heartbeat."""
@@ -240,19 +382,33 @@ class Cluster:
         raise EdsError(f"Edge workers not up after {timeout:.0f}s: {sorted(want - {w['worker'] for w in seen})}")
 
 
-def _end_group(pid: int, grace: float = 20) -> None:
+def latest_night(network: Network, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+    """The latest complete nightly interval of the local bases at `now`: the run the scheduler makes when a base's
+    DAG is unpaused (catchup off). The demo's bases share one schedule; a network whose bases do not is refused."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    schedules = {(b.schedule, b.timezone) for b in network.local_bases}
+    if len(schedules) != 1:
+        raise EdsError(f"the bases' schedules differ ({sorted(schedules)}): give the night explicitly")
+    cron, tz = schedules.pop()
+    local = (now or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo(tz))
+    it = croniter(cron, local)
+    end = it.get_prev(dt.datetime)
+    return it.get_prev(dt.datetime), end
+
+
+def _signal_group(pid: int, sig: int) -> None:
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

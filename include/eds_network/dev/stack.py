@@ -110,6 +110,8 @@ class Stack:
     pg_port: int
     s3_port: int
     api_port: int
+    # the S3 endpoint behind TLS with a private CA (EDS_S3_TLS=1: the production rehearsal, as MinIO in compose)
+    s3_tls: bool = False
 
     @classmethod
     def default(cls) -> Stack:
@@ -118,6 +120,7 @@ class Stack:
             pg_port=_port("EDS_PG_PORT", 25432),
             s3_port=_port("EDS_S3_PORT", 25900),
             api_port=_port("EDS_API_PORT", 8080),
+            s3_tls=os.environ.get("EDS_S3_TLS", "").lower() in ("1", "true", "yes"),
         )
 
     # -- paths -----------------------------------------------------------------------------------------
@@ -156,7 +159,21 @@ class Stack:
 
     @property
     def s3_endpoint(self) -> str:
+        if self.s3_tls:
+            return f"https://localhost:{self.s3_port}"
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def tls_files(self):
+        """The private CA and the S3 endpoint's certificate (dev/tls.py), made on first use."""
+        from eds_network.dev.tls import private_ca
+
+        return private_ca(self.root / "tls")
+
+    @property
+    def s3_verify(self) -> str | None:
+        """What S3 clients verify the endpoint with: the private CA's bundle when behind TLS."""
+        return str(self.tls_files.ca) if self.s3_tls else None
 
     # -- secrets ---------------------------------------------------------------------------------------
     def _secret(self, name: str, make, folder: Path | None = None) -> str:
@@ -332,6 +349,8 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         moto = Path(sys.executable).parent / "moto_server"
         cmd = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(self.s3_port)]
+        if self.s3_tls:  # moto's own TLS, with the certificate our private CA signed
+            cmd += ["-c", str(self.tls_files.cert), "-k", str(self.tls_files.key)]
         # moto enforces IAM (signatures + each user's policies) once it has served these first requests,
         # which create the administrator user (dev/access.py)
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(access.MOTO_NO_AUTH_ACTIONS)}
@@ -355,7 +374,7 @@ class Stack:
     def s3_client(self):
         from eds_network.core.storage import s3_client
 
-        return s3_client(self.s3_endpoint, *self.s3_login, "eu-west-3")
+        return s3_client(self.s3_endpoint, *self.s3_login, "eu-west-3", verify=self.s3_verify)
 
     def local_resources(
         self, network: Network, base_id: str, *, source_dsn: str | None = None, intake_prefix: str | None = None
@@ -379,7 +398,7 @@ class Stack:
             network,
             base,
             source_dsn=source_dsn or self.dsn(f"src_{base_id}"),
-            intake=S3Endpoint(self.s3_endpoint, *self.s3_login),
+            intake=S3Endpoint(self.s3_endpoint, *self.s3_login, verify=self.s3_verify),
             level1_version=level1_key.version,
             transport_key=key(network.transport_key_connection_id),
             national_public_key=(base64.b64decode(box["extra"]["public_key"]), box["extra"]["version"]),
@@ -448,7 +467,11 @@ class Stack:
             "conn_type": "aws",
             "login": s3_key,
             "password": s3_secret,
-            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "eu-west-3"},
+            "extra": {
+                "endpoint_url": self.s3_endpoint,
+                "region_name": "eu-west-3",
+                **({"verify": self.s3_verify} if self.s3_verify else {}),
+            },
         }
         conns: dict[str, dict] = {network.catalogue_connection_id: pg("catalogue")}
         for p in network.platforms:

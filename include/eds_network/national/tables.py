@@ -41,6 +41,7 @@ from pyiceberg.exceptions import (
     ValidationException,
 )
 from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table as IcebergTable
@@ -149,7 +150,25 @@ class NationalTables:
         }
         if self.landing.endpoint_url:
             props["s3.endpoint"] = self.landing.endpoint_url
+        if self.landing.ca_bundle:  # a private CA: pyiceberg has no property for it, our FileIO passes it on
+            props["py-io-impl"] = f"{__name__}.CaBundleFileIO"
+            props[CA_BUNDLE_PROPERTY] = self.landing.ca_bundle
         return SqlCatalog(CATALOG_NAME, **props)
+
+
+CA_BUNDLE_PROPERTY = "eds.s3.ca-bundle"
+
+
+class CaBundleFileIO(PyArrowFileIO):
+    """pyiceberg's PyArrow FileIO whose S3 filesystem verifies the endpoint with the landing zone's CA bundle."""
+
+    def _initialize_s3_fs(self, netloc):
+        fs = super()._initialize_s3_fs(netloc)
+        ca = self.properties.get(CA_BUNDLE_PROPERTY)
+        if not ca:
+            return fs
+        rebuild, (options,) = fs.__reduce__()  # pyarrow's own constructor arguments of this filesystem
+        return rebuild({**options, "tls_ca_file_path": ca})
 
 
 def ensure_ledger(dsn: str) -> None:

@@ -15,7 +15,7 @@ from eds_network.core import zones
 from eds_network.core.config import LocalBase, Network, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import ConfigError
-from eds_network.core.storage import S3Endpoint
+from eds_network.core.storage import S3Endpoint, verify_of
 from eds_network.local import resources
 from eds_network.local.resources import LocalResources
 from eds_network.national.transfer import NationalResources
@@ -50,6 +50,7 @@ def s3_endpoint(conn_id: str, what: str = "object storage") -> S3Endpoint:
         access_key=c.login or extra.get("aws_access_key_id"),
         secret_key=c.password or extra.get("aws_secret_access_key"),
         region=extra.get("region_name", "eu-west-3"),
+        verify=verify_of(extra.get("verify")),  # a private CA's bundle (docker-compose: MinIO behind TLS)
     )
 
 

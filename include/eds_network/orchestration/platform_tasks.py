@@ -4,15 +4,39 @@ record it in the catalogue."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from pathlib import Path
 
 from eds_network import catalogue, quality
 from eds_network.catalogue import base_stats
 from eds_network.core import zones
 from eds_network.core.config import load_network
+from eds_network.core.errors import ConfigError
 from eds_network.orchestration.connections import catalogue_dsn, platform_resources
 from eds_network.platform import consolidate as consolidation_step
 from eds_network.platform import package as package_step
-from eds_network.platform.standardise import vocabulary_archive
+from eds_network.platform.standardise import VOCABULARY_ENV, vocabulary_archive
+
+log = logging.getLogger(__name__)
+
+
+def platform_vocabulary(p) -> Path | None:
+    """The vocabulary archive the platform standardises with: never skipped silently. A platform whose config says
+    `vocabulary: required` (the default) fails at once without one; `vocabulary: none` is the explicit choice."""
+    archive = vocabulary_archive()
+    if p.vocabulary == "none":
+        log.warning(
+            "platform %s: vocabulary: none in the network config, concepts and units are not standardised", p.id
+        )
+        return None
+    if archive is None:
+        raise ConfigError(
+            f"platform {p.id}: no OMOP vocabulary archive ({VOCABULARY_ENV} is not set); load one (an Athena export) "
+            "or set `vocabulary: none` for this platform in the network config to consolidate without standardising"
+        )
+    if not archive.is_file():
+        raise ConfigError(f"platform {p.id}: the vocabulary archive named by {VOCABULARY_ENV} does not exist")
+    return archive
 
 
 def consolidate(platform_id: str, night_end: dt.datetime) -> dict:
@@ -20,7 +44,7 @@ def consolidate(platform_id: str, night_end: dt.datetime) -> dict:
     p = load_network().platform(platform_id)
     res = platform_resources(p)
     return consolidation_step.consolidate(
-        p, p.intake.bucket, p.intake.prefix, res, vocabulary=vocabulary_archive(), night_end=night_end
+        p, p.intake.bucket, p.intake.prefix, res, vocabulary=platform_vocabulary(p), night_end=night_end
     ).ref()
 
 
