@@ -20,7 +20,7 @@ from eds_network.core import zones
 from eds_network.core.config import load_network
 from eds_network.dev.cluster import Cluster, latest_night
 
-pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 NETWORK = load_network()
 DEMO_COUNTS = Path(__file__).with_name("demo_counts.json")

@@ -113,6 +113,8 @@ audit_t = Table(
     Column("action", Text, nullable=False),
     Column("object", Text, nullable=False),
     Column("details", JSON),
+    # Task roles may INSERT into the audit, never read it: no RETURNING of the new id (it needs SELECT).
+    implicit_returning=False,
 )
 
 platform_table_stats_t = Table(
