@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def rehearsal():
         api_port=test_stack.api_port + 1,
         s3_tls=True,
     )
+    s.stop()  # from a clean slate: what an earlier rehearsal left (its PostgreSQL data included) goes
+    for path in {s.root, s.pg_root}:
+        shutil.rmtree(path, ignore_errors=True)
     s.start(NETWORK)
     c = Cluster(s, NETWORK)
     night = latest_night(NETWORK)

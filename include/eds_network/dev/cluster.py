@@ -251,7 +251,10 @@ class Cluster:
         then pauses every DAG again (as they were created). Returns {dag_id: final state} of the night's runs."""
         import psycopg
 
+        from eds_network.dev.access import apply_pg_roles
+
         api = self.api()
+        apply_pg_roles(self.stack, self.network)  # the zones' grants, as the init job applies them (after a seed)
         self.airflow("dags", "reserialize")  # every DAG, its Assets and its next run computed now
         net = self.network
         local = [b.dag_id for b in net.local_bases]

@@ -13,14 +13,16 @@ from collections.abc import Mapping
 import psycopg
 import psycopg.errors
 
+from eds_network.local.quarantine import ensure_state_schema
+
 
 def ensure_local_state(conn: psycopg.Connection) -> None:
     """The hospital's record of what each table was last published under (autocommit connection)."""
     if conn.execute("SELECT to_regclass('eds_local.published_state')").fetchone()[0]:
         return
     try:
+        ensure_state_schema(conn)
         conn.execute(
-            "CREATE SCHEMA IF NOT EXISTS eds_local;"
             "CREATE TABLE IF NOT EXISTS eds_local.published_state (table_name text PRIMARY KEY,"
             " fingerprint text NOT NULL, level1_version text NOT NULL, batch_id text NOT NULL,"
             " full_batch_id text, published_at timestamptz NOT NULL DEFAULT now())"

@@ -37,6 +37,7 @@ from eds_network.core.exchange import (
 )
 from eds_network.core.identity import linkage_identity
 from eds_network.core.storage import S3Endpoint, object_exists, put_json, read_json
+from eds_network.local.quarantine import ensure_state_schema
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def ensure_state(conn: psycopg.Connection) -> None:
     if conn.execute("SELECT to_regclass('eds_local.level1_pseudonym')").fetchone()[0]:
         return
     try:
+        ensure_state_schema(conn)
         conn.execute(
-            "CREATE SCHEMA IF NOT EXISTS eds_local;"
             "CREATE TABLE IF NOT EXISTS eds_local.level1_pending (batch_id text NOT NULL, part int NOT NULL,"
             " position int NOT NULL, person_id bigint NOT NULL, blind bytea NOT NULL, source_digest bytea NOT NULL,"
             " PRIMARY KEY (batch_id, part, position));"
