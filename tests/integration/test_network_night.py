@@ -33,8 +33,10 @@ START, END = cli.demo_interval()
 @pytest.fixture(scope="module")
 def night(stack):
     cli.seed_network(NETWORK, (START, END))
+    before = set(stack.lineage_dir.glob("events-*.json"))
     first = cli.run_night(NETWORK)
-    return {"first": first}
+    # the OpenLineage events of this night: the stack's file transport writes one file per event
+    return {"first": first, "lineage": sorted(set(stack.lineage_dir.glob("events-*.json")) - before)}
 
 
 def _parquet_objects(s3, bucket: str, prefix: str = "") -> dict[str, pa.Table]:
@@ -71,6 +73,15 @@ def _scan(haystacks: dict[str, str], values: dict[str, set[str]]) -> list[tuple[
     hits = []
     for where, text in haystacks.items():
         toks = _tokens(text)
+        hits += [(where, kind) for kind, vs in values.items() if toks & vs]
+    return hits
+
+
+def _scan_anywhere(haystacks: dict[str, str], values: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """`_scan`, the text also cut at every non-alphanumeric character (an identifier inside a path or a name)."""
+    hits = []
+    for where, text in haystacks.items():
+        toks = _tokens(text) | set(re.split(r"[^0-9A-Za-zÀ-ÿ]+", text)) | set(re.findall(r"[\w.+-]+@[\w.-]+", text))
         hits += [(where, kind) for kind, vs in values.items() if toks & vs]
     return hits
 
@@ -120,6 +131,100 @@ def test_row_accounting_holds_for_every_table_of_every_base(night, stack):
         for t, r in run["tables"].items():
             assert r["extracted"] == r["published"] + r["quarantined"] + r["excluded_objection"], (b.id, t)
         assert sum(r["excluded_objection"] for r in run["tables"].values()) > 0, b.id
+
+
+LOCAL_TASKS = ("announce_key", "blind_identities", "evaluate_blinded", "finalize_pseudonyms", "extract_table")
+LOCAL_TASKS += ("publish_batch", "record_run")
+PLATFORM_TASKS = ("consolidate", "package", "record_run", "check_warehouse")
+NATIONAL_TASKS = ("transfer", "receipt", "tables", "upkeep", "linkage")
+
+
+def _completes(events: list[dict], job: str) -> list[dict]:
+    return [e for e in events if e["job"]["name"] == job and e["eventType"] == "COMPLETE"]
+
+
+def _names(datasets: list[dict]) -> set[tuple[str, str]]:
+    return {(d["namespace"], d["name"]) for d in datasets}
+
+
+def test_openlineage_events_of_every_task_with_datasets_facets_and_no_identifier(night, stack):
+    """The OpenLineage provider's file transport caught the night: START and COMPLETE of every task instance,
+    the datasets each level read and wrote, our facets with the catalogue's counts, and no identifier."""
+    texts = {str(f): f.read_text() for f in night["lineage"]}
+    events = [json.loads(t) for t in texts.values()]
+    assert events and all(e["job"]["namespace"] == "eds-network" for e in events)
+    runs: dict[str, set[str]] = {}
+    for e in events:
+        if "." in e["job"]["name"]:  # task instances (a DAG run's job is the bare dag_id)
+            runs.setdefault(e["run"]["runId"], set()).add(e["eventType"])
+    assert runs and all(types == {"START", "COMPLETE"} for types in runs.values()), "a task without START/COMPLETE"
+    jobs = {e["job"]["name"] for e in events}
+    expected = {f"{b.dag_id}.{t}" for b in NETWORK.local_bases for t in LOCAL_TASKS}
+    expected |= {f"{p.dag_id}.{t}" for p in NETWORK.platforms for t in PLATFORM_TASKS}
+    expected |= {f"eds_national.{t}" for t in NATIONAL_TASKS}
+    assert expected <= jobs, sorted(expected - jobs)
+
+    pg = f"postgres://127.0.0.1:{stack.pg_port}"
+    latest = {(r["level"], r["scope_id"]): r for r in catalogue.latest_runs(stack.dsn("catalogue"))}
+    for b in NETWORK.local_bases:
+        run = latest[("local", b.id)]
+        intake = f"s3://{NETWORK.platform(b.platform).intake.bucket}"
+        extracts = _completes(events, f"{b.dag_id}.extract_table")
+        assert len(extracts) == len(b.tables)
+        assert set().union(*(_names(e["inputs"]) for e in extracts)) == {(pg, f"src_{b.id}.omop.{t}") for t in b.tables}
+        for e in extracts:
+            (out,) = e["outputs"]
+            table = out["name"].rsplit("/", 1)[1]
+            assert (out["namespace"], out["name"]) == (intake, f"{b.id}/{run['batch_id']}/{table}")
+            want = run["tables"][table]
+            facet = e["run"]["facets"]["eds_rowAccounting"]
+            got = (facet["extracted"], facet["published"], facet["quarantined"], facet["excluded"])
+            assert got == (want["extracted"], want["published"], want["quarantined"], want["excluded_objection"])
+            assert facet["balanced"] and out["facets"]["eds_rowAccounting"]["published"] == want["published"]
+            assert out["outputFacets"]["outputStatistics"]["rowCount"] == want["published"]
+            pseudo = e["run"]["facets"]["eds_pseudonymisation"]
+            assert pseudo["level"] == 1 and pseudo["keyVersions"]["level1"] == run["details"]["key_versions"]["level1"]
+            assert e["run"]["facets"]["eds_quality"]["verdict"] in ("passed", "warnings", "failed")
+            assert e["run"]["facets"]["eds_quality"]["checks"] > 0
+        (publish,) = _completes(events, f"{b.dag_id}.publish_batch")
+        assert _names(publish["outputs"]) == {(intake, f"{b.id}/{run['batch_id']}")}
+        total = publish["run"]["facets"]["eds_rowAccounting"]
+        assert total["extracted"] == sum(r["extracted"] for r in run["tables"].values()) > 0
+        assert total["excluded"] == sum(r["excluded_objection"] for r in run["tables"].values()) > 0
+    for p in NETWORK.platforms:
+        (cons,) = _completes(events, f"{p.dag_id}.consolidate")
+        batches = {(f"s3://{p.intake.bucket}", f"{m.id}/{latest[('local', m.id)]['batch_id']}") for m in p.members}
+        assert batches <= _names(cons["inputs"])
+        warehouse = {n for ns, n in _names(cons["outputs"]) if ns == pg}
+        assert {n.split(".", 1)[1] for n in warehouse} >= {"omop.person", "omop.visit_occurrence"}
+        assert cons["run"]["facets"]["eds_pseudonymisation"]["level"] == 1
+        (chk,) = _completes(events, f"{p.dag_id}.check_warehouse")
+        assert chk["run"]["facets"]["eds_quality"]["checks"] > 0
+    lz = f"s3://{NETWORK.national.landing_zone.bucket}"
+    prefix = NETWORK.national.landing_zone.prefix
+    delivered = {d["id"]: d for d in catalogue.deliveries(stack.dsn("catalogue")) if d["level"] == "national"}
+    transfers = [e for e in _completes(events, "eds_national.transfer") if e["outputs"]]
+    assert len(transfers) == len(NETWORK.platforms)
+    for e in transfers:
+        delivery = e["outputs"][0]["name"].split("/")[-2]
+        assert {n for _, n in _names(e["outputs"])} == {
+            f"{prefix}deliveries/{delivery}/{t}" for t in delivered[delivery]["rows"]
+        }
+        assert e["run"]["facets"]["eds_rowAccounting"]["published"] == sum(delivered[delivery]["rows"].values())
+        assert e["run"]["facets"]["eds_pseudonymisation"]["level"] == 2
+    assert all(
+        e["run"]["facets"]["eds_quality"]["verdict"] == "passed" for e in _completes(events, "eds_national.receipt")
+    )
+    national = set().union(*(_names(e["outputs"]) for e in _completes(events, "eds_national.tables")))
+    assert (lz, f"{prefix}iceberg/omop.db/person") in national
+
+    # nothing identifying in any event: identity values (also inside a dataset name or a path) and key material
+    values = _identity_values(stack)
+    assert _scan_anywhere(texts, values) == []
+    nir, planted = next(iter(values["nir"])), json.dumps(transfers[0])  # the scan finds one planted in a name
+    assert _scan_anywhere({"planted": planted.replace("deliveries/", f"deliveries/{nir}_", 1)}, values)
+    keys = _key_spellings(stack)
+    assert not [f for f, t in texts.items() if any(k in t for ks in keys.values() for k in ks)]
 
 
 def test_shared_patients_are_one_person_and_overlap_matches_ground_truth(night, stack):

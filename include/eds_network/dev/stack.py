@@ -551,6 +551,8 @@ class Stack:
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
             "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            # OpenLineage (docs/lineage.md): every task and DAG run's events, one JSON file each, under lineage/
+            **self.lineage_env(),
             "EDS_HOME": str(self.root),
             **self.vocabulary_env(),
             "EDS_PG_PORT": str(self.pg_port),
@@ -560,6 +562,22 @@ class Stack:
             MARKER: str(self.root),  # every process of this stack carries it: `stop()` finds them all
         }
         return env
+
+    @property
+    def lineage_dir(self) -> Path:
+        return self.root / "lineage"
+
+    def lineage_env(self) -> dict[str, str]:
+        """The OpenLineage provider's file transport: `<state>/lineage/events-<time>.json`, one event a file
+        (several task processes write at once). `EDS_LINEAGE=off` leaves the provider disabled."""
+        if os.environ.get("EDS_LINEAGE", "on") == "off":
+            return {"AIRFLOW__OPENLINEAGE__DISABLED": "True"}
+        self.lineage_dir.mkdir(parents=True, exist_ok=True)
+        transport = {"type": "file", "log_file_path": str(self.lineage_dir / "events"), "append": False}
+        return {
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": "eds-network",
+        }
 
     def vocabulary_env(self) -> dict[str, str]:
         """The demo platforms standardise with the Synthea27Nj sample's vocabulary subset, when it is beside the

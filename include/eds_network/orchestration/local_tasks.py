@@ -11,6 +11,7 @@ import datetime as dt
 from eds_network import catalogue, quality
 from eds_network.core.config import load_network
 from eds_network.local import extract, level1, publish
+from eds_network.orchestration import lineage
 from eds_network.orchestration.connections import catalogue_dsn, exchange_endpoint, local_resources, pg_dsn
 
 
@@ -42,22 +43,58 @@ def extract_table(base_id: str, table: str, start: dt.datetime, end: dt.datetime
     network = load_network()
     base = network.base(base_id)
     record_checks = quality.catalogue_recorder(catalogue_dsn(network), dag_run_id=run_id)
-    return extract.extract_table(
-        base,
-        table,
-        start,
-        end,
-        local_resources(network, base),
-        overrides=base.quality_overrides,
-        on_checks=record_checks,
+    res = local_resources(network, base)
+    source = lineage.postgres_table(res.source_dsn, "omop", table)
+    lineage.report(inputs=[source])  # also on failure: the table it read
+    out = extract.extract_table(
+        base, table, start, end, res, overrides=base.quality_overrides, on_checks=record_checks
     ).ref()
+    rows = lineage.row_accounting(out)
+    policy = base.pseudonymisation
+    lineage.report(
+        outputs=[lineage.s3_object(res.intake_bucket, _staged_prefix(res, base_id, out), eds_rowAccounting=rows)],
+        run_facets={
+            "eds_rowAccounting": rows,
+            "eds_quality": lineage.quality_verdict(out["quality"]),
+            "eds_pseudonymisation": lineage.pseudonymisation(
+                1,
+                {"level1": res.level1_version, "transport": res.transport_key.version},
+                dateShiftDays=policy.date_shift_days,
+                keepBirthMonth=policy.keep_birth_month,
+            ),
+        },
+    )
+    return out
+
+
+def _staged_prefix(res, base_id: str, ref: dict) -> str:
+    """The table's staged file in the intake batch, as a dataset: `<intake prefix><base>/<batch>/<table>`."""
+    return f"{res.intake_prefix}{base_id}/{ref['batch_id']}/{ref['table']}"
 
 
 def publish_batch(base_id: str, refs: list[dict | None], start: dt.datetime, end: dt.datetime) -> dict:
     """Verify the staged files of the tables that succeeded, then write the batch manifest last."""
     network = load_network()
     base = network.base(base_id)
-    return publish.publish_batch(base, start, end, [r for r in refs if r], local_resources(network, base)).ref()
+    res = local_resources(network, base)
+    out = publish.publish_batch(base, start, end, [r for r in refs if r], res).ref()
+    staged = [
+        lineage.s3_object(res.intake_bucket, _staged_prefix(res, base_id, {"batch_id": out["batch_id"], "table": t}))
+        for t in out["rows"]
+    ]
+    total = lineage.total_accounting(out["rows"])
+    batch = lineage.s3_object(
+        res.intake_bucket, f"{res.intake_prefix}{base_id}/{out['batch_id']}", eds_rowAccounting=total
+    )
+    lineage.report(
+        inputs=staged,
+        outputs=[batch],
+        run_facets={
+            "eds_rowAccounting": total,
+            "eds_pseudonymisation": lineage.pseudonymisation(1, out.get("key_versions", {})),
+        },
+    )
+    return out
 
 
 def record_run(base_id: str, published: dict, start: dt.datetime, end: dt.datetime, *, run_id: str) -> None:

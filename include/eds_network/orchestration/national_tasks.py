@@ -10,6 +10,7 @@ from eds_network.core.errors import AlreadyDelivered, TransferError
 from eds_network.national import linkage as linkage_step
 from eds_network.national import receipt as receipt_step
 from eds_network.national import transfer as transfer_step
+from eds_network.orchestration import lineage
 from eds_network.orchestration.connections import catalogue_dsn, national_resources, pg_dsn, s3_endpoint, signing_key
 
 
@@ -24,6 +25,20 @@ def transfer(platform_id: str) -> dict:
     except AlreadyDelivered as exc:
         return {"platform": platform_id, "status": "already_delivered", "detail": str(exc)}
     record_gate(dsn, out)
+    if out.status == "delivered":
+        rows = lineage.passed_through(out.rows)
+        outbox = p.outbox
+        lineage.report(
+            inputs=[lineage.s3_object(outbox.bucket, f"{outbox.prefix}{out.source_delivery}/{t}") for t in rows],
+            outputs=[
+                _landing_table(network, out.delivery_id, t, eds_rowAccounting=lineage.row_accounting(r))
+                for t, r in rows.items()
+            ],
+            run_facets={
+                "eds_rowAccounting": lineage.total_accounting(rows),
+                "eds_pseudonymisation": lineage.pseudonymisation(2, out.key_versions),
+            },
+        )
     return out.ref()
 
 
@@ -37,6 +52,19 @@ def record_gate(dsn: str, out: transfer_step.Delivery) -> None:
             skipped=out.skipped,
             message=transfer_step.gate_message(out.platform, out.source_delivery, out.skipped),
         )
+
+
+def _landing_table(network, delivery_id: str, table: str, **facets) -> lineage.Dataset:
+    from eds_network.national.transfer import landing_prefix
+
+    lz = network.national.landing_zone
+    return lineage.s3_object(lz.bucket, f"{landing_prefix(network.national, delivery_id)}{table}", **facets)
+
+
+def _national_table(network, table: str, **facets) -> lineage.Dataset:
+    """The HDH's Iceberg table `hdh.omop.<table>`, named by its location in the landing bucket."""
+    lz = network.national.landing_zone
+    return lineage.s3_object(lz.bucket, f"{lz.prefix}iceberg/omop.db/{table}", **facets)
 
 
 def receipt(delivery: dict, *, run_id: str) -> None:
@@ -53,6 +81,18 @@ def receipt(delivery: dict, *, run_id: str) -> None:
         s3_endpoint(network.national.landing_zone.connection_id),
         delivery["delivery_id"],
         signing_key=signing_key(zones.NATIONAL),
+    )
+    accepted = doc["status"] == "accepted"
+    lineage.report(
+        inputs=[_landing_table(network, delivery["delivery_id"], t) for t in delivery["rows"]],
+        run_facets={
+            "eds_quality": {
+                "verdict": "passed" if accepted else "failed",
+                "checks": 1,
+                "violated": 0 if accepted else 1,
+                "fatalViolated": 0 if accepted else 1,
+            }
+        },
     )
     members = [b.id for b in network.platform(delivery["platform"]).members]
     if not record_receipt(dsn, members, delivery, doc, run_id=run_id):
@@ -134,6 +174,16 @@ def apply_tables(delivery: dict) -> dict:
 
     p = network.platform(platform)
     ack.acknowledge(p, national_resources(network, p).outbox, res.dsn, out, signing_key=signing_key(zones.NATIONAL))
+    done = {t: v for t, v in out["tables"].items() if v.get("status") == "applied"}
+    rows = lineage.passed_through({t: v.get("rows", 0) for t, v in done.items()})
+    lineage.report(
+        inputs=[_landing_table(network, delivery["delivery_id"], t) for t in done],
+        outputs=[_national_table(network, t, eds_rowAccounting=lineage.row_accounting(r)) for t, r in rows.items()],
+        run_facets={
+            "eds_rowAccounting": lineage.total_accounting(rows),
+            "eds_pseudonymisation": lineage.pseudonymisation(2, delivery.get("key_versions") or {}),
+        },
+    )
     return out
 
 

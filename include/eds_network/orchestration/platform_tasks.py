@@ -12,6 +12,7 @@ from eds_network.catalogue import base_stats
 from eds_network.core import zones
 from eds_network.core.config import load_network
 from eds_network.core.errors import ConfigError
+from eds_network.orchestration import lineage
 from eds_network.orchestration.connections import catalogue_dsn, platform_resources
 from eds_network.platform import consolidate as consolidation_step
 from eds_network.platform import package as package_step
@@ -43,18 +44,54 @@ def consolidate(platform_id: str, night_end: dt.datetime) -> dict:
     """Apply every new manifested batch of every member to the warehouse, for the night ending at `night_end`."""
     p = load_network().platform(platform_id)
     res = platform_resources(p)
-    return consolidation_step.consolidate(
+    out = consolidation_step.consolidate(
         p, p.intake.bucket, p.intake.prefix, res, vocabulary=platform_vocabulary(p), night_end=night_end
     ).ref()
+    loaded: dict[str, int] = {}
+    for per_table in out["rows"].values():  # {batch: {table: rows}}
+        for t, n in per_table.items():
+            loaded[t] = loaded.get(t, 0) + int(n)
+    rows = lineage.passed_through(loaded)
+    lineage.report(
+        inputs=[_batch(p, bid) for bid in [*out["applied"], *out["rejected"]]],
+        outputs=[_warehouse_table(res, t, eds_rowAccounting=lineage.row_accounting(r)) for t, r in rows.items()],
+        run_facets={
+            "eds_rowAccounting": lineage.total_accounting(rows),
+            "eds_pseudonymisation": lineage.pseudonymisation(1, out["key_versions"]),
+        },
+    )
+    return out
+
+
+def _batch(p, batch_id: str) -> lineage.Dataset:
+    """A member's intake batch (`<base>__<start>__<end>`), as the member published it."""
+    return lineage.s3_object(p.intake.bucket, f"{p.intake.prefix}{batch_id.split('__', 1)[0]}/{batch_id}")
+
+
+def _warehouse_table(res, table: str, **facets) -> lineage.Dataset:
+    return lineage.postgres_table(res.warehouse_dsn, "omop", table, **facets)
+
+
+def _outbox_table(p, pkg: dict, table: str, **facets) -> lineage.Dataset:
+    return lineage.s3_object(p.outbox.bucket, f"{p.outbox.prefix}{pkg['delivery_id']}/{table}", **facets)
 
 
 def package(platform_id: str, consolidation: dict) -> dict:
     """What changed since the HDH's acknowledgement (or a full / weekly reconciliation delivery): Parquet files +
     a manifest in the platform outbox."""
     p = load_network().platform(platform_id)
-    return package_step.package(
-        p, platform_resources(p), key_versions=consolidation["key_versions"], full=None, reconcile=None
-    ).ref()
+    res = platform_resources(p)
+    out = package_step.package(p, res, key_versions=consolidation["key_versions"], full=None, reconcile=None).ref()
+    rows = lineage.passed_through(out["rows"])
+    lineage.report(
+        inputs=[_warehouse_table(res, t) for t in rows],
+        outputs=[_outbox_table(p, out, t, eds_rowAccounting=lineage.row_accounting(r)) for t, r in rows.items()],
+        run_facets={
+            "eds_rowAccounting": lineage.total_accounting(rows),
+            "eds_pseudonymisation": lineage.pseudonymisation(1, consolidation["key_versions"]),
+        },
+    )
+    return out
 
 
 def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str) -> None:
@@ -110,6 +147,18 @@ def check_warehouse(platform_id: str, pkg: dict, *, run_id: str) -> dict:
     """DQD-style cross-site checks and volume checks on the warehouse (warnings: never hold the delivery)."""
     network = load_network()
     p = network.platform(platform_id)
-    return quality.check_platform(
-        p, platform_resources(p).warehouse_dsn, catalogue_dsn(network), pkg["delivery_id"], dag_run_id=run_id
+    res = platform_resources(p)
+    out = quality.check_platform(p, res.warehouse_dsn, catalogue_dsn(network), pkg["delivery_id"], dag_run_id=run_id)
+    failed = len(out["failed"])
+    lineage.report(
+        inputs=[_warehouse_table(res, t) for t in pkg["rows"]],
+        run_facets={  # warnings only: the warehouse checks never hold the delivery back
+            "eds_quality": {
+                "verdict": "warnings" if failed else "passed",
+                "checks": out["checks"],
+                "violated": failed,
+                "fatalViolated": 0,
+            }
+        },
     )
+    return out

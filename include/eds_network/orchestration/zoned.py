@@ -1,5 +1,5 @@
 """Every task of every DAG in one line: `@zone_task(zone)` = Airflow's `@task` on the zone's queue, its body
-wrapped by `fail_fast`.
+wrapped by `fail_fast`, its OpenLineage metadata reported by the body (`lineage.LineageOperator`).
 
 - **The zone's queue** (`core/zones.py`): only that zone's workers take the task, and only they resolve that
   zone's secrets. A new zone kind (`keys:<platform>`, …) needs nothing here: its queue is derived from its name.
@@ -16,12 +16,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from airflow.sdk import task
+from airflow.sdk.bases.decorator import task_decorator_factory
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from eds_network.core import zones
 from eds_network.core.errors import EdsError, db_error_is_transient
 from eds_network.core.faults import InjectedFault
+from eds_network.orchestration.lineage import LineageOperator
 
 RETRY_DELAY = dt.timedelta(seconds=30)
 RETRY_BACKOFF = 2.0  # Airflow's multiplier: 30 s, 60 s, 120 s, …
@@ -103,12 +104,15 @@ def fail_fast(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def zone_task(zone: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
-    """`@task(**kwargs)` in `zone`: on the zone's queue, fail-fast, transient errors retried with backoff."""
+    """`@task(**kwargs)` in `zone`: on the zone's queue, fail-fast, transient errors retried with backoff, its
+    OpenLineage datasets and facets what the body reported (`orchestration/lineage.py`)."""
     kwargs.setdefault("retry_delay", RETRY_DELAY)
     kwargs.setdefault("retry_exponential_backoff", RETRY_BACKOFF)
     kwargs.setdefault("max_retry_delay", MAX_RETRY_DELAY)
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        return task(queue=zones.queue(zone), **kwargs)(fail_fast(fn))
+        return task_decorator_factory(
+            python_callable=fail_fast(fn), decorated_operator_class=LineageOperator, queue=zones.queue(zone), **kwargs
+        )
 
     return decorate
