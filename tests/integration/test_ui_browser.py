@@ -301,6 +301,23 @@ def test_operator_page_shows_every_base_with_its_milestones(api_server, browser)
         row = page.locator(f"#levels tr[data-base='{b.id}']")
         assert row.locator("td[data-level='local']").get_attribute("data-status") == "success"
         assert row.locator(f"a[href='/dags/{b.dag_id}/runs']").count() == 1
+    # the EHDS data quality and utility label of each network base, next to its levels, as the API gives it
+    for b in network.local_bases:
+        status, body = _http(f"{base}/eds/api/bases/{b.id}/quality-label", token=token)
+        cell = page.locator(f"#levels tr[data-base='{b.id}'] td.label")
+        if status == 404:
+            assert cell.get_attribute("data-label") == "none", b.id
+            continue
+        lab = json.loads(body)
+        for k in ("completeness", "conformance", "plausibility"):
+            want = "n/a" if lab[k] is None else f"{100 * lab[k]:.1f}%"
+            assert cell.locator(f"[data-element='{k}'] b").inner_text() == want, (b.id, k)
+        if lab["coverage"]["persons"] is not None:
+            persons = cell.locator("[data-element='coverage'] b").inner_text()
+            assert re.sub(r"\D", "", persons) == str(lab["coverage"]["persons"]), b.id
+    docs_cell = page.locator(f"#levels tr[data-base='{DOCS_BASE}'] td.label")
+    assert docs_cell.locator("[data-element='completeness'] b").inner_text().endswith("%")  # real DQD results
+    assert docs_cell.locator(f"a[href='/eds/api/bases/{DOCS_BASE}/quality-label']").count() == 1
     docs_link = page.locator(f"#levels tr[data-base='{DOCS_BASE}'] a[data-docs-table='person']")
     assert docs_link.count() == 1
     assert page.locator("#levels tr[data-base='hosp_b'] td[data-level='local'] .chip.warn").count() == 1

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from eds_network import catalogue
-from eds_network.catalogue import base_stats, lead_time, milestone_records, quality_trends
+from eds_network.catalogue import base_stats, lead_time, milestone_records, quality_label, quality_trends
 from eds_network.core.config import Network
 
 MILESTONE_LABELS = {
@@ -305,6 +305,8 @@ def network_view(
                 "links": links,
                 "statistics": statistics.get(b["id"]),
                 "quality_over_time": _quality_over_time(dsn, b["id"]) if b["id"] in configured else None,
+                # the EHDS data quality and utility label (Art. 78) of a network base with a local run
+                "quality_label": quality_label.label(dsn, b["id"]) if b["id"] in configured else None,
             }
         )
 
