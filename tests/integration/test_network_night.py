@@ -227,6 +227,19 @@ def test_openlineage_events_of_every_task_with_datasets_facets_and_no_identifier
     assert not [f for f, t in texts.items() if any(k in t for ks in keys.values() for k in ks)]
 
 
+def test_healthdcat_of_the_real_night_conforms_for_every_base_and_the_catalogue(night, stack, tmp_path):
+    """`eds catalogue dcat --validate` on the catalogue a real night filled (national tables included): the 4
+    network bases, the 7 reference bases and the dcat:Catalog conform to HealthDCAT-AP + DCAT-AP 3."""
+    from eds_network.catalogue import shacl
+
+    assert cli.main(["catalogue", "dcat", "--out", str(tmp_path), "--dsn", stack.dsn("catalogue"), "--validate"]) == 0
+    docs = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("*.jsonld")}
+    assert len(docs) == 12 and "catalog" in docs and {b.id for b in NETWORK.local_bases} <= set(docs)
+    hosp_a = shacl.validate(docs["hosp_a"])
+    assert hosp_a.conforms
+    assert "dqv:hasQualityAnnotation" in json.dumps(docs["hosp_a"])  # the EHDS label computed from the night
+
+
 def test_shared_patients_are_one_person_and_overlap_matches_ground_truth(night, stack):
     truth = seed.ground_truth(NETWORK)["overlap"]
     for p in NETWORK.platforms:
