@@ -15,7 +15,7 @@ LEAD = {
 BASE = {
     "id": "hosp_d", "label": "CHU D", "reference": False, "platform_id": "onco", "stage": "documentation",
     "milestones": [], "out_of_order": [], "lead_time": None, "levels": {}, "statistics": None, "holder": None,
-    "links": {"dag_runs": None, "data_docs_tables": {}}, "quality_over_time": None,
+    "links": {"dag_runs": None, "data_docs_tables": {}}, "quality_over_time": None, "quality_label": None,
 }  # fmt: skip
 HELD = {
     "platform": "onco", "source_delivery": "onco-20261122-0001", "skipped_at": "2026-12-02T01:10:00+00:00",
