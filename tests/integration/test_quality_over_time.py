@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from psycopg import sql
 
 from eds_network import catalogue, ui
 from eds_network.catalogue import quality_trends
@@ -123,3 +124,62 @@ def test_the_operator_page_draws_the_trends_and_lists_the_changes(cat):
     resolved = block[block.index("data-changes='resolved'") : block.index("data-changes='still_failing'")]
     assert f"data-check='person/{C}'" in resolved
     assert "http://" not in page and "<script" not in page
+
+
+def test_three_real_extraction_nights_list_a_planted_failure_as_new_then_resolved(stack, cat):
+    """The real local step (extract, DQD checks) on three nights of a small generated hospital: night 2's changed
+    persons carry an implausible year of birth, night 3 corrects them; the catalogue's own results say so."""
+    import uuid
+
+    import psycopg
+
+    from eds_network import quality
+    from eds_network.core import omop
+    from eds_network.dev import seed
+    from eds_network.local import extract
+
+    net = load_network().resized("hosp_c", 40)
+    base = net.base("hosp_c")
+    day = dt.timedelta(days=1)
+    src = stack.create_database(f"t_qot_{uuid.uuid4().hex[:8]}", drop=True)
+    seed.seed_base(src, net, "hosp_c", (START, START + day))
+    res = stack.local_resources(net, "hosp_c", source_dsn=src, intake_prefix=f"test-qot-{uuid.uuid4().hex[:8]}/")
+    recorder = quality.catalogue_recorder(cat, dag_run_id="manual__quality_over_time")
+    check = "plausibleValueLow:person.year_of_birth"
+    change = sql.Identifier(omop.CHANGE_COLUMN)
+
+    def night(n: int, year: int | None) -> int:
+        start = START + n * day
+        if year is not None:  # the night's changes: every other person, with this year of birth
+            with psycopg.connect(src) as conn:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE omop.person SET year_of_birth = %s, {} = %s WHERE person_id IN (SELECT person_id FROM omop.person ORDER BY 1 LIMIT 20)"
+                    ).format(change),
+                    (year, start + dt.timedelta(hours=3)),
+                )
+        tb = extract.extract_table(base, "person", start, start + day, res, on_checks=recorder)
+        counts = {k: getattr(tb, k) for k in ("extracted", "published", "quarantined", "excluded_objection")}
+        catalogue.record_run(  # as the local DAG's record task does
+            cat,
+            level="local",
+            scope_id="hosp_c",
+            batch_id=tb.batch_id,
+            status="success",
+            tables={"person": counts},
+            interval=(start, start + day),
+        )
+        return tb.extracted
+
+    assert night(0, None) == 40
+    first = quality_trends.changes(cat, "hosp_c")
+    assert f"person/{check}" not in _ids(first["new"])
+    assert night(1, 1700) == 20  # planted: below DQD's plausible low (1850)
+    second = quality_trends.changes(cat, "hosp_c")
+    assert f"person/{check}" in _ids(second["new"]), second
+    assert night(2, 1980) == 20  # fixed
+    third = quality_trends.changes(cat, "hosp_c")
+    assert f"person/{check}" in _ids(third["resolved"]) and f"person/{check}" not in _ids(third["new"]), third
+    assert [t["night"] for t in quality_trends.trends(cat, "hosp_c")] == ["2026-11-20", "2026-11-21", "2026-11-22"]
+    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(src.rsplit("/", 1)[-1])))
