@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import sys
 import time
@@ -66,40 +65,6 @@ def _delivery(rows: int) -> dict:
             }
         ),
     }
-
-
-def _land(target, national, platform: str, data: dict) -> str:
-    import hashlib
-
-    import pyarrow.parquet as pq
-
-    from eds_network.core.exchange import MANIFEST
-    from eds_network.national.transfer import landing_prefix
-
-    s3 = national.landing.client()
-    bucket = target.landing_zone.bucket
-    delivery_id = f"{platform}__{uuid.uuid4().hex[:16]}"
-    prefix = landing_prefix(target, delivery_id)
-    files = []
-    for t, tbl in data.items():
-        buf = io.BytesIO()
-        pq.write_table(tbl, buf)
-        body = buf.getvalue()
-        key = f"{prefix}{t}.parquet"
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-        files.append(
-            {"table": t, "key": key, "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "rows": len(tbl)}
-        )
-    doc = {
-        "kind": "eds-network/national-delivery",
-        "delivery_id": delivery_id,
-        "platform": platform,
-        "key_versions": {"national": "v1"},
-        "files": files,
-        "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=json.dumps(doc).encode())
-    return delivery_id
 
 
 def _world(prefix: str, dbname: str):
@@ -172,6 +137,7 @@ def main() -> int:
     if args.child:
         child(*args.child)
         return 0
+    from eds_network.dev.landing import land_delivery
     from eds_network.national import tables
 
     rows = args.rows or (200_000 if args.quick else 2_000_000)
@@ -183,7 +149,9 @@ def main() -> int:
     stack, network, res = _world(prefix, dbname)
     t0 = time.perf_counter()
     applied = tables.apply_delivery(
-        network.national, res.national, _land(network.national, res.national, "idf", _delivery(rows))
+        network.national,
+        res.national,
+        land_delivery(network.national, res.national.landing, "idf", _delivery(rows), key_versions={"national": "v1"}),
     )
     setup = time.perf_counter() - t0
     runs = [common.run_child(Path(__file__), prefix, dbname) for _ in range(reps)]

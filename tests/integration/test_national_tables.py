@@ -9,7 +9,6 @@ internet, which the test machine cannot reach), and pyiceberg scans.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import threading
@@ -23,10 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from eds_network.core.config import load_network
-from eds_network.core.exchange import MANIFEST
 from eds_network.core.storage import S3Endpoint
+from eds_network.dev.landing import land_delivery
 from eds_network.national import tables
-from eds_network.national.transfer import landing_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -68,30 +66,7 @@ def _visits(person_ids: list[int], start: int = 1) -> pa.Table:
 
 def land(target, res, platform: str, data: dict[str, pa.Table], at: dt.datetime) -> str:
     """Write a delivery to the landing zone as the transfer step does; returns its id."""
-    s3 = res.landing.client()
-    bucket = target.landing_zone.bucket
-    delivery_id = f"{platform}__{uuid.uuid4().hex[:16]}"
-    prefix = landing_prefix(target, delivery_id)
-    files = []
-    for t, tbl in data.items():
-        buf = io.BytesIO()
-        pq.write_table(tbl, buf)
-        body = buf.getvalue()
-        key = f"{prefix}{t}.parquet"
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-        files.append(
-            {"table": t, "key": key, "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "rows": len(tbl)}
-        )
-    doc = {
-        "kind": "eds-network/national-delivery",
-        "delivery_id": delivery_id,
-        "platform": platform,
-        "key_versions": {"national": "v1", "national_box": "v1"},
-        "files": files,
-        "delivered_at": at.isoformat(),
-    }
-    s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=json.dumps(doc).encode())
-    return delivery_id
+    return land_delivery(target, res.landing, platform, data, at=at)
 
 
 def duckdb_counts(target, res, table: str, tmp_path: Path) -> dict[str, int]:
