@@ -7,6 +7,8 @@ documented gap, so a moto that starts enforcing it makes this test say so.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 from botocore.exceptions import ClientError
@@ -109,6 +111,31 @@ def test_audit_is_insert_only_for_every_zone(probes):
             "SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_append_only' AND tgrelid = 'catalogue.audit'::regclass"
         ).fetchone()
     assert state == ("O",)
+
+
+def test_only_the_key_holders_count_their_evaluations_and_only_that_number(probes):
+    """The key holder's ceiling needs its count of today's evaluations, which only the audit holds: it gets that
+    one number through `catalogue.key_evaluations_on` (SECURITY DEFINER), every other zone is refused it."""
+    stack = probes
+    p = NETWORK.platforms[0]
+    base = p.members[0].id
+    count = "SELECT catalogue.key_evaluations_on(%s, %s, (now() AT TIME ZONE 'UTC')::date)"
+    logins = access.pg_logins(stack, NETWORK)
+    with psycopg.connect(_dsn(stack, logins[zones.keys(p.id)], "catalogue"), autocommit=True) as conn:
+        before = conn.execute(count, (p.id, base)).fetchone()[0]
+        conn.execute(
+            "INSERT INTO catalogue.audit (actor, action, object, details) VALUES (%s, 'key.evaluated', %s, %s)",
+            (zones.keys(p.id), f"base:{base}", json.dumps({"platform": p.id, "evaluated": 7})),
+        )
+        assert conn.execute(count, (p.id, base)).fetchone()[0] == before + 7
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # still no read of the audit itself
+            conn.execute("SELECT count(*) FROM catalogue.audit")
+    for zone, login in logins.items():
+        if zones.kind(zone) == "keys":
+            continue
+        with psycopg.connect(_dsn(stack, login, "catalogue"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(count, (p.id, base))
 
 
 # -- S3 -------------------------------------------------------------------------------------------------------

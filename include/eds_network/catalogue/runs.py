@@ -353,17 +353,13 @@ KEY_EVALUATION_REFUSED = "key.evaluation_refused"
 
 
 def evaluations_on(dsn: str, platform_id: str, base_id: str, day: dt.date) -> int:
-    """Level-1 OPRF evaluations the key holder of `platform_id` made for `base_id` on `day` (UTC), from the audit."""
-    q = text(f"""
-        SELECT coalesce(sum((details ->> 'evaluated')::bigint), 0) FROM {SCHEMA}.audit
-        WHERE action = :action AND object = :obj AND details ->> 'platform' = :platform
-          AND (at AT TIME ZONE 'UTC')::date = :day""")
+    """Level-1 OPRF evaluations the key holder of `platform_id` made for `base_id` on `day` (UTC).
+
+    Summed from the audit by `catalogue.key_evaluations_on` (migration 0006), a SECURITY DEFINER function: the
+    key holder's role may execute it but, like every task role, not read the audit itself."""
+    q = text(f"SELECT {SCHEMA}.key_evaluations_on(:platform, :base, :day)")
     with engine(dsn).connect() as conn:
-        return int(
-            conn.execute(
-                q, {"action": KEY_EVALUATED, "obj": f"base:{base_id}", "platform": platform_id, "day": day}
-            ).scalar_one()
-        )
+        return int(conn.execute(q, {"platform": platform_id, "base": base_id, "day": day}).scalar_one())
 
 
 def record_evaluations(dsn: str, platform_id: str, base_id: str, details: dict, *, refused: bool = False) -> None:

@@ -6,6 +6,8 @@ PostgreSQL (enforced by the server): one LOGIN role per zone, `principal(zone)` 
     national         owns the HDH database `hdh` (Iceberg SQL catalog + apply ledger) only
     keys:<p>, every  the catalogue through the NOLOGIN group `eds_task`: read/write on the catalogue's tables,
     zone             INSERT only on `catalogue.audit` (no SELECT, UPDATE, DELETE, TRUNCATE, no ownership)
+    keys:<p>         also EXECUTE on `catalogue.key_evaluations_on` (migration 0006, SECURITY DEFINER): its
+                     nightly count of evaluations per member, the one number its ceiling needs from the audit
 The audit table and its append-only trigger stay owned by the stack's administrator (`eds`), a role no task
 connection of a zone logs in with, so no task can disable the trigger. CONNECT is revoked from PUBLIC on every
 database: a zone role reaches only the databases granted here.
@@ -158,7 +160,7 @@ def pg_statements(network: Network, passwords: dict[str, str]) -> dict[str, list
     databases += [NATIONAL_DATABASE]
     server += [f"REVOKE ALL ON DATABASE {db} FROM PUBLIC" for db in databases]
     server += [f"GRANT CONNECT, TEMPORARY ON DATABASE catalogue TO {TASK_GROUP}"]
-    out = {"postgres": server, "catalogue": _catalogue_grants()}
+    out = {"postgres": server, "catalogue": _catalogue_grants(network)}
     for b in network.local_bases:
         role = principal(zones.local(b.id))
         out[f"src_{b.id}"] = [
@@ -191,14 +193,19 @@ def pg_statements(network: Network, passwords: dict[str, str]) -> dict[str, list
     return out
 
 
-def _catalogue_grants() -> list[str]:
+def _catalogue_grants(network: Network) -> list[str]:
     g = TASK_GROUP
+    # the key holder's nightly ceiling: its count of evaluations (one number), never a read of the audit
+    count = "catalogue.key_evaluations_on(text, text, date)"
+    keys = ", ".join(principal(zones.keys(p.id)) for p in network.platforms)
     return [
         f"GRANT USAGE ON SCHEMA catalogue TO {g}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA catalogue TO {g}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA catalogue TO {g}",
         f"REVOKE ALL ON catalogue.audit FROM {g}",
         f"GRANT INSERT ON catalogue.audit TO {g}",
+        f"REVOKE ALL ON FUNCTION {count} FROM PUBLIC, {g}",
+        *([f"GRANT EXECUTE ON FUNCTION {count} TO {keys}"] if keys else []),
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA catalogue GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {g}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA catalogue GRANT USAGE, SELECT ON SEQUENCES TO {g}",
         "REVOKE ALL ON SCHEMA public FROM PUBLIC",
