@@ -64,7 +64,16 @@ def rehearsal():
         c.wait_workers(timeout=600)
         first = c.run_night(night, timeout=2400)
         counts = cli.summary_counts(s.dsn("catalogue"))
-        yield {"stack": s, "cluster": c, "night": night, "seeded": seeded, "first": first, "counts": counts}
+        lineage = sorted(s.lineage_dir.glob("events*"))
+        yield {
+            "stack": s,
+            "cluster": c,
+            "night": night,
+            "seeded": seeded,
+            "first": first,
+            "counts": counts,
+            "lineage": lineage,
+        }
     finally:
         c.stop()
         if not os.environ.get("EDS_KEEP_STACK"):
@@ -124,6 +133,15 @@ def test_every_task_of_the_night_ran_on_its_own_zone_worker(rehearsal):
     for dag_id, task_id, queue, worker in jobs:
         assert queue != "default" and worker == queue, (dag_id, task_id, queue, worker)
     assert {zones.queue(z) for z in rehearsal["cluster"].zones() if z != zones.OPERATOR} <= {j[3] for j in jobs}
+
+
+def test_the_zone_workers_emit_the_openlineage_events_of_their_tasks(rehearsal):
+    """Task events come from the task process, on the zone's worker: every DAG's tasks reported COMPLETE."""
+    events = [json.loads(f.read_text()) for f in rehearsal["lineage"]]
+    completed = {
+        e["job"]["name"].split(".", 1)[0] for e in events if e["eventType"] == "COMPLETE" and "." in e["job"]["name"]
+    }
+    assert completed == _all_dags()
 
 
 def test_the_platforms_standardised_with_the_loaded_vocabulary(rehearsal):

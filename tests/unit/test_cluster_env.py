@@ -54,3 +54,13 @@ def test_a_hospital_file_has_no_national_or_other_hospital_secret(cluster):
     held = json.loads(cluster.zone_connections_file(zones.local(a.id)).read_text())
     assert b.source_connection_id not in held and network.national.key_connection_id not in held
     assert "password" not in held.get(network.national.box_key_connection_id, {})  # the public half only
+
+
+def test_each_zone_worker_has_the_openlineage_transport_of_the_embedded_stack(cluster, monkeypatch):
+    """Task events are emitted by the task process: a worker without the stack's lineage env would emit none."""
+    monkeypatch.delenv("EDS_LINEAGE", raising=False)
+    want = cluster.stack.lineage_env()
+    assert json.loads(want["AIRFLOW__OPENLINEAGE__TRANSPORT"])["type"] == "file"
+    for zone in cluster_zones(load_network()):
+        env = cluster.worker_env(zone)
+        assert {k: env.get(k) for k in want} == want, zone

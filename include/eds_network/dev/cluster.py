@@ -148,6 +148,8 @@ class Cluster:
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.stack.airflow_home / "logs"),
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
                 "EDS_ZONE": zone,
+                # OpenLineage (docs/lineage.md): task events are emitted by the task process, on the worker
+                **self.stack.lineage_env(),
             }
         )
         return env
