@@ -271,3 +271,117 @@ def test_weekly_reconciliation_detects_a_corrupted_national_table_and_repairs_it
     # and the next reconciliation finds nothing to repair
     assert net.night(reconcile=True)[2].status == "reconciled"
     assert victim  # the warehouse kept its rows throughout
+
+
+def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+
+
+def _avro_payload(data: bytes, zlib) -> bytes:
+    """An Avro container file's blocks, decompressed, concatenated (as in test_national_tables)."""
+    sync = data[-16:]
+    out = b""
+    for chunk in data.split(sync)[1:]:
+        if len(chunk) < 2:
+            continue
+        _, pos = _zigzag(chunk, 0)
+        size, pos = _zigzag(chunk, pos)
+        block = chunk[pos : pos + size]
+        for wbits in (-15, 47):
+            try:
+                out += zlib.decompress(block, wbits)
+                break
+            except zlib.error:
+                continue
+        else:
+            out += block
+    return out
+
+
+def _holding(s3, bucket: str, prefix: str, values: set[int]) -> list[str]:
+    """Objects under `prefix` holding one of `values`: Parquet decoded (integer columns), Avro blocks
+    decompressed, the rest as bytes (8-byte little/big endian, decimal text)."""
+    import io
+    import zlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    needles = [n for v in values for n in (v.to_bytes(8, "little", signed=True), str(v).encode())]
+    hits = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            found = any(n in body for n in needles)
+            if body[:4] == b"PAR1":
+                t = pq.read_table(io.BytesIO(body))
+                found |= any(pa.types.is_integer(c.type) and values & set(c.to_pylist()) for c in t.itercolumns())
+            elif body[:4] == b"Obj\x01":  # Iceberg manifests: deflate blocks (bounds hold little-endian values)
+                found |= any(n in _avro_payload(body, zlib) for n in needles)
+            if found:
+                hits.append(obj["Key"])
+    return hits
+
+
+def test_an_objector_leaves_no_row_in_the_warehouse_nor_national_tables_nor_any_outbox_or_landing_object(net, tmp_path):
+    from eds_network.national import maintenance
+    from eds_network.national.level2 import national_person_ids
+    from eds_network.platform import merge
+
+    net.night()
+    # The patient with the most rows, present at every level before (non-vacuous).
+    with psycopg.connect(net.wh) as conn:
+        l1, token = conn.execute(
+            "SELECT p.person_id, p._transport_token FROM omop.person p JOIN omop.measurement m USING (person_id)"
+            " GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+    nr = _national(net.stack)
+    l2 = national_person_ids(pa_array([token]), pa_array([l1]), nr.national_key, nr.box_private_key)[l1]
+    catalog = net.res.catalog(net.target)
+    before = {
+        t: catalog.load_table(("omop", t)).scan(row_filter=f"person_id == {l2}").to_arrow().num_rows
+        for t in tables.table_names(catalog)
+        if "person_id" in catalog.load_table(("omop", t)).schema().column_names
+    }
+    assert before["person"] == 1 and before["measurement"] > 0
+    s3 = _ep(net.stack).client()
+    lz, ob = net.target.landing_zone, net.platform.outbox
+    assert _holding(s3, lz.bucket, lz.prefix, {l2}) and _holding(s3, ob.bucket, ob.prefix, {l1})
+
+    # The objection reaches the warehouse (a person tombstone: every row, whatever site, and the person row).
+    with psycopg.connect(net.wh) as conn:
+        erased = merge.erase_persons(conn, [l1], warehouse.platform_tables(net.platform))
+    assert erased >= before["measurement"] + 1
+    pkg, d, applied = net.night()
+    assert pkg.kind == "incremental" and applied.persons_removed == 1
+    assert applied.rows_removed == sum(before.values())
+    # The night's upkeep and the platform's pruning of what the HDH acknowledged.
+    maintenance.purge(net.target, net.res, tables.table_names(catalog))
+    maintenance.purge_superseded_deliveries(net.target, net.res)
+    pruned = packaging.prune_delivered(net.platform, net.pres, intake_prefix=f"none-{uuid.uuid4().hex[:6]}/")
+    assert pruned["packages"] >= 1
+    with psycopg.connect(net.wh) as conn:  # the next package prunes the acknowledged deletions
+        packaging.package(net.platform, net.pres, {})
+        assert conn.execute("SELECT count(*) FROM eds_platform.change_log").fetchone()[0] == 0
+        for t in warehouse.platform_tables(net.platform):
+            if "person_id" in omop.table(t).column_names:
+                q = sql.SQL("SELECT count(*) FROM omop.{} WHERE person_id = %s").format(sql.Identifier(t))
+                assert conn.execute(q, (l1,)).fetchone()[0] == 0, t
+    for t in before:
+        assert catalog.load_table(("omop", t)).scan(row_filter=f"person_id == {l2}").to_arrow().num_rows == 0, t
+    assert _holding(s3, lz.bucket, lz.prefix, {l2}) == []
+    assert _holding(s3, ob.bucket, ob.prefix, {l1}) == []
+    assert net.national_counts(tmp_path) == net.warehouse_counts()
+
+
+def pa_array(values):
+    import pyarrow as pa
+
+    return pa.array(values)

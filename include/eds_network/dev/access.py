@@ -17,7 +17,7 @@ evaluates the caller's IAM policies): one IAM user per zone with the policy `s3_
     local:<base>     read/write/delete `<intake bucket>/<intake prefix><base>/*` (its own batches only) and
                      its own prefix `<base>/` of its key holder's exchange area (blinded elements, evaluations)
     keys:<p>         read/write/delete its exchange area (every member's prefix)
-    platform:<p>     read its intake; read/write/delete its outbox
+    platform:<p>     read its intake (and delete batches the HDH acknowledged); read/write/delete its outbox
     national         read every outbox, write its `_ack.json`; everything in the landing zone bucket
 The stack's administrator user (every action) creates buckets and users; it is the operator's credential, not a
 zone's. Gap of moto 5.2: it does not evaluate `Condition` blocks against request values (a conditional Allow is
@@ -92,7 +92,7 @@ def s3_policy(network: Network, zone: str, *, prefix_conditions: bool = True) ->
     elif kind == "platform":
         p = network.platform(zone.split(":", 1)[1])
         stmts = [
-            *_area(p.intake.bucket, p.intake.prefix, READ, **pc),
+            *_area(p.intake.bucket, p.intake.prefix, [*READ, "s3:DeleteObject"], **pc),
             *_area(p.outbox.bucket, p.outbox.prefix, WRITE, **pc),
         ]
     elif kind == zones.NATIONAL:

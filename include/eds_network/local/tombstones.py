@@ -25,7 +25,7 @@ def tombstones(
     snapshot_deleted: list[int] | None = None,
 ) -> pa.Table:
     """Rows to remove downstream: source deletions in the interval (the deletion log, or keys gone from a
-    snapshot), and (person table) new objections."""
+    snapshot), and (person table) every objection of the registry recorded before the interval's end."""
     kinds: list[str] = []
     ids: list[int] = []
     spec = omop.table(table)
@@ -55,7 +55,10 @@ def tombstones(
         new = [
             r[0]
             for r in conn.execute(
-                "SELECT person_id FROM identity.opposition WHERE recorded_at >= %s AND recorded_at < %s", (start, end)
+                # the whole registry every night, not only the interval's entries: a back-dated objection, or one
+                # whose person task failed on its night, still reaches every level on the next successful night
+                "SELECT DISTINCT person_id FROM identity.opposition WHERE recorded_at < %s",
+                (end,),
             )
         ]
         if new:

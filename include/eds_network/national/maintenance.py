@@ -122,7 +122,8 @@ def erase_persons(target: NationalTarget, res: NationalTables, person_ids: Itera
 
 def purge_superseded_deliveries(target: NationalTarget, res: NationalTables) -> int:
     """Delete the landing data files of every delivery older than the last one applied for its platform (they
-    were applied, then superseded). Manifest and receipt stay. Returns the number of objects deleted."""
+    were applied, then superseded), and the deletes files of the last one. Manifest and receipt stay. Returns the
+    number of objects deleted."""
     with psycopg.connect(res.dsn) as conn:
         rows = conn.execute(
             "SELECT DISTINCT ON (platform) platform, delivery_id FROM eds_national.applied"
@@ -138,7 +139,16 @@ def purge_superseded_deliveries(target: NationalTarget, res: NationalTables) -> 
         if not key.endswith("/" + MANIFEST):
             continue
         delivery_id = key[len(root) :].split("/", 1)[0]
-        if delivery_id not in applied or delivery_id in current.values():
+        if delivery_id in applied and delivery_id in current.values():
+            # the current delivery's data stays, but not its deletes: keys of erased rows (an objector's
+            # pseudonym) have no reason to outlive the commit that applied them
+            prefix = landing_prefix(target, delivery_id)
+            for k in list_keys(s3, bucket, prefix):
+                if ".deletes." in k[len(prefix) :]:
+                    s3.delete_object(Bucket=bucket, Key=k)
+                    deleted += 1
+            continue
+        if delivery_id not in applied:
             continue
         manifest = read_json(s3, bucket, key)
         if manifest.get("platform") not in current:

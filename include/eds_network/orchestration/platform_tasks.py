@@ -91,6 +91,7 @@ def package(platform_id: str, consolidation: dict) -> dict:
             "eds_pseudonymisation": lineage.pseudonymisation(1, consolidation["key_versions"]),
         },
     )
+    out["pruned"] = package_step.prune_delivered(p, res)  # what the HDH applied and acknowledged
     return out
 
 

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from eds_network.core import digests
+from eds_network.core import digests, omop
 from eds_network.core.errors import IntegrityError
 from eds_network.platform import keyversions, standardise
 from eds_network.platform.warehouse import (
@@ -166,23 +166,7 @@ def apply_batch(
                 (row_ids,),
             )
         if persons:
-            conn.execute(
-                "DELETE FROM eds_platform.person_site WHERE person_id = ANY(%s) AND base_id = %s",
-                (persons, manifest["base"]),
-            )
-            for other in [t for t in tables if t != "person"]:
-                conn.execute(
-                    sql.SQL("DELETE FROM omop.{} WHERE person_id = ANY(%s) AND _site = %s").format(
-                        sql.Identifier(other)
-                    ),
-                    (persons, site),
-                )
-            # The person row goes when no other site still treats the patient.
-            conn.execute(
-                "DELETE FROM omop.person p WHERE p.person_id = ANY(%s) AND NOT EXISTS ("
-                "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)",
-                (persons,),
-            )
+            rows[f"{t}.erased"] = erase_persons(conn, persons, tables)
         rows[f"{t}.tombstones"] = len(ids)
     if replaced:
         # Persons no site refers to any more (their old level-1 pseudonym after a re-keying run) go.
@@ -219,6 +203,46 @@ def _register_digests(conn: psycopg.Connection, stage: sql.Identifier, base: str
         digests.register_from(conn, SCHEMA, view, zone="platform", base=base)
     finally:
         conn.execute(sql.SQL("DROP VIEW {}").format(view))
+
+
+LINKED = {  # tables without person_id whose rows hang on other rows' ids: they go with them
+    "cost": ("cost_event_id",),
+    "fact_relationship": ("fact_id_1", "fact_id_2"),
+    "episode_event": ("event_id", "episode_id"),
+}
+
+
+def erase_persons(conn: psycopg.Connection, persons: list[int], tables: list[str]) -> int:
+    """An objection: every row of these level-1 persons, whatever site sent it (the person row whichever site the
+    platform kept it from, every event, and the cost, fact_relationship and episode_event rows that hang on their
+    ids), and their site memberships. The change log records the deletions for the next delivery. Returns the
+    rows deleted."""
+    n = 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS erased_ids (id bigint) ON COMMIT DROP")
+    conn.execute("TRUNCATE erased_ids")
+    conn.execute("INSERT INTO erased_ids SELECT unnest(%s::bigint[])", (persons,))
+    for t in tables:
+        if t == "person" or t in LINKED or "person_id" not in omop.table(t).column_names:
+            continue
+        key = conflict_key(t)
+        q = sql.SQL("WITH d AS (DELETE FROM omop.{t} WHERE person_id = ANY(%s) RETURNING {k}) ").format(
+            t=sql.Identifier(t), k=sql.Identifier(key)
+        )
+        cur = conn.execute(
+            q + sql.SQL("INSERT INTO erased_ids SELECT {k} FROM d").format(k=sql.Identifier(key)), (persons,)
+        )
+        n += cur.rowcount
+    for t, cols in LINKED.items():
+        if t not in tables:
+            continue
+        cond = sql.SQL(" OR ").join(
+            sql.SQL("{c} IN (SELECT id FROM erased_ids)").format(c=sql.Identifier(c)) for c in cols
+        )
+        n += conn.execute(sql.SQL("DELETE FROM omop.{} WHERE {}").format(sql.Identifier(t), cond)).rowcount
+    conn.execute("DELETE FROM eds_platform.person_site WHERE person_id = ANY(%s)", (persons,))
+    conn.execute("DELETE FROM eds_platform.duplicate_event WHERE person_id = ANY(%s)", (persons,))
+    n += conn.execute("DELETE FROM omop.person WHERE person_id = ANY(%s)", (persons,)).rowcount
+    return n
 
 
 def _replace_site_rows(conn: psycopg.Connection, table: str, stage: sql.Identifier, site: int, base_id: str) -> None:

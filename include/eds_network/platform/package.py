@@ -23,7 +23,7 @@ from eds_network.core.copystream import stream_query
 from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import ACK, MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
 from eds_network.core.signing import sign_document, verify_document
-from eds_network.core.storage import object_exists, put_json, read_json, sha256_file
+from eds_network.core.storage import list_keys, object_exists, put_json, read_json, sha256_file
 from eds_network.platform import changes, keyversions
 from eds_network.platform.warehouse import (
     PlatformResources,
@@ -236,3 +236,62 @@ def package(
         ", ".join(f"{t}={f['rows']}" for t, f in deletes.items()) or "none",
     )
     return Package(platform.id, delivery_id, manifest_key, files, kind=kind, deletes=deletes)
+
+
+def _delete_all(s3, bucket: str, prefix: str) -> int:
+    keys = list_keys(s3, bucket, prefix)
+    for k in keys:  # one DeleteObject each: what the zone's policy grants
+        s3.delete_object(Bucket=bucket, Key=k)
+    return len(keys)
+
+
+def prune_delivered(platform: Platform, res: PlatformResources, *, intake_prefix: str | None = None) -> dict[str, int]:
+    """Delete what the HDH has applied and acknowledged: the outbox packages up to the acknowledged one (not the
+    one `_latest.json` points at) and the intake batches merged before it was packaged. An objector's rows then
+    outlive their erasure in no file of the platform's buckets. Returns the counts of packages and batches (and
+    objects) deleted."""
+    s3 = res.outbox.client()
+    ack = read_ack(s3, platform, res.trust)
+    out = {"packages": 0, "batches": 0, "objects": 0}
+    if ack is None or ack.get("upto_seq") is None:
+        return out
+    with psycopg.connect(res.warehouse_dsn) as conn:
+        acked = conn.execute(
+            "SELECT packaged_at FROM eds_platform.packaged WHERE upto_seq <= %s ORDER BY packaged_at DESC LIMIT 1",
+            (int(ack["upto_seq"]),),
+        ).fetchone()
+        if acked is None:
+            return out
+        packages = [
+            r[0]
+            for r in conn.execute("SELECT delivery_id FROM eds_platform.packaged WHERE packaged_at <= %s", (acked[0],))
+        ]
+        batches = conn.execute(
+            "SELECT DISTINCT base_id, batch_id FROM eds_platform.ledger WHERE applied_at <= %s", (acked[0],)
+        ).fetchall()
+    latest_key = f"{platform.outbox.prefix}_latest.json"
+    latest = (
+        read_json(s3, platform.outbox.bucket, latest_key)["delivery_id"]
+        if object_exists(s3, platform.outbox.bucket, latest_key)
+        else None
+    )
+    for d in packages:
+        if d != latest:
+            n = _delete_all(s3, platform.outbox.bucket, f"{platform.outbox.prefix}{d}/")
+            out["packages"] += bool(n)
+            out["objects"] += n
+    intake = res.intake.client()
+    root = platform.intake.prefix if intake_prefix is None else intake_prefix
+    for base_id, batch_id in batches:
+        n = _delete_all(intake, platform.intake.bucket, f"{root}{base_id}/{batch_id}/")
+        out["batches"] += bool(n)
+        out["objects"] += n
+    if out["objects"]:
+        log.info(
+            "%s: %d packages and %d intake batches applied and acknowledged by the HDH deleted (%d objects)",
+            platform.id,
+            out["packages"],
+            out["batches"],
+            out["objects"],
+        )
+    return out
