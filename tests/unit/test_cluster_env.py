@@ -56,7 +56,7 @@ def test_a_hospital_file_has_no_national_or_other_hospital_secret(cluster):
     assert "password" not in held.get(network.national.box_key_connection_id, {})  # the public half only
 
 
-def test_each_zone_worker_has_the_openlineage_transport_of_the_embedded_stack(cluster, monkeypatch):
+def test_each_zone_worker_has_the_openlineage_transport_and_a_patient_execution_api_client(cluster, monkeypatch):
     """Task events are emitted by the task process: a worker without the stack's lineage env would emit none."""
     monkeypatch.delenv("EDS_LINEAGE", raising=False)
     want = cluster.stack.lineage_env()
@@ -64,3 +64,5 @@ def test_each_zone_worker_has_the_openlineage_transport_of_the_embedded_stack(cl
     for zone in cluster_zones(load_network()):
         env = cluster.worker_env(zone)
         assert {k: env.get(k) for k in want} == want, zone
+        # a loaded API server answers late: the default of 5 s fails a task before it starts
+        assert float(env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"]) >= 30, zone

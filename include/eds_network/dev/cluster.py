@@ -46,6 +46,9 @@ WORKER_CONCURRENCY = 2  # a zone's tasks at once on one worker (the embedded sta
 # How long a worker's signed request stays valid (seconds, plus as much leeway): Airflow's default, 30, is too short
 # for one loaded 2-core machine, whose API server can stall for over a minute; a refused heartbeat stops a worker.
 JWT_LEEWAY = "300"
+# How long a task process waits for each answer of the execution API (seconds): the default, 5, times out (five
+# tries, then the task fails before it starts) while that API server stalls under load.
+EXECUTION_API_TIMEOUT = "60"
 
 
 def cluster_zones(network: Network) -> list[str]:
@@ -141,6 +144,7 @@ class Cluster:
                 "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "10",
                 "AIRFLOW__API_AUTH__JWT_SECRET": central["AIRFLOW__API_AUTH__JWT_SECRET"],
                 "AIRFLOW__API_AUTH__JWT_LEEWAY": JWT_LEEWAY,
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": EXECUTION_API_TIMEOUT,
                 "AIRFLOW__SECRETS__BACKEND": LOCAL_FS_BACKEND,
                 "AIRFLOW__SECRETS__BACKEND_KWARGS": own,
                 "AIRFLOW__WORKERS__SECRETS_BACKEND": LOCAL_FS_BACKEND,
