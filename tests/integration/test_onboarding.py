@@ -22,7 +22,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import urllib3
 import yaml
+from airflow_client.client import ClearTaskInstancesBody, TriggerDAGRunPostBody
+from airflow_client.client.exceptions import ApiException
 
 from eds_network import catalogue
 from eds_network.core import omop
@@ -149,9 +152,9 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def _dag_ready(api: airflow_api.AirflowApi, dag_id: str) -> bool:
     try:
-        api.dag(dag_id)
+        api.dags.get_dag(dag_id)
         return True
-    except airflow_api.AirflowApiError:
+    except (ApiException, urllib3.exceptions.HTTPError):  # not parsed yet (404), server not up yet
         return False
 
 
@@ -179,16 +182,17 @@ def _trigger(api: airflow_api.AirflowApi, **conf) -> str:
         "max_active_runs": 2,
         **conf,
     }
-    run = api.call("POST", "/api/v2/dags/eds_onboard_base/dagRuns", {"logical_date": None, "conf": conf})
-    run_id = run["dag_run_id"]
+    run_id = api.runs.trigger_dag_run(
+        "eds_onboard_base", TriggerDAGRunPostBody(logical_date=None, conf=conf)
+    ).dag_run_id
     state = {}
 
     def done() -> bool:
-        state.update(api.call("GET", f"/api/v2/dags/eds_onboard_base/dagRuns/{run_id}"))
-        return state["state"] in ("success", "failed")
+        state["run"] = api.runs.get_dag_run("eds_onboard_base", run_id)
+        return state["run"].state in ("success", "failed")
 
     _wait(done, RUN_TIMEOUT_S)
-    assert state["state"] == "success", run_id
+    assert state["run"].state == "success", run_id
     return run_id
 
 
@@ -233,7 +237,7 @@ def _full_extraction(stack, net: Network) -> dict[str, list[tuple]]:
 def test_a_dry_run_checks_and_profiles_but_writes_no_data(airflow, stack, net):
     run_id = _trigger(airflow, dry_run=True)
     assert _batches(stack, net) == {}
-    assert airflow.dag(f"eds_local__{BASE_ID}")["is_paused"] is True
+    assert airflow.dags.get_dag(f"eds_local__{BASE_ID}").is_paused is True
     reports = onboard.reports(stack.dsn("catalogue"), BASE_ID, run_id)
     assert reports["schema"]["ok"] is True
     assert set(reports["schema"]["tables"]) == set(TABLES)
@@ -261,7 +265,7 @@ def test_onboarding_backfills_exactly_one_full_extraction_then_unpauses(airflow,
     report = onboard.reports(stack.dsn("catalogue"), BASE_ID, run_id)["backfill"]
     assert report["intervals"] == report["succeeded"] == 6 and report["failed"] == []
     assert report["rows_published"] == sum(len(v) for v in full.values())
-    assert airflow.dag(f"eds_local__{BASE_ID}")["is_paused"] is False
+    assert airflow.dags.get_dag(f"eds_local__{BASE_ID}").is_paused is False
     ms = catalogue.milestones(stack.dsn("catalogue"), BASE_ID)
     assert {"preparation", "transfer_channel"} <= set(ms)
     with psycopg.connect(stack.dsn("catalogue")) as conn:
@@ -293,31 +297,30 @@ def test_the_same_backfill_again_changes_nothing(airflow, stack, net):
 def test_one_interval_is_rerun_alone_by_clearing_its_task_instances(airflow, stack, net):
     """What an operator does in the UI for a failed interval: clear its task instances; only it runs again."""
     dag_id = f"eds_local__{BASE_ID}"
-    runs = airflow.dag_runs(dag_id, FIRST, LAST_END - dt.timedelta(seconds=1))
+    runs = airflow.runs_between(dag_id, FIRST, LAST_END - dt.timedelta(seconds=1))
     assert len(runs) == 6
     target = runs[2]
-    others = {r["dag_run_id"]: r["end_date"] for r in runs if r["dag_run_id"] != target["dag_run_id"]}
+    others = {r.dag_run_id: r.end_date for r in runs if r.dag_run_id != target.dag_run_id}
     before = {t: _rows(stack, net, _batches(stack, net).values(), t) for t in TABLES}
-    cleared = airflow.call(
-        "POST",
-        f"/api/v2/dags/{dag_id}/clearTaskInstances",
-        {"dry_run": False, "dag_run_id": target["dag_run_id"], "only_failed": False, "reset_dag_runs": True},
+    cleared = airflow.task_instances.post_clear_task_instances(
+        dag_id,
+        ClearTaskInstancesBody(dry_run=False, dag_run_id=target.dag_run_id, only_failed=False, reset_dag_runs=True),
     )
     # Every task of that one run is cleared (the OPRF round trip, extraction, publication, record), nothing else.
-    tasks = {t["task_id"] for t in airflow.call("GET", f"/api/v2/dags/{dag_id}/tasks")["tasks"]}
-    assert {ti["task_id"] for ti in cleared["task_instances"]} == tasks
+    tasks = {t.task_id for t in airflow.tasks.get_tasks(dag_id).tasks}
+    assert {ti.task_id for ti in cleared.task_instances} == tasks
     assert {"extract_table", "publish_batch", "record_run"} <= tasks
-    assert {ti["dag_run_id"] for ti in cleared["task_instances"]} == {target["dag_run_id"]}
+    assert {ti.dag_run_id for ti in cleared.task_instances} == {target.dag_run_id}
     state = {}
 
     def done() -> bool:
-        state.update(airflow.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{target['dag_run_id']}"))
-        return state["state"] in ("success", "failed") and state["end_date"] != target["end_date"]
+        state["run"] = airflow.runs.get_dag_run(dag_id, target.dag_run_id)
+        return state["run"].state in ("success", "failed") and state["run"].end_date != target.end_date
 
     _wait(done, RUN_TIMEOUT_S)
-    assert state["state"] == "success"
-    after_runs = airflow.dag_runs(dag_id, FIRST, LAST_END - dt.timedelta(seconds=1))
-    assert {r["dag_run_id"]: r["end_date"] for r in after_runs if r["dag_run_id"] in others} == others
+    assert state["run"].state == "success"
+    after_runs = airflow.runs_between(dag_id, FIRST, LAST_END - dt.timedelta(seconds=1))
+    assert {r.dag_run_id: r.end_date for r in after_runs if r.dag_run_id in others} == others
     assert {t: _rows(stack, net, _batches(stack, net).values(), t) for t in TABLES} == before
 
 
@@ -368,5 +371,5 @@ def test_trigger_form_renders_defaults_and_refuses_a_bad_date_range(airflow, sta
             page.screenshot(path=str(ARTIFACTS / "onboard_form_bad_range.png"), full_page=True)
         finally:
             browser.close()
-    runs = airflow.call("GET", "/api/v2/dags/eds_onboard_base/dagRuns", query={"limit": 100})["dag_runs"]
-    assert not [r for r in runs if (r.get("conf") or {}).get("start_date") == "2026-10-01"]
+    runs = airflow.runs.get_dag_runs("eds_onboard_base", limit=100).dag_runs
+    assert not [r for r in runs if (r.conf or {}).get("start_date") == "2026-10-01"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from airflow_client.client import ApiClient
 
 from eds_network.core.config import load_network
 from eds_network.core.errors import ConfigError
@@ -76,10 +77,13 @@ def test_bounds_are_midnight_in_the_bases_time_zone():
 def test_backfill_asks_for_intervals_starting_before_the_end_date():
     base = load_network().base("hosp_b")
     body = backfill.backfill_body(base, _req(dry_run=False))
-    assert body["dag_id"] == "eds_local__hosp_b"
-    assert body["to_date"] == "2026-10-31T23:59:59+01:00"
-    assert body["max_active_runs"] == 2
-    assert body["reprocess_behavior"] == "failed"
+    assert body.dag_id == "eds_local__hosp_b"
+    assert body.to_date.isoformat() == "2026-10-31T23:59:59+01:00"
+    assert body.max_active_runs == 2
+    assert body.reprocess_behavior == "failed"
+    # what the official client sends (the API reads `to_date` as inclusive)
+    sent = ApiClient().sanitize_for_serialization(body)
+    assert sent["from_date"] == "2026-05-01T00:00:00+02:00" and sent["to_date"] == "2026-10-31T23:59:59+01:00"
 
 
 def test_months_of_a_range():

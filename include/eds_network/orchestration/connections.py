@@ -191,7 +191,8 @@ def catalogue_dsn(network: Network) -> str:
 
 
 def airflow_api(conn_id: str):
-    """Airflow's own REST API (onboarding backfills): URL and service account from an HTTP connection."""
+    """Airflow's own REST API (onboarding backfills) through the official client: URL and API user from an HTTP
+    connection."""
     from eds_network.orchestration.airflow_api import AirflowApi
 
     c = _conn(conn_id, "Airflow REST API")
