@@ -420,28 +420,35 @@ def test_patient_objecting_after_a_delivery_has_no_row_left_in_the_warehouse(sta
     with psycopg.connect(source, autocommit=True) as conn:
         objectors = _objectors(conn)
         # A delivered patient with rows in several tables.
-        pid = conn.execute(
-            "SELECT person_id FROM omop.measurement WHERE person_id <> ALL(%s) "
-            "GROUP BY person_id ORDER BY count(*) DESC LIMIT 1",
-            (objectors,),
-        ).fetchone()[0]
-        l1 = _person_map(res, base, source, [pid])[pid]
+        pid, late = [
+            r[0]
+            for r in conn.execute(
+                "SELECT person_id FROM omop.measurement WHERE person_id <> ALL(%s) "
+                "GROUP BY person_id ORDER BY count(*) DESC, person_id LIMIT 2",
+                (objectors,),
+            )
+        ]
+        ids = _person_map(res, base, source, [pid, late])
+        l1, l1_late = ids[pid], ids[late]
 
-    def rows_of_patient() -> dict[str, int]:
+    def rows_of_patient(who: int | None = None) -> dict[str, int]:
+        who = l1 if who is None else who
         with psycopg.connect(wh) as w:
             out = {
                 t: w.execute(
-                    sql.SQL("SELECT count(*) FROM omop.{} WHERE person_id = %s").format(sql.Identifier(t)), (l1,)
+                    sql.SQL("SELECT count(*) FROM omop.{} WHERE person_id = %s").format(sql.Identifier(t)), (who,)
                 ).fetchone()[0]
                 for t in base.tables
             }
             out["person_site"] = w.execute(
-                "SELECT count(*) FROM eds_platform.person_site WHERE person_id = %s", (l1,)
+                "SELECT count(*) FROM eds_platform.person_site WHERE person_id = %s", (who,)
             ).fetchone()[0]
             return out
 
     before = rows_of_patient()
     assert before["person"] == 1 and before["measurement"] > 0 and before["person_site"] == 1
+    before_late = rows_of_patient(l1_late)  # non-vacuous: the back-dated objector's rows are there too
+    assert before_late["person"] == 1 and before_late["measurement"] > 0
     persons_before = _warehouse_state(wh)["person"][0]
 
     with psycopg.connect(source, autocommit=True) as conn:
@@ -449,6 +456,12 @@ def test_patient_objecting_after_a_delivery_has_no_row_left_in_the_warehouse(sta
         conn.execute(
             "INSERT INTO identity.opposition (person_id, recorded_at, channel) VALUES (%s, %s, 'courrier')",
             (pid, DAY2 + dt.timedelta(hours=9)),
+        )
+        # A back-dated entry (a letter received on day 1, typed in on day 2 with its date of receipt; the same as an
+        # objection whose night's person task failed): it falls in no interval still to run, yet is honoured.
+        conn.execute(
+            "INSERT INTO identity.opposition (person_id, recorded_at, channel) VALUES (%s, %s, 'courrier')",
+            (late, DAY1 + dt.timedelta(hours=3)),
         )
         conn.execute(
             "UPDATE omop.measurement SET value_as_number = 1, _updated_at = %s WHERE measurement_id = "
@@ -459,12 +472,14 @@ def test_patient_objecting_after_a_delivery_has_no_row_left_in_the_warehouse(sta
     data2, tombs2 = _arrived(res, pub2)
     # the whole registry every night (a back-dated entry, a failed night are caught up), the new objector included
     assert {"kind": "person", "id": l1} in tombs2["person"].to_pylist()
+    assert {"kind": "person", "id": l1_late} in tombs2["person"].to_pylist()
     assert set(tombs2["person"].column("kind").to_pylist()) == {"person"}
     assert refs2["measurement"]["excluded_objection"] == 1 and refs2["measurement"]["published"] == 0
     assert l1 not in data2["measurement"].column("person_id").to_pylist()
     _consolidate(stack, net, wh, prefix)
     assert rows_of_patient() == dict.fromkeys([*base.tables, "person_site"], 0)
-    assert _warehouse_state(wh)["person"][0] == persons_before - 1
+    assert rows_of_patient(l1_late) == dict.fromkeys([*base.tables, "person_site"], 0)
+    assert _warehouse_state(wh)["person"][0] == persons_before - 2
 
     # Rerunning the interval delivered before the objection does not bring the patient back.
     refs1, pub1 = _run(base, DAY1, DAY2, res)

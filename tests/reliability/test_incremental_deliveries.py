@@ -35,7 +35,7 @@ def _ep(stack) -> S3Endpoint:
     return S3Endpoint(stack.s3_endpoint, *stack.s3_login)
 
 
-def _national(stack) -> transfer.NationalResources:
+def _national(stack, registry_dsn: str | None = None) -> transfer.NationalResources:
     keys = stack.keys(NET)
     box = keys[NET.national.box_key_connection_id]
     nk = keys[NET.national.key_connection_id]
@@ -45,19 +45,20 @@ def _national(stack) -> transfer.NationalResources:
         national_key=Key.from_secret("n", nk["password"], nk["extra"]["version"]),
         box_private_key=base64.b64decode(box["password"]),
         box_key_version=box["extra"]["version"],
+        registry_dsn=registry_dsn,
     )
 
 
 class Net:
     """One platform warehouse, its outbox, the landing zone and the HDH tables, all of this test's own."""
 
-    def __init__(self, stack, world, hdh_dsn: str):
+    def __init__(self, stack, world, hdh_dsn: str, intake_prefix: str | None = None):
         self.stack = stack
         self.wh = world["empty"]()
         ep = _ep(stack)
-        c = consolidate.consolidate(
-            PLATFORM, PLATFORM.intake.bucket, world["prefix"], consolidate.PlatformResources(self.wh, ep, ep)
-        )
+        # the session's shared batches (never purged: other tests consolidate them too), or a test's own intake
+        self.intake_prefix = intake_prefix or world["prefix"]
+        c = self.consolidate()
         assert not c.rejected and len(c.applied) == 2
         tag = uuid.uuid4().hex[:8]
         self.platform = PLATFORM.model_copy(
@@ -68,14 +69,27 @@ class Net:
         self.res = tables.NationalTables(hdh_dsn, ep)
         self.pres = consolidate.PlatformResources(self.wh, ep, ep)
 
+    def consolidate(self) -> consolidate.Consolidation:
+        ep = _ep(self.stack)
+        private = self.intake_prefix.startswith("t-erase-")
+        return consolidate.consolidate(
+            PLATFORM,
+            PLATFORM.intake.bucket,
+            self.intake_prefix,
+            consolidate.PlatformResources(self.wh, ep, ep),
+            purge_tombstones=private,
+        )
+
     def night(self, **kw) -> tuple[packaging.Package, transfer.Delivery, tables.Applied]:
         """Package → transfer → receipt → apply → acknowledgement, as the platform and national DAGs do."""
         pkg = packaging.package(self.platform, self.pres, {}, **kw)
-        d = transfer.transfer_platform(self.platform, self.target, _national(self.stack))
+        d = transfer.transfer_platform(self.platform, self.target, _national(self.stack, self.res.dsn))
         if d.status == "delivered":
             assert receipt.receipt(self.target, self.res.landing, d.delivery_id)["status"] == "accepted"
         applied = tables.apply_delivery(self.target, self.res, d.delivery_id)
         ack.acknowledge(self.platform, _ep(self.stack), self.res.dsn, applied.ref())
+        if applied.status == "applied":
+            ack.purge_applied_deletes(self.platform, _ep(self.stack), d.delivery_id)
         return pkg, d, applied
 
     def warehouse_counts(self) -> dict[str, int]:
@@ -305,79 +319,241 @@ def _avro_payload(data: bytes, zlib) -> bytes:
     return out
 
 
-def _holding(s3, bucket: str, prefix: str, values: set[int]) -> list[str]:
-    """Objects under `prefix` holding one of `values`: Parquet decoded (integer columns), Avro blocks
-    decompressed, the rest as bytes (8-byte little/big endian, decimal text)."""
+def _holds(body: bytes, values: set[int], texts: set[str]) -> bool:
+    """Whether an object's bytes hold one of `values` (8-byte little/big endian, decimal text; Parquet integer
+    columns decoded; Iceberg's Avro manifests decompressed, their bounds being little-endian values) or `texts`."""
     import io
     import zlib
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    needles = [n for v in values for n in (v.to_bytes(8, "little", signed=True), str(v).encode())]
+    needles = [
+        *(n for v in values for n in (v.to_bytes(8, "little", signed=True), v.to_bytes(8, "big", signed=True))),
+        *(str(v).encode() for v in values),
+        *(t.encode() for t in texts),
+    ]
+    if any(n in body for n in needles):
+        return True
+    if body[:4] == b"PAR1":
+        t = pq.read_table(io.BytesIO(body))
+        for c in t.itercolumns():
+            if pa.types.is_integer(c.type) and values & set(c.to_pylist()):
+                return True
+            if (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)) and texts & set(c.to_pylist()):
+                return True
+    elif body[:4] == b"Obj\x01":
+        return any(n in _avro_payload(body, zlib) for n in needles)
+    return False
+
+
+def _holding(s3, bucket: str, prefix: str, values: set[int], texts: set[str] = frozenset()) -> list[str]:
     hits = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            found = any(n in body for n in needles)
-            if body[:4] == b"PAR1":
-                t = pq.read_table(io.BytesIO(body))
-                found |= any(pa.types.is_integer(c.type) and values & set(c.to_pylist()) for c in t.itercolumns())
-            elif body[:4] == b"Obj\x01":  # Iceberg manifests: deflate blocks (bounds hold little-endian values)
-                found |= any(n in _avro_payload(body, zlib) for n in needles)
-            if found:
+            if _holds(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read(), values, texts):
                 hits.append(obj["Key"])
     return hits
 
 
-def test_an_objector_leaves_no_row_in_the_warehouse_nor_national_tables_nor_any_outbox_or_landing_object(net, tmp_path):
+def _every_object_holding(s3, since, prefixes: list[tuple[str, str]], values: set[int], texts: set[str]):
+    """Scan every object of every bucket of the endpoint that this test wrote (modified since it began, or under
+    one of its prefixes); objects older than the test belong to other tests. Returns (objects scanned, hits)."""
+    scanned, hits = 0, []
+    for b in s3.list_buckets()["Buckets"]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b["Name"]):
+            for obj in page.get("Contents", []):
+                mine = any(b["Name"] == pb and obj["Key"].startswith(pp) for pb, pp in prefixes)
+                if not mine and obj["LastModified"] < since:
+                    continue
+                scanned += 1
+                if _holds(s3.get_object(Bucket=b["Name"], Key=obj["Key"])["Body"].read(), values, texts):
+                    hits.append(f"{b['Name']}/{obj['Key']}")
+    return scanned, hits
+
+
+def _rows_holding(dsn: str, values: set[int], texts: set[str], blobs: set[bytes]) -> dict[str, int]:
+    """Every base table of every schema of the database (but the system's): rows where an integer column equals
+    one of `values`, a text column one of `texts` (or a json column mentions one), a bytea column one of `blobs`."""
+    out = {}
+    with psycopg.connect(dsn) as conn:
+        cols = conn.execute(
+            "SELECT c.table_schema, c.table_name, c.column_name, c.data_type FROM information_schema.columns c "
+            "JOIN information_schema.tables t USING (table_schema, table_name) WHERE t.table_type = 'BASE TABLE' "
+            "AND c.table_schema NOT IN ('pg_catalog', 'information_schema') AND c.table_schema NOT LIKE 'pg_%'"
+        ).fetchall()
+        by_table: dict[tuple[str, str], list[sql.Composable]] = {}
+        for schema, table, col, typ in cols:
+            c = sql.Identifier(col)
+            if typ in ("bigint", "integer", "smallint", "numeric") and values:
+                cond = sql.SQL("{} = ANY({})").format(c, sql.Literal(sorted(values)))
+            elif typ in ("text", "character varying") and texts:
+                cond = sql.SQL("{} = ANY({})").format(c, sql.Literal(sorted(texts)))
+            elif typ in ("json", "jsonb"):
+                needles = [str(v) for v in values] + sorted(texts)
+                cond = sql.SQL("{}::text LIKE ANY({})").format(c, sql.Literal([f"%{n}%" for n in needles]))
+            elif typ == "bytea" and blobs:
+                cond = sql.SQL("{} = ANY({})").format(c, sql.Literal(sorted(blobs)))
+            else:
+                continue
+            by_table.setdefault((schema, table), []).append(cond)
+        for (schema, table), conds in by_table.items():
+            q = sql.SQL("SELECT count(*) FROM {}.{} WHERE {}").format(
+                sql.Identifier(schema), sql.Identifier(table), sql.SQL(" OR ").join(conds)
+            )
+            n = conn.execute(q).fetchone()[0]
+            if n:
+                out[f"{schema}.{table}"] = n
+    return out
+
+
+def _level1(stack, base_id: str, res, dsn: str, pids: list[int]) -> dict[int, int]:
+    """Local person id -> level-1 id, from the identities with the platform's key (as the key holder computes it)."""
+    import pyarrow as pa
+
+    from eds_network.dev.level1 import KeyedPersonMap
+
+    platform = NET.platform_of(base_id)
+    secret = stack.keys(NET)[platform.key_connection_id]
+    key = Key.from_secret(platform.key_connection_id, secret["password"], secret["extra"]["version"])
+    base = NET.base(base_id)
+    pm = KeyedPersonMap(
+        key, res.transport_key, res.national_public_key, site=base.finess or base.id, platform_id=platform.id
+    )
+    with psycopg.connect(dsn) as conn:
+        pm.add(
+            conn.execute(
+                "SELECT person_id, nir, birth_date, sex, ipp FROM identity.patient WHERE person_id = ANY(%s)", (pids,)
+            )
+        )
+    return dict(zip(pids, pm.map_ids(pa.array(pids, pa.int64())).to_pylist(), strict=True))
+
+
+def test_objectors_back_dated_or_missed_by_a_failed_person_task_leave_no_row_in_any_table_nor_any_object(
+    stack, world, fresh_db, tmp_path
+):
+    """Issue 20's acceptance: three objectors of hosp_c (one back-dated into a night already run, one recorded on
+    a night whose person task failed, one recorded the night of the next successful run); after that night not one
+    row of them in any table of the warehouse or HDH databases, nor in any object the network wrote (intake,
+    outbox, landing, Iceberg data and metadata files), scanned object by object; all of them were there before."""
+    import datetime as dt
+    import time
+
+    from eds_network.local import extract, publish
     from eds_network.national import maintenance
     from eds_network.national.level2 import national_person_ids
-    from eds_network.platform import merge
 
+    time.sleep(1.1)  # objects of earlier tests are older than `since`
+    since = dt.datetime.now(dt.UTC)
+    day1 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    day = dt.timedelta(days=1)
+    iprefix = f"t-erase-{uuid.uuid4().hex[:8]}/"
+    src = {b: world["clone"](b) for b in ("hosp_c", "hosp_b")}
+
+    def local_night(b: str, start, tables_run=None):
+        base = NET.base(b)
+        res = stack.local_resources(NET, b, source_dsn=src[b], intake_prefix=iprefix)
+        refs = [extract.extract_table(base, t, start, start + day, res).ref() for t in (tables_run or base.tables)]
+        return res, publish.publish_batch(base, start, start + day, refs, res)
+
+    res_c, _ = local_night("hosp_c", day1)
+    local_night("hosp_b", day1)
+    net = Net(stack, world, fresh_db, intake_prefix=iprefix)
     net.night()
-    # The patient with the most rows, present at every level before (non-vacuous).
-    with psycopg.connect(net.wh) as conn:
-        l1, token = conn.execute(
-            "SELECT p.person_id, p._transport_token FROM omop.person p JOIN omop.measurement m USING (person_id)"
-            " GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1"
-        ).fetchone()
-    nr = _national(net.stack)
-    l2 = national_person_ids(pa_array([token]), pa_array([l1]), nr.national_key, nr.box_private_key)[l1]
-    catalog = net.res.catalog(net.target)
-    before = {
-        t: catalog.load_table(("omop", t)).scan(row_filter=f"person_id == {l2}").to_arrow().num_rows
-        for t in tables.table_names(catalog)
-        if "person_id" in catalog.load_table(("omop", t)).schema().column_names
-    }
-    assert before["person"] == 1 and before["measurement"] > 0
-    s3 = _ep(net.stack).client()
-    lz, ob = net.target.landing_zone, net.platform.outbox
-    assert _holding(s3, lz.bucket, lz.prefix, {l2}) and _holding(s3, ob.bucket, ob.prefix, {l1})
 
-    # The objection reaches the warehouse (a person tombstone: every row, whatever site, and the person row).
+    # Three patients of hosp_c with measurements, not objecting yet.
+    with psycopg.connect(src["hosp_c"]) as conn:
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT person_id FROM omop.measurement WHERE person_id NOT IN "
+                "(SELECT person_id FROM identity.opposition) GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 3"
+            )
+        ]
+    l1s = _level1(stack, "hosp_c", res_c, src["hosp_c"], pids)
+    l1 = set(l1s.values())
     with psycopg.connect(net.wh) as conn:
-        erased = merge.erase_persons(conn, [l1], warehouse.platform_tables(net.platform))
-    assert erased >= before["measurement"] + 1
+        found = conn.execute(
+            "SELECT p.person_id, p._transport_token FROM omop.person p WHERE p.person_id = ANY(%s)", (sorted(l1),)
+        ).fetchall()
+        blobs1 = {
+            bytes(r[0])
+            for r in conn.execute(
+                "SELECT digest FROM eds_platform.person_digest WHERE person_id = ANY(%s)", (sorted(l1),)
+            )
+        }
+    assert len(found) == 3, "the three patients are in the warehouse before they object"
+    tokens = {t for _, t in found}
+    nr = _national(stack)
+    l2 = set(
+        national_person_ids(
+            pa_array([t for _, t in found]), pa_array([p for p, _ in found]), nr.national_key, nr.box_private_key
+        ).values()
+    )
+    values = l1 | l2
+    lz, ob = net.target.landing_zone, net.platform.outbox
+    prefixes = [(PLATFORM.intake.bucket, iprefix), (ob.bucket, ob.prefix), (lz.bucket, lz.prefix)]
+    s3 = _ep(stack).client()
+    # non-vacuous: their rows are in both databases and in objects of every kind before
+    assert _rows_holding(net.wh, values, tokens, blobs1).get("omop.measurement", 0) > 0
+    assert _rows_holding(net.res.dsn, values, tokens, set()), "the HDH database holds them before"
+    catalog = net.res.catalog(net.target)
+    assert (
+        catalog.load_table(("omop", "measurement"))
+        .scan(row_filter=f"person_id in ({','.join(map(str, l2))})")
+        .to_arrow()
+        .num_rows
+    )
+    _, before = _every_object_holding(s3, since, prefixes, values, tokens)
+    assert any(h.startswith(f"{PLATFORM.intake.bucket}/{iprefix}") for h in before)
+    assert any(h.startswith(f"{ob.bucket}/{ob.prefix}") for h in before)
+    assert any(h.startswith(f"{lz.bucket}/{lz.prefix}iceberg/") and "/data/" in h for h in before)
+
+    backdated, failed_night, today = pids
+    with psycopg.connect(src["hosp_c"], autocommit=True) as conn:
+        for pid, at in (
+            (backdated, day1 + dt.timedelta(hours=3)),  # typed in after night 1 with its date of receipt
+            (failed_night, day1 + day + dt.timedelta(hours=9)),  # night 2's person task fails
+        ):
+            conn.execute(
+                "INSERT INTO identity.opposition (person_id, recorded_at, channel) VALUES (%s, %s, 'courrier')",
+                (pid, at),
+            )
+    # Night 2: hosp_c's person task fails (every other table runs): no person tombstone goes out.
+    local_night("hosp_c", day1 + day, [t for t in NET.base("hosp_c").tables if t != "person"])
+    assert not net.consolidate().rejected
+    net.night()
+    with psycopg.connect(src["hosp_c"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO identity.opposition (person_id, recorded_at, channel) VALUES (%s, %s, 'courrier')",
+            (today, day1 + 2 * day + dt.timedelta(hours=9)),
+        )
+    # Night 3, successful: the whole registry goes out; the platform erases; the HDH applies and purges.
+    local_night("hosp_c", day1 + 2 * day)
+    c = net.consolidate()
+    assert not c.rejected
+    assert consolidate.erasure_counts(c.rows)["rows_erased"] > 0
     pkg, d, applied = net.night()
-    assert pkg.kind == "incremental" and applied.persons_removed == 1
-    assert applied.rows_removed == sum(before.values())
-    # The night's upkeep and the platform's pruning of what the HDH acknowledged.
+    assert pkg.kind == "incremental" and applied.persons_removed == 3
     maintenance.purge(net.target, net.res, tables.table_names(catalog))
+    maintenance.sweep(net.target, net.res)
     maintenance.purge_superseded_deliveries(net.target, net.res)
-    pruned = packaging.prune_delivered(net.platform, net.pres, intake_prefix=f"none-{uuid.uuid4().hex[:6]}/")
-    assert pruned["packages"] >= 1
-    with psycopg.connect(net.wh) as conn:  # the next package prunes the acknowledged deletions
-        packaging.package(net.platform, net.pres, {})
-        assert conn.execute("SELECT count(*) FROM eds_platform.change_log").fetchone()[0] == 0
-        for t in warehouse.platform_tables(net.platform):
-            if "person_id" in omop.table(t).column_names:
-                q = sql.SQL("SELECT count(*) FROM omop.{} WHERE person_id = %s").format(sql.Identifier(t))
-                assert conn.execute(q, (l1,)).fetchone()[0] == 0, t
-    for t in before:
-        assert catalog.load_table(("omop", t)).scan(row_filter=f"person_id == {l2}").to_arrow().num_rows == 0, t
-    assert _holding(s3, lz.bucket, lz.prefix, {l2}) == []
-    assert _holding(s3, ob.bucket, ob.prefix, {l1}) == []
+    assert maintenance.forget_digests(net.target, net.res) == 3
+    # The platform's first task after the HDH's acknowledgement (the next package): the change log's acknowledged
+    # deletions, then the outbox packages and intake batches the HDH applied and acknowledged, go.
+    packaging.package(net.platform, net.pres, {})
+    pruned = packaging.prune_delivered(net.platform, net.pres, intake_prefix=iprefix)
+    assert pruned["packages"] >= 1 and pruned["batches"] >= 2
+
+    assert _rows_holding(net.wh, values, tokens, blobs1) == {}
+    assert _rows_holding(net.res.dsn, values, tokens, set()) == {}
+    scanned, after = _every_object_holding(s3, since, prefixes, values, tokens)
+    assert scanned > 10 and after == [], after
+    for t in tables.table_names(catalog):
+        tbl = catalog.load_table(("omop", t))
+        if "person_id" in tbl.schema().column_names:
+            flt = f"person_id in ({','.join(map(str, l2))})"
+            assert tbl.scan(row_filter=flt).to_arrow().num_rows == 0, t
     assert net.national_counts(tmp_path) == net.warehouse_counts()
 
 

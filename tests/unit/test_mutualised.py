@@ -65,3 +65,19 @@ def test_only_the_main_concept_of_a_table_is_standardised():
     assert standardise.concept_columns("death") == ("cause_concept_id", "cause_source_concept_id")
     assert standardise.concept_columns("person") is None
     assert standardise.concept_columns("observation_period") is None
+
+
+def test_the_nights_erasure_counts_objections_rows_and_files_never_ids():
+    rows = {
+        "hosp_a__20250302": {"person": 10, "person.tombstones": 3, "person.erased": 41, "measurement.tombstones": 2},
+        "hosp_b__20250302": {"person.tombstones": 1, "person.erased": 0, "tombstones.purged": 2},
+    }
+    got = consolidate.erasure_counts(rows, {"packages": 2, "batches": 4, "objects": 37})
+    assert got == {
+        "objections_received": 4,
+        "rows_erased": 41,
+        "files_purged": 39,
+        "packages_purged": 2,
+        "batches_purged": 4,
+    }
+    assert consolidate.erasure_counts({}, None)["files_purged"] == 0

@@ -18,7 +18,8 @@ evaluates the caller's IAM policies): one IAM user per zone with the policy `s3_
                      its own prefix `<base>/` of its key holder's exchange area (blinded elements, evaluations)
     keys:<p>         read/write/delete its exchange area (every member's prefix)
     platform:<p>     read its intake (and delete batches the HDH acknowledged); read/write/delete its outbox
-    national         read every outbox, write its `_ack.json`; everything in the landing zone bucket
+    national         read every outbox, write its `_ack.json` and delete the deletes files it applied;
+                     everything in the landing zone bucket
 The stack's administrator user (every action) creates buckets and users; it is the operator's credential, not a
 zone's. Gap of moto 5.2: it does not evaluate `Condition` blocks against request values (a conditional Allow is
 treated as a Deny), so ListBucket cannot be confined to a prefix there: in the embedded stack a hospital can
@@ -104,6 +105,14 @@ def s3_policy(network: Network, zone: str, *, prefix_conditions: bool = True) ->
                     "Effect": "Allow",
                     "Action": ["s3:PutObject"],
                     "Resource": [_arn(p.outbox.bucket, f"{p.outbox.prefix}_ack.json")],
+                }
+            )
+            # and the deletes files of the deliveries it applied (national/ack.py purge_applied_deletes)
+            stmts.append(
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:DeleteObject"],
+                    "Resource": [_arn(p.outbox.bucket, f"{p.outbox.prefix}*.deletes.*")],
                 }
             )
         landing = network.national.landing_zone.bucket

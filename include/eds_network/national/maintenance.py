@@ -10,6 +10,7 @@
   (projects pinned on it get a withdrawal notice from the research-projects side).
 - `sweep`: every night, on every table, the orphan part only (objects not reachable from any retained snapshot):
   a crash between data files and commit leaves no orphan after the next night.
+- `forget_digests`: the person-digest registry forgets the level-2 pseudonyms no national row holds any more.
 - `purge_superseded_deliveries`: a platform's landing files of deliveries older than the one applied last are
   deleted once applied (manifest and receipt are kept: counts and hashes, no row).
 
@@ -118,6 +119,35 @@ def erase_persons(target: NationalTarget, res: NationalTables, person_ids: Itera
             out[name] = n
     log.info("national tables: %d persons erased, rows per table %s", len(ids), out)
     return out
+
+
+def forget_digests(target: NationalTarget, res: NationalTables) -> int:
+    """Delete from the person-digest registry (`eds_national.person_digest`, in the HDH database) every level-2
+    pseudonym no national `person` row holds any more (an objector erased from every platform's rows): the
+    registry keeps no trace of them. Streams the person ids (bounded memory). Returns the registry rows deleted."""
+    from eds_network.core import digests
+
+    catalog = res.catalog(target)
+    if (NAMESPACE, "person") not in [tuple(i) for i in catalog.list_tables(NAMESPACE)]:
+        return 0
+    reader = catalog.load_table((NAMESPACE, "person")).scan(selected_fields=("person_id",)).to_arrow_batch_reader()
+    with psycopg.connect(res.dsn) as conn:
+        reg = conn.execute("SELECT to_regclass(%s)", (f"eds_national.{digests.TABLE}",)).fetchone()[0]
+        if reg is None:
+            return 0
+        conn.execute("CREATE TEMP TABLE kept_persons (person_id bigint) ON COMMIT DROP")
+        with conn.cursor().copy("COPY kept_persons (person_id) FROM STDIN") as copy:
+            for batch in reader:
+                for pid in batch.column("person_id").to_pylist():
+                    if pid is not None:
+                        copy.write_row((pid,))
+        n = conn.execute(
+            f"DELETE FROM eds_national.{digests.TABLE} d WHERE NOT EXISTS "
+            "(SELECT 1 FROM kept_persons k WHERE k.person_id = d.person_id)"
+        ).rowcount
+    if n:
+        log.info("person-digest registry: %d erased persons forgotten", n)
+    return n
 
 
 def purge_superseded_deliveries(target: NationalTarget, res: NationalTables) -> int:

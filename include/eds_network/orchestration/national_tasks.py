@@ -173,7 +173,10 @@ def apply_tables(delivery: dict) -> dict:
     from eds_network.national import ack
 
     p = network.platform(platform)
-    ack.acknowledge(p, national_resources(network, p).outbox, res.dsn, out, signing_key=signing_key(zones.NATIONAL))
+    outbox = national_resources(network, p).outbox
+    ack.acknowledge(p, outbox, res.dsn, out, signing_key=signing_key(zones.NATIONAL))
+    if out.get("status") == "applied":  # an objector's keys in no outbox file after the night
+        out["outbox_deletes_purged"] = ack.purge_applied_deletes(p, outbox, delivery["delivery_id"])
     done = {t: v for t, v in out["tables"].items() if v.get("status") == "applied"}
     rows = lineage.passed_through({t: v.get("rows", 0) for t, v in done.items()})
     lineage.report(
@@ -212,7 +215,15 @@ def upkeep(applied: list[dict]) -> dict:
         "files_purged": sum(v["files_deleted"] for v in purged.values()),
         "orphans_deleted": sum(maintenance.sweep(target, res).values()),
         "landing_files_deleted": maintenance.purge_superseded_deliveries(target, res),
+        "outbox_deletes_purged": sum(a.get("outbox_deletes_purged", 0) for a in done),
+        "digests_forgotten": maintenance.forget_digests(target, res) if purge_all else 0,
     }
+    # counts of the night's erasure at this level, under the names the platform level uses (erasure.platform)
+    out["objections_received"] = removed
+    out["rows_erased"] = rows_removed
+    out["files_purged_total"] = (
+        out["files_purged"] + out["orphans_deleted"] + out["landing_files_deleted"] + out["outbox_deletes_purged"]
+    )
     with engine(catalogue_dsn(network)).begin() as conn:
         catalogue.audit(conn, "airflow", "national.tables.upkeep", f"national:{target.id}", out)
     return out

@@ -45,12 +45,19 @@ def consolidate(platform_id: str, night_end: dt.datetime) -> dict:
     p = load_network().platform(platform_id)
     res = platform_resources(p)
     out = consolidation_step.consolidate(
-        p, p.intake.bucket, p.intake.prefix, res, vocabulary=platform_vocabulary(p), night_end=night_end
+        p,
+        p.intake.bucket,
+        p.intake.prefix,
+        res,
+        vocabulary=platform_vocabulary(p),
+        night_end=night_end,
+        purge_tombstones=True,  # applied objections leave no file naming the objector in the intake
     ).ref()
     loaded: dict[str, int] = {}
     for per_table in out["rows"].values():  # {batch: {table: rows}}
         for t, n in per_table.items():
-            loaded[t] = loaded.get(t, 0) + int(n)
+            if "." not in t:  # `person.tombstones`, `person.erased`: counts of erasure, not tables
+                loaded[t] = loaded.get(t, 0) + int(n)
     rows = lineage.passed_through(loaded)
     lineage.report(
         inputs=[_batch(p, bid) for bid in [*out["applied"], *out["rejected"]]],
@@ -101,6 +108,7 @@ def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str)
     platform = load_network().platform(platform_id)
     dsn = catalogue_dsn(load_network())
     late = any(a["status"] != "arrived" for a in consolidation["arrivals"].values())
+    erasure = consolidation_step.erasure_counts(consolidation["rows"], pkg.get("pruned"))
     catalogue.record_run(
         dsn,
         level="mutualised",
@@ -117,7 +125,12 @@ def record_run(platform_id: str, consolidation: dict, pkg: dict, *, run_id: str)
             "checks": consolidation["checks"],
             "key_versions": consolidation["key_versions"],
             "arrivals": {b: a["status"] for b, a in consolidation["arrivals"].items()},
+            "erasure": erasure,
         },
+    )
+    # Objections of the night at this level, counts only (the national level audits its own: national.tables.upkeep)
+    catalogue.record_key_event(
+        dsn, "erasure.platform", f"platform:{platform_id}", {"delivery_id": pkg["delivery_id"], **erasure}
     )
     for bid, reason in consolidation["rejected"].items():  # refused manifests and batches: audited, named
         catalogue.record_key_event(

@@ -73,6 +73,18 @@ class Consolidation:
         return asdict(self)
 
 
+def _purge_tombstones(s3, bucket: str, manifest: dict) -> int:
+    """Once a batch is applied (its ledger row committed), its tombstone files go: they name objectors' and deleted
+    rows' pseudonyms and have no use left (a rerun of the batch is skipped by the ledger before any file is read;
+    the hospitals send their whole opposition registry again every night). Returns the objects deleted."""
+    n = 0
+    for entry in manifest["tables"].values():
+        if entry.get("tombstones_key"):
+            s3.delete_object(Bucket=bucket, Key=entry["tombstones_key"])
+            n += 1
+    return n
+
+
 def _verify_files(s3, bucket: str, manifest: dict, workdir: Path, tables: list[str]) -> tuple[dict, dict]:
     files: dict[str, Path] = {}
     tombs: dict[str, Path] = {}
@@ -119,11 +131,14 @@ def consolidate(
     *,
     vocabulary: Path | None = None,
     night_end: dt.datetime | None = None,
+    purge_tombstones: bool = False,
 ) -> Consolidation:
     """Apply every new manifested batch of every member, in data-interval order.
 
     `vocabulary`: the OMOP vocabulary archive to standardise with (loaded once into the warehouse);
-    `night_end`: end of the night this run consolidates, to tell which members are late.
+    `night_end`: end of the night this run consolidates, to tell which members are late;
+    `purge_tombstones`: delete each applied batch's tombstone files (the platform's DAG does: its intake feeds
+    this warehouse only; step-level tests that consolidate one shared intake into many warehouses do not).
     """
     t0 = time.monotonic()
     tables = platform_tables(platform)
@@ -225,6 +240,8 @@ def consolidate(
                     applied.append(bid)
                     if previous:
                         replaced.append(bid)
+                    if purge_tombstones:
+                        r["tombstones.purged"] = _purge_tombstones(s3, intake_bucket, manifest)
                     rows[bid] = r
                 except (IntegrityError, psycopg.DataError, psycopg.IntegrityError) as exc:
                     # Our own verification, or the warehouse refusing a row: the batch stays in intake.
@@ -316,3 +333,27 @@ def arrivals(platform: Platform, manifests: list[dict], rejected: dict[str, str]
         reason = next((rejected[m["batch_id"]] for m in mine if m["batch_id"] in rejected), None)
         out[b.id] = {"status": status, "night_end": end.isoformat(), "reason": reason}
     return out
+
+
+def erasure_counts(rows: dict[str, dict[str, int]], pruned: dict[str, int] | None = None) -> dict[str, int]:
+    """The night's objections at the platform, counts only: person tombstones received (the hospitals send their
+    whole registry every night, so an objection counts each night it is sent), warehouse rows erased, and files
+    purged (outbox packages and intake batches the HDH acknowledged). `rows` is `Consolidation.rows`
+    ({batch: {table or table.kind: rows}})."""
+    received = erased = purged = 0
+    for per_table in rows.values():
+        for k, n in per_table.items():
+            if k == "person.tombstones":
+                received += int(n)
+            elif k.endswith(".erased"):
+                erased += int(n)
+            elif k == "tombstones.purged":
+                purged += int(n)
+    pruned = pruned or {}
+    return {
+        "objections_received": received,
+        "rows_erased": erased,
+        "files_purged": int(pruned.get("objects", 0)) + purged,
+        "packages_purged": int(pruned.get("packages", 0)),
+        "batches_purged": int(pruned.get("batches", 0)),
+    }
