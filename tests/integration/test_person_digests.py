@@ -20,7 +20,7 @@ from eds_network.core import digests
 from eds_network.core.errors import IntegrityError
 from eds_network.national import level2, transfer
 from eds_network.platform import merge
-from eds_network.platform.warehouse import ensure_warehouse
+from eds_network.platform.migrations import MIGRATIONS
 
 tag, target = tt.tag, tt.target  # fixtures
 
@@ -56,8 +56,8 @@ def _never_quotes(message: str, values) -> None:
 
 
 def test_the_registry_refuses_two_digests_for_one_id_and_two_ids_for_one_digest(fresh_db):
+    MIGRATIONS.upgrade(fresh_db)  # the warehouse's schemas, its person-digest registry among them
     with psycopg.connect(fresh_db) as conn:
-        ensure_warehouse(conn, ["person"])
         first = distinct_tiny(3)
         pairs = [(tiny(d), d) for d in first]
         assert digests.register_pairs(conn, "eds_platform", pairs, zone="platform", base="hosp_a") == 3
@@ -117,8 +117,8 @@ def _stage(conn, rows: list[tuple[int, str | None]]) -> sql.Identifier:
 def test_the_platform_merge_checks_the_hex_digest_of_each_staged_person(fresh_db):
     """The warehouse side: the local person file's `_person_digest` (hex), decoded and checked as staged."""
     first = distinct_tiny(2)
+    MIGRATIONS.upgrade(fresh_db)  # the warehouse's schemas, its person-digest registry among them
     with psycopg.connect(fresh_db) as conn:
-        ensure_warehouse(conn, ["person"])
         merge._register_digests(conn, _stage(conn, [(tiny(d), d.hex()) for d in first]), "hosp_a")
         conn.commit()
         other = colliding(tiny(first[0]), set(first))

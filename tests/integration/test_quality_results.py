@@ -19,7 +19,7 @@ from eds_network.core.errors import QualityError
 from eds_network.dev import seed
 from eds_network.local import extract
 from eds_network.local.pseudonymise import ID_NAMESPACE
-from eds_network.platform import warehouse
+from eds_network.platform.migrations import MIGRATIONS as warehouse_migrations
 
 pytestmark = [pytest.mark.integration]
 
@@ -244,10 +244,9 @@ def test_clean_synthea27nj_passes_every_fatal_check(stack, new_db, cat, monkeypa
 
 def _warehouse(dsn: str) -> None:
     """Two sites; person 1 at both; a measurement seen at both sites, an orphan, a visit of the other site."""
-    tables = ["person", "visit_occurrence", "measurement"]
     s1, s2 = 1 * ID_NAMESPACE, 2 * ID_NAMESPACE
+    warehouse_migrations.ensure(dsn)
     with psycopg.connect(dsn) as conn:
-        warehouse.ensure_warehouse(conn, tables)
         for pid in (1, 2):
             conn.execute(
                 "INSERT INTO omop.person (person_id, gender_concept_id, year_of_birth, race_concept_id, "

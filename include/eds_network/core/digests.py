@@ -4,7 +4,7 @@ A person id is the first 63 bits of a longer keyed digest (level 1: the OPRF out
 transport token). Two different patients whose digests share those 63 bits would silently become one patient
 (≈ n²/2⁶⁴ for n patients: rare, never impossible). So each zone that merges persons across batches and sites
 (the platform warehouse, the national level) keeps a registry `<schema>.person_digest (person_id PRIMARY KEY,
-digest UNIQUE)` and every new batch is checked against it before anything is merged:
+digest UNIQUE)` (created by that zone's migrations) and every new batch is checked against it before anything is merged:
 
 - two digests for one id (two linkage identities, one 63-bit id): refused;
 - one digest for two ids (a producer truncating differently, a corrupted file): refused.
@@ -27,16 +27,6 @@ TABLE = "person_digest"
 # The column of a local person file that carries the digest (hex) beside the 63-bit id.
 DIGEST_COLUMN = "_person_digest"
 LEVEL1_DIGEST_BYTES = 32  # the first half of the 64-byte level-1 OPRF output (the half the 63-bit id comes from)
-
-
-def ensure_registry(conn: psycopg.Connection, schema: str) -> None:
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.{} (person_id bigint PRIMARY KEY, digest bytea NOT NULL, "
-            "first_seen timestamptz NOT NULL DEFAULT now(), CONSTRAINT {} UNIQUE (digest))"
-        ).format(sql.Identifier(schema), sql.Identifier(TABLE), sql.Identifier(f"{TABLE}_digest_unique"))
-    )
 
 
 def register_from(

@@ -34,6 +34,7 @@ from eds_network.core.errors import AccountingError, EdsError, QualityError, Sou
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import sha256_file
 from eds_network.local import keystate
+from eds_network.local.migrations import MIGRATIONS
 from eds_network.local.pseudonymise import (
     DEFAULT_TEXT_ALLOW_LIST,
     Detector,
@@ -387,6 +388,7 @@ def _connect(res: LocalResources, base: LocalBase, table: str) -> tuple[psycopg.
     try:
         stream_conn = psycopg.connect(res.source_dsn, connect_timeout=10, application_name=f"eds-extract-{table}")
         aux = psycopg.connect(res.source_dsn, connect_timeout=10, autocommit=True)
+        MIGRATIONS.ensure(res.source_dsn)  # the hospital's state (quarantine, snapshots, published state)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(

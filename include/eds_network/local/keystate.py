@@ -11,24 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import psycopg
-import psycopg.errors
 
-from eds_network.local.quarantine import ensure_state_schema
-
-
-def ensure_local_state(conn: psycopg.Connection) -> None:
-    """The hospital's record of what each table was last published under (autocommit connection)."""
-    if conn.execute("SELECT to_regclass('eds_local.published_state')").fetchone()[0]:
-        return
-    try:
-        ensure_state_schema(conn)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS eds_local.published_state (table_name text PRIMARY KEY,"
-            " fingerprint text NOT NULL, level1_version text NOT NULL, batch_id text NOT NULL,"
-            " full_batch_id text, published_at timestamptz NOT NULL DEFAULT now())"
-        )
-    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
-        pass  # created at the same moment by a sibling table task of the first night
+from eds_network.local.migrations import MIGRATIONS
 
 
 def needs_full_extraction(conn: psycopg.Connection, table: str, fingerprint: str, batch_id: str) -> bool:
@@ -37,7 +21,6 @@ def needs_full_extraction(conn: psycopg.Connection, table: str, fingerprint: str
 
     A table never published before is extracted incrementally (its first interval is its history).
     """
-    ensure_local_state(conn)
     row = conn.execute(
         "SELECT fingerprint, full_batch_id FROM eds_local.published_state WHERE table_name = %s", (table,)
     ).fetchone()
@@ -49,8 +32,8 @@ def record_published(dsn: str, batch_id: str, level1_version: str, tables: Mappi
 
     `tables`: table -> its manifest entry (`fingerprint`, `full`).
     """
+    MIGRATIONS.ensure(dsn)
     with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
-        ensure_local_state(conn)
         with conn.transaction():
             for table, entry in tables.items():
                 if not entry.get("fingerprint"):

@@ -37,7 +37,7 @@ from eds_network.core.exchange import (
 )
 from eds_network.core.identity import linkage_identity
 from eds_network.core.storage import S3Endpoint, object_exists, put_json, read_json
-from eds_network.local.quarantine import ensure_state_schema
+from eds_network.local.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -45,35 +45,14 @@ log = logging.getLogger(__name__)
 SOURCE_DIGEST_SQL = "sha256(convert_to(concat_ws('|', coalesce(p.nir, ''), p.birth_date::text, p.sex, p.ipp), 'UTF8'))"
 
 
-def ensure_state(conn: psycopg.Connection) -> None:
-    """The hospital's pending blinds and its pseudonym map (autocommit connection, idempotent)."""
-    if conn.execute("SELECT to_regclass('eds_local.level1_pseudonym')").fetchone()[0]:
-        return
-    try:
-        ensure_state_schema(conn)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS eds_local.level1_pending (batch_id text NOT NULL, part int NOT NULL,"
-            " position int NOT NULL, person_id bigint NOT NULL, blind bytea NOT NULL, source_digest bytea NOT NULL,"
-            " PRIMARY KEY (batch_id, part, position));"
-            "CREATE TABLE IF NOT EXISTS eds_local.level1_pseudonym (key_version text NOT NULL,"
-            " person_id bigint NOT NULL, level1 bytea NOT NULL CHECK (length(level1) = 64),"
-            " source_digest bytea NOT NULL, evaluated_at timestamptz NOT NULL DEFAULT now(),"
-            " PRIMARY KEY (key_version, person_id));"
-            "CREATE TABLE IF NOT EXISTS eds_local.level1_state (id int PRIMARY KEY CHECK (id = 1),"
-            " key_version text NOT NULL, batch_id text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
-        )
-    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
-        pass
-
-
 def current_version(conn: psycopg.Connection) -> str | None:
     """The key version the hospital's map was last completed under (None before the first round trip)."""
-    ensure_state(conn)
     row = conn.execute("SELECT key_version FROM eds_local.level1_state WHERE id = 1").fetchone()
     return row[0] if row else None
 
 
 def current_version_of(source_dsn: str) -> str | None:
+    MIGRATIONS.ensure(source_dsn)
     with psycopg.connect(source_dsn, connect_timeout=10, autocommit=True) as conn:
         return current_version(conn)
 
@@ -95,7 +74,6 @@ def _due(conn: psycopg.Connection, version: str, person_ids: Iterable[int] | Non
 def blind_rows(conn: psycopg.Connection, batch: str, version: str, site: str, person_ids=None) -> list[bytes]:
     """Blind every due identity; the blinds go to `eds_local.level1_pending` (replacing this batch's earlier
     ones). Returns the blinded elements, in pending order."""
-    ensure_state(conn)
     rows = _due(conn, version, person_ids)
     elements: list[bytes] = []
     with conn.transaction():
@@ -145,7 +123,6 @@ def finalize_rows(conn: psycopg.Connection, batch: str, version: str, site: str,
 
 def lookup(conn: psycopg.Connection, version: str, person_ids: list[int]) -> dict[int, bytes]:
     """The level-1 pseudonyms (64-byte PRF outputs) of these patients under `version`, where evaluated."""
-    ensure_state(conn)
     rows = conn.execute(
         "SELECT person_id, level1 FROM eds_local.level1_pseudonym WHERE key_version = %s AND person_id = ANY(%s)",
         (version, person_ids),
@@ -170,6 +147,7 @@ def blind_new_identities(
     if not announce:
         raise EdsError("the key holder has not announced its key version for this batch", base=base)
     version = announce["key_version"]
+    MIGRATIONS.ensure(source_dsn)
     with psycopg.connect(source_dsn, connect_timeout=10, autocommit=True) as conn:
         elements = blind_rows(conn, batch, version, site)
     parts = []
@@ -213,6 +191,7 @@ def finalize_evaluations(
         if _sha(body) != part["sha256"] or len(body) != part["count"] * oprf.ELEMENT_BYTES:
             raise IntegrityError(f"response part {part['key']} does not match its SHA-256", base=base)
         evaluated += [body[i : i + oprf.ELEMENT_BYTES] for i in range(0, len(body), oprf.ELEMENT_BYTES)]
+    MIGRATIONS.ensure(source_dsn)
     with psycopg.connect(source_dsn, connect_timeout=10, autocommit=True) as conn:
         n = finalize_rows(conn, batch, response["key_version"], site, evaluated)
     log.info("%s: %d level-1 pseudonyms finalized under key %s", base, n, response["key_version"])

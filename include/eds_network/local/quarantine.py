@@ -12,28 +12,8 @@ import pyarrow as pa
 from eds_network.core.errors import EdsError
 
 
-def ensure_state_schema(conn: psycopg.Connection) -> None:
-    """The schema `eds_local` of the hospital's own state. Created only when missing: the hospital zone's role owns
-    it (made by the grants, dev/access.py) but may not create schemas in the source database, and PostgreSQL checks
-    that right even for `CREATE SCHEMA IF NOT EXISTS` of a schema that exists."""
-    if conn.execute("SELECT to_regnamespace('eds_local')").fetchone()[0] is None:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS eds_local")
-
-
-def ensure_local_schema(conn: psycopg.Connection) -> None:
-    ensure_state_schema(conn)
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS eds_local.quarantine (batch_id text NOT NULL, table_name text NOT NULL,"
-        " reason text NOT NULL, row_data jsonb, recorded_at timestamptz NOT NULL DEFAULT now());"
-        "CREATE TABLE IF NOT EXISTS eds_local.snapshot_state (table_name text NOT NULL, row_key bigint NOT NULL,"
-        " row_hash text NOT NULL, since timestamptz NOT NULL, until timestamptz);"
-        "CREATE INDEX IF NOT EXISTS snapshot_state_key ON eds_local.snapshot_state (table_name, row_key)"
-    )
-
-
 def reset_quarantine(conn: psycopg.Connection, bid: str, table: str) -> None:
     """The hospital's own quarantine table, emptied of this batch's earlier rows for `table` (rerun)."""
-    ensure_local_schema(conn)
     conn.execute("DELETE FROM eds_local.quarantine WHERE batch_id = %s AND table_name = %s", (bid, table))
 
 

@@ -15,7 +15,6 @@ from eds_network.core import omop
 from eds_network.core.config import LocalBase
 from eds_network.core.copystream import stream_query
 from eds_network.core.errors import EdsError, SourceError, db_error_is_transient
-from eds_network.local import level1
 from eds_network.local.pseudonymise import (
     PersonMap,
 )
@@ -123,7 +122,6 @@ def fetch_identities(conn: psycopg.Connection, persons: PersonMap, ids: list[int
     if missing:
         if res.level1_evaluate is not None:
             res.level1_evaluate(conn, missing)
-        level1.ensure_state(conn)
         cur = conn.execute(
             "SELECT p.person_id, p.nir, p.birth_date, p.sex, p.ipp, m.level1 FROM identity.patient p"
             " LEFT JOIN eds_local.level1_pseudonym m ON m.person_id = p.person_id AND m.key_version = %s"

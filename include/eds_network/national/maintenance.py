@@ -31,6 +31,7 @@ from eds_network.core.config import NationalTarget
 from eds_network.core.exchange import MANIFEST
 from eds_network.core.storage import list_keys, read_json
 from eds_network.national import tables
+from eds_network.national.migrations import MIGRATIONS
 from eds_network.national.tables import NAMESPACE, NationalTables, table_names
 from eds_network.national.transfer import landing_prefix
 
@@ -154,6 +155,7 @@ def purge_superseded_deliveries(target: NationalTarget, res: NationalTables) -> 
     """Delete the landing data files of every delivery older than the last one applied for its platform (they
     were applied, then superseded), and the deletes files of the last one. Manifest and receipt stay. Returns the
     number of objects deleted."""
+    MIGRATIONS.ensure(res.dsn)
     with psycopg.connect(res.dsn) as conn:
         rows = conn.execute(
             "SELECT DISTINCT ON (platform) platform, delivery_id FROM eds_national.applied"

@@ -54,6 +54,7 @@ from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST
 from eds_network.core.storage import S3Endpoint, download
 from eds_network.national import reconcile
+from eds_network.national.migrations import MIGRATIONS
 from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix
 
 log = logging.getLogger(__name__)
@@ -69,26 +70,6 @@ PROP_MANIFEST = "eds.manifest_sha256"
 PROP_KEYS = "eds.key_versions"
 PROP_DELIVERED_AT = "eds.delivered_at"
 PROP_KIND = "eds.kind"
-
-LEDGER_DDL = """
-CREATE SCHEMA IF NOT EXISTS eds_national;
-CREATE TABLE IF NOT EXISTS eds_national.applied (
-    delivery_id text NOT NULL,
-    table_name text NOT NULL,
-    platform text NOT NULL,
-    kind text NOT NULL DEFAULT 'full',
-    manifest_sha256 text NOT NULL,
-    delivered_at timestamptz NOT NULL,
-    snapshot_id bigint,
-    rows_written bigint NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (delivery_id, table_name)
-);
-ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS since_seq bigint;
-ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS upto_seq bigint;
-ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS key_versions text;
-ALTER TABLE eds_national.applied ADD COLUMN IF NOT EXISTS rows_deleted bigint NOT NULL DEFAULT 0;
-"""
 
 
 def _iceberg_type(col: omop.Column):
@@ -169,12 +150,6 @@ class CaBundleFileIO(PyArrowFileIO):
             return fs
         rebuild, (options,) = fs.__reduce__()  # pyarrow's own constructor arguments of this filesystem
         return rebuild({**options, "tls_ca_file_path": ca})
-
-
-def ensure_ledger(dsn: str) -> None:
-    with psycopg.connect(dsn) as conn:  # one transaction; the lock serialises concurrent first applies
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('eds_national.applied'))")
-        conn.execute(LEDGER_DDL)
 
 
 def ensure_table(catalog: SqlCatalog, table: str) -> IcebergTable:
@@ -434,7 +409,7 @@ def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str
     delivered_at = dt.datetime.fromisoformat(manifest["delivered_at"])
     props = _manifest_props(body, manifest, delivery_id)
     kind = props[PROP_KIND]
-    ensure_ledger(res.dsn)
+    MIGRATIONS.ensure(res.dsn)  # the ledger (eds_national.applied)
     done, newest = _ledger(res.dsn, delivery_id, platform)
     out = Applied(delivery_id, platform, "applied", kind=kind)
     refused = _refusal(manifest, newest, props, done)

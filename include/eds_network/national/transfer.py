@@ -50,6 +50,7 @@ from eds_network.core.storage import (
     sha256_object,
 )
 from eds_network.national.level2 import national_person_digests, national_person_ids, remap
+from eds_network.national.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +436,9 @@ def register_national_digests(dsn: str, pairs: Iterable[tuple[int, bytes]], plat
     collision with any earlier delivery of any platform refuses the delivery (IntegrityError), never merges."""
     import psycopg
 
+    MIGRATIONS.ensure(dsn)  # the registry (eds_national.person_digest, revision 0003)
     with psycopg.connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('eds_national.person_digest'))")
-        digests.ensure_registry(conn, REGISTRY_SCHEMA)
         return digests.register_pairs(conn, REGISTRY_SCHEMA, pairs, zone=f"national (platform {platform})")
 
 

@@ -1,4 +1,5 @@
-"""Change tracking in the platform warehouse, for incremental deliveries to the national level.
+"""Change tracking in the platform warehouse, for incremental deliveries to the national level (the sequence,
+columns, triggers and tables are created by the warehouse migration `0002_change_tracking`).
 
 - Every warehouse row carries `_seq`: a value of the warehouse-wide sequence `eds_platform.change_seq`, drawn
   when the row is inserted and again whenever an update really changes it (a `BEFORE UPDATE` trigger compares
@@ -17,74 +18,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from eds_network.core.exchange import TOKEN_COLUMN
-
 SEQ_COLUMN = "_seq"
-
-_DDL = f"""
-CREATE SEQUENCE IF NOT EXISTS eds_platform.change_seq;
-CREATE TABLE IF NOT EXISTS eds_platform.change_log (
-    seq bigint NOT NULL DEFAULT nextval('eds_platform.change_seq') PRIMARY KEY,
-    table_name text NOT NULL,
-    row_id bigint,
-    token text
-);
-CREATE TABLE IF NOT EXISTS eds_platform.packaged (
-    delivery_id text PRIMARY KEY,
-    kind text NOT NULL,
-    since_seq bigint,
-    upto_seq bigint NOT NULL,
-    packaged_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE OR REPLACE FUNCTION eds_platform.bump_seq() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF ROW(NEW.*) IS DISTINCT FROM ROW(OLD.*) THEN
-        NEW.{SEQ_COLUMN} := nextval('eds_platform.change_seq');
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE OR REPLACE FUNCTION eds_platform.log_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_ARGV[0] = 'person' THEN
-        INSERT INTO eds_platform.change_log (table_name, token)
-        SELECT 'person', {TOKEN_COLUMN} FROM gone;
-    ELSE
-        EXECUTE format('INSERT INTO eds_platform.change_log (table_name, row_id) SELECT %L, %I FROM gone',
-                       TG_TABLE_NAME, TG_ARGV[1]);
-    END IF;
-    RETURN NULL;
-END $$;
-"""
-
-
-def ensure_tracking(conn: psycopg.Connection, tables: dict[str, str]) -> None:
-    """The sequence, the change log and, on each `omop.<table>` (table -> key column), `_seq` and its triggers."""
-    conn.execute(_DDL)
-    for t, key in tables.items():
-        ident = sql.Identifier(t)
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE omop.{t} ADD COLUMN IF NOT EXISTS {c} bigint NOT NULL "
-                "DEFAULT nextval('eds_platform.change_seq')"
-            ).format(t=ident, c=sql.Identifier(SEQ_COLUMN))
-        )
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON omop.{t} ({c})").format(
-                i=sql.Identifier(f"{t}_seq_idx"), t=ident, c=sql.Identifier(SEQ_COLUMN)
-            )
-        )
-        conn.execute(
-            sql.SQL(
-                "CREATE OR REPLACE TRIGGER eds_bump_seq BEFORE UPDATE ON omop.{t} "
-                "FOR EACH ROW EXECUTE FUNCTION eds_platform.bump_seq()"
-            ).format(t=ident)
-        )
-        conn.execute(
-            sql.SQL(
-                "CREATE OR REPLACE TRIGGER eds_log_deletes AFTER DELETE ON omop.{t} REFERENCING OLD TABLE AS gone "
-                "FOR EACH STATEMENT EXECUTE FUNCTION eds_platform.log_deletes({kind}, {key})"
-            ).format(t=ident, kind=sql.Literal("person" if t == "person" else "row"), key=sql.Literal(key))
-        )
 
 
 def high_water(conn: psycopg.Connection, tables: list[str]) -> int:

@@ -43,9 +43,9 @@ from eds_network.platform import keyversions, standardise
 from eds_network.platform import manifests as manifests_check
 from eds_network.platform.linkage import flag_duplicates, linkage_stats, platform_checks
 from eds_network.platform.merge import apply_batch
+from eds_network.platform.migrations import MIGRATIONS
 from eds_network.platform.warehouse import (
     PlatformResources,
-    ensure_warehouse,
     platform_tables,
     published_columns,
 )
@@ -165,10 +165,8 @@ def consolidate(
     rejected: dict[str, str] = {}
     rows: dict[str, dict[str, int]] = {}
     skipped = 0
+    MIGRATIONS.ensure(res.warehouse_dsn)
     with psycopg.connect(res.warehouse_dsn) as conn:
-        ensure_warehouse(conn, tables)
-        conn.execute(manifests_check.STATE_DDL)
-        conn.commit()
         for base_id, bid, msha, why in refused:
             reason = f"platform {platform.id}: batch {bid} rejected, left in intake: {why}"
             log.error("%s", reason)

@@ -28,28 +28,6 @@ class KeyRotationInProgress(EdsError):
 # -- local level -----------------------------------------------------------------------------------------
 
 
-def ensure_registry(conn: psycopg.Connection, tables: Iterable[str]) -> None:
-    """The key-version registry, and the `_key_version` column on warehouses created before it existed."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS eds_platform.key_version (version text PRIMARY KEY,"
-        " seq bigint GENERATED ALWAYS AS IDENTITY, first_applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
-        " retired_at timestamptz)"
-    )
-    have = {
-        r[0]
-        for r in conn.execute(
-            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'omop' AND column_name = %s",
-            (KEY_VERSION_COLUMN,),
-        )
-    }
-    for t in [t for t in tables if t not in have]:  # no ALTER (and its exclusive lock) once the column exists
-        conn.execute(
-            sql.SQL("ALTER TABLE omop.{} ADD COLUMN IF NOT EXISTS {} text").format(
-                sql.Identifier(t), sql.Identifier(KEY_VERSION_COLUMN)
-            )
-        )
-
-
 def check_not_retired(conn: psycopg.Connection, version: str | None, base: str) -> None:
     if version is None:
         return

@@ -23,13 +23,6 @@ from eds_network.core.config import LocalBase, Platform
 from eds_network.core.errors import IntegrityError
 from eds_network.core.signing import verify_document
 
-STATE_DDL = (
-    "CREATE SCHEMA IF NOT EXISTS eds_platform; CREATE TABLE IF NOT EXISTS eds_platform.manifest_state ("
-    " base_id text NOT NULL, batch_id text NOT NULL, published_at timestamptz NOT NULL,"
-    " manifest_sha256 text NOT NULL, accepted_at timestamptz NOT NULL DEFAULT now(),"
-    " PRIMARY KEY (base_id, batch_id))"
-)
-
 
 def batch_of_key(key: str) -> str:
     """The batch id a manifest's key names (`.../<base>/<batch>/_manifest.json`)."""
@@ -87,7 +80,6 @@ def verify_batch_manifest(
 
 def check_not_replayed(conn: psycopg.Connection, manifest: dict, sha256: str) -> None:
     """IntegrityError when a version of this batch published at or after this one was accepted before."""
-    conn.execute(STATE_DDL)
     row = conn.execute(
         "SELECT published_at, manifest_sha256 FROM eds_platform.manifest_state WHERE base_id = %s AND batch_id = %s",
         (manifest["base"], manifest["batch_id"]),

@@ -25,10 +25,10 @@ from eds_network.core.exchange import ACK, MANIFEST, SCHEMA_VERSION, TOKEN_COLUM
 from eds_network.core.signing import sign_document, verify_document
 from eds_network.core.storage import list_keys, object_exists, put_json, read_json, sha256_file
 from eds_network.platform import changes, keyversions
+from eds_network.platform.migrations import MIGRATIONS
 from eds_network.platform.warehouse import (
     PlatformResources,
     conflict_key,
-    ensure_warehouse,
     expected_columns,
     platform_tables,
 )
@@ -113,8 +113,8 @@ def package(
     s3 = res.outbox.client()
     bucket, prefix = platform.outbox.bucket, platform.outbox.prefix
     ack = read_ack(s3, platform, res.trust)
+    MIGRATIONS.ensure(res.warehouse_dsn)
     with psycopg.connect(res.warehouse_dsn) as conn:
-        ensure_warehouse(conn, tables)
         keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
         if (
             ack is not None and ack.get("upto_seq") is not None

@@ -118,12 +118,7 @@ def ensure_vocabulary(conn: psycopg.Connection, zip_path: Path) -> dict[str, int
 
     zip_path = Path(zip_path)
     digest = sha256_file(zip_path)
-    conn.execute(
-        "CREATE SCHEMA IF NOT EXISTS eds_platform; CREATE TABLE IF NOT EXISTS eds_platform.vocabulary_load ("
-        "archive_sha256 text PRIMARY KEY, archive text NOT NULL, rows jsonb NOT NULL, "
-        "loaded_at timestamptz NOT NULL DEFAULT now())"
-    )
-    conn.commit()
+    conn.commit()  # the lock below is held by the load's own transaction only
     # One loader at a time per warehouse (two platform runs could start together).
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('eds_network.vocabulary'))")
     if (
