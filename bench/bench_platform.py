@@ -159,3 +159,129 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
             "chunk": transfer.MULTIPART.multipart_chunksize,
         },
     }
+
+
+DELIVERY_PREFIX = "bench-deliveries/"
+
+
+def _national_resources(stack: Stack, net, ep):
+    import base64
+
+    from eds_network.core.crypto import Key
+
+    keys = stack.keys(net)
+    box, nk = keys[net.national.box_key_connection_id], keys[net.national.key_connection_id]
+    return transfer.NationalResources(
+        outbox=ep,
+        landing=ep,
+        national_key=Key.from_secret("n", nk["password"], nk["extra"]["version"]),
+        box_private_key=base64.b64decode(box["password"]),
+        box_key_version=box["extra"]["version"],
+    )
+
+
+def _night(p, pres, target, hdh, nres, ep, **kw) -> tuple[float, int, str]:
+    """One delivery end to end, timed: package → transfer → receipt → apply → acknowledgement."""
+    from eds_network.national import ack, receipt
+    from eds_network.national import tables as national_tables
+    from eds_network.platform import package as packaging
+
+    t0 = time.perf_counter()
+    pkg = packaging.package(p, pres, {}, **kw)
+    d = transfer.transfer_platform(p, target, nres)
+    receipt.receipt(target, ep, d.delivery_id)
+    applied = national_tables.apply_delivery(target, hdh, d.delivery_id)
+    ack.acknowledge(p, ep, hdh.dsn, applied.ref())
+    if applied.status != "applied":
+        raise RuntimeError(f"{pkg.kind} delivery not applied: {applied.status}")
+    return time.perf_counter() - t0, int(pkg.ref()["bytes"]), pkg.kind
+
+
+def run_deliveries(stack: Stack, *, patients: int, reps: int, change: float = 0.001) -> dict:
+    """Issue 20: the cost of a night with `change` of the rows changed (updates, and a tenth as many deletions)
+    against a full delivery of the same warehouse, end to end: package in the outbox → transfer (level-2
+    pseudonyms, upload, verify) → receipt → apply to the national Iceberg tables → acknowledgement. Per rep, on a
+    warehouse of its own: night 1 (full, creates the tables), then timed: an incremental night after the changes,
+    and a forced full night. Bytes: the package's files."""
+    import uuid
+
+    from eds_network.core.storage import S3Endpoint
+    from eds_network.national import tables as national_tables
+
+    net = bench_local.network(patients)
+    dsn, _, _ = bench_local.source_db(stack, patients)
+    base = net.base(bench_local.BASE_ID)
+    platform = net.platform_of(base.id)
+    res = bench_local.resources(stack, net, dsn, prefix=DELIVERY_PREFIX)
+    s3 = res.intake.client()
+    delete_prefix(s3, platform.intake.bucket, DELIVERY_PREFIX)
+    refs = [extract.extract_table(base, t, *bench_local.INTERVAL, res).ref() for t in ("person", bench_local.TABLE)]
+    publish.publish_batch(base, *bench_local.INTERVAL, refs, res)
+    ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
+    nres = _national_resources(stack, net, ep)
+    full_s, inc_s, full_b, inc_b, changed, rows = [], [], [], [], 0, 0
+    for i in range(reps):
+        tag = uuid.uuid4().hex[:8]
+        p = platform.model_copy(
+            update={"outbox": platform.outbox.model_copy(update={"prefix": f"bench-deliveries-{tag}/"})}
+        )
+        zone = net.national.landing_zone.model_copy(update={"prefix": f"bench-deliveries-{tag}/"})
+        target = net.national.model_copy(update={"landing_zone": zone})
+        wh = stack.create_database("bench_deliv_wh", drop=True)
+        pres = consolidate.PlatformResources(warehouse_dsn=wh, intake=ep, outbox=ep)
+        c = consolidate.consolidate(platform, platform.intake.bucket, DELIVERY_PREFIX, pres)
+        if len(c.applied) != 1:
+            raise RuntimeError(f"consolidation applied {c.applied}")
+        hdh = national_tables.NationalTables(stack.create_database("bench_deliv_hdh", drop=True), ep)
+
+        def night(**kw):
+            return _night(p, pres, target, hdh, nres, ep, **kw)  # noqa: B023 (called in this iteration)
+
+        night()  # the first delivery: full, creates the national tables
+        with psycopg.connect(wh) as conn:
+            rows = conn.execute(sql.SQL("SELECT count(*) FROM omop.{}").format(sql.Identifier(bench_local.TABLE)))
+            rows = rows.fetchone()[0]
+            n = max(1, int(rows * change))
+            conn.execute(
+                "UPDATE omop.measurement SET value_as_number = coalesce(value_as_number, 0) + 1 WHERE measurement_id"
+                " IN (SELECT measurement_id FROM omop.measurement ORDER BY md5(measurement_id::text) LIMIT %s)",
+                (n,),
+            )
+            conn.execute(
+                "DELETE FROM omop.measurement WHERE measurement_id IN (SELECT measurement_id FROM omop.measurement "
+                "ORDER BY md5(measurement_id::text) DESC LIMIT %s)",
+                (max(1, n // 10),),
+            )
+            changed = n + max(1, n // 10)
+        el, b, kind = night()
+        if kind != "incremental":
+            raise RuntimeError(f"expected an incremental delivery, got {kind}")
+        inc_s.append(el)
+        inc_b.append(b)
+        el, b, kind = night(full=True)
+        full_s.append(el)
+        full_b.append(b)
+        log.info(
+            "deliveries #%d: incremental %.2fs %d B, full %.2fs %d B (%d rows, %d changed)",
+            i + 1,
+            inc_s[-1],
+            inc_b[-1],
+            full_s[-1],
+            full_b[-1],
+            rows,
+            changed,
+        )
+        for prefix in (p.outbox.prefix, zone.prefix):
+            delete_prefix(ep.client(), p.outbox.bucket if prefix == p.outbox.prefix else zone.bucket, prefix)
+    delete_prefix(s3, platform.intake.bucket, DELIVERY_PREFIX)
+    si, sf = stats(inc_s), stats(full_s)
+    return {
+        "rows": rows,
+        "changed_rows": changed,
+        "incremental_s": si,
+        "full_s": sf,
+        "incremental_bytes": int(sorted(inc_b)[len(inc_b) // 2]),
+        "full_bytes": int(sorted(full_b)[len(full_b) // 2]),
+        "time_ratio": ratio(si, sf),
+        "bytes_ratio": sorted(inc_b)[len(inc_b) // 2] / sorted(full_b)[len(full_b) // 2],
+    }
