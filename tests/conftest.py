@@ -4,11 +4,16 @@
 
 The test stack has its own state folder (.eds-test/) and ports, so it never touches the demo's `.eds/`.
 The ports lie below the kernel's ephemeral range (Linux: 32768-60999), where a client socket could hold them.
+
+A whole network night through Airflow costs minutes: the session runs one (`network_night`), shared by every
+test that reads a night's outcome. The tests that use it run together, where the first of them is collected;
+those marked `mutates_night` (a second night, a drifted column, a killed run) run after all the others.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -33,6 +38,55 @@ def stack():
     yield s
     if not os.environ.get("EDS_KEEP_STACK"):  # set it to share one running stack between pytest sessions
         s.stop()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(config, items):
+    """The tests of the shared night as one block at the place of the first of them, its mutators last."""
+    uses = [i for i in items if "network_night" in getattr(i, "fixturenames", ())]
+    if not uses:
+        return
+    first = items.index(uses[0])
+    others = [i for i in items if "network_night" not in getattr(i, "fixturenames", ())]
+    readers = [i for i in uses if i.get_closest_marker("mutates_night") is None]
+    mutators = [i for i in uses if i.get_closest_marker("mutates_night") is not None]
+    items[:] = others[:first] + readers + mutators + others[first:]
+    # the first of them sets the night up: minutes on a busy machine, beyond the default 900 s
+    (readers or mutators)[0].add_marker(pytest.mark.timeout(3600))
+
+
+@pytest.fixture(scope="session")
+def network_night(stack):
+    """The session's one whole network night through Airflow (every local DAG, the platforms, national), on the
+    demo network seeded with identifiers planted in the sources of some hospitals (tests/reliability/planting.py):
+    the night tests assert that nothing identifying arrives anywhere, the leak scan looks for the planted values.
+
+    Returns the DAG results (dag_id, ok, seconds), the number of planted rows and the night's OpenLineage event
+    files. `EDS_REUSE_NIGHT=1` reuses the planted night already on a kept stack (EDS_KEEP_STACK) to iterate.
+    """
+    from eds_network import cli
+    from eds_network.core.config import load_network
+
+    sys.path.insert(0, str(REPO / "tests" / "reliability"))
+    from planting import plant_identifiers, planted_rows
+
+    network = load_network()
+    start, end = cli.demo_interval()
+    dag_ids = [*(b.dag_id for b in network.local_bases), *(p.dag_id for p in network.platforms), "eds_national"]
+    if os.environ.get("EDS_REUSE_NIGHT"):
+        lineage = sorted(stack.lineage_dir.glob("events-*.json"))
+        return {
+            "results": [(d, True, 0.0) for d in dag_ids],
+            "planted": planted_rows(stack, network),
+            "lineage": lineage,
+        }
+    cli.seed_network(network, (start, end))
+    planted = plant_identifiers(stack, network, start)
+    before = set(stack.lineage_dir.glob("events-*.json"))
+    results = cli.run_night(network, end)
+    # the OpenLineage events of this night: the stack's file transport writes one file per event
+    lineage = sorted(set(stack.lineage_dir.glob("events-*.json")) - before)
+    return {"results": results, "planted": planted, "lineage": lineage}
 
 
 @pytest.fixture

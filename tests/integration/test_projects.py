@@ -1,7 +1,8 @@
 """Research projects on the demo network after a real night through Airflow: feasibility counts (protected).
 
-The module's night fills the platform warehouses (per-base counts: each event row still has its site) and the
-national Iceberg tables (per-platform and network-wide counts under the national pseudonym).
+The session's night (`network_night`, tests/conftest.py) fills the platform warehouses (per-base counts: each
+event row still has its site) and the national Iceberg tables (per-platform and network-wide counts under the
+national pseudonym).
 """
 
 from __future__ import annotations
@@ -31,16 +32,15 @@ from tests.feasibility_attacks import differences_hit, published, recoverable
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
 
 NETWORK = load_network()
-START, END = cli.demo_interval()
 K = 11
 T0 = dt.datetime(2026, 3, 1, 2, 0, tzinfo=dt.UTC)
 T1 = dt.datetime(2026, 3, 2, 2, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
-def night(stack):
-    cli.seed_network(NETWORK, (START, END))
-    results = cli.run_night(NETWORK)
+def night(network_night, stack):
+    """The session's network night (tests/conftest.py) filled the warehouses and the national tables."""
+    results = network_night["results"]
     assert all(ok for _, ok, _ in results), results
     warehouses, national = project_cli._resources(stack, NETWORK)
     return {"warehouses": warehouses, "national": national}

@@ -1,6 +1,12 @@
-"""What `planted_night` (conftest.py) plants in the sources, shared with the tests that check it."""
+"""What the session's network night (`network_night`, tests/conftest.py) plants in the sources before it runs,
+shared with the tests that check it."""
 
 from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+from psycopg import sql
 
 PLANTED_BASES = ("hosp_a", "hosp_b", "hosp_d")
 
@@ -47,3 +53,84 @@ def give_short_surnames(conn, n_each: int = 2) -> int:
             (name, k * n_each, n_each),
         ).rowcount
     return done
+
+
+# (table, column, identity column): where each kind of identifier is planted. Coded (allow-listed) columns
+# first: they are published, so a planted value must be recognised and removed; the others are free text.
+PLANTS = (
+    ("condition_occurrence", "condition_source_value", "nir"),
+    ("observation", "observation_source_value", "email"),
+    ("measurement", "measurement_source_value", "phone"),
+    ("person", "person_source_value", "ipp"),
+    ("observation", "value_as_string", "last_name"),
+    ("visit_occurrence", "visit_source_value", "address"),
+    ("measurement", "value_source_value", "first_name"),
+    ("procedure_occurrence", "procedure_source_value", "nir"),
+)
+
+
+def plant_identifiers(stack, network, start: dt.datetime, bases=PLANTED_BASES, rows_per_plant: int = 3) -> int:
+    """Write identity values of each row's own patient into OMOP columns, stamped inside the night that starts at
+    `start`; returns the number of rows touched."""
+    stamp = start + dt.timedelta(hours=2)
+    n = 0
+    for base_id in bases:
+        base = network.base(base_id)
+        with psycopg.connect(stack.dsn(f"src_{base_id}"), autocommit=True) as conn:
+            give_short_surnames(conn)
+            for k, (_, _, table, column, expr, cond) in enumerate(SPELLINGS):
+                if table not in base.tables:
+                    continue
+                key = f"{table}_id"
+                # rows of their own (an offset per spelling), far from the rows PLANTS below takes
+                n += conn.execute(
+                    sql.SQL(
+                        "UPDATE omop.{t} o SET {c} = left({e}, 50), _updated_at = %s FROM identity.patient i"
+                        " WHERE i.person_id = o.person_id AND o.{k} IN ("
+                        " SELECT o2.{k} FROM omop.{t} o2 JOIN identity.patient i USING (person_id)"
+                        " WHERE {cond} ORDER BY o2.{k} DESC OFFSET %s LIMIT %s)"
+                    ).format(
+                        t=sql.Identifier(table),
+                        c=sql.Identifier(column),
+                        e=sql.SQL(expr),
+                        k=sql.Identifier(key),
+                        cond=sql.SQL(cond),
+                    ),
+                    (stamp, k * rows_per_plant, rows_per_plant),
+                ).rowcount
+            for table, column, ident in PLANTS:
+                if table not in base.tables:
+                    continue
+                key = "person_id" if table == "person" else f"{table}_id"
+                cur = conn.execute(
+                    sql.SQL(
+                        "UPDATE omop.{t} o SET {c} = left(i.{ident}::text, 50), _updated_at = %s FROM identity.patient i"
+                        " WHERE i.person_id = o.person_id AND i.{ident} IS NOT NULL AND o.{k} IN ("
+                        " SELECT o2.{k} FROM omop.{t} o2 JOIN identity.patient i2 USING (person_id)"
+                        " WHERE i2.{ident} IS NOT NULL AND length(i2.{ident}::text) >= 5 ORDER BY o2.{k} LIMIT %s)"
+                    ).format(
+                        t=sql.Identifier(table),
+                        c=sql.Identifier(column),
+                        ident=sql.Identifier(ident),
+                        k=sql.Identifier(key),
+                    ),
+                    (stamp, rows_per_plant),
+                )
+                n += cur.rowcount
+    return n
+
+
+def planted_rows(stack, network) -> int:
+    """Rows of the sources still carrying a planted identity value (an earlier `plant_identifiers`)."""
+    n = 0
+    for base_id in PLANTED_BASES:
+        with psycopg.connect(stack.dsn(f"src_{base_id}")) as conn:
+            for table, column, ident in PLANTS:
+                if table in network.base(base_id).tables:
+                    n += conn.execute(
+                        sql.SQL(
+                            "SELECT count(*) FROM omop.{t} o JOIN identity.patient i USING (person_id) "
+                            "WHERE o.{c} = left(i.{ident}::text, 50)"
+                        ).format(t=sql.Identifier(table), c=sql.Identifier(column), ident=sql.Identifier(ident))
+                    ).fetchone()[0]
+    return n

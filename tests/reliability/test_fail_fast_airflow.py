@@ -13,7 +13,7 @@ from eds_network import catalogue, cli
 from eds_network.core.config import load_network
 from eds_network.core.storage import read_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.mutates_night, pytest.mark.timeout(1800)]
 
 NETWORK = load_network()
 BASE = NETWORK.base("hosp_b")  # neither planted with identifiers nor used by the kill test

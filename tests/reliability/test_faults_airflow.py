@@ -14,7 +14,13 @@ from eds_network.core import exchange, faults
 from eds_network.core.config import load_network
 from eds_network.core.storage import list_keys, read_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.airflow,
+    pytest.mark.slow,
+    pytest.mark.mutates_night,
+    pytest.mark.timeout(3600),
+]
 
 NETWORK = load_network()
 BASE = NETWORK.base("hosp_c")
