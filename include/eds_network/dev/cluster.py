@@ -336,7 +336,10 @@ class Cluster:
             active = [r for r in rows if r[2] in ("queued", "running")]
             done = all(final.get(d) in ("success", "failed") for d in dags)
             if done and not active:
-                last_platform = max(r[4] for r in rows if r[0] in downstream[:-1])
+                # the HDH's run of the night: queued after every platform's run of the night was (its schedule
+                # needs every platform's package Asset); not after they *ended*, since a platform's package
+                # task emits its Asset before the run's last tasks end (the HDH's run then starts meanwhile)
+                last_platform = max(r[3] for r in rows if r[0] in downstream[:-1])
                 national = [r for r in rows if r[0] == "eds_national" and r[3] >= last_platform]
                 if national or any(final.get(d) == "failed" for d in dags):
                     return final
