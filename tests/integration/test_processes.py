@@ -1,8 +1,9 @@
-"""No process of the clone is left behind: `eds stack stop` (`make stop`) ends `airflow standalone` (`make airflow`)
-with its scheduler, workers, API server and DAG processor, and an interrupted `eds night` ends its Airflow child.
+"""No process of the clone is left behind: `eds stack stop` (`make stop`) ends `airflow standalone` with its
+scheduler and workers, and an interrupted `eds night` ends its Airflow child.
 
 Each test runs the real commands in a state folder of its own (its own process registry and marker) on the session
-stack's PostgreSQL, with a metadata DB of its own: stopping it cannot touch the session's stack.
+stack's PostgreSQL (external to that folder: `EDS_PG_EXTERNAL`) and S3 endpoint, with a metadata DB and an API port
+of its own: stopping it cannot touch the session's stack.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def own_home(stack, tmp_path):
         "EDS_S3_PORT": str(stack.s3_port),
         "EDS_API_PORT": str(own.api_port),
         "EDS_AIRFLOW_DB": db,
+        "EDS_PG_EXTERNAL": "1",  # the session's server: this folder's `stop` must leave it running
     }
     yield home, env
     for pid in marked(str(home)):  # never leave a process, even when the test failed

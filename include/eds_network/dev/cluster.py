@@ -32,6 +32,7 @@ from pathlib import Path
 from eds_network.core import zones
 from eds_network.core.config import REPO_ROOT, Network, load_network
 from eds_network.core.errors import EdsError
+from eds_network.dev.processes import MARKER
 from eds_network.dev.stack import _wait_port
 from eds_network.orchestration.airflow_api import AirflowApi, AirflowApiError
 from eds_network.orchestration.zone_connections import CENTRAL_CONNECTION_IDS, all_zones
@@ -128,7 +129,8 @@ class Cluster:
         """A zone's worker environment, from nothing: its own secrets file, the central API, no metadata DB."""
         central = self.stack.airflow_env()
         own = json.dumps({"connections_file_path": str(self.zone_connections_file(zone))})
-        keep = ("EDS_HOME", "EDS_PG_PORT", "EDS_S3_PORT", "PATH", "NO_PROXY", "EDS_VOCABULARY_ZIP")
+        # MARKER (the stack's state folder, no secret): `eds stack stop` finds a worker that left its group
+        keep = ("EDS_HOME", "EDS_PG_PORT", "EDS_S3_PORT", "PATH", "NO_PROXY", "EDS_VOCABULARY_ZIP", MARKER)
         env = {k: central[k] for k in keep if k in central}
         env.update({k: os.environ[k] for k in ("HOME", "LANG", "TZ", "EDS_NETWORK_CONFIG") if k in os.environ})
         env.update(
@@ -272,7 +274,7 @@ class Cluster:
             # the HDH's run its package starts) end before the night, so the night's batches are consolidated by
             # the run their Assets start, as on a night of the network.
             self._settle(downstream, say)
-            with psycopg.connect(self.stack.dsn("airflow")) as conn:
+            with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
                 t0 = conn.execute("SELECT now()").fetchone()[0]  # the night's runs are those queued from now on
             runs = {dag_id: self._trigger_night(api, dag_id, night) for dag_id in local}
             for dag_id in local:
@@ -294,7 +296,7 @@ class Cluster:
         calm_since = time.monotonic()
         said = False
         while time.monotonic() < deadline:
-            with psycopg.connect(self.stack.dsn("airflow")) as conn:
+            with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
                 active = conn.execute(
                     "SELECT dag_id, run_id FROM dag_run WHERE dag_id = ANY(%s) AND state IN ('queued', 'running')",
                     (dags,),
@@ -319,7 +321,7 @@ class Cluster:
         started = time.monotonic()
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
-            with psycopg.connect(self.stack.dsn("airflow")) as conn:
+            with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
                 rows = conn.execute(
                     "SELECT dag_id, run_id, state, queued_at, end_date FROM dag_run WHERE dag_id = ANY(%s) "
                     "AND (run_id = ANY(%s) OR queued_at >= %s) ORDER BY queued_at",
@@ -368,7 +370,7 @@ class Cluster:
         """The Edge workers the central side knows: hostname, state, queues, last heartbeat."""
         import psycopg
 
-        with psycopg.connect(self.stack.dsn("airflow")) as conn:
+        with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
             rows = conn.execute(
                 "SELECT worker_name, state, queues, last_update FROM edge_worker ORDER BY worker_name"
             ).fetchall()

@@ -231,7 +231,16 @@ class Stack:
     def pg_running(self) -> bool:
         return (self.pgdata / "postmaster.pid").exists() and not _free(self.pg_port)
 
+    @property
+    def pg_external(self) -> bool:
+        """$EDS_PG_EXTERNAL=1: the PostgreSQL server on `pg_port` is not this state folder's (another stack's, a
+        developer's own): start and stop leave it alone."""
+        return os.environ.get("EDS_PG_EXTERNAL") == "1"
+
     def start_postgres(self) -> None:
+        if self.pg_external:
+            _wait_port(self.pg_port, "the external PostgreSQL")
+            return
         bindir = _pg_bindir()
         runas = self._run_as()
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -307,6 +316,8 @@ class Stack:
         _wait_port(self.pg_port, "PostgreSQL")
 
     def stop_postgres(self) -> None:
+        if self.pg_external:
+            return
         pidfile = self.pgdata / "postmaster.pid"
         if not pidfile.exists():
             return
@@ -513,6 +524,12 @@ class Stack:
         tmp.replace(path)
 
     # -- Airflow ---------------------------------------------------------------------------------------
+    @property
+    def airflow_db(self) -> str:
+        """The metadata DB: `airflow`, or $EDS_AIRFLOW_DB (another one on the same server, for a test that
+        migrates its own)."""
+        return os.environ.get("EDS_AIRFLOW_DB", "airflow")
+
     def airflow_env(self) -> dict[str, str]:
         """Environment for every Airflow process of the embedded stack (CLI, dags test, standalone)."""
         fernet = self._secret("fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
@@ -520,10 +537,9 @@ class Stack:
         venv_bin = str(Path(sys.executable).parent)
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
-            # EDS_AIRFLOW_DB: another metadata DB on the same server (a test that resets or migrates its own)
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sqlalchemy_url(
-                os.environ.get("EDS_AIRFLOW_DB", "airflow")
-            ).replace("+psycopg", "+psycopg2"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sqlalchemy_url(self.airflow_db).replace(
+                "+psycopg", "+psycopg2"
+            ),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
