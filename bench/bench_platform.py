@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -78,7 +79,7 @@ def run_consolidate(stack: Stack, *, patients: int, reps: int) -> dict:
     tb = extract.extract_table(base, bench_local.TABLE, *bench_local.INTERVAL, res)
     publish.publish_batch(base, *bench_local.INTERVAL, [tb.ref()], res)
     columns = omop.table(bench_local.TABLE).column_names
-    ours, raw = [], []
+    ours, raw, phases, cpu = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="eds-bench-") as tmp:
         parquet, csv_path = Path(tmp) / "m.parquet", Path(tmp) / "m.csv"
         download(s3, platform.intake.bucket, tb.key, parquet)
@@ -99,11 +100,24 @@ def run_consolidate(stack: Stack, *, patients: int, reps: int) -> dict:
             if len(c.applied) != 1 or loaded != tb.published:
                 raise RuntimeError(f"consolidation applied {c.applied} with {loaded} rows, expected {tb.published}")
             ours.append(el)
+            phases.append(c.timings)
+            cpu.append(c.cpu_timings)
             raw.append(_raw_copy_in(stack.create_database("bench_raw", drop=True), csv_path, columns))
-            log.info("consolidate #%d: %.2fs, raw COPY in %.2fs", i + 1, ours[-1], raw[-1])
+            log.info("consolidate #%d: %.2fs, raw COPY in %.2fs; phases %s", i + 1, ours[-1], raw[-1], c.timings)
     delete_prefix(s3, platform.intake.bucket, PREFIX)
     so, sr = stats(ours), stats(raw)
-    return {"rows": tb.published, "consolidate_s": so, "raw_copy_in_s": sr, "ratio": ratio(so, sr)}
+    names = list(phases[0])
+    return {
+        "rows": tb.published,
+        "consolidate_s": so,
+        "raw_copy_in_s": sr,
+        "ratio": ratio(so, sr),
+        # The step's own per-phase wall seconds (and CPU seconds of its thread), median over the runs.
+        "phase_s_median": {p: round(statistics.median(r.get(p, 0.0) for r in phases), 3) for p in names},
+        "phase_cpu_s_median": {
+            p: round(statistics.median(r.get(p, 0.0) for r in cpu), 3) for p in names if p != "total"
+        },
+    }
 
 
 def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:

@@ -33,6 +33,7 @@ from eds_network.core.copystream import prefetch
 from eds_network.core.errors import AccountingError, EdsError, QualityError, SourceError, db_error_is_transient
 from eds_network.core.exchange import TOKEN_COLUMN
 from eds_network.core.storage import sha256_file
+from eds_network.core.timing import PhaseTimer
 from eds_network.local import keystate
 from eds_network.local.migrations import MIGRATIONS
 from eds_network.local.pseudonymise import (
@@ -56,7 +57,6 @@ from eds_network.local.source import (
     stream_rows,
     with_base,
 )
-from eds_network.local.timing import PhaseTimer
 from eds_network.local.tombstones import tombstones
 
 log = logging.getLogger(__name__)

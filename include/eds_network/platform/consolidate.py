@@ -9,6 +9,9 @@
   same batch id with new content (re-randomised sealed tokens, late corrections): the new version REPLACES
   the old one (its rows are removed before the new ones are merged, the old ledger entry is marked replaced),
   it never adds to it.
+- A table that holds no row yet (a site's first delivery, a new platform) is loaded the fast way, still in the
+  batch's transaction: indexes dropped, the file COPYed straight into it (frozen), indexes rebuilt (`merge`).
+- Each run reports wall and CPU seconds per phase (`Consolidation.timings`, logged): the cost is visible.
 - Standardisation (`standardise`): each staged table is mapped to standard concepts and UCUM units before
   the merge, so it happens once per batch version.
 - Duplicate events: the same event (person, concept, date, value) reported by two sites of one linked
@@ -39,6 +42,7 @@ from eds_network.core.config import LocalBase, Platform
 from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
 from eds_network.core.storage import download, list_keys
+from eds_network.core.timing import PhaseTimer
 from eds_network.platform import keyversions, standardise
 from eds_network.platform import manifests as manifests_check
 from eds_network.platform.linkage import flag_duplicates, linkage_stats, platform_checks
@@ -68,6 +72,11 @@ class Consolidation:
     duplicates: dict = field(default_factory=dict)  # {base: {table: flagged rows}}
     arrivals: dict[str, dict] = field(default_factory=dict)  # {base: {status: arrived|late|rejected, night_end}}
     replaced: list[str] = field(default_factory=list)  # batch ids whose new version replaced the old one
+    # Wall and CPU seconds (of this step's thread; the warehouse's own work shows as wall time) per phase:
+    # manifests, download_verify, stage_copy, standardise, collision_check, upsert, tombstones, ledger,
+    # key_versions, linkage_stats, platform_checks, duplicates, unmapped; `total` is the whole step.
+    timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
 
     def ref(self) -> dict:
         return asdict(self)
@@ -141,6 +150,8 @@ def consolidate(
     this warehouse only; step-level tests that consolidate one shared intake into many warehouses do not).
     """
     t0 = time.monotonic()
+    tm = PhaseTimer()
+    tm.start("manifests")
     tables = platform_tables(platform)
     s3 = res.intake.client()
     manifests: list[tuple[dict, str]] = []
@@ -165,6 +176,7 @@ def consolidate(
     rejected: dict[str, str] = {}
     rows: dict[str, dict[str, int]] = {}
     skipped = 0
+    tm.start("ensure_warehouse")
     MIGRATIONS.ensure(res.warehouse_dsn)
     with psycopg.connect(res.warehouse_dsn) as conn:
         for base_id, bid, msha, why in refused:
@@ -210,7 +222,9 @@ def consolidate(
                             base=manifest.get("base"),
                         )
                     manifests_check.check_not_replayed(conn, manifest, msha)
+                    tm.start("download_verify")
                     files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
+                    tm.start("ledger")
                     with conn.transaction():
                         # Another version of this batch applied before (local rerun): this one replaces it.
                         previous = conn.execute(
@@ -226,7 +240,9 @@ def consolidate(
                             tables,
                             vocabulary=vocabulary is not None,
                             replace=bool(previous),
+                            timer=tm,
                         )
+                        tm.start("ledger")
                         manifests_check.record_accepted(conn, manifest, msha)
                         faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
                         conn.execute(
@@ -235,6 +251,7 @@ def consolidate(
                             (bid, msha, manifest["base"], manifest["data_interval"]["start"], json.dumps(r)),
                         )
                     conn.commit()
+                    tm.stop()
                     applied.append(bid)
                     if previous:
                         replaced.append(bid)
@@ -256,13 +273,20 @@ def consolidate(
                         (bid, msha, reason, manifest.get("base")),
                     )
                     conn.commit()
+        tm.start("key_versions")
         retired = keyversions.retire_unused(conn, tables)
         live = keyversions.live_versions(conn)
         conn.commit()
+        tm.start("linkage_stats")
         linkage = linkage_stats(conn)
+        tm.start("platform_checks")
         checks = platform_checks(conn, tables)
+        tm.start("duplicates")
         duplicates = flag_duplicates(conn, platform, tables)
+        tm.start("unmapped")
         std = standardise.unmapped(conn, platform, tables)
+        tm.stop()
+    total = time.monotonic() - t0
     log.info(
         "%s: %d batches applied (%d replacing an earlier version), %d already applied, %d rejected in %.1fs; "
         "%d persons, %d at 2+ sites, %d duplicate events flagged",
@@ -271,10 +295,15 @@ def consolidate(
         len(replaced),
         skipped,
         len(rejected),
-        time.monotonic() - t0,
+        total,
         linkage["persons"],
         linkage["persons_multi_site"],
         sum(n for per in duplicates.values() for n in per.values()),
+    )
+    log.info(
+        "%s: phases (wall s / CPU s of this step): %s",
+        platform.id,
+        ", ".join(f"{p} {w:.2f}/{tm.cpu.get(p, 0.0):.2f}" for p, w in tm.seconds.items()),
     )
     versions: dict[str, set[str]] = {}
     for manifest, _ in manifests:
@@ -297,6 +326,8 @@ def consolidate(
         duplicates=duplicates,
         arrivals=arrivals(platform, [m for m, _ in manifests], rejected, night_end) if night_end else {},
         replaced=replaced,
+        timings={**tm.seconds, "total": round(total, 4)},
+        cpu_timings=dict(tm.cpu),
     )
 
 
