@@ -16,8 +16,8 @@ from eds_network.core import faults, zones
 from eds_network.core.config import LocalBase
 from eds_network.core.errors import AccountingError, IntegrityError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
-from eds_network.core.signing import sign_document
-from eds_network.core.storage import list_keys, object_exists, put_json, sha256_object
+from eds_network.core.signing import SIGNATURE_FIELD, sign_document
+from eds_network.core.storage import list_keys, object_exists, put_json, read_json, sha256_object
 from eds_network.local import keystate
 from eds_network.local.extract import batch_id
 from eds_network.local.resources import LocalResources
@@ -126,10 +126,17 @@ def publish_batch(
         "failed_tables": failed,
         "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
-    if res.signing_key is not None:  # signed by the hospital zone's own key, last field set
-        manifest = sign_document(manifest, res.signing_key, zones.local(base.id))
     faults.inject("publish.after_upload_before_manifest")  # tests: files staged, no manifest yet
-    put_json(s3, res.intake_bucket, manifest_key, manifest)
+    previous = _published(s3, res.intake_bucket, manifest_key)
+    if previous is not None and _same_batch(previous, manifest, signed_by=res.signing_key and zones.local(base.id)):
+        # A rerun that produced the very same files: the batch stays as published (the platform finds it
+        # already applied), so an unchanged night changes nothing downstream.
+        log.info("%s: batch %s unchanged since its publication at %s", base.id, bid, previous["published_at"])
+        manifest = previous
+    else:
+        if res.signing_key is not None:  # signed by the hospital zone's own key, last field set
+            manifest = sign_document(manifest, res.signing_key, zones.local(base.id))
+        put_json(s3, res.intake_bucket, manifest_key, manifest)
     # What each published table now depends on (key version, policy): the next run re-extracts on a change.
     keystate.record_published(res.source_dsn, bid, res.level1_version, tables)
     keep = (
@@ -150,3 +157,21 @@ def publish_batch(
     )
     faults.inject("publish.after_manifest")  # tests: batch published, catalogue not updated yet
     return Published(base.id, bid, manifest_key, tables, failed, key_versions)
+
+
+def _published(s3, bucket: str, key: str) -> dict | None:
+    """The batch's manifest as published before (a rerun of the interval), or None."""
+    return read_json(s3, bucket, key) if object_exists(s3, bucket, key) is not None else None
+
+
+def _same_batch(previous: dict, manifest: dict, *, signed_by: str | None) -> bool:
+    """Whether the published manifest states exactly this batch (same files, counts, keys and policy), signed by
+    the same zone key if signing is on: only the publication time differs."""
+    sig = previous.get(SIGNATURE_FIELD)
+    if (sig.get("key_id") if isinstance(sig, dict) else None) != (signed_by or None):
+        return False
+
+    def content(doc: dict) -> dict:
+        return {k: v for k, v in doc.items() if k not in ("published_at", SIGNATURE_FIELD)}
+
+    return content(previous) == content(manifest)

@@ -3,7 +3,8 @@ columns, triggers and tables are created by the warehouse migration `0002_change
 
 - Every warehouse row carries `_seq`: a value of the warehouse-wide sequence `eds_platform.change_seq`, drawn
   when the row is inserted and again whenever an update really changes it (a `BEFORE UPDATE` trigger compares
-  the whole row), whatever statement writes it: the merge, a tombstone, a re-keying run.
+  the whole row; for `person`, all but the sealed transport token, which every extraction seals anew: revision
+  `0004_person_token_no_change`), whatever statement writes it: the merge, a tombstone, a re-keying run.
 - Every deleted row leaves one entry in `eds_platform.change_log` (a statement-level `AFTER DELETE` trigger with
   a transition table): the table, its row id (for `person`: no id, only the person's sealed transport token,
   from which the national zone derives the level-2 pseudonym) and a sequence value. Never a level-1 person id.

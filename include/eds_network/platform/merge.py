@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,13 +60,38 @@ def _copy_parquet(
     return n
 
 
-def _remove_batch(conn: psycopg.Connection, manifest: dict, tables: list[str]) -> None:
-    """Take out what an earlier version of this batch merged (rows a later batch overwrote are kept)."""
+def _remove_batch(conn: psycopg.Connection, manifest: dict, tables: list[str], files: Mapping[str, Path]) -> None:
+    """Take out what an earlier version of this batch merged in the tables the new version does not carry (rows
+    a later batch overwrote are kept); in the others, `_drop_superseded` removes after the merge only the rows
+    the new version no longer holds, so a rerun with the same rows changes nothing."""
     bid, base = manifest["batch_id"], manifest["base"]
     for t in reversed(tables):
-        if t != "person":
+        if t == "person" and t not in files:
+            conn.execute("DELETE FROM eds_platform.person_site WHERE base_id = %s AND batch_id = %s", (base, bid))
+        elif t not in files:
             conn.execute(sql.SQL("DELETE FROM omop.{} WHERE _batch_id = %s").format(sql.Identifier(t)), (bid,))
-    conn.execute("DELETE FROM eds_platform.person_site WHERE base_id = %s AND batch_id = %s", (base, bid))
+
+
+def _drop_superseded(conn: psycopg.Connection, t: str, stage: sql.Identifier, manifest: dict) -> None:
+    """Rows (for `person`: the site's memberships) the earlier version of this batch merged and the new one,
+    now merged from `stage`, no longer holds."""
+    bid, base = manifest["batch_id"], manifest["base"]
+    if t == "person":
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM eds_platform.person_site ps WHERE ps.base_id = %s AND ps.batch_id = %s "
+                "AND NOT EXISTS (SELECT 1 FROM {} s WHERE s.person_id = ps.person_id)"
+            ).format(stage),
+            (base, bid),
+        )
+        return
+    key = sql.Identifier(conflict_key(t))
+    conn.execute(
+        sql.SQL(
+            "DELETE FROM omop.{t} w WHERE w._batch_id = %s AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.{k} = w.{k})"
+        ).format(t=sql.Identifier(t), s=stage, k=key),
+        (bid,),
+    )
 
 
 def apply_batch(
@@ -88,7 +114,7 @@ def apply_batch(
     replaced = False
     if replace:
         tm.start("remove_previous")
-        _remove_batch(conn, manifest, tables)
+        _remove_batch(conn, manifest, tables, files)
     for t in [t for t in tables if t in files]:
         tm.start("stage_copy")
         cols = expected_columns(t)
@@ -175,6 +201,8 @@ def apply_batch(
                 ).format(stage),
                 (manifest["base"], site, bid),
             )
+        if replace:
+            _drop_superseded(conn, t, stage, manifest)
         rows[t] = n
     tm.start("tombstones")
     # Tombstones: a person tombstone (objection) removes every row of that patient contributed by this site.
@@ -202,18 +230,18 @@ def apply_batch(
             "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)"
         )
     keyversions.register_version(conn, version)
-    if replace or replaced or tombs:
-        # Digests of persons the warehouse no longer holds go with them (an objection leaves no trace).
-        conn.execute(
-            "DELETE FROM eds_platform.person_digest d WHERE NOT EXISTS ("
-            "SELECT 1 FROM omop.person p WHERE p.person_id = d.person_id)"
-        )
     if replace:
         # Persons the new version no longer carries and no other site treats: gone with their last site.
         conn.execute(
             "DELETE FROM omop.person p WHERE p._batch_id = %s AND NOT EXISTS ("
             "SELECT 1 FROM eds_platform.person_site s WHERE s.person_id = p.person_id)",
             (bid,),
+        )
+    if replace or replaced or tombs:
+        # Digests of persons the warehouse no longer holds go with them (an objection leaves no trace).
+        conn.execute(
+            "DELETE FROM eds_platform.person_digest d WHERE NOT EXISTS ("
+            "SELECT 1 FROM omop.person p WHERE p.person_id = d.person_id)"
         )
     tm.stop()
     return rows

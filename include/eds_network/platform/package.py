@@ -42,7 +42,7 @@ class Package:
     delivery_id: str
     manifest_key: str
     files: dict[str, dict]
-    kind: str = "full"  # full | incremental | reconcile
+    kind: str = "full"  # full | incremental | reconcile | unchanged (nothing since the acknowledged delivery)
     deletes: dict[str, dict] = field(default_factory=dict)
 
     def ref(self) -> dict:
@@ -132,6 +132,12 @@ def package(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one consistent state for every file
         conn.read_only = True
         upto = changes.high_water(conn, tables)
+        if kind == "incremental" and upto <= since and ack.get("delivery_id"):
+            # Nothing changed since what the HDH holds: no new delivery; the acknowledged one stays the latest,
+            # so the transfer finds it in the landing zone and the national tables are left as they are.
+            acked = ack["delivery_id"]
+            log.info("%s: no change since delivery %s (change %s): nothing to package", platform.id, acked, since)
+            return Package(platform.id, acked, f"{prefix}{acked}/{MANIFEST}", {}, kind="unchanged")
         state = conn.execute(
             "SELECT coalesce(string_agg(batch_id || ':' || manifest_sha256, ',' ORDER BY batch_id,"
             " manifest_sha256), '') FROM eds_platform.ledger"
