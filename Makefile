@@ -67,7 +67,7 @@ test-fast: install ## the fast lane (< 3 min): unit tests + DAG integrity, no da
 	EDS_NO_STACK=1 $(PY) -m pytest -q tests/unit tests/dags
 
 test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
-	$(PY) -m pytest -q -m "not slow and not rehearsal" tests
+	$(PY) -m pytest -q --durations=40 -m "not slow and not rehearsal" tests
 
 rehearsal: install ## the production rehearsal: TLS S3 (private CA), per-zone Edge workers, a night, a key rotation
 	$(PY) -m pytest -q -x -m rehearsal tests/rehearsal
