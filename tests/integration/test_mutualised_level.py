@@ -104,9 +104,8 @@ def _reset_platform(stack) -> None:
     with psycopg.connect(stack.dsn("catalogue"), autocommit=True) as conn:  # arrivals of earlier sessions
         conn.execute("DELETE FROM catalogue.member_arrival WHERE platform_id = %s", (PLATFORM.id,))
     with psycopg.connect(stack.dsn(f"wh_{PLATFORM.id}"), autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS omop CASCADE")
-        for t in ("ledger", "person_site", "rejected", "duplicate_event"):
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS eds_platform.{}").format(sql.Identifier(t)))
+        # Both schemas whole, the migrations' version table with them: the next step migrates them from scratch.
+        conn.execute("DROP SCHEMA IF EXISTS omop CASCADE; DROP SCHEMA IF EXISTS eds_platform CASCADE")
 
 
 @pytest.fixture(scope="module")
