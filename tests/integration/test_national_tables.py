@@ -183,7 +183,7 @@ def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
             return (result >> 1) ^ -(result & 1), pos
 
 
-def _avro_payload(data: bytes) -> bytes:
+def avro_payload(data: bytes) -> bytes:
     """An Avro container file's blocks, decompressed (deflate or gzip), concatenated: what a reader sees."""
     import zlib
 
@@ -219,7 +219,7 @@ def objects_holding(s3, value: int) -> list[str]:
                     t = pq.read_table(io.BytesIO(body))
                     found = any(pa.types.is_integer(c.type) and value in set(c.to_pylist()) for c in t.itercolumns())
                 elif body[:4] == b"Obj\x01":
-                    found = any(n in _avro_payload(body) for n in needles)
+                    found = any(n in avro_payload(body) for n in needles)
                 else:
                     found = False
                 if found or any(n in body for n in needles):

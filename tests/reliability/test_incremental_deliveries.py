@@ -24,6 +24,7 @@ from eds_network.core.storage import S3Endpoint
 from eds_network.national import ack, receipt, tables, transfer
 from eds_network.platform import consolidate, warehouse
 from eds_network.platform import package as packaging
+from tests.integration.test_national_tables import avro_payload
 
 pytestmark = [pytest.mark.integration]
 
@@ -287,43 +288,10 @@ def test_weekly_reconciliation_detects_a_corrupted_national_table_and_repairs_it
     assert victim  # the warehouse kept its rows throughout
 
 
-def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-
-
-def _avro_payload(data: bytes, zlib) -> bytes:
-    """An Avro container file's blocks, decompressed, concatenated (as in test_national_tables)."""
-    sync = data[-16:]
-    out = b""
-    for chunk in data.split(sync)[1:]:
-        if len(chunk) < 2:
-            continue
-        _, pos = _zigzag(chunk, 0)
-        size, pos = _zigzag(chunk, pos)
-        block = chunk[pos : pos + size]
-        for wbits in (-15, 47):
-            try:
-                out += zlib.decompress(block, wbits)
-                break
-            except zlib.error:
-                continue
-        else:
-            out += block
-    return out
-
-
 def _holds(body: bytes, values: set[int], texts: set[str]) -> bool:
     """Whether an object's bytes hold one of `values` (8-byte little/big endian, decimal text; Parquet integer
     columns decoded; Iceberg's Avro manifests decompressed, their bounds being little-endian values) or `texts`."""
     import io
-    import zlib
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -343,7 +311,7 @@ def _holds(body: bytes, values: set[int], texts: set[str]) -> bool:
             if (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)) and texts & set(c.to_pylist()):
                 return True
     elif body[:4] == b"Obj\x01":
-        return any(n in _avro_payload(body, zlib) for n in needles)
+        return any(n in avro_payload(body) for n in needles)
     return False
 
 
