@@ -20,7 +20,7 @@ from psycopg import sql
 from eds_network.core import omop
 from eds_network.core.config import load_network
 from eds_network.core.crypto import Key
-from eds_network.core.storage import S3Endpoint
+from eds_network.core.storage import S3Endpoint, list_keys
 from eds_network.national import ack, receipt, tables, transfer
 from eds_network.platform import consolidate, warehouse
 from eds_network.platform import package as packaging
@@ -90,7 +90,7 @@ class Net:
         applied = tables.apply_delivery(self.target, self.res, d.delivery_id)
         ack.acknowledge(self.platform, _ep(self.stack), self.res.dsn, applied.ref())
         if applied.status == "applied":
-            ack.purge_applied_deletes(self.platform, _ep(self.stack), d.delivery_id)
+            ack.purge_applied_deletes(self.platform, _ep(self.stack), d.source_delivery)
         return pkg, d, applied
 
     def warehouse_counts(self) -> dict[str, int]:
@@ -191,7 +191,7 @@ def test_second_night_with_ten_changes_and_one_deletion_commits_eleven_rows_not_
     assert after["condition_occurrence"] == before["condition_occurrence"] - 1
     assert net.national_counts(tmp_path) == after
     # the national rows hold the corrected values: same content hash as a full delivery would give
-    rec = net.night(reconcile=True)[2]
+    rec_pkg, _, rec = net.night(reconcile=True)
     assert rec.status == "reconciled" and not rec.repaired
 
     # A retried delivery and a replayed older one: no-ops, same snapshots.
@@ -201,10 +201,17 @@ def test_second_night_with_ten_changes_and_one_deletion_commits_eleven_rows_not_
     assert {t: len(net.res.catalog(net.target).load_table(("omop", t)).metadata.snapshots) for t in touched} == snaps
     assert net.national_counts(tmp_path) == after
 
-    # Nothing changed: the next night delivers nothing new and commits nothing.
+    # Nothing changed: the next night packages nothing new (the acknowledged delivery stays the latest) and
+    # commits nothing.
+    s3 = net.pres.outbox.client()
+    ob = net.platform.outbox
+    outbox_before = sorted(list_keys(s3, ob.bucket, ob.prefix))
     pkg3, d3, a3 = net.night()
-    assert pkg3.kind == "incremental" and sum(pkg3.ref()["rows"].values()) == 0
-    assert {v["status"] for v in a3.tables.values()} <= {"unchanged", "already_applied"}
+    assert pkg3.kind == "unchanged" and pkg3.files == {} and pkg3.delivery_id == rec_pkg.delivery_id
+    assert d3.source_delivery == rec_pkg.delivery_id and d3.status == "already_delivered"
+    assert a3.status == "already_applied"
+    assert sorted(list_keys(s3, ob.bucket, ob.prefix)) == outbox_before
+    assert {t: len(net.res.catalog(net.target).load_table(("omop", t)).metadata.snapshots) for t in touched} == snaps
 
 
 def test_racing_incremental_applies_commit_once_and_a_gap_asks_for_a_full_delivery(net, tmp_path):

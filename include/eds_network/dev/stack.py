@@ -237,10 +237,35 @@ class Stack:
         developer's own): start and stop leave it alone."""
         return os.environ.get("EDS_PG_EXTERNAL") == "1"
 
+    def _claim_pg_root(self) -> None:
+        """As root the cluster lives outside the state folder (`pg_root`), so a new state folder at the same path
+        (a fresh clone, a removed `.eds/`) would find the databases a previous checkout left there: stale
+        catalogue rows, warehouses, ledgers. The state folder and its cluster share a random mark; a cluster
+        whose mark this state folder does not hold is an orphan, stopped and removed before a new one is made.
+        (A cluster and a state folder from before marks existed, with its secrets, are adopted as they are.)"""
+        if self.pg_root == self.root:
+            return
+        mine_file, theirs_file = self.root / ".pg_cluster", self.pg_root / ".pg_cluster"
+        mine = mine_file.read_text().strip() if mine_file.exists() else None
+        theirs = theirs_file.read_text().strip() if theirs_file.exists() else None
+        legacy = mine is None and theirs is None and self.secrets_dir.exists()
+        if self.pg_root.exists() and (mine is None or mine != theirs) and not legacy:
+            log.warning("%s: a cluster this state folder did not make (an orphan): removed", self.pg_root)
+            self.stop_postgres()
+            shutil.rmtree(self.pg_root)
+            theirs = None
+        if mine is None or theirs is None:
+            mark = mine or theirs or secrets.token_hex(8)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.pg_root.mkdir(parents=True, exist_ok=True)
+            mine_file.write_text(mark + "\n")
+            theirs_file.write_text(mark + "\n")
+
     def start_postgres(self) -> None:
         if self.pg_external:
             _wait_port(self.pg_port, "the external PostgreSQL")
             return
+        self._claim_pg_root()
         bindir = _pg_bindir()
         runas = self._run_as()
         self.logs.mkdir(parents=True, exist_ok=True)

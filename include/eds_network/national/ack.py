@@ -47,13 +47,14 @@ def acknowledge(
     return doc
 
 
-def purge_applied_deletes(platform: Platform, outbox: S3Endpoint, delivery_id: str) -> int:
+def purge_applied_deletes(platform: Platform, outbox: S3Endpoint, source_delivery: str) -> int:
     """Delete the deletes files (`<table>.deletes.<sha>.parquet`: keys and sealed tokens of erased rows, an
-    objector's among them) of a delivery the national tables applied, from the platform's outbox, the same night:
+    objector's among them) of the platform's package `source_delivery` (its outbox name; the landing zone names
+    the delivery by its content) the national tables applied, from the platform's outbox, the same night:
     they were copied to the landing zone and applied, and serve nothing more. The rest of the package stays until
     the platform prunes it (`platform.package.prune_delivered`). Returns the objects deleted."""
     s3 = outbox.client()
-    prefix = f"{platform.outbox.prefix}{delivery_id}/"
+    prefix = f"{platform.outbox.prefix}{source_delivery}/"
     doomed = [k for k in list_keys(s3, platform.outbox.bucket, prefix) if ".deletes." in k[len(prefix) :]]
     for k in doomed:  # one DeleteObject each: what the zone's policy grants
         s3.delete_object(Bucket=platform.outbox.bucket, Key=k)

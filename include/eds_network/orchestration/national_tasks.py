@@ -175,8 +175,10 @@ def apply_tables(delivery: dict) -> dict:
     p = network.platform(platform)
     outbox = national_resources(network, p).outbox
     ack.acknowledge(p, outbox, res.dsn, out, signing_key=signing_key(zones.NATIONAL))
-    if out.get("status") == "applied":  # an objector's keys in no outbox file after the night
-        out["outbox_deletes_purged"] = ack.purge_applied_deletes(p, outbox, delivery["delivery_id"])
+    if out.get("status") == "applied" and delivery.get("source_delivery"):
+        # an objector's keys in no outbox file after the night: the deletes files of the platform's package
+        # (named by the platform, not by the landing zone's content-named delivery id)
+        out["outbox_deletes_purged"] = ack.purge_applied_deletes(p, outbox, delivery["source_delivery"])
     done = {t: v for t, v in out["tables"].items() if v.get("status") == "applied"}
     rows = lineage.passed_through({t: v.get("rows", 0) for t, v in done.items()})
     lineage.report(

@@ -132,12 +132,19 @@ def package(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one consistent state for every file
         conn.read_only = True
         upto = changes.high_water(conn, tables)
-        if kind == "incremental" and upto <= since and ack.get("delivery_id"):
-            # Nothing changed since what the HDH holds: no new delivery; the acknowledged one stays the latest,
-            # so the transfer finds it in the landing zone and the national tables are left as they are.
-            acked = ack["delivery_id"]
-            log.info("%s: no change since delivery %s (change %s): nothing to package", platform.id, acked, since)
-            return Package(platform.id, acked, f"{prefix}{acked}/{MANIFEST}", {}, kind="unchanged")
+        latest_key = f"{prefix}_latest.json"
+        if kind == "incremental" and upto <= since and object_exists(s3, bucket, latest_key):
+            # Nothing changed since what the HDH holds: no new package; the latest one (which the HDH applied:
+            # it holds changes up to `since`) stays the latest, so the transfer finds it in the landing zone and
+            # the national tables are left as they are.
+            latest = read_json(s3, bucket, latest_key)
+            log.info(
+                "%s: no change since package %s (change %s): nothing to package",
+                platform.id,
+                latest["delivery_id"],
+                since,
+            )
+            return Package(platform.id, latest["delivery_id"], latest["manifest_key"], {}, kind="unchanged")
         state = conn.execute(
             "SELECT coalesce(string_agg(batch_id || ':' || manifest_sha256, ',' ORDER BY batch_id,"
             " manifest_sha256), '') FROM eds_platform.ledger"
