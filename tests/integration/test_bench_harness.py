@@ -58,3 +58,29 @@ def test_quick_local_bench_measures_every_reported_number(stack, quick_local):
                  "3. peak RSS"):  # fmt: skip
         assert item in table
     assert json.loads(json.dumps(doc, default=str))["mode"] == "quick"
+
+
+def test_quick_pseudonym_bench_measures_oprf_beside_hmac(stack):
+    """Issue 19's bench (quick size): the OPRF round trip evaluated every patient once, beside the HMAC baseline,
+    and the night's pseudonym phases were seen by the step's own timer."""
+    run = _load("run")
+    doc = run.run(["pseudonyms"], quick=True, stack=stack)
+    ps = doc["results"]["pseudonyms"]
+    assert "error" not in ps, ps.get("error")
+    with psycopg.connect(stack.dsn(f"bench_local_{ps['patients']}")) as conn:
+        assert ps["rows"] == conn.execute("SELECT count(*) FROM omop.measurement").fetchone()[0] > 0
+        evaluated = conn.execute("SELECT count(*) FROM eds_local.level1_pseudonym").fetchone()[0]
+    # every non-objecting patient went through the round trip into the hospital's map, once; the first night's
+    # step then evaluated (again, on an emptied map) only the patients its rows refer to
+    pp = ps["per_new_patient"]
+    assert 0 < ps["evaluated_patients"] <= ps["patients"] and ps["round_trip_mapped"] == ps["evaluated_patients"]
+    assert 0 < evaluated <= ps["evaluated_patients"]
+    assert pp["hmac_us"]["median"] > 0 and pp["round_trip_us"]["total"]["median"] > 0
+    assert {"blind", "evaluate", "finalize"} <= set(pp["oprf_crypto_us"]) and set(pp["round_trip_us"]) >= {"blind"}
+    night = ps["night"]
+    for timings in night["phase_seconds"] + ps["first_night"]["phase_seconds"]:
+        assert {"identities", "pseudonymise"} <= set(timings)
+    assert 0 < night["pseudonym_share"]["median"] < 1 and night["raw_copy_s"]["median"] > 0
+    table = run.markdown(doc)
+    for item in ("19a. level-1 pseudonym per new patient", "19b. per night", "19c. local step"):
+        assert item in table
