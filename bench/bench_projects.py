@@ -107,7 +107,7 @@ def child(prefix: str, dbname: str) -> None:
         "measurement": ["measurement_id", "person_id", "measurement_concept_id", "measurement_date", "value_as_number"],
     }
     projects.create(
-        res.catalogue_dsn, pid, title="bench", purpose="benchmark", requester="bench", bases=["hosp_b"],
+        res.catalogue_dsn, pid, title="bench", purpose="benchmark", requester="bench", bases=["hosp_a", "hosp_b", "hosp_c"],
         tables=tables, cohort=json.loads(cohort.model_dump_json()), actor="bench",
     )  # fmt: skip
     projects.grant(

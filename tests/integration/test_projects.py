@@ -147,7 +147,7 @@ def test_a_project_moves_through_its_permit_timeline_and_every_access_is_audited
         pid,
         cohort=_cohort(4251306),
         tables={"person": ["person_id", "year_of_birth"]},
-        bases=["hosp_b"],
+        bases=["hosp_d"],
         title="Sinusitis",
         purpose="test",
         requester="a researcher",
@@ -166,7 +166,7 @@ def test_a_project_moves_through_its_permit_timeline_and_every_access_is_audited
     with pytest.raises(projects.ProjectError, match="already exists"):
         project_tasks.create_project(
             NETWORK, dsn, night["warehouses"], pid, cohort=_cohort(1), tables={"person": ["person_id"]},
-            bases=["hosp_b"], title="t", purpose="t", requester="r", actor="test",
+            bases=["hosp_d"], title="t", purpose="t", requester="r", actor="test",
         )  # fmt: skip
     assert _audit(stack, pid) == ["project.requested", "project.read", "project.permit_granted", "project.read"]
 
@@ -215,7 +215,7 @@ def datasets(night, stack):
     catalog = res.national.catalog(NETWORK.national)
     pins = national_feasibility.current_pins(catalog)
     a = _granted(stack, night, "study-a", PERMIT_A, ["hosp_a", "hosp_b", "hosp_c", "hosp_d"])
-    b = _granted(stack, night, "study-b", PERMIT_B, ["hosp_b"])
+    b = _granted(stack, night, "study-b", PERMIT_B, ["hosp_d"])
     out = {}
     for pid in (a, b):
         out[pid] = project_tasks.extract_project(NETWORK, res, pid, actor="test", pins=pins)
@@ -371,7 +371,7 @@ def test_an_objection_gives_a_withdrawal_notice_and_the_next_extract_is_without_
     for name in ("wd-a", "wd-b"):
         pid = _uid(name)
         projects.create(
-            dsn, pid, title=name, purpose="p", requester="r", bases=["hosp_b"],
+            dsn, pid, title=name, purpose="p", requester="r", bases=["hosp_a", "hosp_b", "hosp_c"],
             tables={"person": ["person_id", "year_of_birth"]},
             cohort=json.loads(_cohort(4251306).model_dump_json()), actor="test",
         )  # fmt: skip

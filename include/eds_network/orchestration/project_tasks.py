@@ -127,7 +127,32 @@ def resources_from_connections(network: Network) -> ProjectResources:
     )
 
 
+def uncovered_bases(network: Network, bases: list[str]) -> dict[str, list[str]]:
+    """Platform -> the member bases a permit leaves out, for each platform the permit touches only in part."""
+    asked = set(bases)
+    out = {}
+    for pid in sorted({network.platform_of(b).id for b in bases}):
+        left = sorted(m.id for m in network.platform(pid).members if m.id not in asked)
+        if left:
+            out[pid] = left
+    return out
+
+
 def platforms_of(network: Network, bases: list[str]) -> list[str]:
+    """The platforms a permit's bases make up. The national tables know each row's platform, not its base (the
+    delivery drops `_site`, docs/security.md): a permit naming only some bases of a platform cannot be narrowed to
+    them there, so it is refused rather than served with the other bases' patients."""
+    partial = uncovered_bases(network, bases)
+    if partial:
+        detail = "; ".join(
+            f"platform {p}: the permit names {', '.join(sorted(b for b in bases if network.platform_of(b).id == p))}"
+            f" but not {', '.join(left)}"
+            for p, left in partial.items()
+        )
+        raise projects.ProjectError(
+            "a permit's bases must cover whole platforms: the national tables do not record a row's base, so an "
+            f"extract cannot be narrowed to some bases of a platform ({detail})"
+        )
     return sorted({network.platform_of(b).id for b in bases})
 
 
@@ -149,6 +174,7 @@ def create_project(
     explicit concept lists and the national zone, which has no vocabulary, extracts exactly those."""
     for b in bases:
         network.base(b)  # unknown base: ConfigError naming it
+    platforms_of(network, bases)  # a permit covers whole platforms (refused before anything is recorded)
     resolved, sources = expand_cohort(network, warehouses, cohort)
     doc = json.loads(resolved.model_dump_json())
     doc["requested"] = json.loads(cohort.model_dump_json())
