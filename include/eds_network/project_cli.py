@@ -9,6 +9,8 @@ eds project list | show ID [--json]   projects with their timeline, lead time pe
 eds project extract ID [--pins JSON] [--airflow]   the project dataset from the national tables (current snapshots
                                 unless pinned) into projects/<ID>/ (--airflow: through the eds_project_extract DAG)
 eds project expire [--today D]  delete the datasets of expired permits (nothing left under their area), record it
+eds project close ID [--reason TEXT]   close a project: its datasets deleted (nothing left under its area), the
+                                closure and the deletion on its timeline
 eds project withdrawals         notices for patients of delivered datasets who left the national tables (objection)
 eds project area ID             a read-only S3 login for the project's area (embedded stack: one moto IAM user)
 """
@@ -191,6 +193,12 @@ def cmd_project(args) -> int:
         today = dt.date.fromisoformat(args.today) if args.today else None
         done = project_tasks.expire_due(network, _project_resources(stack, network), actor=actor, today=today)
         print(json.dumps(done, indent=1) if done else "no permit expired")
+    elif args.project_cmd == "close":
+        done = project_tasks.close_project(
+            network, _project_resources(stack, network), args.id, actor=actor, reason=args.reason or "project closed"
+        )
+        print(json.dumps(done, indent=1))
+        print(format_project(projects.get(dsn, args.id, actor=actor)))
     elif args.project_cmd == "withdrawals":
         print(json.dumps(project_tasks.withdrawal_notices(network, _project_resources(stack, network), actor=actor)))
     elif args.project_cmd == "area":
@@ -203,7 +211,7 @@ def cmd_project(args) -> int:
     return 0
 
 
-ACTIONS = ("feasibility", "create", "grant", "list", "show", "extract", "expire", "withdrawals", "area")
+ACTIONS = ("feasibility", "create", "grant", "list", "show", "extract", "expire", "close", "withdrawals", "area")
 # action -> the options it requires
 REQUIRED = {
     "feasibility": ("cohort",),
@@ -211,6 +219,7 @@ REQUIRED = {
     "grant": ("id", "permit", "issuer", "expires"),
     "show": ("id",),
     "extract": ("id",),
+    "close": ("id",),
     "area": ("id",),
 }
 
@@ -233,7 +242,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pr.add_argument("project_cmd", choices=ACTIONS, metavar="action", help=", ".join(ACTIONS))
-    pr.add_argument("id", nargs="?", help="the project id (create, grant, show, extract, area)")
+    pr.add_argument("id", nargs="?", help="the project id (create, grant, show, extract, close, area)")
     pr.add_argument("--cohort", help="feasibility, create: cohort file (JSON or YAML, see eds_network.core.cohort)")
     pr.add_argument("--k", type=int, default=11, help="feasibility: small-cell threshold (default 11)")
     pr.add_argument("--json", action="store_true", help="feasibility, list, show: machine-readable output")
@@ -247,5 +256,6 @@ def add_parser(sub) -> None:
     pr.add_argument("--expires", help="grant: expiry date (YYYY-MM-DD)")
     pr.add_argument("--pins", help="extract: JSON {table: snapshot id} (default: the current snapshots)")
     pr.add_argument("--airflow", action="store_true", help="extract: run the eds_project_extract DAG through Airflow")
+    pr.add_argument("--reason", help="close: why the project is closed (kept on its timeline)")
     pr.add_argument("--today", help="expire: the date to judge expiry by (default today)")
     pr.set_defaults(fn=cmd)

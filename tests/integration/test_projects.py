@@ -408,9 +408,49 @@ def test_an_objection_gives_a_withdrawal_notice_and_the_next_extract_is_without_
     wb = {w["project_person_id"] for w in projects.withdrawals(dsn, ids["wd-b"], actor="test")}
     assert wa != wb  # two projects' notices name two different pseudonyms of the one patient
     for pid in ids.values():  # closed: this national state of its own is gone after the test
-        gone = project_extract_mod.delete_area(stack.s3_client(), target.landing_zone.bucket, pid)
-        (d,) = [d for d in projects.get(dsn, pid, actor="test")["datasets"] if d["deleted_at"] is None]
-        projects.record_deletion(dsn, pid, d["extract_id"], {**gone, "reason": "closed"}, actor="test", status="closed")
+        project_tasks.close_project(network, res, pid, actor="test", reason="test over")
+
+
+def test_closing_a_project_deletes_its_dataset_and_records_the_closure(stack, small_hdh, capsys):
+    from eds_network.national import tables
+    from tests.integration.test_national_tables import land
+
+    network, res = small_hdh
+    target = network.national
+    tables.apply_delivery(
+        target, res.national, land(target, res.national, "idf", _small_delivery(list(range(1, 21))), T0)
+    )
+    dsn = res.catalogue_dsn
+    pid, idle = _uid("closing"), _uid("closing-idle")
+    for p in (pid, idle):
+        projects.create(
+            dsn, p, title=p, purpose="p", requester="r", bases=["hosp_a", "hosp_b", "hosp_c"],
+            tables={"person": ["person_id", "year_of_birth"]},
+            cohort=json.loads(_cohort(4251306).model_dump_json()), actor="test",
+        )  # fmt: skip
+        projects.grant(dsn, p, permit_reference="DAB", issuer="HDH", expires_on=dt.date(2099, 1, 1), actor="hdh")
+    ds = project_tasks.extract_project(network, res, pid, actor="test")
+    s3, bucket = stack.s3_client(), target.landing_zone.bucket
+    assert len(_objects(s3, bucket, f"projects/{pid}/")) == ds["files"] + 1
+    done = project_tasks.close_project(network, res, pid, actor="hdh", reason="study finished")
+    assert done["objects_deleted"] == ds["files"] + 1 and done["objects_left"] == 0
+    assert _objects(s3, bucket, f"projects/{pid}/") == {}  # nothing left under the area
+    p = projects.get(dsn, pid, actor="test")
+    assert p["status"] == "closed" and p["dataset_bytes"] == 0
+    last = p["timeline"][-1]
+    assert last["status"] == "closed" and last["actor"] == "hdh"
+    assert last["details"]["objects_deleted"] == ds["files"] + 1 and last["details"]["reason"] == "study finished"
+    assert p["datasets"][0]["deleted_at"] is not None and p["datasets"][0]["deletion"]["objects_left"] == 0
+    assert {"project.dataset_deleted", "project.closed"} <= set(_audit(stack, pid))
+    with pytest.raises(projects.ProjectError, match="closed"):
+        project_tasks.extract_project(network, res, pid, actor="test")
+    with pytest.raises(projects.ProjectError, match="already closed"):
+        project_tasks.close_project(network, res, pid, actor="test")
+    # the command line: a project with no dataset yet is closed too, the closure on its timeline
+    assert cli.main(["project", "close", idle, "--reason", "permit withdrawn"]) == 0
+    assert "closed" in capsys.readouterr().out
+    q = projects.get(dsn, idle, actor="test")
+    assert q["status"] == "closed" and q["timeline"][-1]["details"]["reason"] == "permit withdrawn"
 
 
 def test_the_extract_dag_runs_in_the_national_zone_through_airflow(night, stack, datasets):

@@ -285,7 +285,7 @@ def record_deletion(
         )
         audit(conn, actor, "project.dataset_deleted", f"project:{project_id}", {"extract_id": extract_id, **deletion})
         if status is not None:
-            _event(conn, project_id, status, actor, _now(), {"extract_id": extract_id})
+            _event(conn, project_id, status, actor, _now(), {"extract_id": extract_id, **deletion})
 
 
 def record_withdrawals(

@@ -268,39 +268,58 @@ def extract_project(
     return asdict(ds)
 
 
+def _retire(network: Network, res: ProjectResources, p: Mapping, *, status: str, reason: str, actor: str) -> dict:
+    """Delete every object of the project's area (nothing left, checked), mark its live datasets deleted and put
+    `status` (expired | closed) on its timeline with what was deleted."""
+    deletion = project_extract.delete_area(res.area.client(), network.national.landing_zone.bucket, p["id"])
+    live = [d for d in p["datasets"] if d["deleted_at"] is None]
+    for i, d in enumerate(live):
+        last = i == len(live) - 1
+        projects.record_deletion(
+            res.catalogue_dsn,
+            p["id"],
+            d["extract_id"],
+            {**deletion, "reason": reason},
+            actor=actor,
+            status=status if last else None,
+        )
+    if not live:
+        projects.set_status(res.catalogue_dsn, p["id"], status, actor=actor, details={**deletion, "reason": reason})
+    return {"project": p["id"], "datasets_deleted": len(live), **deletion}
+
+
 def expire_due(network: Network, res: ProjectResources, *, actor: str, today: dt.date | None = None) -> list[dict]:
     """Delete the datasets of every permit that expired (no object left under its area) and record it."""
     today = today or dt.datetime.now(dt.UTC).date()
     done = []
-    s3 = res.area.client()
-    bucket = network.national.landing_zone.bucket
     for p in projects.list_projects(res.catalogue_dsn, actor=actor):
         if p["status"] in ("expired", "closed", "requested") or p["permit_expires_on"] is None:
             continue
         if p["permit_expires_on"] > today:
             continue
-        deletion = project_extract.delete_area(s3, bucket, p["id"])
-        live = [d for d in p["datasets"] if d["deleted_at"] is None]
-        for i, d in enumerate(live):
-            last = i == len(live) - 1
-            projects.record_deletion(
-                res.catalogue_dsn,
-                p["id"],
-                d["extract_id"],
-                {**deletion, "reason": "permit expired"},
-                actor=actor,
-                status="expired" if last else None,
-            )
-        if not live:
-            projects.set_status(res.catalogue_dsn, p["id"], "expired", actor=actor, details=deletion)
+        out = _retire(network, res, p, status="expired", reason="permit expired", actor=actor)
         log.info(
             "project %s: permit expired on %s, %d objects deleted",
             p["id"],
             p["permit_expires_on"],
-            deletion["objects_deleted"],
+            out["objects_deleted"],
         )
-        done.append({"project": p["id"], **deletion})
+        done.append(out)
     return done
+
+
+def close_project(
+    network: Network, res: ProjectResources, project_id: str, *, actor: str, reason: str = "project closed"
+) -> dict:
+    """Close a project before its permit expires (study finished, permit withdrawn): its datasets are deleted from
+    its area (nothing left, checked) and `closed` goes on its timeline with the deletion and the reason. A
+    closed or expired project cannot be closed again (nor extracted)."""
+    p = projects.get(res.catalogue_dsn, project_id, actor=actor)
+    if p["status"] in ("closed", "expired"):
+        raise projects.ProjectError(f"project {project_id!r} is already {p['status']}")
+    out = _retire(network, res, p, status="closed", reason=reason, actor=actor)
+    log.info("project %s: closed (%s), %d objects deleted", project_id, reason, out["objects_deleted"])
+    return out
 
 
 def withdrawal_notices(
