@@ -12,8 +12,12 @@
   keyed 63-bit permutation of `core.rowids` under that key (person ids and row ids in separate domains): two
   projects' ids never join (different keys), and a project's ids are not the national ones.
 - **Reproducible bytes**: rows sorted on the (re-keyed) primary key, then every column; Parquet written with
-  fixed options (zstd, one row group per 128k rows, no timestamps); the manifest holds no time and is signed with
+  fixed options (zstd, at most 128k rows per row group, no timestamps); the manifest holds no time and is signed with
   the national Ed25519 key (deterministic signatures), so the same permit and pins give the same files.
+- **Bounded memory**: each table is streamed from the scan, re-keyed batch by batch and sorted by buckets
+  (`write_sorted`: spilled to disk in disjoint ranges of the re-keyed first key, each range sorted alone), and
+  every file goes from disk to the area: memory holds one bucket (`SORT_ROWS` rows) and the cohort's ids, not a
+  table.
 - **Written** into the project's area: `projects/<project>/<extract_id>/` in the HDH's bucket, files first, then
   `dictionary.json` (each column: OMOP table, type, role), `quality.json` (the quality summary of the bases
   used, handed in by the caller from the catalogue) and the signed `_manifest.json` last.
@@ -25,9 +29,12 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -41,7 +48,7 @@ from eds_network.core.cohort import EVENT_COLUMNS, Cohort
 from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST
 from eds_network.core.signing import sign_document
-from eds_network.core.storage import list_keys
+from eds_network.core.storage import list_keys, sha256_file, sha256_object
 from eds_network.national.projects.feasibility import NETWORK, cohort_persons
 from eds_network.national.tables import NAMESPACE, PLATFORM_COLUMN
 
@@ -120,9 +127,15 @@ def rekey_ids(tbl: pa.Table, table: str, key: bytes) -> pa.Table:
     return tbl
 
 
-def _read_table(
+SORT_ROWS = 262_144  # rows the sort holds in memory at once (one bucket), whatever the table's size
+ID_SPACE = 1 << 63  # re-keyed ids are 63-bit, non-negative
+
+
+def _scan_batches(
     catalog: SqlCatalog, table: str, pins: Mapping[str, int], permit: Permit, persons: pa.Array
-) -> pa.Table:
+) -> tuple[Iterator[pa.Table], int]:
+    """The permitted rows of `table` as a stream of small tables (cohort, period, platforms, columns; OMOP types),
+    and an upper bound of their number (the records of the data files the scan reads)."""
     spec = omop.table(table)
     cols = [c for c in spec.column_names if c in set(permit.tables[table])]
     tbl_ice = catalog.load_table((NAMESPACE, table))
@@ -144,23 +157,89 @@ def _read_table(
             ),
         )
     fields = tuple(dict.fromkeys([*cols, "person_id"])) if spec.has("person_id") else tuple(cols)
-    reader = tbl_ice.scan(row_filter=row_filter or AlwaysTrue(), selected_fields=fields, snapshot_id=snap)
-    parts = []
-    for rb in reader.to_arrow_batch_reader():  # streamed: only the cohort's rows are kept
-        t = pa.Table.from_batches([rb])
-        if "person_id" in t.column_names:
-            t = t.filter(pc.is_in(t.column("person_id"), value_set=persons))
-        parts.append(t.select(cols))
+    scan = tbl_ice.scan(row_filter=row_filter or AlwaysTrue(), selected_fields=fields, snapshot_id=snap)
+    bound = sum(task.file.record_count for task in scan.plan_files())
     schema = pa.schema([pa.field(c, spec.column(c).arrow_type) for c in cols])
-    out = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-    return out
+
+    def batches() -> Iterator[pa.Table]:
+        for rb in scan.to_arrow_batch_reader():  # streamed: only the cohort's rows are kept
+            t = pa.Table.from_batches([rb])
+            if "person_id" in t.column_names:
+                t = t.filter(pc.is_in(t.column("person_id"), value_set=persons))
+            if t.num_rows:
+                yield t.select(cols).cast(schema)
+
+    return batches(), bound
 
 
-def _sorted(tbl: pa.Table, table: str) -> pa.Table:
+def sort_keys(table: str, columns: Sequence[str]) -> list[str]:
+    """The dataset's row order: the (re-keyed) primary key, then every column."""
     spec = omop.table(table)
-    keys = [c for c in ([spec.primary_key] if spec.primary_key else []) if c in tbl.column_names]
-    keys += [c for c in tbl.column_names if c not in keys]
-    return tbl.sort_by([(c, "ascending") for c in keys]) if tbl.num_rows else tbl
+    keys = [c for c in ([spec.primary_key] if spec.primary_key else []) if c in columns]
+    return keys + [c for c in columns if c not in keys]
+
+
+def write_sorted(
+    batches: Iterable[pa.Table],
+    schema: pa.Schema,
+    keys: Sequence[str],
+    path: Path,
+    *,
+    bound: int,
+    per_bucket: Callable[[pa.Table], pa.Table] | None = None,
+    sort_rows: int = SORT_ROWS,
+) -> int:
+    """Write `batches` to the Parquet file `path` sorted on `keys`, in bounded memory: rows are spilled (Arrow IPC,
+    beside `path`) into buckets of disjoint ranges of the first key (a re-keyed id: uniform over 63 bits), as many
+    buckets as `bound` (an upper bound of the rows) needs for `sort_rows` rows each; each bucket is then sorted
+    alone and appended in range order, so the file is the whole sort. The bucket count depends only on `bound`:
+    the same rows give the same bytes. `per_bucket` (PERSON's one row per person) sees one sorted bucket; equal
+    first keys are always in one bucket. Returns the rows written."""
+    first = keys[0] if keys else None
+    n_buckets = 1
+    if first is not None and pa.types.is_integer(schema.field(first).type):
+        n_buckets = max(1, -(-bound // sort_rows))
+    step = -(-ID_SPACE // n_buckets)
+    spill = [path.with_name(f"{path.name}.bucket{i:06d}.arrow") for i in range(n_buckets)]
+    writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+    try:
+        for t in batches:
+            if n_buckets == 1:
+                ids = pa.array(np.zeros(t.num_rows, np.int64))
+            else:
+                col = pc.fill_null(t.column(first), ID_SPACE - 1)
+                ids = pc.min_element_wise(pc.divide(pc.max_element_wise(col, 0), step), n_buckets - 1)
+            for b in pc.unique(ids).to_pylist():
+                part = t.filter(pc.equal(ids, b)) if n_buckets > 1 else t
+                if b not in writers:
+                    writers[b] = pa.ipc.new_stream(str(spill[b]), schema)
+                writers[b].write_table(part)
+        for w in writers.values():
+            w.close()
+        rows = 0
+        with pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS) as out:
+            for b in range(n_buckets):
+                if b not in writers:
+                    continue
+                with pa.ipc.open_stream(str(spill[b])) as r:
+                    part = r.read_all()
+                spill[b].unlink()
+                part = part.sort_by([(c, "ascending") for c in keys]) if part.num_rows else part
+                if per_bucket is not None:
+                    part = per_bucket(part)
+                out.write_table(part, row_group_size=ROW_GROUP)
+                rows += part.num_rows
+            if rows == 0:
+                out.write_table(schema.empty_table())
+        return rows
+    finally:
+        for w in writers.values():
+            try:
+                w.close()
+            except (OSError, ValueError, pa.ArrowInvalid):
+                pass
+        for f in spill:
+            f.unlink(missing_ok=True)
 
 
 def one_row_per_person(tbl: pa.Table) -> pa.Table:
@@ -174,20 +253,13 @@ def one_row_per_person(tbl: pa.Table) -> pa.Table:
     return tbl.filter(keep)
 
 
-def parquet_bytes(tbl: pa.Table) -> bytes:
-    """Deterministic Parquet: fixed writer options, no time in the metadata."""
-    buf = io.BytesIO()
-    pq.write_table(
-        tbl.replace_schema_metadata(None),
-        buf,
-        compression="zstd",
-        compression_level=3,
-        row_group_size=ROW_GROUP,
-        use_dictionary=True,
-        write_statistics=True,
-        data_page_version="1.0",
-    )
-    return buf.getvalue()
+PARQUET_OPTIONS = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": True,
+    "write_statistics": True,
+    "data_page_version": "1.0",
+}
 
 
 def dictionary(permit: Permit) -> dict:
@@ -224,21 +296,51 @@ def extract(
     key = project_key(national_secret, permit.project_id)
     matched = cohort_persons(catalog, permit.cohort, pins, platforms=permit.platforms)[NETWORK]
     persons = pa.array(sorted(matched), pa.int64())
-    bodies: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="eds-project-") as tmp:
+        return _extract_into(Path(tmp), catalog, s3, bucket, permit, pins, persons, key, signing_key, key_id, quality)
+
+
+def _extract_into(
+    tmp: Path,
+    catalog: SqlCatalog,
+    s3,
+    bucket: str,
+    permit: Permit,
+    pins: Mapping[str, int],
+    persons: pa.Array,
+    key: bytes,
+    signing_key: bytes,
+    key_id: str,
+    quality: Mapping[str, object] | None,
+) -> Dataset:
+    files: dict[str, Path] = {}
     rows: dict[str, int] = {}
     for t in sorted(permit.tables):
         if t not in pins:
             raise IntegrityError(f"permit {permit.permit_reference}: no national table (no pin)", table=t)
-        tbl = _sorted(rekey_ids(_read_table(catalog, t, pins, permit, persons), t, key), t)
-        if t == "person":
-            tbl = one_row_per_person(tbl)
-        bodies[f"{t}.parquet"] = parquet_bytes(tbl)
-        rows[t] = tbl.num_rows
-    bodies["dictionary.json"] = json.dumps(dictionary(permit), indent=1, sort_keys=True).encode()
-    bodies["quality.json"] = json.dumps(
-        {"kind": "eds-network/project-quality", "bases": quality or {}}, indent=1, sort_keys=True, default=str
-    ).encode()
-    sha = {name: hashlib.sha256(b).hexdigest() for name, b in sorted(bodies.items())}
+        batches, bound = _scan_batches(catalog, t, pins, permit, persons)
+        spec = omop.table(t)
+        cols = [c for c in spec.column_names if c in set(permit.tables[t])]
+        schema = pa.schema([pa.field(c, spec.column(c).arrow_type) for c in cols])
+        path = tmp / f"{t}.parquet"
+        rows[t] = write_sorted(
+            (rekey_ids(b, t, key) for b in batches),
+            schema,
+            sort_keys(t, cols),
+            path,
+            bound=bound,
+            per_bucket=one_row_per_person if t == "person" else None,
+        )
+        files[path.name] = path
+    docs = {
+        "dictionary.json": dictionary(permit),
+        "quality.json": {"kind": "eds-network/project-quality", "bases": quality or {}},
+    }
+    for name, d in docs.items():
+        (tmp / name).write_bytes(json.dumps(d, indent=1, sort_keys=True, default=str).encode())
+        files[name] = tmp / name
+    sha = {name: sha256_file(f) for name, f in sorted(files.items())}
+    size = {name: f.stat().st_size for name, f in files.items()}
     digest = hashlib.sha256("|".join(f"{n}:{h}" for n, h in sha.items()).encode()).hexdigest()
     extract_id = f"{permit.project_id}__{digest[:16]}"
     prefix = f"{area_prefix(permit.project_id)}{extract_id}/"
@@ -257,7 +359,7 @@ def extract(
                 "name": n,
                 "key": prefix + n,
                 "sha256": h,
-                "bytes": len(bodies[n]),
+                "bytes": size[n],
                 "rows": rows.get(n[: -len(".parquet")]),
             }
             for n, h in sha.items()
@@ -268,10 +370,10 @@ def extract(
         project_id=permit.project_id,
         extract_id=extract_id,
         prefix=prefix,
-        pins=pins,
+        pins=dict(pins),
         manifest_sha256=hashlib.sha256(manifest).hexdigest(),
-        files=len(bodies),
-        bytes=sum(len(b) for b in bodies.values()) + len(manifest),
+        files=len(files),
+        bytes=sum(size.values()) + len(manifest),
         rows=rows,
         persons=len(persons),
         sha256=sha,
@@ -280,11 +382,12 @@ def extract(
         out.status = "already_delivered"
         log.info("project %s: dataset %s is already in its area: nothing written", permit.project_id, extract_id)
         return out
-    for name, body in bodies.items():
-        s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)
+    for name, f in files.items():
+        with open(f, "rb") as body:  # streamed from disk (boto3 sends the file object)
+            s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)
     for name, h in sha.items():  # verify every object before the manifest
-        got = hashlib.sha256(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()).hexdigest()
-        if got != h:
+        got, n = sha256_object(s3, bucket, prefix + name)
+        if got != h or n != size[name]:
             raise IntegrityError(f"project area object {prefix + name} does not match what was written")
     s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest, ContentType="application/json")
     log.info(
