@@ -1,6 +1,7 @@
 """Benchmark of research projects (issue 21): permit-to-dataset time and peak memory of one project extract.
 
     python bench/bench_projects.py [--quick] [--rows N]     (the embedded stack of $EDS_HOME / $EDS_PG_PORT …)
+    make bench / bench/run.py --only projects                (part of `make bench`: target 21 of BENCHMARKS.md)
 
 Builds national tables of their own (a fresh HDH database, its own landing prefix): one platform's delivery of
 N measurement rows (default 2,000,000; --quick: 200,000) for N/20 persons, plus conditions, applied as the
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 CONCEPT = 4251306
+FULL_ROWS, QUICK_ROWS = 2_000_000, 200_000
 
 
 def _delivery(rows: int) -> dict:
@@ -127,34 +129,33 @@ def child(prefix: str, dbname: str) -> None:
     )
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--child", nargs=2)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rows", type=int)
-    ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
-    if args.child:
-        child(*args.child)
-        return 0
+def run(*, rows: int, reps: int, quick: bool = False) -> dict:
+    """Build the national tables of `rows` measurements, then `reps` permit -> dataset runs in child processes;
+    the results (also written to bench/results/projects[-quick].json). `make bench` calls this (`bench/run.py`)."""
+    import psycopg
+    from psycopg import sql
+
     from eds_network.dev.landing import land_delivery
+    from eds_network.dev.stack import Stack
     from eds_network.national import tables
 
-    rows = args.rows or (200_000 if args.quick else 2_000_000)
-    reps = 1 if args.quick else args.reps
     prefix, dbname = f"bench-{uuid.uuid4().hex[:8]}/", f"bench_hdh_{uuid.uuid4().hex[:8]}"
-    from eds_network.dev.stack import Stack
-
     Stack.default().create_database(dbname)
     stack, network, res = _world(prefix, dbname)
-    t0 = time.perf_counter()
-    applied = tables.apply_delivery(
-        network.national,
-        res.national,
-        land_delivery(network.national, res.national.landing, "idf", _delivery(rows), key_versions={"national": "v1"}),
-    )
-    setup = time.perf_counter() - t0
-    runs = [common.run_child(Path(__file__), prefix, dbname) for _ in range(reps)]
+    try:
+        t0 = time.perf_counter()
+        applied = tables.apply_delivery(
+            network.national,
+            res.national,
+            land_delivery(
+                network.national, res.national.landing, "idf", _delivery(rows), key_versions={"national": "v1"}
+            ),
+        )
+        setup = time.perf_counter() - t0
+        runs = [common.run_child(Path(__file__), prefix, dbname) for _ in range(reps)]
+    finally:
+        with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
     out = {
         "measurement_rows": rows,
         "national_apply_s": round(setup, 2),
@@ -166,17 +167,26 @@ def main() -> int:
         "machine": common.machine(),
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    per_year = 200 * out["permit_to_delivery_s"]["median"] / 3600
-    out["hours_for_200_projects"] = round(per_year, 2)
+    out["hours_for_200_projects"] = round(200 * out["permit_to_delivery_s"]["median"] / 3600, 2)
     common.RESULTS_DIR.mkdir(exist_ok=True)
-    path = common.RESULTS_DIR / ("projects-quick.json" if args.quick else "projects.json")
+    path = common.RESULTS_DIR / ("projects-quick.json" if quick else "projects.json")
     path.write_text(json.dumps(out, indent=1, default=str) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1, default=str))
-    import psycopg
-    from psycopg import sql
+    return out
 
-    with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", nargs=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", type=int)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
+    out = run(rows=rows, reps=1 if args.quick else args.reps, quick=args.quick)
+    print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1, default=str))
     return 0
 
 
