@@ -498,3 +498,51 @@ def test_the_operator_page_lists_projects_with_timeline_lead_time_size_and_feasi
     answers = client.get("/api/feasibility").json()
     published = [v for a in answers for b in a["answer"]["bases"].values() for v in b.values() if v is not None]
     assert all(v == 0 or v >= K for v in published)
+
+
+def test_the_operator_page_shows_one_projects_permit_timeline_and_datasets(stack):
+    from fastapi.testclient import TestClient
+
+    from eds_network import ui
+
+    dsn = stack.dsn("catalogue")
+    pid = _uid("view")
+    cohort = json.loads(_cohort(4251306, age_min=18, sex=["F"]).model_dump_json())
+    projects.create(
+        dsn, pid, title="Sinusitis in women", purpose="a study", requester="r", bases=["hosp_d"],
+        tables={"person": ["person_id", "year_of_birth"]}, cohort=cohort, actor="test",
+    )  # fmt: skip
+    projects.grant(dsn, pid, permit_reference=f"DAB-{pid}", issuer="HDH", expires_on=dt.date(2099, 1, 1), actor="hdh")
+    extract_id = f"{pid}__0123456789abcdef"
+    projects.record_dataset(
+        dsn, pid,
+        {"extract_id": extract_id, "pins": {"person": 42}, "prefix": f"projects/{pid}/{extract_id}/",
+         "manifest_sha256": "0" * 64, "files": 3, "bytes": 4_321, "rows": {"person": 17}, "persons": 17},
+        actor="test",
+    )  # fmt: skip
+    projects.record_deletion(
+        dsn, pid, extract_id, {"objects_deleted": 4, "objects_left": 0, "reason": "study finished"},
+        actor="hdh", status="closed",
+    )  # fmt: skip
+    client = TestClient(ui.create_app(lambda: dsn, load_network))
+    html = client.get(f"/projects/{pid}").text
+    assert "data-status='closed'" in html and f"DAB-{pid}" in html and "Sinusitis in women" in html
+    for status in ("requested", "permit_granted", "extracted", "delivered", "closed"):
+        assert f"data-event='{status}'" in html
+    assert "<td>hdh</td>" in html and "reason study finished" in html  # who closed it, and why
+    assert (
+        f"data-dataset='{extract_id}'" in html
+        and "data-state='deleted'" in html
+        and "4 objects deleted, 0 left" in html
+    )
+    assert "<div>person 42</div>" in html and "data-bytes='4321'" in html  # its pins and size
+    assert "<code>person</code>: person_id, year_of_birth" in html and "data-criterion='condition_occurrence'" in html
+    assert "age min 18" in html and "data-lead-hours=" in html
+    api = client.get(f"/api/projects/{pid}").json()
+    assert api["status"] == "closed" and api["datasets"][0]["deletion"]["reason"] == "study finished"
+    assert client.get("/projects/no-such-project").status_code == 404
+    assert client.get("/api/projects/Not%20an%20id").status_code == 404
+    assert _audit(stack, pid).count("project.read") >= 2  # reading the page is an audited access
+    assert f"data-project-link='{pid}'" in client.get("/projects").text  # the list links to the project's view
+    page = client.get("/").text  # the operator page's overview: projects per status, link to the projects
+    assert "id='projects-summary'" in page and "data-projects-status='closed'" in page

@@ -255,6 +255,40 @@ def _describe(conn, p: dict) -> dict:
     return p
 
 
+def summary(dsn: str) -> dict:
+    """Aggregates only (no project read, so not an access to audit): projects per status, the live datasets' bytes,
+    the median lead time permit -> first delivery, for the operator page's overview."""
+    import statistics
+
+    with engine(dsn).connect() as conn:
+        by_status = dict(conn.execute(select(project_t.c.status, func.count()).group_by(project_t.c.status)).all())
+        live = conn.execute(
+            select(func.coalesce(func.sum(project_dataset_t.c.bytes), 0)).where(
+                project_dataset_t.c.deleted_at.is_(None)
+            )
+        ).scalar()
+        firsts = conn.execute(
+            select(project_event_t.c.project_id, project_event_t.c.status, func.min(project_event_t.c.at))
+            .where(project_event_t.c.status.in_(("permit_granted", "delivered")))
+            .group_by(project_event_t.c.project_id, project_event_t.c.status)
+        ).all()
+    at: dict[str, dict[str, dt.datetime]] = {}
+    for pid, status, when in firsts:
+        at.setdefault(pid, {})[status] = when
+    leads = [
+        (t["delivered"] - t["permit_granted"]).total_seconds() / 86400
+        for t in at.values()
+        if "delivered" in t and "permit_granted" in t
+    ]
+    return {
+        "projects": sum(by_status.values()),
+        "by_status": {s: by_status[s] for s in STATUSES if s in by_status},
+        "live_dataset_bytes": int(live or 0),
+        "delivered": len(leads),
+        "median_lead_time_hours": round(statistics.median(leads) * 24, 2) if leads else None,
+    }
+
+
 def lead_time_days(timeline: Sequence[Mapping]) -> float | None:
     """Days from the permit to the first delivery (None before both)."""
     granted = next((e["at"] for e in timeline if e["status"] == "permit_granted"), None)

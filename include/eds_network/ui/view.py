@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from eds_network import catalogue
-from eds_network.catalogue import base_stats, lead_time, milestone_records, quality_label, quality_trends
+from eds_network.catalogue import base_stats, lead_time, milestone_records, projects, quality_label, quality_trends
 from eds_network.core.config import Network
 
 MILESTONE_LABELS = {
@@ -331,4 +331,5 @@ def network_view(
         "held": milestone_records.held_deliveries(dsn),
         "lead_time": lead_time.distribution(dsn, today=today),
         "audit": recent_audit(dsn),
+        "projects": projects.summary(dsn),
     }
