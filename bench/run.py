@@ -313,8 +313,8 @@ def pseudonym_targets(ps: dict) -> list[dict]:
             "rows": ps["rows"],
             "ours": f"{night['pseudonym_s']['median']:.2f} s of {night['extract_s']['median']:.2f} s wall "
             f"({100 * night['pseudonym_share']['median']:.0f} %), {night['pseudonym_cpu_s']['median']:.2f} CPU-s "
-            f"({100 * night['pseudonym_cpu_share']['median']:.0f} % of the step's CPU); first night (every patient "
-            f"new, evaluated by the step): {first['pseudonym_s']['median']:.2f} s "
+            f"({100 * night['pseudonym_cpu_share']['median']:.0f} % of the step's CPU); map emptied and every patient "
+            f"evaluated inside the step by the test stand-in: {first['pseudonym_s']['median']:.2f} s "
             f"({100 * first['pseudonym_share']['median']:.0f} %)",
             "reference": f"HMAC of the {ps['evaluated_patients']:,} patients {ps['hmac_night_s']:.3f} s "
             f"({100 * ps['hmac_night_share']:.1f} % of the step); OPRF round trip of all "
@@ -325,12 +325,14 @@ def pseudonym_targets(ps: dict) -> list[dict]:
             "met": None,
         },
         {
-            "what": "19c. local step `extract_table` (OPRF pseudonyms, map filled) vs raw `COPY … TO STDOUT`",
+            "what": "19c. local step `extract_table` as the DAG runs it (OPRF pseudonyms from the filled map) vs raw "
+            "`COPY … TO STDOUT`",
             "rows": ps["rows"],
             "ours": _s(night["extract_s"]),
             "reference": _s(night["raw_copy_s"]),
             "value": f"{night['ratio_extract_over_raw']:.2f}x wall, {night['cpu_ratio_extract_over_raw']:.2f}x CPU "
-            f"(first night {first['ratio_extract_over_raw']:.2f}x wall, {first['cpu_ratio_extract_over_raw']:.2f}x CPU)",
+            f"(stand-in evaluating inside the step: {first['ratio_extract_over_raw']:.2f}x wall, "
+            f"{first['cpu_ratio_extract_over_raw']:.2f}x CPU)",
             "target": "<= 2.0x",
             "met": night["ratio_extract_over_raw"] <= 2.0,
         },
