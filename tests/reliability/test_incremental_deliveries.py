@@ -214,6 +214,69 @@ def test_second_night_with_ten_changes_and_one_deletion_commits_eleven_rows_not_
     assert {t: len(net.res.catalog(net.target).load_table(("omop", t)).metadata.snapshots) for t in touched} == snaps
 
 
+def test_rerunning_every_sites_night_changes_no_row_and_delivers_nothing(stack, world, fresh_db, tmp_path):
+    """Both hospitals rerun the same interval (their person files differ: the transport tokens are sealed anew;
+    they share patients, so rows keyed by the patient — person, death — come from either site): the warehouse's
+    change sequence does not move, and the next package is the acknowledged one, unchanged."""
+    import datetime as dt
+
+    from eds_network.local import extract, publish
+    from eds_network.platform import changes
+
+    day1 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    iprefix = f"t-rerun-{uuid.uuid4().hex[:8]}/"
+    src = {b: world["clone"](b) for b in ("hosp_c", "hosp_b")}
+    # Two patients treated at both hospitals died: each site records the death (a row keyed by the patient).
+    nirs = {}
+    for b, dsn in src.items():
+        with psycopg.connect(dsn) as conn:
+            nirs[b] = dict(conn.execute("SELECT nir, person_id FROM identity.patient WHERE nir IS NOT NULL"))
+    both = sorted(set(nirs["hosp_c"]) & set(nirs["hosp_b"]))[:2]
+    assert len(both) == 2, "the small world's hospitals share patients"
+    for b, dsn in src.items():
+        with psycopg.connect(dsn) as conn:
+            for nir in both:
+                pid = nirs[b][nir]
+                conn.execute("DELETE FROM omop.death WHERE person_id = %s", (pid,))
+                conn.execute(
+                    "INSERT INTO omop.death (person_id, death_date, death_type_concept_id, _updated_at)"
+                    " VALUES (%s, DATE '2025-02-28', 32817, %s)",
+                    (pid, day1 + dt.timedelta(hours=2)),
+                )
+
+    def local_night(b: str):
+        base = NET.base(b)
+        res = stack.local_resources(NET, b, source_dsn=src[b], intake_prefix=iprefix)
+        refs = [extract.extract_table(base, t, day1, day1 + dt.timedelta(days=1), res).ref() for t in base.tables]
+        return publish.publish_batch(base, day1, day1 + dt.timedelta(days=1), refs, res)
+
+    first = {b: local_night(b) for b in ("hosp_c", "hosp_b")}
+    net = Net(stack, world, fresh_db, intake_prefix=iprefix)
+    pkg1, _, a1 = net.night()
+    assert pkg1.kind == "full" and a1.status == "applied"
+    with psycopg.connect(net.wh) as conn:
+        mark = changes.high_water(conn, warehouse.platform_tables(net.platform))
+        shared = conn.execute(
+            "SELECT count(*) FROM (SELECT person_id FROM eds_platform.person_site GROUP BY 1 HAVING count(*) > 1) s"
+        ).fetchone()[0]
+        deaths = conn.execute(
+            "SELECT count(*) FROM omop.death d JOIN eds_platform.person_site s USING (person_id)"
+            " GROUP BY d.person_id HAVING count(*) > 1"
+        ).fetchall()
+    assert shared > 0 and len(deaths) == 2  # rows of patients of both sites: either site could take them over
+
+    # The rerun, in the other order: new manifests (re-sealed tokens), the same rows.
+    again = {b: local_night(b) for b in ("hosp_b", "hosp_c")}
+    assert {b: p.batch_id for b, p in again.items()} == {b: p.batch_id for b, p in first.items()}
+    c = net.consolidate()
+    assert not c.rejected and len(c.applied) == 2  # two new versions of the same batches, merged again
+    with psycopg.connect(net.wh) as conn:
+        assert changes.high_water(conn, warehouse.platform_tables(net.platform)) == mark
+    pkg2, d2, a2 = net.night()
+    assert pkg2.kind == "unchanged" and pkg2.delivery_id == pkg1.delivery_id
+    assert d2.status == "already_delivered" and a2.status == "already_applied"
+
+
 def test_racing_incremental_applies_commit_once_and_a_gap_asks_for_a_full_delivery(net, tmp_path):
     net.night()
     changed = _ids(net.wh, "measurement", 5)

@@ -173,10 +173,16 @@ def apply_batch(
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
         )
-        # A person row is held by the lowest site number that treats the patient (its later versions update
-        # it; other sites' copies do not), so the warehouse does not depend on the order batches arrive in.
+        # A row keyed by the patient (person, death) is held by the lowest site number that treats the patient
+        # (its later versions update it; other sites' copies do not), so the warehouse does not depend on the
+        # order batches arrive in, and a rerun of every site's night changes nothing (no site takes the row
+        # back from another, which would draw a new change sequence and deliver it again).
         tm.start("upsert")
-        only = sql.SQL(" WHERE omop.person._site >= EXCLUDED._site") if t == "person" else sql.SQL("")
+        only = (
+            sql.SQL(" WHERE omop.{}._site >= EXCLUDED._site").format(sql.Identifier(t))
+            if key == "person_id"
+            else sql.SQL("")
+        )
         conn.execute(
             sql.SQL(
                 "INSERT INTO omop.{t} ({cols}, {meta}) SELECT {cols}, %s, %s, %s FROM {stage} "
