@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pyarrow as pa
@@ -49,6 +50,12 @@ def _dags_test(stack, dag_id: str, logical: dt.datetime) -> None:
         log = stack.logs / f"test_mutualised__{dag_id}.log"
         log.write_text(out)
         pytest.fail(f"{dag_id} failed at {logical.isoformat()}: see {log}")
+
+
+def _dags_test_side_by_side(stack, dag_ids: list[str], logical: dt.datetime) -> None:
+    """`_dags_test` of DAGs of one level at once, as the scheduler (and `cli.run_night`) runs them."""
+    with ThreadPoolExecutor(max_workers=len(dag_ids)) as pool:
+        list(pool.map(lambda d: _dags_test(stack, d, logical), dag_ids))
 
 
 def _wh(stack) -> psycopg.Connection:
@@ -137,8 +144,7 @@ def night(stack):
         )
     res = stack.airflow("dags", "reserialize", check=False, capture=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    for b in MEMBERS:
-        _dags_test(stack, f"eds_local__{b}", END)
+    _dags_test_side_by_side(stack, [f"eds_local__{b}" for b in MEMBERS], END)
     _dags_test(stack, PLATFORM.dag_id, END)
     yield {"planted": ("hosp_b", b_row, "hosp_c", c_row)}
     _reset_platform(stack)
@@ -291,7 +297,7 @@ def test_at_the_deadline_a_missing_member_is_late_a_tampered_batch_rejected_the_
                 (stamp, ids),
             )
             changed[b] = ids
-        _dags_test(stack, f"eds_local__{b}", NEXT_END)
+    _dags_test_side_by_side(stack, ["eds_local__hosp_b", "eds_local__hosp_c"], NEXT_END)
     # One byte changed in hosp_b's measurement file of the night, in the intake.
     s3 = stack.s3_client()
     bucket = PLATFORM.intake.bucket
