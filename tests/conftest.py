@@ -49,6 +49,10 @@ def pytest_collection_modifyitems(config, items):
     first = items.index(uses[0])
     others = [i for i in items if "network_night" not in getattr(i, "fixturenames", ())]
     readers = [i for i in uses if i.get_closest_marker("mutates_night") is None]
+    # the readers that look for identifiers last: the one scan of the outputs (`night_scan`) sees all the others wrote
+    readers = [i for i in readers if "night_scan" not in i.fixturenames] + [
+        i for i in readers if "night_scan" in i.fixturenames
+    ]
     mutators = [i for i in uses if i.get_closest_marker("mutates_night") is not None]
     items[:] = others[:first] + readers + mutators + others[first:]
     # the first of them sets the night up: minutes on a busy machine, beyond the default 900 s
@@ -87,6 +91,40 @@ def network_night(stack):
     # the OpenLineage events of this night: the stack's file transport writes one file per event
     lineage = sorted(set(stack.lineage_dir.glob("events-*.json")) - before)
     return {"results": results, "planted": planted, "lineage": lineage}
+
+
+@pytest.fixture(scope="session")
+def night_scan(network_night, stack):
+    """The outputs of the session's night read once for identifiers, shared by the tests that look for them.
+
+    One pass of the leak scanner over every place it reads (`leakscan.stack_places`, the summary text included);
+    the text of the objects, warehouse tables, catalogue tables and data docs read on the way is kept as well,
+    for test_network_night's own token scan of those places. Returns the scanner's `report` and `ids`, and
+    `texts` (place -> its whole text). Its tests run after every other reader of the night (above).
+    """
+    from eds_network import cli
+    from eds_network.core.config import load_network
+    from eds_network.dev import leakscan
+
+    network = load_network()
+    ids = leakscan.Identifiers.from_sources(leakscan.source_dsns(stack, network))
+    texts: dict[str, list[str]] = {}
+    datadocs = str(stack.root / "datadocs") + os.sep
+
+    def kept(where, chunks):
+        parts = texts.setdefault(where, [])
+        for chunk in chunks:
+            parts.append(chunk)
+            yield chunk
+
+    def tee(places):
+        for area, where, chunks in places:
+            if area in ("s3", "warehouse", "catalogue") or (area == "files" and where.startswith(datadocs)):
+                chunks = kept(where, chunks)
+            yield area, where, chunks
+
+    report = leakscan.scan(tee(leakscan.stack_places(stack, network, summary=cli.summary(network))), ids)
+    return {"report": report, "ids": ids, "texts": {w: "".join(parts) for w, parts in texts.items()}}
 
 
 @pytest.fixture

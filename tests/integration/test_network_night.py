@@ -324,36 +324,27 @@ def test_one_patient_at_two_platforms_has_one_national_id(night, stack):
     assert len(persons["idf"] & persons["onco"]) == expected
 
 
-def test_no_identifier_reaches_intake_warehouse_landing_zone_or_catalogue(night, stack):
+def test_no_identifier_reaches_intake_warehouse_landing_zone_or_catalogue(night_scan, stack):
+    """The text of these places is read once, with the leak scanner's pass over the night (`night_scan`,
+    tests/conftest.py), and searched here with this module's own tokens."""
     values = _identity_values(stack)
     assert len(values["nir"]) > 100
     s3 = stack.s3_client()
-    haystacks: dict[str, str] = {}
+    texts = night_scan["texts"]
     buckets = [NETWORK.national.landing_zone.bucket] + [
         b for p in NETWORK.platforms for b in (p.intake.bucket, p.outbox.bucket)
     ]
-    for bucket in buckets:
-        for key in list_keys(s3, bucket, ""):
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            haystacks[f"s3://{bucket}/{key}"] = (
-                _text_of(pq.read_table(io.BytesIO(body)))
-                if key.endswith(".parquet")
-                else body.decode("utf-8", "replace")
-            )
-    for p in NETWORK.platforms:
-        with psycopg.connect(stack.dsn(f"wh_{p.id}")) as conn:
-            for t in omop.DEFAULT_TABLES:
-                buf = io.BytesIO()
-                with conn.cursor().copy(sql.SQL("COPY omop.{} TO STDOUT").format(sql.Identifier(t))) as cp:
-                    for chunk in cp:
-                        buf.write(chunk)
-                haystacks[f"wh_{p.id}.{t}"] = buf.getvalue().decode()
-    with psycopg.connect(stack.dsn("catalogue")) as conn:
-        for t in ("run", "run_table", "delivery", "audit", "milestone", "quality_check", "quality_table"):
-            rows = conn.execute(sql.SQL("SELECT * FROM catalogue.{}").format(sql.Identifier(t))).fetchall()
-            haystacks[f"catalogue.{t}"] = json.dumps(rows, default=str, ensure_ascii=False)
-    for page in (stack.root / "datadocs").rglob("*.html"):  # GX Data Docs of the local level
-        haystacks[str(page)] = page.read_text(errors="replace")
+    objects = [f"s3://{bucket}/{key}" for bucket in buckets for key in list_keys(s3, bucket, "")]
+    tables = [f"wh_{p.id}:omop.{t}" for p in NETWORK.platforms for t in omop.DEFAULT_TABLES]
+    tables += [
+        f"catalogue:catalogue.{t}"
+        for t in ("run", "run_table", "delivery", "audit", "milestone", "quality_check", "quality_table")
+    ]
+    pages = [str(page) for page in (stack.root / "datadocs").rglob("*.html")]  # GX Data Docs of the local level
+    assert objects and pages
+    missing = [w for w in [*objects, *tables, *pages] if w not in texts]
+    assert missing == []  # every place of this test was read by the pass
+    haystacks = {w: texts[w] for w in [*objects, *tables, *pages]}
     assert _scan(haystacks, values) == []
     # The scan is not vacuous: one planted NIR in one place is found, and only there.
     where = sorted(haystacks)[0]
