@@ -2,8 +2,10 @@
 on the embedded PostgreSQL metadata DB), driven through Airflow's REST API as the UI would, then the Trigger form
 in a real headless browser.
 
-The network is the demo network plus `hosp_onb`, a small generated hospital with 6 months of history
-(June to November 2025) and a monthly schedule, so that the backfill has 6 intervals.
+The network is the demo network plus `hosp_onb`, a small generated hospital with 3 months of history
+(September to November 2025, across the change to winter time) and a monthly schedule, so that the backfill has
+3 intervals: more than its 2 parallel ones, and a middle one to rerun alone. Each interval is a whole DAG run of
+Airflow tasks: their number, not the rows, sets the time of this module.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 BASE_ID = "hosp_onb"
 PARIS = ZoneInfo("Europe/Paris")
-START, END = dt.date(2025, 6, 1), dt.date(2025, 12, 1)  # 6 monthly intervals, 01:00 Paris on the 1st
-FIRST = dt.datetime(2025, 6, 1, 1, 0, tzinfo=PARIS)
+START, END = dt.date(2025, 9, 1), dt.date(2025, 12, 1)  # 3 monthly intervals, 01:00 Paris on the 1st
+INTERVALS = 3
+FIRST = dt.datetime(2025, 9, 1, 1, 0, tzinfo=PARIS)
 LAST_END = dt.datetime(2025, 12, 1, 1, 0, tzinfo=PARIS)
-STAMP = (dt.datetime(2025, 6, 1, 2, 0, tzinfo=dt.UTC), dt.datetime(2025, 11, 30, 12, 0, tzinfo=dt.UTC))
+STAMP = (dt.datetime(2025, 9, 1, 2, 0, tzinfo=dt.UTC), dt.datetime(2025, 11, 30, 12, 0, tzinfo=dt.UTC))
 TABLES = ["person", "visit_occurrence"]
 RUN_TIMEOUT_S = 1500
 
@@ -241,9 +244,9 @@ def test_a_dry_run_checks_and_profiles_but_writes_no_data(airflow, stack, net):
     reports = onboard.reports(stack.dsn("catalogue"), BASE_ID, run_id)
     assert reports["schema"]["ok"] is True
     assert set(reports["schema"]["tables"]) == set(TABLES)
-    assert reports["backfill"]["dry_run"] is True and reports["backfill"]["intervals"] == 6
+    assert reports["backfill"]["dry_run"] is True and reports["backfill"]["intervals"] == INTERVALS
     by_month = reports["profile"]["tables"]["visit_occurrence"]["by_month"]
-    assert sorted(by_month) == ["2025-06", "2025-07", "2025-08", "2025-09", "2025-10", "2025-11"]
+    assert sorted(by_month) == ["2025-09", "2025-10", "2025-11"]
     with psycopg.connect(stack.dsn(f"src_{BASE_ID}")) as conn:
         total = conn.execute("SELECT count(*) FROM omop.visit_occurrence").fetchone()[0]
     assert sum(by_month.values()) == total > 0
@@ -256,14 +259,14 @@ def test_onboarding_backfills_exactly_one_full_extraction_then_unpauses(airflow,
     in_range = {
         b: m for b, m in batches.items() if FIRST <= dt.datetime.fromisoformat(m["data_interval"]["start"]) < LAST_END
     }
-    assert len(in_range) == 6
+    assert len(in_range) == INTERVALS
     full = _full_extraction(stack, net)
     for table in TABLES:
-        # every batch of the base (the range's 6, and the first nightly run after unpausing, if it ran)
+        # every batch of the base (the range's, and the first nightly run after unpausing, if it ran)
         assert _rows(stack, net, batches.values(), table) == full[table], table
         assert len(full[table]) > 0
     report = onboard.reports(stack.dsn("catalogue"), BASE_ID, run_id)["backfill"]
-    assert report["intervals"] == report["succeeded"] == 6 and report["failed"] == []
+    assert report["intervals"] == report["succeeded"] == INTERVALS and report["failed"] == []
     assert report["rows_published"] == sum(len(v) for v in full.values())
     assert airflow.dags.get_dag(f"eds_local__{BASE_ID}").is_paused is False
     ms = catalogue.milestones(stack.dsn("catalogue"), BASE_ID)
@@ -288,9 +291,9 @@ def test_the_same_backfill_again_changes_nothing(airflow, stack, net):
         return keys, {t: _rows(stack, net, batches.values(), t) for t in TABLES}
 
     before = state()
-    assert len(before[0]) >= 6
+    assert len(before[0]) >= INTERVALS
     run_id = _trigger(airflow, dry_run=False, reprocess="completed")  # every interval extracted again
-    assert onboard.reports(stack.dsn("catalogue"), BASE_ID, run_id)["backfill"]["succeeded"] == 6
+    assert onboard.reports(stack.dsn("catalogue"), BASE_ID, run_id)["backfill"]["succeeded"] == INTERVALS
     assert state() == before
 
 
@@ -298,8 +301,8 @@ def test_one_interval_is_rerun_alone_by_clearing_its_task_instances(airflow, sta
     """What an operator does in the UI for a failed interval: clear its task instances; only it runs again."""
     dag_id = f"eds_local__{BASE_ID}"
     runs = airflow.runs_between(dag_id, FIRST, LAST_END - dt.timedelta(seconds=1))
-    assert len(runs) == 6
-    target = runs[2]
+    assert len(runs) == INTERVALS
+    target = runs[1]  # the middle one: a run before it and one after it must stay as they are
     others = {r.dag_run_id: r.end_date for r in runs if r.dag_run_id != target.dag_run_id}
     before = {t: _rows(stack, net, _batches(stack, net).values(), t) for t in TABLES}
     cleared = airflow.task_instances.post_clear_task_instances(
