@@ -30,25 +30,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import subprocess
 import sys
 import time
-from zoneinfo import ZoneInfo
 
-from eds_network.core.config import Network, load_network
+from eds_network.core.config import load_network
 from eds_network.core.errors import EdsError
+from eds_network.dev.demo import (  # noqa: F401 (also read as `cli.<name>` by the tests)
+    DEMO_NIGHT_END,
+    demo_interval,
+    run_cluster_night,
+    run_night,
+    seed_dsns,
+    seed_network,
+    summary,
+    summary_counts,
+)
 
 log = logging.getLogger("eds")
-
-PARIS = ZoneInfo("Europe/Paris")
-# The demo's night: the data interval [2026-11-21 01:00, 2026-11-22 01:00) Europe/Paris. Seeded rows are
-# stamped inside it, so one nightly run carries the whole demo data set; fixed so two demos give the same counts.
-DEMO_NIGHT_END = dt.datetime(2026, 11, 22, 1, 0, tzinfo=PARIS)
-
-
-def demo_interval(end: dt.datetime = DEMO_NIGHT_END) -> tuple[dt.datetime, dt.datetime]:
-    return end - dt.timedelta(days=1), end
 
 
 def _stack():
@@ -77,66 +76,6 @@ def cmd_stack(args) -> int:
     return 0
 
 
-def connection_dsn(conn: dict) -> str:
-    """The libpq URI of a Postgres connection as Airflow's connections file holds it (host, port, login, …)."""
-    from urllib.parse import quote
-
-    if conn.get("conn_type") not in ("postgres", "postgresql"):
-        raise EdsError(f"not a PostgreSQL connection: {conn.get('conn_type')!r}")
-    auth = quote(conn.get("login") or "", safe="")
-    if conn.get("password"):
-        auth += ":" + quote(conn["password"], safe="")
-    return (
-        f"postgresql://{auth}@{conn.get('host') or 'localhost'}:{conn.get('port') or 5432}/{conn.get('schema') or ''}"
-    )
-
-
-def seed_dsns(network: Network, connections: str | None = None) -> dict[str, str]:
-    """Where `eds seed` writes: {connection id: DSN} of each base's source and of the catalogue. The embedded
-    stack's by default; or any stack's, from an Airflow connections file (JSON, the operator's own, holding
-    logins allowed to create the demo schemas: the hospital zones' roles only read)."""
-    ids = [network.catalogue_connection_id, *(b.source_connection_id for b in network.local_bases)]
-    if connections is None:
-        s = _stack()
-        return {
-            network.catalogue_connection_id: s.dsn("catalogue"),
-            **{b.source_connection_id: s.dsn(f"src_{b.id}") for b in network.local_bases},
-        }
-    import json
-    from pathlib import Path
-
-    conns = json.loads(Path(connections).read_text())
-    missing = [c for c in ids if c not in conns]
-    if missing:
-        raise EdsError(f"{connections}: no connection {missing} (the network config's source and catalogue ids)")
-    return {c: connection_dsn(conns[c]) for c in ids}
-
-
-def seed_network(
-    network: Network, stamp: tuple[dt.datetime, dt.datetime], dsns: dict[str, str] | None = None
-) -> dict[str, dict[str, int]]:
-    from eds_network import catalogue
-    from eds_network.dev import reference_bases, seed
-
-    dsns = dsns or seed_dsns(network)
-    out = {}
-    for b in network.local_bases:
-        t0 = time.monotonic()
-        out[b.id] = seed.seed_base(dsns[b.source_connection_id], network, b.id, stamp)
-        log.info("seeded %s: %d rows in %.1fs", b.id, sum(out[b.id].values()), time.monotonic() - t0)
-    dsn = dsns[network.catalogue_connection_id]
-    catalogue.create_schema(dsn)  # a stack other than the embedded one may not have started yet
-    reference_bases.seed_reference_bases(dsn)
-    for b in network.local_bases:
-        have = catalogue.milestones(dsn, b.id)
-        for m in ("contract_signed", "documentation", "preparation"):  # preparation: national gate
-            if m not in have:
-                catalogue.set_milestone(
-                    dsn, b.id, m, dt.date(2026, 1, 15), evidence="demo network", recorded_by="eds seed"
-                )
-    return out
-
-
 def cmd_seed(args) -> int:
     network = load_network()
     night = demo_interval(dt.datetime.fromisoformat(args.night_end)) if args.night_end else demo_interval()
@@ -144,64 +83,6 @@ def cmd_seed(args) -> int:
     for base, tables in counts.items():
         print(f"{base}: " + ", ".join(f"{t}={n}" for t, n in tables.items()))
     return 0
-
-
-def run_night(network: Network, end: dt.datetime = DEMO_NIGHT_END) -> list[tuple[str, bool, float]]:
-    """Run every DAG once, level by level, through Airflow (`airflow dags test` records in the metadata DB).
-
-    DAGs of one level run side by side (at most $EDS_NIGHT_PARALLEL, default 4), as the scheduler would run
-    them; a level starts when the previous one is done.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    s = _stack()
-    levels = [
-        [(b.dag_id, end.isoformat()) for b in network.local_bases],
-        # The platform runs at the night's end: it consolidates that night (late members are those missing).
-        [(p.dag_id, end.isoformat()) for p in network.platforms],
-        [("eds_national", None)],
-    ]
-
-    def one(item: tuple[str, str | None]) -> tuple[str, bool, float]:
-        dag_id, logical = item
-        t0 = time.monotonic()
-        res = s.airflow("dags", "test", dag_id, *([logical] if logical else []), check=False, capture=True)
-        ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
-        el = time.monotonic() - t0
-        print(f"  {dag_id:32s} {'ok' if ok else 'FAILED'}  ({el:.0f}s)", flush=True)
-        logfile = s.logs / f"{dag_id}.log"  # kept for every run: the night's task logs (keys are masked)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        logfile.write_text(res.stdout + "\n" + res.stderr)
-        if not ok:
-            print(f"    see {logfile}", flush=True)
-        return dag_id, ok, el
-
-    # Register every DAG and Asset once before the parallel runs (concurrent first registrations collide).
-    res = s.airflow("dags", "reserialize", check=False, capture=True)
-    if res.returncode != 0:
-        raise EdsError(f"the DAG folder does not load: {res.stderr.strip()[-1500:]}")
-    results: list[tuple[str, bool, float]] = []
-    with ThreadPoolExecutor(max_workers=int(os.environ.get("EDS_NIGHT_PARALLEL", "4"))) as pool:
-        try:
-            for level in levels:
-                results += list(pool.map(one, level))
-        except BaseException:  # Ctrl-C, SIGTERM (SystemExit), an error: no `airflow dags test` outlives the night
-            s.processes.stop("airflow-dags-test")
-            raise
-    return results
-
-
-def run_cluster_night(network: Network, night: tuple[dt.datetime, dt.datetime]) -> dict[str, str]:
-    """One whole night through the scheduler on the zones' Edge workers (the cluster started if it is not)."""
-    from eds_network.dev.cluster import Cluster
-
-    s = _stack()
-    c = Cluster(s, network)
-    t0 = time.monotonic()
-    c.start()
-    c.wait_workers()
-    print(f"  cluster up ({len(c.zones())} zone workers) in {time.monotonic() - t0:.0f}s", flush=True)
-    return c.run_night(night, say=lambda m: print(m, flush=True))
 
 
 def cmd_night(args) -> int:
@@ -215,111 +96,6 @@ def cmd_night(args) -> int:
     end = dt.datetime.fromisoformat(args.date) if args.date else DEMO_NIGHT_END
     results = run_night(network, end)
     return 0 if all(ok for _, ok, _ in results) else 1
-
-
-COUNTED = ("extracted", "published", "quarantined", "excluded_objection", "tombstones")
-
-
-def summary_counts(dsn: str) -> dict[str, dict[str, dict[str, int]]]:
-    """The summary's row counts: {"<level>:<scope>": {table: {extracted, published, quarantined, ...}}} of the
-    latest run of each level and scope (what two ways of running one night must agree on)."""
-    from eds_network import catalogue
-
-    return {
-        f"{r['level']}:{r['scope_id']}": {t: {k: int(v[k]) for k in COUNTED} for t, v in sorted(r["tables"].items())}
-        for r in catalogue.latest_runs(dsn)
-    }
-
-
-def summary(network: Network) -> str:
-    from eds_network import catalogue
-    from eds_network.catalogue import lead_time
-
-    dsn = _stack().dsn("catalogue")
-    runs = catalogue.latest_runs(dsn)
-    lines = ["", "eds-network — summary of the last night", "=" * 100]
-    hdr = (
-        f"{'level':11s} {'scope':10s} {'status':8s} {'extracted':>10s} {'published':>10s} {'quarantined':>11s} "
-        f"{'excl.obj.':>9s} {'tombst.':>7s}  stage"
-    )
-    lines.append(hdr)
-    lines.append("-" * 100)
-    order = {"local": 0, "mutualised": 1, "national": 2}
-    for r in sorted(runs, key=lambda r: (order[r["level"]], r["scope_id"])):
-        tot = {
-            k: sum(t[k] for t in r["tables"].values())
-            for k in ("extracted", "published", "quarantined", "excluded_objection", "tombstones")
-        }
-        stage = catalogue.stage(catalogue.milestones(dsn, r["scope_id"])) if r["level"] == "local" else ""
-        lines.append(
-            f"{r['level']:11s} {r['scope_id']:10s} {r['status']:8s} {tot['extracted']:>10,d} "
-            f"{tot['published']:>10,d} {tot['quarantined']:>11,d} {tot['excluded_objection']:>9,d} "
-            f"{tot['tombstones']:>7,d}  {stage}"
-        )
-        if r["level"] == "mutualised":
-            link = (r["details"] or {}).get("linkage", {})
-            lines.append(
-                f"{'':11s} linkage: {link.get('persons', 0)} persons, {link.get('persons_multi_site', 0)}"
-                f" seen at 2+ sites, overlap {link.get('overlap', {})}"
-            )
-            late = {b: s for b, s in ((r["details"] or {}).get("arrivals") or {}).items() if s != "arrived"}
-            if late:
-                lines.append(f"{'':11s} members not arrived on time: {late}")
-    lines += _standardisation_lines(dsn)
-    lines.append("")
-    lines.append("onboarding (catalogue milestones; lead time = contract signed → available)")
-    lines.append("-" * 100)
-    for r in lead_time.lead_times(dsn):
-        when = (
-            f"{r['days']} days"
-            if r["days"] is not None
-            else f"{r['elapsed_days']} days so far"
-            if r["elapsed_days"] is not None
-            else "-"
-        )
-        kind = "reference" if r["reference"] else f"platform {r['platform_id']}"
-        lines.append(f"{r['base_id']:14s} {r['stage']:17s} {when:>18s}  {kind:14s} {r['label']}")
-    d = lead_time.distribution(dsn)
-    lines.append(
-        f"lead time vs the {d['target_days']}-day (7-month) target: {d['within_target']} within, "
-        f"{d['over_target']} over, {d['pending']} pending; median {d['median_days']} days"
-    )
-    lines.append("")
-    lines.append("national deliveries (HDH landing zone)")
-    lines.append("-" * 100)
-    for d in catalogue.deliveries(dsn):
-        receipt = (d["receipt"] or {}).get("status", "-")
-        lines.append(
-            f"{d['id']}  platform={d['platform_id']}  status={d['status']}  receipt={receipt}  "
-            f"{d['bytes'] or 0:,d} bytes"
-        )
-        for f in d["files"] or []:
-            lines.append(f"    {f['key']:70s} rows={f['rows']:>7,d}  sha256={f['sha256']}")
-    return "\n".join(lines)
-
-
-def _standardisation_lines(dsn: str) -> list[str]:
-    """Unmapped-concept rate (and unknown units, duplicate events) per platform, base and table."""
-    from eds_network import catalogue
-
-    stats = catalogue.platform_stats(dsn)
-    if not stats:
-        return []
-    lines = [
-        "",
-        "standardisation at the platforms (concepts not mapped to a standard concept, units not UCUM, "
-        "events also reported by another site)",
-        "-" * 100,
-        f"{'platform':9s} {'base':10s} {'table':22s} {'rows':>9s} {'unmapped':>9s} {'rate':>7s} "
-        f"{'units?':>7s} {'dupl.':>6s}",
-    ]
-    for s in stats:
-        lines.append(
-            f"{s['platform_id']:9s} {s['base_id']:10s} {s['table_name']:22s} {s['rows']:>9,d} "
-            f"{s['unmapped_concepts']:>9,d} {s['unmapped_rate']:>7.2%} {s['unmapped_units']:>7,d} "
-            f"{s['duplicate_events']:>6,d}"
-        )
-    return lines
 
 
 def cmd_summary(args) -> int:
@@ -574,73 +350,6 @@ def cmd_docs_check(args) -> int:
     return docscheck.run(Path(args.root) if args.root else REPO_ROOT, build_parser())
 
 
-def _milestone_dsn(args) -> str:
-    """--dsn, else $EDS_CATALOGUE_DSN, else in a deployment ($EDS_DEPLOYMENT, e.g. compose's airflow-cli) the
-    Airflow connection of the catalogue, else the embedded stack's catalogue."""
-    if args.dsn or os.environ.get("EDS_CATALOGUE_DSN"):
-        return args.dsn or os.environ["EDS_CATALOGUE_DSN"]
-    if os.environ.get("EDS_DEPLOYMENT"):
-        from eds_network.orchestration.connections import catalogue_dsn
-
-        return catalogue_dsn(load_network())
-    return _stack().dsn("catalogue")
-
-
-def _print_milestones(dsn: str, base: str | None) -> None:
-    from eds_network.catalogue import milestone_records as mr
-
-    for b in mr.listing(dsn, base):
-        print(f"{b['base']}  (stage: {b['stage']})")
-        for m in b["milestones"]:
-            if m["reached_on"] is None:
-                print(f"    {m['milestone']:17s} not reached")
-                continue
-            when = (m["recorded_at"] or "")[:16].replace("T", " ")
-            print(
-                f"    {m['milestone']:17s} {m['reached_on']}  by {m['recorded_by']} at {when}"
-                f"  evidence: {m['evidence'] or '-'}"
-            )
-    for h in mr.held_deliveries(dsn):
-        state = "the next national run delivers" if h["unblocked"] else "still held"
-        lacks = "; ".join(f"{b['base']} lacks {', '.join(b['missing'] or b['recorded'])}" for b in h["bases"])
-        print(f"held back: platform {h['platform']} delivery {h['source_delivery']}: {lacks} ({state})")
-
-
-def cmd_milestone(args) -> int:
-    """Record, correct, withdraw or list onboarding milestones in the catalogue (audited, who and when)."""
-    import getpass
-
-    from sqlalchemy.exc import OperationalError
-
-    from eds_network.catalogue import milestone_records as mr
-
-    dsn = _milestone_dsn(args)
-    who = args.by or getpass.getuser()
-    try:
-        if args.action == "list":
-            _print_milestones(dsn, args.base)
-            return 0
-        if not args.milestone:
-            raise EdsError(f"eds milestone {args.action} needs BASE MILESTONE")
-        if args.action == "unset":
-            mr.unset(dsn, args.base, args.milestone, reason=args.reason or "", recorded_by=who)
-            print(f"{args.base}: {args.milestone} withdrawn (audited: milestone.unset by {who})")
-            return 0
-        out = mr.record(
-            dsn,
-            args.base,
-            args.milestone,
-            mr.parse_date(args.date, base=args.base),
-            evidence=args.evidence,
-            recorded_by=who,
-            correct=args.action == "correct",
-        )
-    except OperationalError as exc:
-        raise EdsError(f"catalogue database unreachable ({exc.orig}); is the stack up (`eds stack start`)?") from None
-    print(f"{out['base']}: {out['milestone']} reached on {out['reached_on']} ({out['action']} by {who})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `eds` command tree (also read by the docs check, `eds_network.dev.docscheck`)."""
     p = argparse.ArgumentParser(prog="eds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -697,27 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--last", type=int, default=5, help="snapshots listed per table (default 5)")
     na.add_argument("--json", action="store_true", help="machine-readable listing")
     na.set_defaults(fn=cmd_national)
-    ms = sub.add_parser("milestone", help="record, correct, withdraw or list onboarding milestones (audited)")
-    ms.add_argument("action", choices=["set", "correct", "unset", "list"])
-    ms.add_argument("base", nargs="?", help="the base id (list: optional)")
-    ms.add_argument(
-        "milestone", nargs="?", help="contract_signed, documentation, preparation, transfer_channel, available"
-    )
-    ms.add_argument("--date", help="the day it was reached, YYYY-MM-DD (default today; never in the future)")
-    ms.add_argument("--evidence", help="a document reference or URL proving it (no personal data)")
-    ms.add_argument("--by", help="who records it (default: your login name)")
-    ms.add_argument("--reason", help="unset: why the milestone is withdrawn (required)")
-    ms.add_argument(
-        "--dsn",
-        help="catalogue database (default: $EDS_CATALOGUE_DSN; with $EDS_DEPLOYMENT the eds_catalogue connection; "
-        "else the embedded stack's)",
-    )
-    ms.set_defaults(fn=cmd_milestone)
+    from eds_network import milestone_cli, project_cli
+
+    milestone_cli.add_parser(sub)
     dc = sub.add_parser("docs-check", help="every command, make target, path and connection id the docs name exists")
     dc.add_argument("root", nargs="?", help="the checkout to check (default this one)")
     dc.set_defaults(fn=cmd_docs_check)
-    from eds_network import project_cli
-
     project_cli.add_parser(sub)
     qa = sub.add_parser("quality", help="data quality results (DQD-compatible JSON)")
     qa.add_argument("action", choices=["export", "changes"])

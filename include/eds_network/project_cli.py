@@ -123,6 +123,27 @@ def format_project(p: dict) -> str:
     return "\n".join(lines)
 
 
+def _cmd_extract(args, network, stack, dsn: str, actor) -> int:
+    """`eds project extract`: in process, or through the DAG (`--airflow`, `airflow dags test`)."""
+    from eds_network.catalogue import projects
+    from eds_network.orchestration import project_tasks
+
+    pins = {t: int(s) for t, s in json.loads(args.pins).items()} if args.pins else None
+    if args.airflow:
+        conf = {"project_id": args.id, "pins": json.dumps(pins) if pins else ""}
+        res = stack.airflow("dags", "test", "eds_project_extract", "-c", json.dumps(conf), check=False, capture=True)
+        ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
+        print(f"eds_project_extract {'ok' if ok else 'FAILED'}")
+        if not ok:
+            print((res.stdout + res.stderr)[-4000:])
+            return 1
+        print(format_project(projects.get(dsn, args.id, actor=actor)))
+        return 0
+    out = project_tasks.extract_project(network, _project_resources(stack, network), args.id, actor=actor, pins=pins)
+    print(json.dumps(out, indent=1, sort_keys=True))
+    return 0
+
+
 def cmd_project(args) -> int:
     import datetime as dt
 
@@ -172,23 +193,7 @@ def cmd_project(args) -> int:
         else:
             print("\n".join(format_project(p) for p in items) or "no project")
     elif args.project_cmd == "extract":
-        pins = {t: int(s) for t, s in json.loads(args.pins).items()} if args.pins else None
-        if args.airflow:
-            conf = {"project_id": args.id, "pins": json.dumps(pins) if pins else ""}
-            res = stack.airflow(
-                "dags", "test", "eds_project_extract", "-c", json.dumps(conf), check=False, capture=True
-            )
-            ok = res.returncode == 0 and "state=failed" not in res.stdout + res.stderr
-            print(f"eds_project_extract {'ok' if ok else 'FAILED'}")
-            if not ok:
-                print((res.stdout + res.stderr)[-4000:])
-                return 1
-            print(format_project(projects.get(dsn, args.id, actor=actor)))
-            return 0
-        out = project_tasks.extract_project(
-            network, _project_resources(stack, network), args.id, actor=actor, pins=pins
-        )
-        print(json.dumps(out, indent=1, sort_keys=True))
+        return _cmd_extract(args, network, stack, dsn, actor)
     elif args.project_cmd == "expire":
         today = dt.date.fromisoformat(args.today) if args.today else None
         done = project_tasks.expire_due(network, _project_resources(stack, network), actor=actor, today=today)

@@ -22,6 +22,42 @@ def test_no_state_ddl_outside_the_migrations():
     assert offenders == []
 
 
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 500
+DAGS = ROOT.parents[1] / "dags"
+
+
+def _sources() -> list[Path]:
+    """Every module of the package and the DAG folder, except Alembic revisions (declarative table definitions:
+    one `op.create_table` per table, read as a schema, not as logic)."""
+    files = [*ROOT.rglob("*.py"), *DAGS.rglob("*.py")]
+    return sorted(p for p in files if "versions" not in p.parent.parts[-1:])
+
+
+def oversized() -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES lines (`path:line name lines`)."""
+    import ast
+
+    out = []
+    for path in _sources():
+        text = path.read_text()
+        rel = path.relative_to(ROOT.parents[1])
+        if text.count("\n") > MAX_MODULE_LINES:
+            out.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    out.append(f"{rel}:{node.lineno} {node.name}(): {n} lines")
+    return out
+
+
+def test_no_module_over_500_lines_and_no_function_over_80():
+    """A module of one responsibility, a function a reader takes in at once (`python tests/unit/test_layout.py`
+    lists the offenders)."""
+    assert oversized() == []
+
+
 def test_a_platform_module_importing_the_hospital_breaks_the_lint(tmp_path):
     """`make lint` runs these contracts: a copy of the package where a platform module imports `local` fails them,
     with the zones' contract named (and only that one)."""
@@ -47,3 +83,7 @@ def test_a_platform_module_importing_the_hospital_breaks_the_lint(tmp_path):
     assert "Zones never import one another: they meet only through signed, verified exchanges BROKEN" in out
     assert "eds_network.platform.warehouse -> eds_network.local.extract" in out
     assert "Contracts: 5 kept, 1 broken." in out
+
+
+if __name__ == "__main__":
+    print("\n".join(oversized()) or "none")

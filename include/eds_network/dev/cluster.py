@@ -32,8 +32,8 @@ from pathlib import Path
 from eds_network.core import zones
 from eds_network.core.config import REPO_ROOT, Network, load_network
 from eds_network.core.errors import EdsError
+from eds_network.dev.postgres import wait_port
 from eds_network.dev.processes import MARKER
-from eds_network.dev.stack import _wait_port
 from eds_network.orchestration.airflow_api import AirflowApi, AirflowApiError
 from eds_network.orchestration.zone_connections import CENTRAL_CONNECTION_IDS, all_zones
 
@@ -206,7 +206,7 @@ class Cluster:
             raise EdsError(f"airflow db migrate (Edge tables) failed:\n{res.stdout[-1500:]}\n{res.stderr[-1500:]}")
         for name in CENTRAL:
             self._spawn(name, [name], env)
-        _wait_port(self.stack.api_port, "the Airflow API server", timeout=240)
+        wait_port(self.stack.api_port, "the Airflow API server", timeout=240)
         for zone in cluster_zones(self.network):
             self._spawn(
                 self.worker_name(zone),

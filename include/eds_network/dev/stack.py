@@ -18,11 +18,7 @@ import base64
 import json
 import logging
 import os
-import pwd
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,17 +28,13 @@ from pathlib import Path
 from eds_network.core.config import REPO_ROOT, Network, load_network, state_home
 from eds_network.core.errors import EdsError
 from eds_network.dev import access
-from eds_network.dev.access import new_signing_key, signing_zones, trust_store_of
+from eds_network.dev.connections import StackConnections
+from eds_network.dev.postgres import PG_USER, EmbeddedPostgres, port_free, wait_port
 from eds_network.dev.processes import MARKER, ProcessRegistry
-from eds_network.orchestration.zone_connections import (
-    TRUST_STORE_CONNECTION_ID,
-    signing_connection_id,
-    zone_connections,
-)
 
 log = logging.getLogger(__name__)
 
-PG_USER = "eds"
+__all__ = ["PG_USER", "Stack", "ephemeral_port_range", "home"]
 
 
 def home() -> Path:
@@ -66,45 +58,11 @@ def ephemeral_port_range() -> tuple[int, int] | None:
         return None
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _wait_port(port: int, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _free(port):
-            return
-        time.sleep(0.2)
-    raise EdsError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s")
-
-
-def _pg_bindir() -> Path:
-    """The machine's PostgreSQL binaries (newest version), else the pgserver wheel's."""
-    env = os.environ.get("EDS_PG_BINDIR")
-    if env:
-        return Path(env)
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
-    if candidates:
-        return candidates[-1].parent
-    try:
-        import pgserver  # type: ignore[import-not-found]
-
-        return Path(pgserver.__file__).parent / "pginstall" / "bin"
-    except ImportError:
-        raise EdsError(
-            "no PostgreSQL server binaries found: install them (apt-get install postgresql) "
-            "or `pip install pgserver`, or set EDS_PG_BINDIR"
-        ) from None
-
-
 @dataclass(frozen=True)
-class Stack:
-    """Paths, ports and secrets of the embedded stack. Cheap to build; `start()` makes it real."""
+class Stack(EmbeddedPostgres, StackConnections):
+    """Paths, ports and secrets of the embedded stack. Cheap to build; `start()` makes it real.
+
+    PostgreSQL: `dev/postgres.py`; keys and Airflow connections: `dev/connections.py`."""
 
     root: Path
     pg_port: int
@@ -124,23 +82,6 @@ class Stack:
         )
 
     # -- paths -----------------------------------------------------------------------------------------
-    @property
-    def pg_root(self) -> Path:
-        """Where the cluster lives. As root, PostgreSQL runs as the `postgres` user, which may not be able to
-        traverse the checkout's folders (a clone under a 0700 temp folder): the cluster then lives in a
-        world-traversable folder of its own, named after this state folder."""
-        if os.geteuid() != 0:
-            return self.root
-        import hashlib
-        import tempfile
-
-        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"eds-network-pg-{tag}"
-
-    @property
-    def pgdata(self) -> Path:
-        return self.pg_root / "pg"
-
     @property
     def secrets_dir(self) -> Path:
         return self.root / "secrets"
@@ -188,11 +129,6 @@ class Stack:
                 f.write(make())
         return path.read_text().strip()
 
-    @property
-    def pg_password(self) -> str:
-        # Kept next to the cluster it opens (the cluster may live outside the state folder, see pg_root).
-        return self._secret(".pg_password", lambda: secrets.token_urlsafe(24), folder=self.pg_root)
-
     def ui_password(self, user: str = "admin") -> str:
         """The Airflow UI password of `user`, in the file the simple auth manager reads (created if missing)."""
         path = self.secrets_dir / "ui_passwords.json"
@@ -205,169 +141,6 @@ class Stack:
                 f.write(json.dumps(passwords) + "\n")
         return passwords[user]
 
-    def dsn(self, dbname: str) -> str:
-        return f"postgresql://{PG_USER}:{self.pg_password}@127.0.0.1:{self.pg_port}/{dbname}"
-
-    def sqlalchemy_url(self, dbname: str) -> str:
-        return f"postgresql+psycopg://{PG_USER}:{self.pg_password}@127.0.0.1:{self.pg_port}/{dbname}"
-
-    # -- PostgreSQL ------------------------------------------------------------------------------------
-    def _run_as(self) -> list[str]:
-        """PostgreSQL refuses to run as root: use the `postgres` system user (created if missing)."""
-        if os.geteuid() != 0:
-            return []
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
-        return ["runuser", "-u", "postgres", "--"]
-
-    def _chown(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            for p in [path, *path.rglob("*")]:
-                os.chown(p, pw.pw_uid, pw.pw_gid)
-
-    def pg_running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists() and not _free(self.pg_port)
-
-    @property
-    def pg_external(self) -> bool:
-        """$EDS_PG_EXTERNAL=1: the PostgreSQL server on `pg_port` is not this state folder's (another stack's, a
-        developer's own): start and stop leave it alone."""
-        return os.environ.get("EDS_PG_EXTERNAL") == "1"
-
-    def _claim_pg_root(self) -> None:
-        """As root the cluster lives outside the state folder (`pg_root`), so a new state folder at the same path
-        (a fresh clone, a removed `.eds/`) would find the databases a previous checkout left there: stale
-        catalogue rows, warehouses, ledgers. The state folder and its cluster share a random mark; a cluster
-        whose mark this state folder does not hold is an orphan, stopped and removed before a new one is made.
-        (A cluster and a state folder from before marks existed, with its secrets, are adopted as they are.)"""
-        if self.pg_root == self.root:
-            return
-        mine_file, theirs_file = self.root / ".pg_cluster", self.pg_root / ".pg_cluster"
-        mine = mine_file.read_text().strip() if mine_file.exists() else None
-        theirs = theirs_file.read_text().strip() if theirs_file.exists() else None
-        legacy = mine is None and theirs is None and self.secrets_dir.exists()
-        if self.pg_root.exists() and (mine is None or mine != theirs) and not legacy:
-            log.warning("%s: a cluster this state folder did not make (an orphan): removed", self.pg_root)
-            self.stop_postgres()
-            shutil.rmtree(self.pg_root)
-            theirs = None
-        if mine is None or theirs is None:
-            mark = mine or theirs or secrets.token_hex(8)
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.pg_root.mkdir(parents=True, exist_ok=True)
-            mine_file.write_text(mark + "\n")
-            theirs_file.write_text(mark + "\n")
-
-    def start_postgres(self) -> None:
-        if self.pg_external:
-            _wait_port(self.pg_port, "the external PostgreSQL")
-            return
-        self._claim_pg_root()
-        bindir = _pg_bindir()
-        runas = self._run_as()
-        self.logs.mkdir(parents=True, exist_ok=True)
-        if not (self.pgdata / "PG_VERSION").exists():
-            self.pgdata.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.pg_root, 0o755)
-            pwfile = self.pgdata.parent / ".pwfile"
-            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self.pg_password + "\n")
-            self._chown(self.pgdata)
-            self._chown(pwfile)
-            try:
-                subprocess.run(
-                    [
-                        *runas,
-                        str(bindir / "initdb"),
-                        "-D",
-                        str(self.pgdata),
-                        "-U",
-                        PG_USER,
-                        "--pwfile",
-                        str(pwfile),
-                        "--auth-host=scram-sha-256",
-                        "--auth-local=scram-sha-256",
-                        "--encoding=UTF8",
-                        "--locale=C.UTF-8",
-                    ],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-            except subprocess.CalledProcessError as exc:
-                raise EdsError(f"initdb failed: {exc.stderr.strip()[-800:]}") from None
-            finally:
-                pwfile.unlink(missing_ok=True)
-            with open(self.pgdata / "postgresql.conf", "a") as f:
-                f.write(
-                    "\n# eds-network embedded stack\n"
-                    "listen_addresses = '127.0.0.1'\n"
-                    f"unix_socket_directories = '{self.pgdata}'\n"
-                    "max_connections = 200\nshared_buffers = 256MB\nfsync = on\n"
-                    "log_min_messages = warning\nlog_statement = 'none'\n"
-                )
-        if self.pg_running():
-            return
-        if not _free(self.pg_port):
-            raise EdsError(f"port {self.pg_port} is taken by another program: set EDS_PG_PORT")
-        logfile = self.pg_root / "postgres.log"
-        logfile.touch()
-        self._chown(logfile)
-        res = subprocess.run(
-            [
-                *runas,
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(self.pgdata),
-                "-o",
-                f"-p {self.pg_port}",
-                "-l",
-                str(logfile),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if res.returncode != 0:
-            tail = logfile.read_text()[-800:] if logfile.exists() else ""
-            raise EdsError(f"PostgreSQL did not start: {res.stderr.strip()} {tail}")
-        _wait_port(self.pg_port, "PostgreSQL")
-
-    def stop_postgres(self) -> None:
-        if self.pg_external:
-            return
-        pidfile = self.pgdata / "postmaster.pid"
-        if not pidfile.exists():
-            return
-        pid = int(pidfile.read_text().splitlines()[0])
-        try:
-            os.kill(pid, signal.SIGINT)  # fast shutdown
-        except ProcessLookupError:
-            return
-        for _ in range(300):
-            if not pidfile.exists():
-                return
-            time.sleep(0.1)
-
-    def create_database(self, name: str, *, drop: bool = False) -> str:
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            if drop:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.dsn(name)
-
     # -- processes and S3 (moto server) ----------------------------------------------------------------------
     @property
     def processes(self) -> ProcessRegistry:
@@ -375,7 +148,7 @@ class Stack:
         return ProcessRegistry(self.root / "run", str(self.root))
 
     def s3_running(self) -> bool:
-        return not _free(self.s3_port)
+        return not port_free(self.s3_port)
 
     def start_s3(self, network: Network | None = None) -> None:
         if self.s3_running():
@@ -393,7 +166,7 @@ class Stack:
         access.forget_s3_users(self)
         with open(self.logs / "moto.log", "ab") as out:
             self.processes.spawn("moto", cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _wait_port(self.s3_port, "moto S3 server")
+        wait_port(self.s3_port, "moto S3 server")
         access.create_s3_users(self, network or load_network())
 
     def stop_s3(self) -> None:
@@ -411,142 +184,6 @@ class Stack:
         from eds_network.core.storage import s3_client
 
         return s3_client(self.s3_endpoint, *self.s3_login, "eu-west-3", verify=self.s3_verify)
-
-    def local_resources(
-        self, network: Network, base_id: str, *, source_dsn: str | None = None, intake_prefix: str | None = None
-    ):
-        """What a local task gets from Airflow connections, built from this stack's own keys (tests, benches)."""
-        from eds_network.core.crypto import Key
-        from eds_network.core.storage import S3Endpoint
-        from eds_network.dev.level1 import in_process
-        from eds_network.local.resources import local_resources
-
-        keys = self.keys(network)
-        platform = network.platform_of(base_id)
-        base = network.base(base_id)
-        box = keys[network.national.box_key_connection_id]
-
-        def key(conn_id: str) -> Key:
-            return Key.from_secret(conn_id, keys[conn_id]["password"], keys[conn_id]["extra"]["version"])
-
-        level1_key = key(platform.key_connection_id)
-        return local_resources(
-            network,
-            base,
-            source_dsn=source_dsn or self.dsn(f"src_{base_id}"),
-            intake=S3Endpoint(self.s3_endpoint, *self.s3_login, verify=self.s3_verify),
-            level1_version=level1_key.version,
-            transport_key=key(network.transport_key_connection_id),
-            national_public_key=(base64.b64decode(box["extra"]["public_key"]), box["extra"]["version"]),
-            intake_prefix=intake_prefix,
-            level1_evaluate=in_process(level1_key, platform.id, base.finess or base.id),
-            signing_key=base64.b64decode(keys[signing_connection_id(f"local:{base_id}")]["password"]),
-            date_shift_key=key(network.date_shift_key_connection_id),
-        )
-
-    def trust(self, network: Network) -> dict[str, bytes]:
-        """The trust store's public keys (zone -> Ed25519 public key), as the receiving zones read them."""
-        store = trust_store_of(network, self.keys(network))["extra"]["public_keys"]
-        return {zone: base64.b64decode(k) for zone, k in store.items()}
-
-    # -- keys and connections --------------------------------------------------------------------------
-    def keys(self, network: Network) -> dict[str, dict]:
-        """Pseudonymisation keys, generated once into .eds/secrets/keys.json (never into git)."""
-
-        def make() -> str:
-            from nacl.public import PrivateKey
-
-            box = PrivateKey.generate()
-            keys = {
-                "eds_key_transport": {"password": secrets.token_hex(32), "extra": {"version": "v1"}},
-                "eds_key_national": {"password": secrets.token_hex(32), "extra": {"version": "v1"}},
-                "eds_key_national_box": {
-                    "password": base64.b64encode(bytes(box)).decode(),
-                    "extra": {"version": "v1", "public_key": base64.b64encode(bytes(box.public_key)).decode()},
-                },
-            }
-            return json.dumps(keys, indent=2)
-
-        keys = json.loads(self._secret("keys.json", make))
-        changed = False
-        if network.date_shift_key_connection_id not in keys:  # the hospitals' dedicated date-shift key
-            keys[network.date_shift_key_connection_id] = {"password": secrets.token_hex(32), "extra": {"version": "v1"}}
-            changed = True
-        for p in network.platforms:
-            if p.key_connection_id not in keys:
-                keys[p.key_connection_id] = {"password": secrets.token_hex(32), "extra": {"version": "v1"}}
-                changed = True
-        for zone in signing_zones(network):  # each publishing zone's Ed25519 signing key (manifests)
-            conn_id = signing_connection_id(zone)
-            if conn_id not in keys:
-                keys[conn_id] = new_signing_key(zone)
-                changed = True
-        if changed:
-            (self.secrets_dir / "keys.json").write_text(json.dumps(keys, indent=2))
-        return keys
-
-    def connections(self, network: Network) -> dict[str, dict]:
-        pw = self.pg_password
-
-        def pg(db: str) -> dict:
-            return {
-                "conn_type": "postgres",
-                "host": "127.0.0.1",
-                "port": self.pg_port,
-                "login": PG_USER,
-                "password": pw,
-                "schema": db,
-            }
-
-        s3_key, s3_secret = self.s3_login
-        s3 = {
-            "conn_type": "aws",
-            "login": s3_key,
-            "password": s3_secret,
-            "extra": {
-                "endpoint_url": self.s3_endpoint,
-                "region_name": "eu-west-3",
-                **({"verify": self.s3_verify} if self.s3_verify else {}),
-            },
-        }
-        conns: dict[str, dict] = {network.catalogue_connection_id: pg("catalogue")}
-        for p in network.platforms:
-            conns[p.warehouse_connection_id] = pg(f"wh_{p.id}")
-            conns[p.intake.connection_id] = s3
-            conns[p.outbox.connection_id] = s3
-            for b in p.members:
-                conns[b.source_connection_id] = pg(f"src_{b.id}")
-        conns[network.national.landing_zone.connection_id] = s3
-        conns[network.national.tables_connection_id] = pg("hdh")
-        # Airflow's own REST API, for the onboarding DAG's backfills (the UI's admin user of this stack).
-        conns["eds_airflow_api"] = {
-            "conn_type": "http",
-            "host": "localhost",
-            "port": self.api_port,
-            "schema": "http",
-            "login": "admin",
-            "password": self.ui_password(),
-        }
-        keys = self.keys(network)
-        for conn_id, k in keys.items():
-            conns[conn_id] = {"conn_type": "generic", **k}
-        conns[TRUST_STORE_CONNECTION_ID] = trust_store_of(network, keys)
-        return conns
-
-    def zone_connections(self, network: Network, zone: str) -> dict[str, dict]:
-        """The connections file of one zone (what that zone's workers alone can resolve)."""
-        from eds_network.dev.access import zone_logins
-
-        return zone_connections(network, zone, self.connections(network), zone_logins(self, network, zone))
-
-    def write_connections(self, network: Network) -> None:
-        self.secrets_dir.mkdir(parents=True, exist_ok=True)
-        path = self.connections_file
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.connections(network), f, indent=2)
-        tmp.replace(path)
 
     # -- Airflow ---------------------------------------------------------------------------------------
     @property

@@ -58,52 +58,8 @@ def publish_batch(
     """Verify the staged files of every table that succeeded, then write the batch manifest last."""
     bid = batch_id(base.id, start, end)
     s3 = res.intake.client()
-    tables: dict[str, dict] = {}
-    for ref in refs:
-        if not ref:
-            continue
-        if ref["extracted"] != ref["published"] + ref["quarantined"] + ref["excluded_objection"]:
-            raise AccountingError("row accounting does not balance", base=base.id, table=ref["table"])
-        for key_field, sha_field in (("key", "sha256"), ("tombstones_key", "tombstones_sha256")):
-            key = ref.get(key_field)
-            if not key:
-                continue
-            head = object_exists(s3, res.intake_bucket, key)
-            if head is None:
-                raise IntegrityError(f"staged file {key} is missing", base=base.id, table=ref["table"])
-            sha, size = sha256_object(s3, res.intake_bucket, key)
-            if sha != ref[sha_field]:
-                raise IntegrityError(f"staged file {key} does not match its SHA-256", base=base.id, table=ref["table"])
-        tables[ref["table"]] = {
-            k: ref[k]
-            for k in (
-                "key",
-                "sha256",
-                "bytes",
-                "extracted",
-                "published",
-                "quarantined",
-                "excluded_objection",
-                "tombstones",
-                "tombstones_key",
-                "tombstones_sha256",
-            )
-        }
-        tables[ref["table"]]["full"] = bool(ref.get("full"))  # re-keying run: replaces the site's rows
-        tables[ref["table"]]["fingerprint"] = ref.get("fingerprint")
-    # Every table of one batch is pseudonymised under the key version the manifest states (a key rotated in the
-    # middle of a run would mix two versions in one batch: the interval is rerun instead).
-    mixed = sorted(
-        t
-        for t, v in tables.items()
-        if v.get("fingerprint") and not v["fingerprint"].startswith(f"level1={res.level1_version};")
-    )
-    if mixed:
-        raise IntegrityError(
-            f"tables {mixed} were pseudonymised under another level-1 key version than "
-            f"{res.level1_version!r} (key rotated during the run): rerun the interval",
-            base=base.id,
-        )
+    tables = {ref["table"]: _verified_entry(s3, res, base, ref) for ref in refs if ref}
+    _require_one_key_version(base, tables, res)
     failed = sorted(set(base.tables) - set(tables))
     prefix = f"{res.intake_prefix}{base.id}/{bid}/"
     manifest_key = prefix + MANIFEST
@@ -139,24 +95,75 @@ def publish_batch(
         put_json(s3, res.intake_bucket, manifest_key, manifest)
     # What each published table now depends on (key version, policy): the next run re-extracts on a change.
     keystate.record_published(res.source_dsn, bid, res.level1_version, tables)
+    stale = _remove_stale(s3, res.intake_bucket, prefix, manifest_key, tables)
+    log.info(
+        "%s: batch %s published, %d tables (%d failed), %d stale files removed",
+        *(base.id, bid, len(tables), len(failed), stale),
+    )
+    faults.inject("publish.after_manifest")  # tests: batch published, catalogue not updated yet
+    return Published(base.id, bid, manifest_key, tables, failed, key_versions)
+
+
+_ENTRY_FIELDS = (
+    "key",
+    "sha256",
+    "bytes",
+    "extracted",
+    "published",
+    "quarantined",
+    "excluded_objection",
+    "tombstones",
+    "tombstones_key",
+    "tombstones_sha256",
+)
+
+
+def _verified_entry(s3, res: LocalResources, base: LocalBase, ref: dict) -> dict:
+    """One table's manifest entry, once its accounting balances and its staged files match their SHA-256."""
+    if ref["extracted"] != ref["published"] + ref["quarantined"] + ref["excluded_objection"]:
+        raise AccountingError("row accounting does not balance", base=base.id, table=ref["table"])
+    for key_field, sha_field in (("key", "sha256"), ("tombstones_key", "tombstones_sha256")):
+        key = ref.get(key_field)
+        if not key:
+            continue
+        if object_exists(s3, res.intake_bucket, key) is None:
+            raise IntegrityError(f"staged file {key} is missing", base=base.id, table=ref["table"])
+        sha, _size = sha256_object(s3, res.intake_bucket, key)
+        if sha != ref[sha_field]:
+            raise IntegrityError(f"staged file {key} does not match its SHA-256", base=base.id, table=ref["table"])
+    entry = {k: ref[k] for k in _ENTRY_FIELDS}
+    entry["full"] = bool(ref.get("full"))  # re-keying run: replaces the site's rows
+    entry["fingerprint"] = ref.get("fingerprint")
+    return entry
+
+
+def _require_one_key_version(base: LocalBase, tables: dict[str, dict], res: LocalResources) -> None:
+    """Every table of one batch is pseudonymised under the key version the manifest states (a key rotated in the
+    middle of a run would mix two versions in one batch: the interval is rerun instead)."""
+    mixed = sorted(
+        t
+        for t, v in tables.items()
+        if v.get("fingerprint") and not v["fingerprint"].startswith(f"level1={res.level1_version};")
+    )
+    if mixed:
+        raise IntegrityError(
+            f"tables {mixed} were pseudonymised under another level-1 key version than "
+            f"{res.level1_version!r} (key rotated during the run): rerun the interval",
+            base=base.id,
+        )
+
+
+def _remove_stale(s3, bucket: str, prefix: str, manifest_key: str, tables: dict[str, dict]) -> int:
+    """Files under the batch's prefix that the manifest does not list (an earlier attempt's): deleted."""
     keep = (
         {manifest_key}
         | {v["key"] for v in tables.values()}
         | {v["tombstones_key"] for v in tables.values() if v["tombstones_key"]}
     )
-    stale = [k for k in list_keys(s3, res.intake_bucket, prefix) if k not in keep]
+    stale = [k for k in list_keys(s3, bucket, prefix) if k not in keep]
     for k in stale:
-        s3.delete_object(Bucket=res.intake_bucket, Key=k)
-    log.info(
-        "%s: batch %s published, %d tables (%d failed), %d stale files removed",
-        base.id,
-        bid,
-        len(tables),
-        len(failed),
-        len(stale),
-    )
-    faults.inject("publish.after_manifest")  # tests: batch published, catalogue not updated yet
-    return Published(base.id, bid, manifest_key, tables, failed, key_versions)
+        s3.delete_object(Bucket=bucket, Key=k)
+    return len(stale)
 
 
 def _published(s3, bucket: str, key: str) -> dict | None:

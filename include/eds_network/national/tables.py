@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pyarrow as pa
@@ -41,27 +40,31 @@ from pyiceberg.exceptions import (
     ValidationException,
 )
 from pyiceberg.expressions import And, EqualTo, In
-from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.transforms import IdentityTransform
-from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType, TimestampType
 
 from eds_network.core import omop
 from eds_network.core.config import NationalTarget
 from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST
-from eds_network.core.storage import S3Endpoint, download
+from eds_network.core.storage import download
 from eds_network.national import reconcile
+from eds_network.national.catalog import (  # noqa: F401 (the national tables' entry points, read here by callers)
+    CA_BUNDLE_PROPERTY,
+    CATALOG_NAME,
+    NAMESPACE,
+    CaBundleFileIO,
+    NationalTables,
+    sqlalchemy_url,
+    warehouse_location,
+)
 from eds_network.national.migrations import MIGRATIONS
+from eds_network.national.schema import PLATFORM_COLUMN, arrow_schema, iceberg_schema
 from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix
 
 log = logging.getLogger(__name__)
 
-CATALOG_NAME = "hdh"
-NAMESPACE = "omop"
-PLATFORM_COLUMN = "_platform"
 CHUNK_ROWS = 500_000  # rows per append inside the one commit: bounded memory
 COMMIT_ATTEMPTS = 3
 PROP_DELIVERY = "eds.delivery_id"
@@ -70,86 +73,6 @@ PROP_MANIFEST = "eds.manifest_sha256"
 PROP_KEYS = "eds.key_versions"
 PROP_DELIVERED_AT = "eds.delivered_at"
 PROP_KIND = "eds.kind"
-
-
-def _iceberg_type(col: omop.Column):
-    d = col.datatype.lower()
-    if d in ("integer", "bigint"):
-        return LongType()
-    if d == "float":
-        return DoubleType()
-    if d == "date":
-        return DateType()
-    if d == "datetime":
-        return TimestampType()
-    return StringType()
-
-
-def iceberg_schema(table: str) -> Schema:
-    """The national table's schema: `_platform` (required), then the OMOP columns (optional: a delivery's
-    Parquet files are nullable, the OMOP required flags are checked by the quality step)."""
-    spec = omop.table(table)
-    fields = [NestedField(1, PLATFORM_COLUMN, StringType(), required=True)]
-    for i, c in enumerate(spec.columns, start=2):
-        fields.append(NestedField(i, c.name, _iceberg_type(c), required=False))
-    return Schema(*fields)
-
-
-def arrow_schema(table: str) -> pa.Schema:
-    spec = omop.table(table)
-    return pa.schema(
-        [pa.field(PLATFORM_COLUMN, pa.string(), nullable=False)]
-        + [pa.field(c.name, c.arrow_type, nullable=True) for c in spec.columns]
-    )
-
-
-def warehouse_location(target: NationalTarget) -> str:
-    return f"s3://{target.landing_zone.bucket}/{target.landing_zone.prefix}iceberg"
-
-
-def sqlalchemy_url(dsn: str) -> str:
-    """A libpq URL (`postgresql://...`) as SQLAlchemy's psycopg 3 URL."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
-
-
-@dataclass(frozen=True)
-class NationalTables:
-    """What the HDH zone's table tasks need: its PostgreSQL (catalog + ledger) and the landing endpoint."""
-
-    dsn: str = field(repr=False)
-    landing: S3Endpoint
-
-    def catalog(self, target: NationalTarget) -> SqlCatalog:
-        props = {
-            "uri": sqlalchemy_url(self.dsn),
-            "warehouse": warehouse_location(target),
-            "s3.access-key-id": self.landing.access_key or "",
-            "s3.secret-access-key": self.landing.secret_key or "",
-            "s3.region": self.landing.region,
-            "s3.force-virtual-addressing": "false",
-        }
-        if self.landing.endpoint_url:
-            props["s3.endpoint"] = self.landing.endpoint_url
-        if self.landing.ca_bundle:  # a private CA: pyiceberg has no property for it, our FileIO passes it on
-            props["py-io-impl"] = f"{__name__}.CaBundleFileIO"
-            props[CA_BUNDLE_PROPERTY] = self.landing.ca_bundle
-        return SqlCatalog(CATALOG_NAME, **props)
-
-
-CA_BUNDLE_PROPERTY = "eds.s3.ca-bundle"
-
-
-class CaBundleFileIO(PyArrowFileIO):
-    """pyiceberg's PyArrow FileIO whose S3 filesystem verifies the endpoint with the landing zone's CA bundle."""
-
-    def _initialize_s3_fs(self, netloc):
-        fs = super()._initialize_s3_fs(netloc)
-        ca = self.properties.get(CA_BUNDLE_PROPERTY)
-        if not ca:
-            return fs
-        rebuild, (options,) = fs.__reduce__()  # pyarrow's own constructor arguments of this filesystem
-        return rebuild({**options, "tls_ca_file_path": ca})
 
 
 def ensure_table(catalog: SqlCatalog, table: str) -> IcebergTable:
@@ -435,46 +358,15 @@ def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str
             if t in done:
                 out.tables[t] = {"status": "already_applied", "rows": 0}
                 continue
-            rows_f, del_f = parts.get("rows"), parts.get("deletes")
-            path = fetch(rows_f, t) if rows_f else None
-            n_del = 0
-            if kind == "incremental":
-                dpath = fetch(del_f, f"{t}.deletes") if del_f else None
-                status, n, n_del, snap = _commit_changes(catalog, t, path, dpath, props, platform)
-                if t == "person":
-                    out.persons_removed += n_del
-                out.rows_removed += n_del
-            else:
-                if kind == "reconcile" and _matches(catalog, t, path, platform):
-                    status, n, snap = "reconciled", 0, None
-                else:
-                    before = _platform_persons(catalog, platform) if t == "person" else None
-                    status, n, snap = _commit_table(catalog, t, path, props, platform)
-                    if before is not None and status == "applied":
-                        # persons of the platform's previous state absent from this full delivery (objections)
-                        now = set(pq.read_table(path, columns=["person_id"]).column("person_id").to_pylist())
-                        out.persons_removed = len(before - now)
-                    if status == "applied" and kind == "reconcile":
-                        log.warning("%s: national table %s differed from the platform: repaired", platform, t)
-                        out.repaired.append(t)
+            rows_f = parts.get("rows")
+            status, n, n_del, snap = _apply_table(catalog, t, parts, fetch, kind, props, out)
             if status == "applied" and rows_f and n != rows_f["rows"]:
                 raise IntegrityError(f"applied {n} rows, the manifest says {rows_f['rows']}", table=t)
             out.tables[t] = {"status": status, "rows": n, "deleted": n_del, "snapshot_id": snap}
+            since, upto = manifest.get("since_seq"), manifest.get("upto_seq")
             ledger_rows.append(
-                (
-                    delivery_id,
-                    t,
-                    platform,
-                    kind,
-                    props[PROP_MANIFEST],
-                    delivered_at,
-                    snap,
-                    n,
-                    n_del,
-                    manifest.get("since_seq"),
-                    manifest.get("upto_seq"),
-                    props[PROP_KEYS],
-                )
+                (delivery_id, t, platform, kind, props[PROP_MANIFEST], delivered_at, snap, n, n_del, since, upto)
+                + (props[PROP_KEYS],)
             )
             for p in Path(tmp).iterdir():
                 p.unlink()
@@ -493,6 +385,34 @@ def apply_delivery(target: NationalTarget, res: NationalTables, delivery_id: str
         ", ".join(f"{t}={v['rows']}" for t, v in out.tables.items()),
     )
     return out
+
+
+def _apply_table(catalog: SqlCatalog, t: str, parts: dict, fetch, kind: str, props: dict, out: Applied):
+    """One table of a delivery as one commit: an incremental one's changed and deleted rows; a full one's whole
+    platform partition; a reconciliation's only where the table differs. Returns (status, rows, deleted,
+    snapshot id); persons removed and tables repaired are counted in `out`."""
+    platform = out.platform
+    rows_f, del_f = parts.get("rows"), parts.get("deletes")
+    path = fetch(rows_f, t) if rows_f else None
+    if kind == "incremental":
+        dpath = fetch(del_f, f"{t}.deletes") if del_f else None
+        status, n, n_del, snap = _commit_changes(catalog, t, path, dpath, props, platform)
+        if t == "person":
+            out.persons_removed += n_del
+        out.rows_removed += n_del
+        return status, n, n_del, snap
+    if kind == "reconcile" and _matches(catalog, t, path, platform):
+        return "reconciled", 0, 0, None
+    before = _platform_persons(catalog, platform) if t == "person" else None
+    status, n, snap = _commit_table(catalog, t, path, props, platform)
+    if before is not None and status == "applied":
+        # persons of the platform's previous state absent from this full delivery (objections)
+        now = set(pq.read_table(path, columns=["person_id"]).column("person_id").to_pylist())
+        out.persons_removed = len(before - now)
+    if status == "applied" and kind == "reconcile":
+        log.warning("%s: national table %s differed from the platform: repaired", platform, t)
+        out.repaired.append(t)
+    return status, n, 0, snap
 
 
 def table_names(catalog: SqlCatalog) -> list[str]:

@@ -30,12 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eds_network.core import digests, faults, omop, rowids, zones
+from eds_network.core import digests, faults, rowids, zones
 from eds_network.core.config import NationalTarget, Platform
 from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
@@ -49,7 +48,7 @@ from eds_network.core.storage import (
     sha256_file,
     sha256_object,
 )
-from eds_network.national.level2 import national_person_digests, national_person_ids, remap
+from eds_network.national.level2 import level2_files, national_person_digests, national_person_ids
 from eds_network.national.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -179,6 +178,10 @@ def ensure_abort_lifecycle(s3, bucket: str, days: int = ABORT_INCOMPLETE_AFTER_D
     return True
 
 
+class _PublishedMeanwhile(Exception):  # noqa: N818 (a signal inside this module, never raised out of it)
+    """This very delivery is in the landing zone already (a retry, or a concurrent run that finished first)."""
+
+
 def transfer_platform(
     platform: Platform,
     target: NationalTarget,
@@ -192,184 +195,176 @@ def transfer_platform(
     leaves only if every member base has REQUIRED_MILESTONES, else the result has status `skipped` and the reasons.
     """
     res.landing.require_tls(allow_loopback_http=target.allow_plain_http_loopback, what="HDH landing zone")
-    out_s3 = res.outbox.client()
-    land = res.landing.client()
-    latest = object_exists(out_s3, platform.outbox.bucket, f"{platform.outbox.prefix}_latest.json")
-    if latest is None:
+    out_s3, land = res.outbox.client(), res.landing.client()
+    manifest = _latest_package(out_s3, platform)
+    if manifest is None:
         return Delivery(platform.id, "", "nothing_to_deliver", None, [], {}, {})
-    pointer = read_json(out_s3, platform.outbox.bucket, f"{platform.outbox.prefix}_latest.json")
-    manifest = read_json(out_s3, platform.outbox.bucket, pointer["manifest_key"])
-    source_delivery = manifest["delivery_id"]
-    bucket = target.landing_zone.bucket
+    source = manifest["delivery_id"]
     key_versions = {"national": res.national_key.version, "national_box": res.box_key_version}
+    _check_package(platform, manifest, res)
+    members = manifest.get("members") or [b.id for b in platform.members]
+    blocked = delivery_gate(members, milestones) if milestones is not None else {}
+    if blocked:
+        log.warning("%s", gate_message(platform.id, source, blocked))
+        return Delivery(platform.id, "", "skipped", None, [], {}, key_versions, source_delivery=source, skipped=blocked)
+    bucket = target.landing_zone.bucket
+    ensure_abort_lifecycle(land, bucket)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="eds-national-") as tmp:
+        files = _level2_delivery(out_s3, platform, manifest, Path(tmp), res)
+        delivery_id = f"{platform.id}__{_content_digest(manifest, files)[:16]}"
+        delivery = dict(
+            platform=platform.id, delivery_id=delivery_id, key_versions=key_versions, source_delivery=source
+        )
+        prefix = landing_prefix(target, delivery_id)
+        manifest_key = prefix + MANIFEST
+        try:
+            if object_exists(land, bucket, manifest_key):
+                raise _PublishedMeanwhile("manifest present")
+            reused = _upload_files(land, bucket, manifest_key, prefix, files, res, platform.id)
+            _verify_files(land, bucket, manifest_key, files, platform.id)
+            doc = {
+                "kind": "eds-network/national-delivery",
+                "delivery_id": delivery_id,
+                "source_delivery": source,
+                "platform": platform.id,
+                "schema_version": SCHEMA_VERSION,
+                "key_versions": key_versions,
+                "kind_of_delivery": manifest.get("kind_of_delivery", "full"),
+                "since_seq": manifest.get("since_seq"),
+                "upto_seq": manifest.get("upto_seq"),
+                "files": files,
+                "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+            _write_manifest(land, bucket, manifest_key, doc, res, platform.id)
+        except _PublishedMeanwhile as exc:
+            log.info("%s: delivery %s is already in the landing zone (%s): nothing sent", platform.id, delivery_id, exc)
+            abort_incomplete_uploads(land, bucket, prefix)
+            return Delivery(**delivery, status="already_delivered", manifest_key=manifest_key, files=[], rows={})
+    # Leftovers of interrupted attempts (or of a concurrent run) are useless now that the delivery is published.
+    aborted = abort_incomplete_uploads(land, bucket, prefix)
+    size_mb, seconds = sum(f["bytes"] for f in files) / 1e6, time.monotonic() - t0
+    log.info(
+        "%s: delivery %s transferred: %d files (%d already there), %.1f MB in %.1fs; %d stale uploads aborted",
+        *(platform.id, delivery_id, len(files), reused, size_mb, seconds, aborted),
+    )
+    rows = {f["table"] + (".deleted" if f.get("role") == "deletes" else ""): f["rows"] for f in files}
+    return Delivery(**delivery, status="delivered", manifest_key=manifest_key, files=files, rows=rows, reused=reused)
+
+
+def _latest_package(out_s3, platform: Platform) -> dict | None:
+    """The manifest of the platform's latest package (`_latest.json` in its outbox), None when it has none."""
+    pointer_key = f"{platform.outbox.prefix}_latest.json"
+    if object_exists(out_s3, platform.outbox.bucket, pointer_key) is None:
+        return None
+    pointer = read_json(out_s3, platform.outbox.bucket, pointer_key)
+    return read_json(out_s3, platform.outbox.bucket, pointer["manifest_key"])
+
+
+def _check_package(platform: Platform, manifest: dict, res: NationalResources) -> None:
+    """Schema version, the platform's signature, and one transport key version (IntegrityError otherwise)."""
+    source = manifest["delivery_id"]
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise IntegrityError(f"delivery {source_delivery}: schema version {manifest.get('schema_version')!r}")
+        raise IntegrityError(f"delivery {source}: schema version {manifest.get('schema_version')!r}")
     check_package_manifest(platform, manifest, res.trust)
     transport = (manifest.get("key_versions") or {}).get("transport") or []
     if isinstance(transport, list) and len(transport) > 1:
         raise IntegrityError(
-            f"delivery {source_delivery}: tokens under several transport key versions {transport} (a rotation in "
+            f"delivery {source}: tokens under several transport key versions {transport} (a rotation in "
             "progress): the national linkage would split patients; deliver once every member is re-keyed"
         )
-    if milestones is not None:
-        blocked = delivery_gate(manifest.get("members") or [b.id for b in platform.members], milestones)
-        if blocked:
-            log.warning("%s", gate_message(platform.id, source_delivery, blocked))
-            return Delivery(
-                platform.id, "", "skipped", None, [], {}, key_versions, source_delivery=source_delivery, skipped=blocked
-            )
-    ensure_abort_lifecycle(land, bucket)
-    t0 = time.monotonic()
-    files: list[dict] = []
-    rows: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="eds-national-") as tmp:
 
-        def fetch(entry: dict, name: str, table: str) -> Path:
-            path = Path(tmp) / f"in-{name}.parquet"
-            sha, _ = download(out_s3, platform.outbox.bucket, entry["key"], path)
-            if sha != entry["sha256"]:
-                raise IntegrityError(f"outbox file {entry['key']} does not match its manifest", table=table)
-            return path
 
-        local = {t: fetch(e, t, t) for t, e in manifest["tables"].items()}
-        gone = {t: fetch(e, f"{t}.deletes", t) for t, e in (manifest.get("deletes") or {}).items()}
-        if "person" not in local:
-            raise IntegrityError(f"delivery {source_delivery} has no person file", table="person")
-        # Level 2: open the sealed transport tokens, derive national ids; tokens never leave this step. An
-        # incremental delivery also lists the tokens of the unchanged persons its changed rows refer to.
-        refs = [pq.read_table(local["person"], columns=["person_id", TOKEN_COLUMN])]
-        if manifest.get("persons"):
-            refs.append(pq.read_table(fetch(manifest["persons"], "_persons", "person")))
-        person = pa.concat_tables([r.cast(refs[0].schema) for r in refs])
-        with_digests = national_person_digests(
-            person.column(TOKEN_COLUMN).combine_chunks(),
-            person.column("person_id").combine_chunks(),
-            res.national_key,
-            res.box_private_key,
-        )
-        del person, refs
-        if res.registry_dsn is not None:
-            register_national_digests(res.registry_dsn, with_digests.values(), platform.id)
-        mapping = {pid: nid for pid, (nid, _) in with_digests.items()}
-        del with_digests
-        # Every other id re-keyed with the national key: nothing delivered equals, or joins to, a warehouse id.
-        row_key = rowids.level_key(res.national_key.secret, "national")
-        for t, path in local.items():
-            seen_ids: list = []
-            out = Path(tmp) / f"{t}.parquet"
-            pf = pq.ParquetFile(path)
-            cols = [c for c in pf.schema_arrow.names if c not in FORBIDDEN_COLUMNS]
-            n = dropped = 0
-            writer = None
-            for rb in pf.iter_batches(batch_size=200_000, columns=cols):
-                tbl = pa.Table.from_batches([rb])
-                tbl = _rekey_row_ids(tbl, t, row_key, seen_ids)
-                if "person_id" in tbl.column_names:
-                    new, missing = remap(tbl.column("person_id").combine_chunks(), mapping)
-                    tbl = tbl.set_column(tbl.column_names.index("person_id"), "person_id", new)
-                    if missing:
-                        tbl = tbl.filter(pc.is_valid(tbl.column("person_id")))
-                        dropped += missing
-                if writer is None:
-                    writer = pq.ParquetWriter(out, tbl.schema, compression="zstd")
-                writer.write_table(tbl)
-                n += tbl.num_rows
-            if writer is None:
-                writer = pq.ParquetWriter(out, pa.schema([pf.schema_arrow.field(c) for c in cols]), compression="zstd")
-            writer.close()
-            if dropped:
-                raise IntegrityError(
-                    f"{dropped} rows refer to a person absent from the delivery", table=t, column="person_id"
-                )
-            _check_unique(seen_ids, t)
-            sha = sha256_file(out)
-            files.append({"table": t, "path": out, "sha256": sha, "bytes": out.stat().st_size, "rows": n})
-            rows[t] = n
-        for t, path in gone.items():  # deletes: level-2 keys of the rows (persons) the HDH must remove
-            out = Path(tmp) / f"{t}.deletes.parquet"
-            ids = _level2_deletes(pq.read_table(path), t, row_key, res)
-            pq.write_table(pa.table({"id": ids}), out, compression="zstd")
-            sha = sha256_file(out)
-            files.append(
-                {
-                    "table": t,
-                    "role": "deletes",
-                    "path": out,
-                    "sha256": sha,
-                    "bytes": out.stat().st_size,
-                    "rows": len(ids),
-                }
-            )
-            rows[f"{t}.deleted"] = len(ids)
-        kind = manifest.get("kind_of_delivery", "full")
-        since, upto = manifest.get("since_seq"), manifest.get("upto_seq")
-        if kind == "reconcile":  # each reconciliation is checked, even of unchanged data
-            upto = f"{upto}@{manifest.get('packaged_at')}"
-        # The national delivery is named by its content: the same data delivered again is the same delivery
-        # (the platform's sealed tokens are re-randomised on every run, the level-2 output is not).
-        name = "|".join(f"{f['table']}:{f.get('role', 'rows')}:{f['sha256']}" for f in files)
-        digest = hashlib.sha256(f"{kind}|{since}|{upto}|{name}".encode()).hexdigest()
-        delivery_id = f"{platform.id}__{digest[:16]}"
-        prefix = landing_prefix(target, delivery_id)
-        manifest_key = prefix + MANIFEST
+def _level2_delivery(out_s3, platform: Platform, manifest: dict, tmp: Path, res: NationalResources) -> list[dict]:
+    """The package's files, checked against its manifest, rewritten under level-2 ids into `tmp`: the rows of each
+    table, then the deletes (level-2 keys of the rows the HDH must remove). One entry per file."""
 
-        def already(reason: str) -> Delivery:
-            log.info(
-                "%s: delivery %s is already in the landing zone (%s): nothing sent", platform.id, delivery_id, reason
-            )
-            abort_incomplete_uploads(land, bucket, prefix)
-            return Delivery(
-                platform.id,
-                delivery_id,
-                "already_delivered",
-                manifest_key,
-                [],
-                {},
-                key_versions,
-                source_delivery=source_delivery,
-            )
+    def fetch(entry: dict, name: str, table: str) -> Path:
+        path = tmp / f"in-{name}.parquet"
+        sha, _ = download(out_s3, platform.outbox.bucket, entry["key"], path)
+        if sha != entry["sha256"]:
+            raise IntegrityError(f"outbox file {entry['key']} does not match its manifest", table=table)
+        return path
 
-        if object_exists(land, bucket, manifest_key):
-            return already("manifest present")
-        reused = 0
-        for f in files:
-            stem = f"{f['table']}.deletes" if f.get("role") == "deletes" else f["table"]
-            f["key"] = f"{prefix}{stem}.{f['sha256'][:16]}.parquet"
-            try:
-                sent = _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res, platform.id)
-            except TransferError:
-                if object_exists(land, bucket, manifest_key):  # a concurrent run finished the delivery
-                    return already("published by a concurrent run")
-                raise
-            reused += not sent
-    # Verify every object (size + SHA-256 read back + encryption) before the manifest.
+    local = {t: fetch(e, t, t) for t, e in manifest["tables"].items()}
+    gone = {t: fetch(e, f"{t}.deletes", t) for t, e in (manifest.get("deletes") or {}).items()}
+    if "person" not in local:
+        raise IntegrityError(f"delivery {manifest['delivery_id']} has no person file", table="person")
+    # An incremental delivery also lists the tokens of the unchanged persons its changed rows refer to.
+    refs = [pq.read_table(local["person"], columns=["person_id", TOKEN_COLUMN])]
+    if manifest.get("persons"):
+        refs.append(pq.read_table(fetch(manifest["persons"], "_persons", "person")))
+    person = pa.concat_tables([r.cast(refs[0].schema) for r in refs])
+    with_digests = national_person_digests(
+        person.column(TOKEN_COLUMN).combine_chunks(),
+        person.column("person_id").combine_chunks(),
+        res.national_key,
+        res.box_private_key,
+    )
+    del person, refs
+    if res.registry_dsn is not None:  # checked before anything is sent: a collision refuses the delivery
+        register_national_digests(res.registry_dsn, with_digests.values(), platform.id)
+    mapping = {pid: nid for pid, (nid, _) in with_digests.items()}
+    del with_digests
+    files = level2_files(local, mapping, tmp, res.national_key, drop=FORBIDDEN_COLUMNS)
+    row_key = rowids.level_key(res.national_key.secret, "national")
+    for t, path in gone.items():
+        out = tmp / f"{t}.deletes.parquet"
+        ids = _level2_deletes(pq.read_table(path), t, row_key, res)
+        pq.write_table(pa.table({"id": ids}), out, compression="zstd")
+        size, sha = out.stat().st_size, sha256_file(out)
+        files.append({"table": t, "role": "deletes", "path": out, "sha256": sha, "bytes": size, "rows": len(ids)})
+    return files
+
+
+def _content_digest(manifest: dict, files: list[dict]) -> str:
+    """The national delivery is named by its content: the same data delivered again is the same delivery (the
+    platform's sealed tokens are re-randomised on every run, the level-2 output is not); each reconciliation is
+    checked, even of unchanged data."""
+    kind = manifest.get("kind_of_delivery", "full")
+    since, upto = manifest.get("since_seq"), manifest.get("upto_seq")
+    if kind == "reconcile":
+        upto = f"{upto}@{manifest.get('packaged_at')}"
+    name = "|".join(f"{f['table']}:{f.get('role', 'rows')}:{f['sha256']}" for f in files)
+    return hashlib.sha256(f"{kind}|{since}|{upto}|{name}".encode()).hexdigest()
+
+
+def _upload_files(land, bucket: str, manifest_key: str, prefix: str, files: list[dict], res, platform: str) -> int:
+    """Upload each file once (content-addressed keys: one already there is not sent again); returns how many
+    were there already. Each file's local `path` is replaced by its `key`."""
+    reused = 0
+    for f in files:
+        stem = f"{f['table']}.deletes" if f.get("role") == "deletes" else f["table"]
+        f["key"] = f"{prefix}{stem}.{f['sha256'][:16]}.parquet"
+        try:
+            sent = _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res, platform)
+        except TransferError:
+            if object_exists(land, bucket, manifest_key):
+                raise _PublishedMeanwhile("published by a concurrent run") from None
+            raise
+        reused += not sent
+    return reused
+
+
+def _verify_files(land, bucket: str, manifest_key: str, files: list[dict], platform: str) -> None:
+    """Every object read back (size, SHA-256, encryption) before the manifest. A stored object that is not ours
+    must not stay (a retry sends it again); nor may any object of this attempt stored unencrypted."""
     for f in files:
         try:
-            verify_object(land, bucket, f, platform=platform.id)
+            verify_object(land, bucket, f, platform=platform)
         except (IntegrityError, TransferError):
-            if object_exists(land, bucket, manifest_key):  # a concurrent run finished the delivery
-                return already("published by a concurrent run")
-            # A stored object that is not ours must not stay (a retry sends it again); nor may any object of this
-            # attempt that the endpoint stored unencrypted.
+            if object_exists(land, bucket, manifest_key):
+                raise _PublishedMeanwhile("published by a concurrent run") from None
             land.delete_object(Bucket=bucket, Key=f["key"])
             for g in files:
                 head = object_exists(land, bucket, g["key"])
                 if head is not None and not encrypted(head):
                     land.delete_object(Bucket=bucket, Key=g["key"])
             raise
-    doc = {
-        "kind": "eds-network/national-delivery",
-        "delivery_id": delivery_id,
-        "source_delivery": source_delivery,
-        "platform": platform.id,
-        "schema_version": SCHEMA_VERSION,
-        "key_versions": key_versions,
-        "kind_of_delivery": kind,
-        "since_seq": since,
-        "upto_seq": manifest.get("upto_seq"),
-        "files": files,
-        "delivered_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
+
+
+def _write_manifest(land, bucket: str, manifest_key: str, doc: dict, res, platform: str) -> None:
+    """The manifest, last, by a conditional write (If-None-Match: *): published exactly once, encrypted at rest."""
     faults.inject("transfer.before_manifest")  # tests: objects delivered, manifest not written
     body = json.dumps(doc, indent=2, sort_keys=True).encode()
     try:
@@ -383,37 +378,14 @@ def transfer_platform(
         )
     except ClientError as exc:
         if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-            return already("conditional write lost to a concurrent run")
+            raise _PublishedMeanwhile("conditional write lost to a concurrent run") from None
         raise
     if put.get("ServerSideEncryption") not in ("AES256", "aws:kms"):
         land.delete_object(Bucket=bucket, Key=manifest_key)
         raise TransferError(
-            f"platform {platform.id}: the landing zone did not apply encryption at rest to {manifest_key}; "
+            f"platform {platform}: the landing zone did not apply encryption at rest to {manifest_key}; "
             "delivery withdrawn"
         )
-    # Leftovers of interrupted attempts (or of a concurrent run) are useless now that the delivery is published.
-    aborted = abort_incomplete_uploads(land, bucket, prefix)
-    log.info(
-        "%s: delivery %s transferred: %d files (%d already there), %.1f MB in %.1fs; %d stale uploads aborted",
-        platform.id,
-        delivery_id,
-        len(files),
-        reused,
-        sum(f["bytes"] for f in files) / 1e6,
-        time.monotonic() - t0,
-        aborted,
-    )
-    return Delivery(
-        platform.id,
-        delivery_id,
-        "delivered",
-        manifest_key,
-        files,
-        rows,
-        key_versions,
-        source_delivery=source_delivery,
-        reused=reused,
-    )
 
 
 def _level2_deletes(tbl: pa.Table, table: str, row_key: bytes, res: NationalResources) -> pa.Array:
@@ -440,34 +412,6 @@ def register_national_digests(dsn: str, pairs: Iterable[tuple[int, bytes]], plat
     with psycopg.connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('eds_national.person_digest'))")
         return digests.register_pairs(conn, REGISTRY_SCHEMA, pairs, zone=f"national (platform {platform})")
-
-
-def _rekey_row_ids(tbl: pa.Table, table: str, key: bytes, seen: list) -> pa.Table:
-    """Level-2 row ids: every id column but person_id through the national keyed permutation."""
-    if table.lower() not in omop.schema():
-        return tbl
-    spec = omop.table(table)
-    for name in tbl.column_names:
-        if name == "person_id" or not spec.has(name) or not spec.column(name).is_id:
-            continue
-        col = tbl.column(name).combine_chunks()
-        new = rowids.rekey(col, key, "national-row")
-        if name == spec.primary_key:
-            rowids.check_no_collision(col, new, table=table, column=name)
-            seen.append(new.to_numpy(zero_copy_only=False))
-        tbl = tbl.set_column(tbl.column_names.index(name), name, new)
-    return tbl
-
-
-def _check_unique(seen: list, table: str) -> None:
-    """Across the whole table: two rows never share a re-keyed id (a collision is refused, never merged)."""
-    import numpy as np
-
-    if not seen:
-        return
-    ids = np.concatenate(seen)
-    if len(np.unique(ids)) != len(ids):
-        raise IntegrityError("63-bit row id collision in the delivery: refused, never merged", table=table)
 
 
 def encrypted(head: dict | None) -> bool:

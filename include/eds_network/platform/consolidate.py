@@ -154,164 +154,47 @@ def consolidate(
     tm.start("manifests")
     tables = platform_tables(platform)
     s3 = res.intake.client()
-    manifests: list[tuple[dict, str]] = []
-    refused: list[tuple[str, str, str, str]] = []  # (base, batch, manifest sha256, reason)
-    for b in platform.members:
-        base_prefix = f"{intake_prefix}{b.id}/"
-        for key in list_keys(s3, intake_bucket, base_prefix):
-            if key.endswith("/" + MANIFEST):
-                raw = s3.get_object(Bucket=intake_bucket, Key=key)["Body"].read()
-                sha = hashlib.sha256(raw).hexdigest()
-                try:  # signature, base, site, platform and prefix, before anything the manifest lists is read
-                    doc = manifests_check.verify_batch_manifest(
-                        raw, key, platform=platform, base=b, base_prefix=base_prefix, trust=res.trust
-                    )
-                except IntegrityError as exc:
-                    refused.append((b.id, manifests_check.batch_of_key(key), sha, str(exc)))
-                    continue
-                manifests.append((doc, sha))
-    manifests.sort(key=lambda m: (m[0]["data_interval"]["start"], m[0]["base"]))
-    applied: list[str] = []
-    replaced: list[str] = []
+    manifests, refused = _read_manifests(s3, platform, intake_bucket, intake_prefix, res)
+    applied, replaced, skipped = [], [], 0  # batch ids
     rejected: dict[str, str] = {}
     rows: dict[str, dict[str, int]] = {}
-    skipped = 0
     tm.start("ensure_warehouse")
     MIGRATIONS.ensure(res.warehouse_dsn)
     with psycopg.connect(res.warehouse_dsn) as conn:
         for base_id, bid, msha, why in refused:
-            reason = f"platform {platform.id}: batch {bid} rejected, left in intake: {why}"
-            log.error("%s", reason)
-            rejected[bid] = reason
-            conn.execute(
-                "INSERT INTO eds_platform.rejected (batch_id, manifest_sha256, reason, base_id) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (bid, msha, reason, base_id),
-            )
-        conn.commit()
+            rejected[bid] = _record_rejection(conn, platform, bid, msha, base_id, why)
         if vocabulary is not None:
             standardise.ensure_vocabulary(conn, vocabulary)
         for manifest, msha in manifests:
             bid = manifest["batch_id"]
-            if conn.execute(
-                "SELECT 1 FROM eds_platform.ledger WHERE batch_id = %s AND manifest_sha256 = %s AND replaced_at IS NULL",
-                (bid, msha),
-            ).fetchone():
+            if _applied_before(conn, bid, msha):
                 skipped += 1
                 continue
-            with tempfile.TemporaryDirectory(prefix="eds-consolidate-") as tmp:
-                try:
-                    if manifest.get("schema_version") != SCHEMA_VERSION:
-                        raise IntegrityError(
-                            f"schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}",
-                            base=manifest.get("base"),
-                        )
-                    keyversions.check_not_retired(
-                        conn, manifest.get("key_versions", {}).get("level1"), manifest.get("base", "?")
-                    )
-                    got_version = (manifest.get("key_versions") or {}).get("level1")
-                    if (
-                        res.level1_key_version
-                        and got_version != res.level1_key_version
-                        and got_version not in keyversions.live_versions(conn)
-                    ):
-                        raise IntegrityError(
-                            f"batch pseudonymised with level-1 key version {got_version!r}, neither the platform's "
-                            f"key ({res.level1_key_version!r}) nor a version being rotated out: its pseudonyms would "
-                            "not link; rerun the interval",
-                            base=manifest.get("base"),
-                        )
-                    manifests_check.check_not_replayed(conn, manifest, msha)
-                    tm.start("download_verify")
-                    files, tombs = _verify_files(s3, intake_bucket, manifest, Path(tmp), tables)
-                    tm.start("ledger")
-                    with conn.transaction():
-                        # Another version of this batch applied before (local rerun): this one replaces it.
-                        previous = conn.execute(
-                            "UPDATE eds_platform.ledger SET replaced_at = now() "
-                            "WHERE batch_id = %s AND replaced_at IS NULL RETURNING manifest_sha256",
-                            (bid,),
-                        ).fetchall()
-                        r = apply_batch(
-                            conn,
-                            manifest,
-                            files,
-                            tombs,
-                            tables,
-                            vocabulary=vocabulary is not None,
-                            replace=bool(previous),
-                            timer=tm,
-                        )
-                        tm.start("ledger")
-                        manifests_check.record_accepted(conn, manifest, msha)
-                        faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
-                        conn.execute(
-                            "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, "
-                            "data_interval_start, rows) VALUES (%s, %s, %s, %s, %s)",
-                            (bid, msha, manifest["base"], manifest["data_interval"]["start"], json.dumps(r)),
-                        )
-                    conn.commit()
-                    tm.stop()
-                    applied.append(bid)
-                    if previous:
-                        replaced.append(bid)
-                    if purge_tombstones:
-                        r["tombstones.purged"] = _purge_tombstones(s3, intake_bucket, manifest)
-                    rows[bid] = r
-                except (IntegrityError, psycopg.DataError, psycopg.IntegrityError) as exc:
-                    # Our own verification, or the warehouse refusing a row: the batch stays in intake.
-                    conn.rollback()
-                    if not isinstance(exc, IntegrityError):
-                        first = str(exc).splitlines()[0][:200]
-                        exc = IntegrityError(f"warehouse refused the batch: {first}", base=manifest.get("base"))
-                    reason = f"platform {platform.id}: batch {bid} rejected, left in intake: {exc}"
-                    log.error("%s", reason)
-                    rejected[bid] = reason
-                    conn.execute(
-                        "INSERT INTO eds_platform.rejected (batch_id, manifest_sha256, reason, base_id) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        (bid, msha, reason, manifest.get("base")),
-                    )
-                    conn.commit()
-        tm.start("key_versions")
-        retired = keyversions.retire_unused(conn, tables)
-        live = keyversions.live_versions(conn)
-        conn.commit()
-        tm.start("linkage_stats")
-        linkage = linkage_stats(conn)
-        tm.start("platform_checks")
-        checks = platform_checks(conn, tables)
-        tm.start("duplicates")
-        duplicates = flag_duplicates(conn, platform, tables)
-        tm.start("unmapped")
-        std = standardise.unmapped(conn, platform, tables)
-        tm.stop()
+            try:
+                rows[bid], was_replaced = _apply(conn, s3, intake_bucket, manifest, msha, tables, res, vocabulary, tm)
+            except (IntegrityError, psycopg.DataError, psycopg.IntegrityError) as exc:
+                # Our own verification, or the warehouse refusing a row: the batch stays in intake.
+                conn.rollback()
+                if not isinstance(exc, IntegrityError):
+                    first = str(exc).splitlines()[0][:200]
+                    exc = IntegrityError(f"warehouse refused the batch: {first}", base=manifest.get("base"))
+                rejected[bid] = _record_rejection(conn, platform, bid, msha, manifest.get("base"), str(exc))
+                continue
+            applied.append(bid)
+            if was_replaced:
+                replaced.append(bid)
+            if purge_tombstones:
+                rows[bid]["tombstones.purged"] = _purge_tombstones(s3, intake_bucket, manifest)
+        retired, live, linkage, checks, duplicates, std = _after_batches(conn, platform, tables, tm)
     total = time.monotonic() - t0
+    dupes = sum(n for per in duplicates.values() for n in per.values())
     log.info(
         "%s: %d batches applied (%d replacing an earlier version), %d already applied, %d rejected in %.1fs; "
-        "%d persons, %d at 2+ sites, %d duplicate events flagged",
-        platform.id,
-        len(applied),
-        len(replaced),
-        skipped,
-        len(rejected),
-        total,
-        linkage["persons"],
-        linkage["persons_multi_site"],
-        sum(n for per in duplicates.values() for n in per.values()),
-    )
-    log.info(
-        "%s: phases (wall s / CPU s of this step): %s",
-        platform.id,
+        "%d persons, %d at 2+ sites, %d duplicate events flagged; phases (wall s / CPU s of this step): %s",
+        *(platform.id, len(applied), len(replaced), skipped, len(rejected), total),
+        *(linkage["persons"], linkage["persons_multi_site"], dupes),
         ", ".join(f"{p} {w:.2f}/{tm.cpu.get(p, 0.0):.2f}" for p, w in tm.seconds.items()),
     )
-    versions: dict[str, set[str]] = {}
-    for manifest, _ in manifests:
-        for name, version in manifest.get("key_versions", {}).items():
-            versions.setdefault(name, set()).add(version)
-    key_versions = {name: sorted(v) for name, v in sorted(versions.items())}
-    if live:  # the level-1 versions the warehouse rows carry, not every version ever seen in the intake
-        key_versions["level1"] = live
     return Consolidation(
         platform.id,
         applied,
@@ -320,7 +203,7 @@ def consolidate(
         rows,
         linkage,
         checks,
-        key_versions,
+        _key_versions([m for m, _ in manifests], live),
         retired_key_versions=retired,
         standardisation=std,
         duplicates=duplicates,
@@ -329,6 +212,157 @@ def consolidate(
         timings={**tm.seconds, "total": round(total, 4)},
         cpu_timings=dict(tm.cpu),
     )
+
+
+def _after_batches(conn, platform: Platform, tables: list[str], tm: PhaseTimer) -> tuple:
+    """Once the batches are merged, each phase timed: the level-1 key versions retired and those still live, the
+    linkage statistics, the platform checks, the duplicate events flagged and the codes left unmapped."""
+    tm.start("key_versions")
+    retired = keyversions.retire_unused(conn, tables)
+    live = keyversions.live_versions(conn)
+    conn.commit()
+    tm.start("linkage_stats")
+    linkage = linkage_stats(conn)
+    tm.start("platform_checks")
+    checks = platform_checks(conn, tables)
+    tm.start("duplicates")
+    duplicates = flag_duplicates(conn, platform, tables)
+    tm.start("unmapped")
+    std = standardise.unmapped(conn, platform, tables)
+    tm.stop()
+    return retired, live, linkage, checks, duplicates, std
+
+
+def _read_manifests(
+    s3, platform: Platform, bucket: str, prefix: str, res: PlatformResources
+) -> tuple[list[tuple[dict, str]], list[tuple[str, str, str, str]]]:
+    """Every member's batch manifest in the intake, verified (signature, base, site, platform, prefix) before
+    anything it lists is read: ([(manifest, sha256)] in data-interval order, [(base, batch, sha256, reason)])."""
+    manifests: list[tuple[dict, str]] = []
+    refused: list[tuple[str, str, str, str]] = []
+    for b in platform.members:
+        base_prefix = f"{prefix}{b.id}/"
+        for key in list_keys(s3, bucket, base_prefix):
+            if not key.endswith("/" + MANIFEST):
+                continue
+            raw = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            sha = hashlib.sha256(raw).hexdigest()
+            try:
+                doc = manifests_check.verify_batch_manifest(
+                    raw, key, platform=platform, base=b, base_prefix=base_prefix, trust=res.trust
+                )
+            except IntegrityError as exc:
+                refused.append((b.id, manifests_check.batch_of_key(key), sha, str(exc)))
+                continue
+            manifests.append((doc, sha))
+    manifests.sort(key=lambda m: (m[0]["data_interval"]["start"], m[0]["base"]))
+    return manifests, refused
+
+
+def _record_rejection(conn, platform: Platform, bid: str, msha: str, base_id: str | None, why: str) -> str:
+    """A refused batch, logged and recorded in `eds_platform.rejected` (committed); returns the reason."""
+    reason = f"platform {platform.id}: batch {bid} rejected, left in intake: {why}"
+    log.error("%s", reason)
+    conn.execute(
+        "INSERT INTO eds_platform.rejected (batch_id, manifest_sha256, reason, base_id) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (bid, msha, reason, base_id),
+    )
+    conn.commit()
+    return reason
+
+
+def _applied_before(conn, bid: str, msha: str) -> bool:
+    """This very version of the batch is in the ledger (and not replaced since)."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM eds_platform.ledger WHERE batch_id = %s AND manifest_sha256 = %s AND replaced_at IS NULL",
+            (bid, msha),
+        ).fetchone()
+    )
+
+
+def _check_admissible(conn, manifest: dict, msha: str, res: PlatformResources) -> None:
+    """Schema version, a level-1 key version that links with the warehouse's, not a replay (IntegrityError)."""
+    base = manifest.get("base")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise IntegrityError(f"schema version {manifest.get('schema_version')!r} is not {SCHEMA_VERSION!r}", base=base)
+    got_version = (manifest.get("key_versions") or {}).get("level1")
+    keyversions.check_not_retired(conn, got_version, base or "?")
+    if (
+        res.level1_key_version
+        and got_version != res.level1_key_version
+        and got_version not in keyversions.live_versions(conn)
+    ):
+        raise IntegrityError(
+            f"batch pseudonymised with level-1 key version {got_version!r}, neither the platform's "
+            f"key ({res.level1_key_version!r}) nor a version being rotated out: its pseudonyms would "
+            "not link; rerun the interval",
+            base=base,
+        )
+    manifests_check.check_not_replayed(conn, manifest, msha)
+
+
+def _apply(
+    conn,
+    s3,
+    bucket: str,
+    manifest: dict,
+    msha: str,
+    tables: list[str],
+    res: PlatformResources,
+    vocabulary,
+    tm: PhaseTimer,
+) -> tuple[dict[str, int], bool]:
+    """One batch, verified then merged in one transaction with its ledger entry; a version of the same batch
+    applied before (a local rerun) is replaced. Returns (rows per table, whether it replaced one); `tm` receives
+    the time of each phase."""
+    bid = manifest["batch_id"]
+    with tempfile.TemporaryDirectory(prefix="eds-consolidate-") as tmp:
+        _check_admissible(conn, manifest, msha, res)
+        tm.start("download_verify")
+        files, tombs = _verify_files(s3, bucket, manifest, Path(tmp), tables)
+        tm.start("ledger")
+        with conn.transaction():
+            # Another version of this batch applied before (local rerun): this one replaces it.
+            previous = conn.execute(
+                "UPDATE eds_platform.ledger SET replaced_at = now() "
+                "WHERE batch_id = %s AND replaced_at IS NULL RETURNING manifest_sha256",
+                (bid,),
+            ).fetchall()
+            r = apply_batch(
+                conn,
+                manifest,
+                files,
+                tombs,
+                tables,
+                vocabulary=vocabulary is not None,
+                replace=bool(previous),
+                timer=tm,
+            )
+            tm.start("ledger")
+            manifests_check.record_accepted(conn, manifest, msha)
+            faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
+            conn.execute(
+                "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, data_interval_start, rows) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (bid, msha, manifest["base"], manifest["data_interval"]["start"], json.dumps(r)),
+            )
+        conn.commit()
+    tm.stop()
+    return r, bool(previous)
+
+
+def _key_versions(manifests: list[dict], live: list[str]) -> dict[str, list[str]]:
+    """Key versions of the members' manifests; level 1: those the warehouse rows carry (not every one seen)."""
+    versions: dict[str, set[str]] = {}
+    for manifest in manifests:
+        for name, version in manifest.get("key_versions", {}).items():
+            versions.setdefault(name, set()).add(version)
+    key_versions = {name: sorted(v) for name, v in sorted(versions.items())}
+    if live:
+        key_versions["level1"] = live
+    return key_versions
 
 
 def night_end_of(base: LocalBase, when: dt.datetime) -> dt.datetime:

@@ -105,129 +105,25 @@ def apply_batch(
     replace: bool = False,
     timer: PhaseTimer | None = None,
 ) -> dict[str, int]:
-    """`timer`, if given, receives the wall and CPU seconds of each phase (stage, standardise, upsert…)."""
+    """Merge the batch's files (table -> Parquet) and tombstones; `replace`: an earlier version of the batch was
+    applied, what it holds that the new one no longer does goes. Returns rows per table (and standardisation and
+    tombstone counts). `timer`, if given, receives the wall and CPU seconds of each phase (stage, standardise,
+    upsert…)."""
     tm = timer or PhaseTimer()
     rows: dict[str, int] = {}
-    site = int(manifest["site_number"])
     bid = manifest["batch_id"]
     version = manifest.get("key_versions", {}).get("level1")
-    replaced = False
     if replace:
         tm.start("remove_previous")
         _remove_batch(conn, manifest, tables, files)
+    replaced = False
     for t in [t for t in tables if t in files]:
-        tm.start("stage_copy")
-        cols = expected_columns(t)
-        if t != "person" and _bulk_load(conn, t, files[t], cols, site, bid, version, vocabulary, rows, tm):
-            replaced = replaced or bool(manifest["tables"][t].get("full"))
-            continue
-        stage = sql.Identifier(f"stage_{t}")
-        conn.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM omop.{} WITH NO DATA").format(
-                stage, sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(t)
-            )
+        replaced |= _merge_table(
+            conn, manifest, t, files[t], version, rows, vocabulary=vocabulary, replace=replace, tm=tm
         )
-        if t == "person":
-            # The full level-1 digest beside each 63-bit id, checked against the registry before any merge.
-            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(stage, sql.Identifier(DIGEST)))
-            if DIGEST not in pq.ParquetFile(files[t]).schema_arrow.names:
-                raise IntegrityError(
-                    "the person file carries no digest beside its 63-bit ids: refused (a collision could not be "
-                    "detected)",
-                    base=manifest["base"],
-                    table=t,
-                    column=DIGEST,
-                )
-            n = _copy_parquet(conn, files[t], stage, [*cols, DIGEST])
-            _register_digests(conn, stage, manifest["base"])
-        else:
-            n = _copy_parquet(conn, files[t], stage, cols)
-        if manifest["tables"][t].get("full"):
-            # Re-keying run (key rotation / policy change): this file is the site's whole table.
-            _replace_site_rows(conn, t, stage, site, manifest["base"])
-            replaced = True
-        if vocabulary:
-            tm.start("standardise")
-            std = standardise.standardise_stage(conn, t, stage)
-            if std.mapped:
-                rows[f"{t}.mapped_concepts"] = std.mapped
-            if std.units:
-                rows[f"{t}.units_normalised"] = std.units
-        tm.start("collision_check")
-        key = conflict_key(t)
-        if key != "person_id":  # row ids are keyed per site: the same id from another site is a collision
-            clash = conn.execute(
-                sql.SQL("SELECT count(*) FROM {s} JOIN omop.{t} w USING ({k}) WHERE w._site <> %s").format(
-                    s=stage, t=sql.Identifier(t), k=sql.Identifier(key)
-                ),
-                (site,),
-            ).fetchone()[0]
-            if clash:
-                raise IntegrityError(
-                    f"{clash} row ids already held by another site (63-bit collision): the batch is refused, "
-                    "never merged",
-                    base=manifest["base"],
-                    table=t,
-                )
-        meta = ["_site", "_batch_id", keyversions.KEY_VERSION_COLUMN]
-        updates = sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
-        )
-        # A row keyed by the patient (person, death) is held by the lowest site number that treats the patient
-        # (its later versions update it; other sites' copies do not), so the warehouse does not depend on the
-        # order batches arrive in, and a rerun of every site's night changes nothing (no site takes the row
-        # back from another, which would draw a new change sequence and deliver it again).
-        tm.start("upsert")
-        only = (
-            sql.SQL(" WHERE omop.{}._site >= EXCLUDED._site").format(sql.Identifier(t))
-            if key == "person_id"
-            else sql.SQL("")
-        )
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO omop.{t} ({cols}, {meta}) SELECT {cols}, %s, %s, %s FROM {stage} "
-                "ON CONFLICT ({key}) DO UPDATE SET {updates}{only}"
-            ).format(
-                t=sql.Identifier(t),
-                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                meta=sql.SQL(", ").join(map(sql.Identifier, meta)),
-                stage=stage,
-                key=sql.Identifier(key),
-                updates=updates,
-                only=only,
-            ),
-            (site, bid, version),
-        )
-        if t == "person":
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO eds_platform.person_site (person_id, base_id, site_number, batch_id) "
-                    "SELECT person_id, %s, %s, %s FROM {} "
-                    "ON CONFLICT (person_id, base_id) DO UPDATE SET batch_id = EXCLUDED.batch_id"
-                ).format(stage),
-                (manifest["base"], site, bid),
-            )
-        if replace:
-            _drop_superseded(conn, t, stage, manifest)
-        rows[t] = n
     tm.start("tombstones")
-    # Tombstones: a person tombstone (objection) removes every row of that patient contributed by this site.
     for t, path in tombs.items():
-        tomb = pq.read_table(path)
-        kinds = tomb.column("kind").to_pylist()
-        ids = tomb.column("id").to_pylist()
-        persons = [i for k, i in zip(kinds, ids, strict=True) if k == "person"]
-        row_ids = [i for k, i in zip(kinds, ids, strict=True) if k == "row"]
-        if row_ids:
-            conn.execute(
-                sql.SQL("DELETE FROM omop.{} WHERE {} = ANY(%s)").format(
-                    sql.Identifier(t), sql.Identifier(conflict_key(t))
-                ),
-                (row_ids,),
-            )
-        if persons:
-            rows[f"{t}.erased"] = erase_persons(conn, persons, tables)
-        rows[f"{t}.tombstones"] = len(ids)
+        rows[f"{t}.tombstones"] = _apply_tombstones(conn, manifest, t, path, tables, rows)
     tm.start("cleanup")
     if replaced:
         # Persons no site refers to any more (their old level-1 pseudonym after a re-keying run) go.
@@ -345,6 +241,132 @@ def _register_digests(conn: psycopg.Connection, stage: sql.Identifier, base: str
         conn.execute(sql.SQL("DROP VIEW {}").format(view))
 
 
+def _merge_table(
+    conn: psycopg.Connection,
+    manifest: dict,
+    t: str,
+    path: Path,
+    version,
+    rows: dict,
+    *,
+    vocabulary: bool,
+    replace: bool,
+    tm: PhaseTimer,
+) -> bool:
+    """Stage one file, standardise it, upsert it (or bulk-load it into an empty table); True when it replaced
+    the site's rows (a `full` table). `replace`: the rows the batch's earlier version merged and this one no
+    longer holds go after the upsert."""
+    site = int(manifest["site_number"])
+    cols = expected_columns(t)
+    full = bool(manifest["tables"][t].get("full"))
+    tm.start("stage_copy")
+    if t != "person" and _bulk_load(conn, t, path, cols, site, manifest["batch_id"], version, vocabulary, rows, tm):
+        return full
+    stage = sql.Identifier(f"stage_{t}")
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM omop.{} WITH NO DATA").format(
+            stage, sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(t)
+        )
+    )
+    n = _stage_person(conn, manifest, path, stage, cols) if t == "person" else _copy_parquet(conn, path, stage, cols)
+    if full:
+        # Re-keying run (key rotation / policy change): this file is the site's whole table.
+        _replace_site_rows(conn, t, stage, site, manifest["base"])
+    if vocabulary:
+        tm.start("standardise")
+        std = standardise.standardise_stage(conn, t, stage)
+        if std.mapped:
+            rows[f"{t}.mapped_concepts"] = std.mapped
+        if std.units:
+            rows[f"{t}.units_normalised"] = std.units
+    tm.start("collision_check")
+    _refuse_collisions(conn, manifest, t, stage, site)
+    tm.start("upsert")
+    _upsert(conn, t, stage, cols, (site, manifest["batch_id"], version))
+    if t == "person":
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.person_site (person_id, base_id, site_number, batch_id) "
+                "SELECT person_id, %s, %s, %s FROM {} "
+                "ON CONFLICT (person_id, base_id) DO UPDATE SET batch_id = EXCLUDED.batch_id"
+            ).format(stage),
+            (manifest["base"], site, manifest["batch_id"]),
+        )
+    if replace:
+        _drop_superseded(conn, t, stage, manifest)
+    rows[t] = n
+    return full
+
+
+def _stage_person(conn: psycopg.Connection, manifest: dict, path: Path, stage: sql.Identifier, cols: list[str]) -> int:
+    """The person file staged with the full level-1 digest beside each 63-bit id, checked against the registry
+    before any merge (a file without digests is refused: a collision could not be detected)."""
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(stage, sql.Identifier(DIGEST)))
+    if DIGEST not in pq.ParquetFile(path).schema_arrow.names:
+        raise IntegrityError(
+            "the person file carries no digest beside its 63-bit ids: refused (a collision could not be detected)",
+            base=manifest["base"],
+            table="person",
+            column=DIGEST,
+        )
+    n = _copy_parquet(conn, path, stage, [*cols, DIGEST])
+    _register_digests(conn, stage, manifest["base"])
+    return n
+
+
+def _refuse_collisions(conn: psycopg.Connection, manifest: dict, t: str, stage: sql.Identifier, site: int) -> None:
+    """Row ids are keyed per site: the same id already held by another site is a collision, refused."""
+    key = conflict_key(t)
+    if key == "person_id":
+        return
+    clash = conn.execute(
+        sql.SQL("SELECT count(*) FROM {s} JOIN omop.{t} w USING ({k}) WHERE w._site <> %s").format(
+            s=stage, t=sql.Identifier(t), k=sql.Identifier(key)
+        ),
+        (site,),
+    ).fetchone()[0]
+    if clash:
+        raise IntegrityError(
+            f"{clash} row ids already held by another site (63-bit collision): the batch is refused, never merged",
+            base=manifest["base"],
+            table=t,
+        )
+
+
+def _upsert(conn: psycopg.Connection, t: str, stage: sql.Identifier, cols: list[str], meta_values: tuple) -> None:
+    """Staged rows into omop.<t> with the platform's columns (site, batch, key version), upserted on the key.
+
+    A row keyed by the patient (person, death) is held by the lowest site number that treats the patient (its
+    later versions update it; other sites' copies do not), so the warehouse does not depend on the order batches
+    arrive in, and a rerun of every site's night changes nothing (no site takes the row back from another, which
+    would draw a new change sequence and deliver it again)."""
+    key = conflict_key(t)
+    meta = ["_site", "_batch_id", keyversions.KEY_VERSION_COLUMN]
+    updates = sql.SQL(", ").join(
+        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in [*cols, *meta] if c != key
+    )
+    only = (
+        sql.SQL(" WHERE omop.{}._site >= EXCLUDED._site").format(sql.Identifier(t))
+        if key == "person_id"
+        else sql.SQL("")
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO omop.{t} ({cols}, {meta}) SELECT {cols}, %s, %s, %s FROM {stage} "
+            "ON CONFLICT ({key}) DO UPDATE SET {updates}{only}"
+        ).format(
+            t=sql.Identifier(t),
+            cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            meta=sql.SQL(", ").join(map(sql.Identifier, meta)),
+            stage=stage,
+            key=sql.Identifier(key),
+            updates=updates,
+            only=only,
+        ),
+        meta_values,
+    )
+
+
 LINKED = {  # tables without person_id whose rows hang on other rows' ids: they go with them
     "cost": ("cost_event_id",),
     "fact_relationship": ("fact_id_1", "fact_id_2"),
@@ -383,6 +405,26 @@ def erase_persons(conn: psycopg.Connection, persons: list[int], tables: list[str
     conn.execute("DELETE FROM eds_platform.duplicate_event WHERE person_id = ANY(%s)", (persons,))
     n += conn.execute("DELETE FROM omop.person WHERE person_id = ANY(%s)", (persons,)).rowcount
     return n
+
+
+def _apply_tombstones(conn: psycopg.Connection, manifest: dict, t: str, path: Path, tables: list[str], rows) -> int:
+    """A row tombstone removes the row; a person tombstone (an objection) erases every row of that patient,
+    whatever site sent it (`erase_persons`, counted in rows["<t>.erased"]). Returns the number of tombstones."""
+    tomb = pq.read_table(path)
+    kinds = tomb.column("kind").to_pylist()
+    ids = tomb.column("id").to_pylist()
+    persons = [i for k, i in zip(kinds, ids, strict=True) if k == "person"]
+    row_ids = [i for k, i in zip(kinds, ids, strict=True) if k == "row"]
+    if row_ids:
+        conn.execute(
+            sql.SQL("DELETE FROM omop.{} WHERE {} = ANY(%s)").format(
+                sql.Identifier(t), sql.Identifier(conflict_key(t))
+            ),
+            (row_ids,),
+        )
+    if persons:
+        rows[f"{t}.erased"] = erase_persons(conn, persons, tables)
+    return len(ids)
 
 
 def _replace_site_rows(conn: psycopg.Connection, table: str, stage: sql.Identifier, site: int, base_id: str) -> None:

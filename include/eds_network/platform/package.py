@@ -114,20 +114,7 @@ def package(
     bucket, prefix = platform.outbox.bucket, platform.outbox.prefix
     ack = read_ack(s3, platform, res.trust)
     MIGRATIONS.ensure(res.warehouse_dsn)
-    with psycopg.connect(res.warehouse_dsn) as conn:
-        keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
-        if (
-            ack is not None and ack.get("upto_seq") is not None
-        ):  # deletions the HDH applied are forgotten: no objector's token outlives its erasure
-            pruned = changes.prune(conn, int(ack["upto_seq"]))
-            if pruned:
-                log.info("%s: %d acknowledged deletions pruned from the change log", platform.id, pruned)
-        if reconcile is None:
-            reconcile = ack is not None and changes.reconcile_due(conn, platform.reconcile_every_days)
-    if full is None:
-        full = reconcile or ack is None or bool(ack.get("full_requested"))
-    since = None if full else int(ack["upto_seq"])
-    kind = "reconcile" if reconcile else ("full" if full else "incremental")
+    kind, since, full = _kind_of_package(platform, res, tables, ack, full, reconcile)
     with psycopg.connect(res.warehouse_dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one consistent state for every file
         conn.read_only = True
@@ -153,69 +140,9 @@ def package(
         # A reconciliation checks again even if nothing changed: it is named by its time too.
         name = f"{state}|{kind}|{since}|{upto}" + (f"|{packaged_at}" if kind == "reconcile" else "")
         delivery_id = f"{platform.id}__{hashlib.sha256(name.encode()).hexdigest()[:16]}"
-        files: dict[str, dict] = {}
-        deletes: dict[str, dict] = {}
-        extra: dict[str, dict] = {}
         with tempfile.TemporaryDirectory(prefix="eds-package-") as tmp:
-
-            def put(path: Path, n: int, stem: str) -> dict:
-                sha = sha256_file(path)
-                key = f"{prefix}{delivery_id}/{stem}.{sha[:16]}.parquet"
-                s3.upload_file(str(path), bucket, key)
-                return {"key": key, "sha256": sha, "bytes": path.stat().st_size, "rows": n}
-
-            with_person = []
-            for t in tables:
-                cols = expected_columns(t)
-                spec = omop.table(t)
-                types = {c: (spec.column(c).arrow_type if spec.has(c) else pa.string()) for c in cols}
-                query = sql.SQL("SELECT {} FROM omop.{}{} ORDER BY {}").format(
-                    sql.SQL(", ").join(map(sql.Identifier, cols)),
-                    sql.Identifier(t),
-                    _changed(since, upto),
-                    sql.Identifier(conflict_key(t)),
-                )
-                path = Path(tmp) / f"{t}.parquet"
-                n = _export(conn, query, cols, types, path, t)
-                if full or n or t == "person":
-                    files[t] = put(path, n, t)
-                if since is None:
-                    continue
-                if spec.has("person_id") and t != "person" and n:
-                    with_person.append(t)
-                col = TOKEN_COLUMN if t == "person" else "id"
-                dq = sql.SQL(
-                    "SELECT {sel} FROM eds_platform.change_log WHERE table_name = {t} AND seq > {a} AND seq <= {b}"
-                ).format(
-                    sel=sql.SQL("token") if t == "person" else sql.SQL("row_id"),
-                    t=sql.Literal(t),
-                    a=sql.Literal(since),
-                    b=sql.Literal(upto),
-                )
-                dpath = Path(tmp) / f"{t}.deletes.parquet"
-                dn = _export(conn, dq, [col], {col: pa.string() if t == "person" else pa.int64()}, dpath, t)
-                if dn:
-                    deletes[t] = put(dpath, dn, f"{t}.deletes")
-            if with_person:
-                # The sealed tokens of the persons the changed rows refer to: the national zone needs them to
-                # derive the level-2 pseudonyms (the person rows themselves did not change).
-                refs = sql.SQL(" UNION ").join(
-                    sql.SQL("SELECT person_id FROM omop.{}{}").format(sql.Identifier(t), _changed(since, upto))
-                    for t in with_person
-                )
-                q = sql.SQL("SELECT person_id, {tok} FROM omop.person WHERE person_id IN ({refs})").format(
-                    tok=sql.Identifier(TOKEN_COLUMN), refs=refs
-                )
-                rpath = Path(tmp) / "persons.parquet"
-                rn = _export(
-                    conn,
-                    q,
-                    ["person_id", TOKEN_COLUMN],
-                    {"person_id": pa.int64(), TOKEN_COLUMN: pa.string()},
-                    rpath,
-                    "person",
-                )
-                extra["persons"] = put(rpath, rn, "_persons")
+            out = _Outbox(s3, bucket, f"{prefix}{delivery_id}/", Path(tmp))
+            files, deletes, extra = _export_tables(conn, out, tables, since, upto, full=full)
     manifest_key = f"{prefix}{delivery_id}/{MANIFEST}"
     manifest = {
         "kind": "eds-network/platform-delivery",
@@ -240,15 +167,109 @@ def package(
     put_json(s3, bucket, f"{prefix}_latest.json", {"delivery_id": delivery_id, "manifest_key": manifest_key})
     log.info(
         "%s: %s delivery %s packaged (changes %s..%s): %s; deletes %s",
-        platform.id,
-        kind,
-        delivery_id,
-        since,
-        upto,
+        *(platform.id, kind, delivery_id, since, upto),
         ", ".join(f"{t}={f['rows']}" for t, f in files.items()),
         ", ".join(f"{t}={f['rows']}" for t, f in deletes.items()) or "none",
     )
     return Package(platform.id, delivery_id, manifest_key, files, kind=kind, deletes=deletes)
+
+
+def _kind_of_package(
+    platform: Platform, res: PlatformResources, tables: list[str], ack: dict | None, full, reconcile
+) -> tuple[str, int | None, bool]:
+    """(kind, since, full): `full`, `reconcile` or `incremental` (changes after `since`, the acknowledged
+    watermark; `full`: every table's file, even empty).
+    The deletions the HDH acknowledged are pruned first: no objector's token outlives its erasure."""
+    with psycopg.connect(res.warehouse_dsn) as conn:
+        keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
+        if ack is not None and ack.get("upto_seq") is not None:
+            pruned = changes.prune(conn, int(ack["upto_seq"]))
+            if pruned:
+                log.info("%s: %d acknowledged deletions pruned from the change log", platform.id, pruned)
+        if reconcile is None:
+            reconcile = ack is not None and changes.reconcile_due(conn, platform.reconcile_every_days)
+    if full is None:
+        full = reconcile or ack is None or bool(ack.get("full_requested"))
+    since = None if full else int(ack["upto_seq"])
+    return ("reconcile" if reconcile else ("full" if full else "incremental")), since, full
+
+
+@dataclass(frozen=True)
+class _Outbox:
+    """Where one package's files go: local files in `tmp`, uploaded under `prefix` (content-addressed names)."""
+
+    s3: object
+    bucket: str
+    prefix: str
+    tmp: Path
+
+    def put(self, path: Path, n: int, stem: str) -> dict:
+        sha = sha256_file(path)
+        key = f"{self.prefix}{stem}.{sha[:16]}.parquet"
+        self.s3.upload_file(str(path), self.bucket, key)
+        return {"key": key, "sha256": sha, "bytes": path.stat().st_size, "rows": n}
+
+
+def _export_tables(conn, out: _Outbox, tables: list[str], since: int | None, upto: int, *, full: bool):
+    """Each table's rows changed in (since, upto] (every row when `since` is None), its deletes, and the tokens of
+    the unchanged persons the changed rows refer to: (files, deletes, {"persons": file} or {})."""
+    files: dict[str, dict] = {}
+    deletes: dict[str, dict] = {}
+    with_person = []
+    for t in tables:
+        cols = expected_columns(t)
+        spec = omop.table(t)
+        types = {c: (spec.column(c).arrow_type if spec.has(c) else pa.string()) for c in cols}
+        query = sql.SQL("SELECT {} FROM omop.{}{} ORDER BY {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, cols)),
+            sql.Identifier(t),
+            _changed(since, upto),
+            sql.Identifier(conflict_key(t)),
+        )
+        path = out.tmp / f"{t}.parquet"
+        n = _export(conn, query, cols, types, path, t)
+        if full or n or t == "person":
+            files[t] = out.put(path, n, t)
+        if since is None:
+            continue
+        if spec.has("person_id") and t != "person" and n:
+            with_person.append(t)
+        deleted = _export_deletes(conn, out, t, since, upto)
+        if deleted:
+            deletes[t] = deleted
+    extra = {"persons": _export_persons(conn, out, with_person, since, upto)} if with_person else {}
+    return files, deletes, extra
+
+
+def _export_deletes(conn, out: _Outbox, t: str, since: int, upto: int) -> dict | None:
+    """The change log's deletions of `t` in (since, upto]: row ids, or for person the sealed tokens only."""
+    col = TOKEN_COLUMN if t == "person" else "id"
+    dq = sql.SQL(
+        "SELECT {sel} FROM eds_platform.change_log WHERE table_name = {t} AND seq > {a} AND seq <= {b}"
+    ).format(
+        sel=sql.SQL("token") if t == "person" else sql.SQL("row_id"),
+        t=sql.Literal(t),
+        a=sql.Literal(since),
+        b=sql.Literal(upto),
+    )
+    dpath = out.tmp / f"{t}.deletes.parquet"
+    dn = _export(conn, dq, [col], {col: pa.string() if t == "person" else pa.int64()}, dpath, t)
+    return out.put(dpath, dn, f"{t}.deletes") if dn else None
+
+
+def _export_persons(conn, out: _Outbox, with_person: list[str], since: int, upto: int) -> dict:
+    """The sealed tokens of the persons the changed rows refer to: the national zone needs them to derive the
+    level-2 pseudonyms (the person rows themselves did not change)."""
+    refs = sql.SQL(" UNION ").join(
+        sql.SQL("SELECT person_id FROM omop.{}{}").format(sql.Identifier(t), _changed(since, upto)) for t in with_person
+    )
+    q = sql.SQL("SELECT person_id, {tok} FROM omop.person WHERE person_id IN ({refs})").format(
+        tok=sql.Identifier(TOKEN_COLUMN), refs=refs
+    )
+    rpath = out.tmp / "persons.parquet"
+    types = {"person_id": pa.int64(), TOKEN_COLUMN: pa.string()}
+    rn = _export(conn, q, ["person_id", TOKEN_COLUMN], types, rpath, "person")
+    return out.put(rpath, rn, "_persons")
 
 
 def _delete_all(s3, bucket: str, prefix: str) -> int:

@@ -72,13 +72,8 @@ def gx_data_docs(
     expectations of `table`'s suite) and build GX Data Docs into `out_dir` (replaced). The Arrow engine
     runs on the same sample; every check where the two engines count different violating rows is listed
     in `mismatches`. `result_format` is for tests only: the default returns no value of the data."""
-    import logging
     import shutil
 
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     table = table.lower()
     sdir = _suites_dir(suites_dir)
     today = today or dt.date.today()
@@ -91,46 +86,8 @@ def gx_data_docs(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    site = "eds_datadocs"
     with _GX_LOCK:
-        context = _docs_context(out, site)
-        batch_definition = (
-            context.data_sources.add_pandas("eds_sample")
-            .add_dataframe_asset(f"{base}.{table}")
-            .add_batch_definition_whole_dataframe("sample")
-        )
-        wanted = [
-            e
-            for e in plan.suite_json["expectations"]
-            if e["meta"]["check_id"] in ids
-            and e["meta"].get("scope") == BATCH
-            and e["type"] != "expect_column_to_exist"
-        ]
-        suite = context.suites.add(
-            gx.ExpectationSuite(name=f"{base}.{table}", expectations=json.loads(json.dumps(wanted)))
-        )
-        vd = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{base}.{table}.sample", data=batch_definition, suite=suite)
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"{base}.{table}",
-                validation_definitions=[vd],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[site])],
-                result_format=dict(result_format or GX_RESULT_FORMAT),
-            )
-        )
-        run = checkpoint.run(
-            batch_parameters={"dataframe": _to_pandas(sample, table)},
-            expectation_parameters=dqd.suite_parameters(today),
-        )
-        counts: dict[str, int] = {}
-        errors: list[str] = []
-        for validation in run.run_results.values():
-            c, e = _gx_counts(validation.results, sample)
-            counts.update(c)
-            errors += e
-        del run
+        counts, errors = _run_checkpoint(out, base, table, plan, ids, sample, today, result_format)
     mismatches = tuple(
         sorted(
             r.check_id
@@ -142,6 +99,54 @@ def gx_data_docs(
     if not index.is_file():
         raise QualityError("GX did not write Data Docs", base=base, table=table)
     return DataDocs(str(index), sample.num_rows, len(counts) + len(errors), mismatches, tuple(sorted(errors)))
+
+
+def _run_checkpoint(
+    out: Path, base: str, table: str, plan, ids: set[str], sample: pa.Table, today: dt.date, result_format
+) -> tuple[dict[str, int], list[str]]:
+    """One GX Checkpoint on `sample` (the batch-scope expectations of the checks in `ids`), its Data Docs site
+    built into `out`: violating rows per check id, and the checks GX could not evaluate."""
+    import logging
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    site = "eds_datadocs"
+    context = _docs_context(out, site)
+    batch_definition = (
+        context.data_sources.add_pandas("eds_sample")
+        .add_dataframe_asset(f"{base}.{table}")
+        .add_batch_definition_whole_dataframe("sample")
+    )
+    wanted = [
+        e
+        for e in plan.suite_json["expectations"]
+        if e["meta"]["check_id"] in ids and e["meta"].get("scope") == BATCH and e["type"] != "expect_column_to_exist"
+    ]
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{base}.{table}", expectations=json.loads(json.dumps(wanted))))
+    vd = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{base}.{table}.sample", data=batch_definition, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{base}.{table}",
+            validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[site])],
+            result_format=dict(result_format or GX_RESULT_FORMAT),
+        )
+    )
+    run = checkpoint.run(
+        batch_parameters={"dataframe": _to_pandas(sample, table)},
+        expectation_parameters=dqd.suite_parameters(today),
+    )
+    counts: dict[str, int] = {}
+    errors: list[str] = []
+    for validation in run.run_results.values():
+        c, e = _gx_counts(validation.results, sample)
+        counts.update(c)
+        errors += e
+    return counts, errors
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def create_app(
     browser asking for the page is redirected to `login_url(next)`. `recorder` is a dependency returning the
     name of the user recording a milestone (and refusing one who may not); without it nobody may record."""
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
     def _nobody() -> str:
         raise HTTPException(status_code=403, detail="recording milestones is not enabled on this server")
@@ -88,8 +88,23 @@ def create_app(
         v = view()
         return page_with(request, v, notice=_recorded_notice(v, recorded))
 
+    _milestone_route(app, deps, dsn, view, page_with, prefix, recorder or _nobody)
+    _file_routes(app, deps, data_docs_dir)
+    _network_routes(app, deps, dsn, view, base_or_404)
+    _catalogue_routes(app, deps, dsn, view, base_or_404)
+    from eds_network.ui.projects import project_routes
+
+    project_routes(app, deps, dsn, prefix)
+    return app
+
+
+def _milestone_route(app, deps: list, dsn: Callable[[], str], view, page_with, prefix: str, recorder) -> None:
+    """`POST /milestones`: the milestone form (`recorder` names the user, or refuses one who may not)."""
+    from fastapi import Depends, HTTPException, Request
+    from fastapi.responses import JSONResponse, RedirectResponse
+
     @app.post("/milestones", dependencies=deps)
-    async def record_milestone(request: Request, who: str = Depends(recorder or _nobody)):
+    async def record_milestone(request: Request, who: str = Depends(recorder)):
         """The milestone form: same origin, anti-forgery token bound to the session, validated, audited."""
         body = await request.body()
         wants_json = "application/json" in request.headers.get("accept", "")
@@ -125,6 +140,12 @@ def create_app(
             return JSONResponse(out)
         return RedirectResponse(f"{prefix}/?recorded={out['base']}.{out['milestone']}#milestone-form", 303)
 
+
+def _file_routes(app, deps: list, data_docs_dir: Path | None) -> None:
+    """The page's static files, and the GX Data Docs it links to."""
+    from fastapi import HTTPException
+    from fastapi.responses import FileResponse
+
     @app.get("/static/{name}", dependencies=deps)
     def static(name: str) -> FileResponse:
         path = STATIC / name
@@ -132,6 +153,20 @@ def create_app(
             raise HTTPException(status_code=404, detail="no such file")
         media = {".css": "text/css", ".svg": "image/svg+xml"}.get(path.suffix, "application/octet-stream")
         return FileResponse(path, media_type=media)
+
+    @app.get("/data-docs/{rel:path}", dependencies=deps)
+    def data_docs(rel: str) -> FileResponse:
+        """GX Data Docs as GX builds them: any file under the one configured root, so every relative link of
+        a site (validation pages, static assets) works; nothing outside the root."""
+        path = data_docs_file(data_docs_dir, rel)
+        if path is None:
+            raise HTTPException(status_code=404, detail="no such Data Docs file")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
+
+
+def _network_routes(app, deps: list, dsn: Callable[[], str], view, base_or_404) -> None:
+    """The page's data as JSON: network, bases, deliveries, lead times, the audit trail."""
 
     @app.get("/api/network", dependencies=deps)
     def api_network() -> dict:
@@ -144,11 +179,6 @@ def create_app(
     @app.get("/api/bases/{base_id}", dependencies=deps)
     def api_base(base_id: str) -> dict:
         return base_or_404(base_id, view())
-
-    _catalogue_routes(app, deps, dsn, view, base_or_404)
-    from eds_network.ui.projects import project_routes
-
-    project_routes(app, deps, dsn, prefix)
 
     @app.get("/api/deliveries", dependencies=deps)
     def api_deliveries() -> list[dict]:
@@ -165,18 +195,6 @@ def create_app(
     @app.get("/api/audit", dependencies=deps)
     def api_audit(limit: int = 50) -> list[dict]:
         return recent_audit(dsn(), limit)
-
-    @app.get("/data-docs/{rel:path}", dependencies=deps)
-    def data_docs(rel: str) -> FileResponse:
-        """GX Data Docs as GX builds them: any file under the one configured root, so every relative link of
-        a site (validation pages, static assets) works; nothing outside the root."""
-        path = data_docs_file(data_docs_dir, rel)
-        if path is None:
-            raise HTTPException(status_code=404, detail="no such Data Docs file")
-        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media)
-
-    return app
 
 
 def _recorded_notice(v: dict, recorded: str | None) -> str | None:

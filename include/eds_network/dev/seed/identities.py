@@ -190,31 +190,14 @@ def _new_identities(
         first = firsts[int(first_i[i]) % len(firsts)]
         last = _LAST[int(last_i[i])]
         postcode, city = _PLACES[int(place_i[i])]
-        if birth_place[i] < 0.70:
-            dept, prefix = _dept_of_postcode(postcode)
-        elif birth_place[i] < 0.94:
-            dept, prefix = _dept_of_postcode(_PLACES[int(other_place[i])][0])
-        else:
-            dept, prefix = "99", None
-        if dept == "99":
-            com = _ABROAD[int(abroad[i])]
-        elif prefix is not None:
-            com = prefix * 100 + int(commune[i]) % 50 + 1
-        else:
-            com = int(commune[i])
+        dept, com = _birth_place(postcode, birth_place[i], int(other_place[i]), int(abroad[i]), int(commune[i]))
         ordno = int(order[i])
         nir = make_nir(sex, birth, dept, com, ordno)
         while nir[:13] in used_nir13:  # keep NIRs unique across the whole network
             ordno = ordno % 999 + 1
             nir = make_nir(sex, birth, dept, com, ordno)
         used_nir13.add(nir[:13])
-        digits = f"{int(phone[i]):08d}"
-        if phone_fmt[i] < 0.1:
-            tel = None
-        elif phone_fmt[i] < 0.6:
-            tel = "06 " + " ".join(digits[j : j + 2] for j in range(0, 8, 2))
-        else:
-            tel = "06" + digits
+        tel = _phone(int(phone[i]), phone_fmt[i])
         email = None
         if mail[i] >= 0.35:
             email = f"{_ascii(first)}.{_ascii(last)}{int(mail_no[i])}@{_MAIL_DOMAINS[int(mail_dom[i])]}"
@@ -233,6 +216,30 @@ def _new_identities(
             )
         )
     return out
+
+
+def _birth_place(postcode: str, where: float, other_place: int, abroad: int, commune: int) -> tuple[str, int]:
+    """The NIR's département and commune of birth: 70 % the residence's département, 24 % elsewhere in France,
+    6 % abroad (département 99, a country code)."""
+    if where < 0.70:
+        dept, prefix = _dept_of_postcode(postcode)
+    elif where < 0.94:
+        dept, prefix = _dept_of_postcode(_PLACES[other_place][0])
+    else:
+        return "99", _ABROAD[abroad]
+    if dept == "99":
+        return dept, _ABROAD[abroad]
+    return dept, (prefix * 100 + commune % 50 + 1) if prefix is not None else commune
+
+
+def _phone(number: int, style: float) -> str | None:
+    """A mobile number: none (10 %), spaced pairs (50 %) or compact."""
+    digits = f"{number:08d}"
+    if style < 0.1:
+        return None
+    if style < 0.6:
+        return "06 " + " ".join(digits[j : j + 2] for j in range(0, 8, 2))
+    return "06" + digits
 
 
 def _wrong_key(nir: str, rng: np.random.Generator) -> str:
@@ -279,6 +286,49 @@ def _plan(network: Network) -> dict[str, _BasePlan]:
     return _PLAN_CACHE[key]
 
 
+def _copied_patients(base: LocalBase, n: int, plans: dict[str, _BasePlan]) -> tuple[list[Identity], dict[str, int]]:
+    """Patients copied from the bases in `shared_with` (their own, valid-NIR, non-objector patients): the copies
+    and how many from each base."""
+    spec = base.seed
+    copied: list[Identity] = []
+    shared_counts: dict[str, int] = {}
+    for other in dict.fromkeys(spec.shared_with):
+        if other == base.id:
+            continue
+        pool = plans[other].pick_pool
+        want = round(spec.shared_fraction * n)
+        take = min(want, len(pool), n - len(copied))
+        if take < want:
+            log.warning(
+                "base %s: %d shared patients with %s requested, %d available: sharing %d",
+                base.id, want, other, len(pool), take,
+            )  # fmt: skip
+        picks = _rng(spec.seed, base.id, other, "share").choice(np.asarray(pool, dtype=np.int64), take, replace=False)
+        copied.extend(plans[other].identities[int(p)] for p in picks)
+        shared_counts[other] = take
+    return copied, shared_counts
+
+
+def _placed(rng: np.random.Generator, n: int, copied: list[Identity], own: list[Identity]):
+    """The copies at random positions among the base's own patients (a base without copies, such as the synthea
+    base, keeps its own order: positions follow PERSON.csv): (identities, shared positions, own positions)."""
+    if copied:
+        perm = rng.permutation(n)
+        shared_pos = np.sort(perm[: len(copied)])
+        own_pos = np.sort(perm[len(copied) :])
+    else:
+        shared_pos = np.empty(0, dtype=np.int64)
+        own_pos = np.arange(n)
+    slots: list[Identity | None] = [None] * n
+    for p, ident in zip(shared_pos, copied, strict=True):
+        slots[int(p)] = ident
+    for p, ident in zip(own_pos, own, strict=True):
+        slots[int(p)] = ident
+    identities = tuple(s for s in slots if s is not None)
+    assert len(identities) == n
+    return identities, shared_pos, own_pos
+
+
 def _compute_plan(network: Network, zip_path: Path | None) -> dict[str, _BasePlan]:
     plans: dict[str, _BasePlan] = {}
     used_nir13: set[str] = set()
@@ -302,26 +352,7 @@ def _compute_plan(network: Network, zip_path: Path | None) -> dict[str, _BasePla
             n = spec.patients
             person_ids = tuple(range(1, n + 1))
 
-        # Patients copied from other bases (their own, valid-NIR, non-objector patients).
-        copied: list[Identity] = []
-        shared_counts: dict[str, int] = {}
-        for other in dict.fromkeys(spec.shared_with):
-            if other == base.id:
-                continue
-            pool = plans[other].pick_pool
-            want = round(spec.shared_fraction * n)
-            take = min(want, len(pool), n - len(copied))
-            if take < want:
-                log.warning(
-                    "base %s: %d shared patients with %s requested, %d available: sharing %d",
-                    base.id, want, other, len(pool), take,
-                )  # fmt: skip
-            picks = _rng(spec.seed, base.id, other, "share").choice(
-                np.asarray(pool, dtype=np.int64), take, replace=False
-            )
-            copied.extend(plans[other].identities[int(p)] for p in picks)
-            shared_counts[other] = take
-
+        copied, shared_counts = _copied_patients(base, n, plans)
         n_own = n - len(copied)
         own = _new_identities(rng, n_own, used_nir13, births)
         # Some own patients have no NIR or an NIR with a wrong key.
@@ -333,21 +364,7 @@ def _compute_plan(network: Network, zip_path: Path | None) -> dict[str, _BasePla
         for j in chosen[n_none : n_none + n_bad]:
             own[int(j)] = replace(own[int(j)], nir=_wrong_key(own[int(j)].nir or "", rng))
 
-        # Place the copies at random positions (the synthea base has none: positions follow PERSON.csv).
-        if copied:
-            perm = rng.permutation(n)
-            shared_pos = np.sort(perm[: len(copied)])
-            own_pos = np.sort(perm[len(copied) :])
-        else:
-            shared_pos = np.empty(0, dtype=np.int64)
-            own_pos = np.arange(n)
-        slots: list[Identity | None] = [None] * n
-        for p, ident in zip(shared_pos, copied, strict=True):
-            slots[int(p)] = ident
-        for p, ident in zip(own_pos, own, strict=True):
-            slots[int(p)] = ident
-        identities = tuple(s for s in slots if s is not None)
-        assert len(identities) == n
+        identities, shared_pos, own_pos = _placed(rng, n, copied, own)
 
         k = min(spec.objectors, n_own)
         objectors = tuple(sorted(int(p) for p in rng.choice(own_pos, k, replace=False))) if k else ()

@@ -300,19 +300,11 @@ def extract(
         return _extract_into(Path(tmp), catalog, s3, bucket, permit, pins, persons, key, signing_key, key_id, quality)
 
 
-def _extract_into(
-    tmp: Path,
-    catalog: SqlCatalog,
-    s3,
-    bucket: str,
-    permit: Permit,
-    pins: Mapping[str, int],
-    persons: pa.Array,
-    key: bytes,
-    signing_key: bytes,
-    key_id: str,
-    quality: Mapping[str, object] | None,
-) -> Dataset:
+def _write_tables(
+    tmp: Path, catalog: SqlCatalog, permit: Permit, pins: Mapping[str, int], persons: pa.Array, key: bytes
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Each permitted table of the cohort, re-keyed and sorted into a Parquet file under `tmp` in bounded memory:
+    ({file name: path}, {table: rows})."""
     files: dict[str, Path] = {}
     rows: dict[str, int] = {}
     for t in sorted(permit.tables):
@@ -332,6 +324,23 @@ def _extract_into(
             per_bucket=one_row_per_person if t == "person" else None,
         )
         files[path.name] = path
+    return files, rows
+
+
+def _extract_into(
+    tmp: Path,
+    catalog: SqlCatalog,
+    s3,
+    bucket: str,
+    permit: Permit,
+    pins: Mapping[str, int],
+    persons: pa.Array,
+    key: bytes,
+    signing_key: bytes,
+    key_id: str,
+    quality: Mapping[str, object] | None,
+) -> Dataset:
+    files, rows = _write_tables(tmp, catalog, permit, pins, persons, key)
     docs = {
         "dictionary.json": dictionary(permit),
         "quality.json": {"kind": "eds-network/project-quality", "bases": quality or {}},
@@ -382,14 +391,7 @@ def _extract_into(
         out.status = "already_delivered"
         log.info("project %s: dataset %s is already in its area: nothing written", permit.project_id, extract_id)
         return out
-    for name, f in files.items():
-        with open(f, "rb") as body:  # streamed from disk (boto3 sends the file object)
-            s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)
-    for name, h in sha.items():  # verify every object before the manifest
-        got, n = sha256_object(s3, bucket, prefix + name)
-        if got != h or n != size[name]:
-            raise IntegrityError(f"project area object {prefix + name} does not match what was written")
-    s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest, ContentType="application/json")
+    _write_area(s3, bucket, prefix, files, sha, size, manifest)
     log.info(
         "project %s: dataset %s written: %d persons, %s, %.1f kB",
         permit.project_id,
@@ -399,6 +401,20 @@ def _extract_into(
         out.bytes / 1e3,
     )
     return out
+
+
+def _write_area(
+    s3, bucket: str, prefix: str, files: Mapping[str, Path], sha: Mapping[str, str], size: Mapping[str, int], manifest
+) -> None:
+    """Every file streamed from disk into the area, each object verified (SHA-256, size), the manifest last."""
+    for name, f in files.items():
+        with open(f, "rb") as body:  # streamed from disk (boto3 sends the file object)
+            s3.put_object(Bucket=bucket, Key=prefix + name, Body=body)
+    for name, h in sha.items():  # verify every object before the manifest
+        got, n = sha256_object(s3, bucket, prefix + name)
+        if got != h or n != size[name]:
+            raise IntegrityError(f"project area object {prefix + name} does not match what was written")
+    s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest, ContentType="application/json")
 
 
 def delete_area(s3, bucket: str, project_id: str) -> dict[str, int]:

@@ -92,7 +92,8 @@ BOOKKEEPING = """
 
 
 def upgrade() -> None:
-    op.execute("CREATE SCHEMA IF NOT EXISTS omop")
+    if op.get_bind().exec_driver_sql("SELECT to_regnamespace('omop')").scalar() is None:
+        op.execute("CREATE SCHEMA omop")
     raw = op.get_bind().connection.driver_connection  # psycopg: compose identifiers with psycopg.sql
     for t in _tables():
         for stmt in _create(t):
