@@ -1,5 +1,6 @@
-"""No process of the clone is left behind: `eds stack stop` (`make stop`) ends `airflow standalone` with its
-scheduler and workers, and an interrupted `eds night` ends its Airflow child.
+"""No process of the clone is left behind: `make stop` ends the cluster `make airflow` starts (API server,
+scheduler, DAG processor, one Edge worker per zone), `eds stack stop` ends `airflow standalone` with its scheduler
+and workers, and an interrupted `eds night` ends its Airflow child.
 
 Each test runs the real commands in a state folder of its own (its own process registry and marker) on the session
 stack's PostgreSQL (external to that folder: `EDS_PG_EXTERNAL`) and S3 endpoint, with a metadata DB and an API port
@@ -33,6 +34,26 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _groups_of(home: Path) -> list[int]:
+    """Every live process in the process group of a pid file of the state folder's cluster (`<home>/cluster/`):
+    the marker alone does not find them, since Airflow's `setproctitle` overwrites a process's environment."""
+    leaders = set()
+    for f in (home / "cluster").glob("*.pid"):
+        try:
+            leaders.add(int(f.read_text()))
+        except ValueError:
+            continue
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in leaders:  # state, ppid, pgrp
+            found.append(int(stat.parent.name))
+    return sorted(found)
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
@@ -69,8 +90,11 @@ def own_home(stack, tmp_path):
         "EDS_PG_EXTERNAL": "1",  # the session's server: this folder's `stop` must leave it running
     }
     yield home, env
-    for pid in marked(str(home)):  # never leave a process, even when the test failed
-        os.kill(pid, signal.SIGKILL)
+    for pid in {*marked(str(home)), *_groups_of(home)}:  # never leave a process, even when the test failed
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     with psycopg.connect(stack.dsn("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
     if own.pg_root != home:
@@ -100,6 +124,41 @@ def test_stack_stop_ends_airflow_standalone_with_its_scheduler_and_workers(own_h
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_make_airflow_then_make_stop_leave_no_process(own_home, stack):
+    """The real targets: `make airflow` returns once the central side lists every zone's Edge worker idle (its
+    readiness signal, bounded by EDS_CLUSTER_WAIT: ten Airflow processes start at once, which takes minutes on a
+    loaded machine; a process that exits first fails it at once); then `make stop` leaves no process of the state
+    folder, and the session's PostgreSQL, which that folder did not start, still runs."""
+    from eds_network.core import zones
+    from eds_network.core.config import REPO_ROOT, load_network
+    from eds_network.dev.cluster import cluster_zones
+
+    home, env = own_home
+    wait = 900
+    env = {**env, "EDS_CLUSTER_WAIT": str(wait)}
+    # this test's own virtualenv, already installed (-o install: no reinstall from within a test)
+    make = ["make", "--no-print-directory", "-C", str(REPO_ROOT), f"VENV={Path(sys.executable).parent.parent}"]
+    log = home / "make-airflow.log"
+    with open(log, "wb") as out:
+        res = subprocess.run(
+            [*make, "-o", "install", "airflow"], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=3 * wait
+        )
+    assert res.returncode == 0, log.read_text()[-3000:]
+    lines = [_cmdline(p) for p in {*marked(str(home)), *_groups_of(home)}]
+    for component in ("api", "scheduler", "dag"):  # api-server / api_server, dag-processor / dag_processor
+        assert any(f"airflow {component}" in c for c in lines), (component, lines)
+    workers = [c for c in lines if "edge worker" in c]
+    queues = {zones.queue(z) for z in cluster_zones(load_network())}
+    assert {q for q in queues if any(q in c for c in workers)} == queues, workers  # one worker per zone
+
+    res = subprocess.run([*make, "stop"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "embedded stack stopped" in res.stdout, (res.stdout[-2000:], res.stderr[-2000:])  # it ran `eds stack stop`
+    left = sorted({*marked(str(home)), *_groups_of(home)})
+    assert left == [], [_cmdline(p) for p in left]
+    assert stack.pg_running()
 
 
 def test_sigterm_to_eds_night_ends_its_airflow_children(own_home):

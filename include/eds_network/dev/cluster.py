@@ -50,6 +50,19 @@ JWT_LEEWAY = "300"
 # How long a task process waits for each answer of the execution API (seconds): the default, 5, times out (five
 # tries, then the task fails before it starts) while that API server stalls under load.
 EXECUTION_API_TIMEOUT = "60"
+# How long `eds cluster start` waits for the API server, then for every zone's worker to be listed idle by the
+# central side (seconds; EDS_CLUSTER_WAIT overrides): ten Airflow processes starting at once on a loaded 2-core
+# machine take minutes. A cluster process that exits ends the wait at once.
+DEFAULT_WAIT = 600.0
+
+
+def wait_budget() -> float:
+    """The seconds `eds cluster start` waits for each readiness signal (EDS_CLUSTER_WAIT, default DEFAULT_WAIT)."""
+    raw = os.environ.get("EDS_CLUSTER_WAIT", "")
+    try:
+        return float(raw) if raw else DEFAULT_WAIT
+    except ValueError:
+        raise EdsError(f"EDS_CLUSTER_WAIT={raw!r} is not a number of seconds") from None
 
 
 def cluster_zones(network: Network) -> list[str]:
@@ -206,7 +219,7 @@ class Cluster:
             raise EdsError(f"airflow db migrate (Edge tables) failed:\n{res.stdout[-1500:]}\n{res.stderr[-1500:]}")
         for name in CENTRAL:
             self._spawn(name, [name], env)
-        wait_port(self.stack.api_port, "the Airflow API server", timeout=240)
+        wait_port(self.stack.api_port, "the Airflow API server", timeout=wait_budget())
         for zone in cluster_zones(self.network):
             self._spawn(
                 self.worker_name(zone),
@@ -376,24 +389,33 @@ class Cluster:
             ).fetchall()
         return [{"worker": w, "state": s, "queues": q, "last_heartbeat": str(t)} for w, s, q, t in rows]
 
-    def wait_workers(self, timeout: float = 300) -> list[dict]:
-        """Wait until every zone's worker has registered and is idle or running."""
+    def wait_workers(self, timeout: float | None = None) -> list[dict]:
+        """Wait until every zone's worker has registered and is idle or running (the central side's `edge_worker`
+        table says so), at most `timeout` seconds (default `wait_budget()`); a cluster process that exits first
+        fails at once. Each worker that comes up is logged."""
+        timeout = wait_budget() if timeout is None else timeout
         want = {zones.queue(z) for z in cluster_zones(self.network)}
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         seen: list[dict] = []
+        said: set[str] = set()
         while time.monotonic() < deadline:
             try:
                 seen = self.workers()
             except Exception:  # the Edge tables may not exist yet
                 seen = []
             up = {w["worker"] for w in seen if w["state"] in ("idle", "running")}
+            if up - said:
+                log.info("Edge workers up after %.0fs: %d of %d", time.monotonic() - t0, len(up & want), len(want))
+                said |= up
             if want <= up:
                 return seen
             dead = [n for n in self.process_names() if not self._alive(n)]
             if dead:
                 raise EdsError(f"cluster process(es) exited: {dead} (see {self.stack.logs})")
             time.sleep(2)
-        raise EdsError(f"Edge workers not up after {timeout:.0f}s: {sorted(want - {w['worker'] for w in seen})}")
+        late = sorted(want - {w["worker"] for w in seen if w["state"] in ("idle", "running")})
+        raise EdsError(f"Edge workers not up after {timeout:.0f}s (EDS_CLUSTER_WAIT): {late}")
 
 
 def latest_night(network: Network, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
