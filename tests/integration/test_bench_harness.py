@@ -6,35 +6,24 @@ report needs is measured and consistent.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"eds_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def quick_local(stack):
-    run = _load("run")
+    run = load_bench("run")
     return run, run.run(["local"], quick=True, stack=stack)
 
 
 def test_quick_local_bench_measures_every_reported_number(stack, quick_local):
     run, doc = quick_local
     local = doc["results"]["local"]
-    bench_local = _load("bench_local")
+    bench_local = load_bench("bench_local")
     for label, patients in bench_local.QUICK_SIZES.items():
         s = local["sizes"][label]
         with psycopg.connect(stack.dsn(f"bench_local_{patients}")) as conn:
@@ -63,7 +52,7 @@ def test_quick_local_bench_measures_every_reported_number(stack, quick_local):
 def test_quick_pseudonym_bench_measures_oprf_beside_hmac(stack):
     """Issue 19's bench (quick size): the OPRF round trip evaluated every patient once, beside the HMAC baseline,
     and the night's pseudonym phases were seen by the step's own timer."""
-    run = _load("run")
+    run = load_bench("run")
     doc = run.run(["pseudonyms"], quick=True, stack=stack)
     ps = doc["results"]["pseudonyms"]
     assert "error" not in ps, ps.get("error")

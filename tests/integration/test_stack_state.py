@@ -5,22 +5,18 @@ and ledgers. A real PostgreSQL of the test's own, on a port of its own."""
 from __future__ import annotations
 
 import shutil
-import socket
 
 import psycopg
 import pytest
 
+from eds_network.dev.postgres import port_free
 from eds_network.dev.stack import Stack
 
 pytestmark = [pytest.mark.integration]
 
 
 def _free_port() -> int:
-    for port in range(23100, 23400):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise RuntimeError("no free port in 23100-23399")
+    return next(p for p in range(23100, 23400) if port_free(p))
 
 
 def _databases(stack: Stack) -> set[str]:

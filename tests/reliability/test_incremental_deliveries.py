@@ -214,13 +214,25 @@ def test_second_night_with_ten_changes_and_one_deletion_commits_eleven_rows_not_
     assert {t: len(net.res.catalog(net.target).load_table(("omop", t)).metadata.snapshots) for t in touched} == snaps
 
 
+def _local_night(stack, b: str, source_dsn: str, intake_prefix: str, start, tables_run=None):
+    """One hospital's real local step for the day from `start` (every table, or `tables_run`): extract + publish
+    into `intake_prefix`. Returns the base's resources and its published batch."""
+    import datetime as dt
+
+    from eds_network.local import extract, publish
+
+    base, end = NET.base(b), start + dt.timedelta(days=1)
+    res = stack.local_resources(NET, b, source_dsn=source_dsn, intake_prefix=intake_prefix)
+    refs = [extract.extract_table(base, t, start, end, res).ref() for t in (tables_run or base.tables)]
+    return res, publish.publish_batch(base, start, end, refs, res)
+
+
 def test_rerunning_every_sites_night_changes_no_row_and_delivers_nothing(stack, world, fresh_db, tmp_path):
     """Both hospitals rerun the same interval (their person files differ: the transport tokens are sealed anew;
     they share patients, so rows keyed by the patient — person, death — come from either site): the warehouse's
     change sequence does not move, and the next package is the acknowledged one, unchanged."""
     import datetime as dt
 
-    from eds_network.local import extract, publish
     from eds_network.platform import changes
 
     day1 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
@@ -245,10 +257,7 @@ def test_rerunning_every_sites_night_changes_no_row_and_delivers_nothing(stack, 
                 )
 
     def local_night(b: str):
-        base = NET.base(b)
-        res = stack.local_resources(NET, b, source_dsn=src[b], intake_prefix=iprefix)
-        refs = [extract.extract_table(base, t, day1, day1 + dt.timedelta(days=1), res).ref() for t in base.tables]
-        return publish.publish_batch(base, day1, day1 + dt.timedelta(days=1), refs, res)
+        return _local_night(stack, b, src[b], iprefix, day1)[1]
 
     first = {b: local_night(b) for b in ("hosp_c", "hosp_b")}
     net = Net(stack, world, fresh_db, intake_prefix=iprefix)
@@ -477,7 +486,6 @@ def test_objectors_back_dated_or_missed_by_a_failed_person_task_leave_no_row_in_
     import datetime as dt
     import time
 
-    from eds_network.local import extract, publish
     from eds_network.national import maintenance
     from eds_network.national.level2 import national_person_ids
 
@@ -489,10 +497,7 @@ def test_objectors_back_dated_or_missed_by_a_failed_person_task_leave_no_row_in_
     src = {b: world["clone"](b) for b in ("hosp_c", "hosp_b")}
 
     def local_night(b: str, start, tables_run=None):
-        base = NET.base(b)
-        res = stack.local_resources(NET, b, source_dsn=src[b], intake_prefix=iprefix)
-        refs = [extract.extract_table(base, t, start, start + day, res).ref() for t in (tables_run or base.tables)]
-        return res, publish.publish_batch(base, start, start + day, refs, res)
+        return _local_night(stack, b, src[b], iprefix, start, tables_run)
 
     res_c, _ = local_night("hosp_c", day1)
     local_night("hosp_b", day1)

@@ -3,19 +3,7 @@ year from permit to dataset within 1 % of one machine's year. No timing is measu
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"eds_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.bench_modules import load_bench
 
 
 def _result(median_s: float) -> dict:
@@ -30,13 +18,13 @@ def _result(median_s: float) -> dict:
 
 
 def test_make_bench_runs_the_projects_bench_at_full_and_quick_sizes():
-    run = _load("run")
+    run = load_bench("run")
     assert "projects" in run.ALL
     assert run.FULL["project_rows"] == 2_000_000 and run.QUICK["project_rows"] < run.FULL["project_rows"]
 
 
 def test_the_projects_target_is_met_or_missed_by_the_yearly_machine_time_of_200_projects():
-    run = _load("run")
+    run = load_bench("run")
     (ok,) = [t for t in run.targets({"results": {"projects": _result(20.0)}}) if t["what"].startswith("21.")]
     assert ok["met"] is True and ok["value"] == "1.11 h a year" and "peak RSS 300.00 MB" in ok["ours"]
     # 200 x 2,000 s = 111 h > 87.6 h (1 % of 8,760 h): missed
