@@ -20,10 +20,11 @@ from psycopg import sql
 from eds_network.core import omop
 from eds_network.core.config import load_network
 from eds_network.core.crypto import Key
-from eds_network.core.storage import S3Endpoint, list_keys
+from eds_network.core.storage import S3Endpoint, list_keys, read_json
 from eds_network.national import ack, receipt, tables, transfer
 from eds_network.platform import consolidate, warehouse
 from eds_network.platform import package as packaging
+from eds_network.platform.keyversions import TransportRotationInProgress
 from tests.integration.test_national_tables import avro_payload
 
 pytestmark = [pytest.mark.integration]
@@ -604,3 +605,70 @@ def pa_array(values):
     import pyarrow as pa
 
     return pa.array(values)
+
+
+def test_rotating_the_transport_key_keeps_every_count_and_changes_every_id_down_to_the_national_tables(
+    stack, world, fresh_db, tmp_path
+):
+    """The network's transport key rotated (new secret, version v1 -> v2) between two nights of both hospitals:
+    each re-extracts in full, the platform replaces its rows, the HDH applies the delivery. Counts stay the same at
+    the platform and in the national tables; every warehouse row id and every national id changes."""
+    import dataclasses
+    import datetime as dt
+    import secrets
+
+    from eds_network.local import extract, publish
+
+    day1 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    iprefix = f"t-transport-{uuid.uuid4().hex[:8]}/"
+    src = {b: world["clone"](b) for b in ("hosp_c", "hosp_b")}
+    old = stack.local_resources(NET, "hosp_c", source_dsn=src["hosp_c"], intake_prefix=iprefix).transport_key
+    assert old.version == "v1"
+    new = Key(secrets.token_bytes(32), "v2", old.name)
+
+    def local_night(b: str, start, key: Key | None = None):
+        base = NET.base(b)
+        res = stack.local_resources(NET, b, source_dsn=src[b], intake_prefix=iprefix)
+        if key is not None:
+            res = dataclasses.replace(res, transport_key=key)
+        refs = [extract.extract_table(base, t, start, start + dt.timedelta(days=1), res).ref() for t in base.tables]
+        return publish.publish_batch(base, start, start + dt.timedelta(days=1), refs, res)
+
+    for b in src:
+        local_night(b, day1)
+    net = Net(stack, world, fresh_db, intake_prefix=iprefix)
+    _, _, a1 = net.night()
+    assert a1.status == "applied"
+    wh1, nat1 = net.warehouse_counts(), net.national_counts(tmp_path)
+    catalog = net.res.catalog(net.target)
+
+    def national_ids(table: str) -> set[int]:
+        key = "person_id" if warehouse.conflict_key(table) == "person_id" else warehouse.conflict_key(table)
+        rows = tables.platform_rows(catalog, table, net.platform.id)
+        return set(rows.column(key).to_pylist())
+
+    def warehouse_ids(table: str) -> set[int]:
+        return set(_ids(net.wh, table, 10**9))
+
+    touched = ["person", "visit_occurrence", "condition_occurrence", "measurement"]
+    before = {t: (warehouse_ids(t), national_ids(t)) for t in touched}
+
+    # hosp_c re-keys first (a full extraction under v2): the platform holds its package while hosp_b is on v1
+    pub = local_night("hosp_c", day1 + dt.timedelta(days=1), new)
+    manifest = read_json(_ep(stack).client(), NET.platform("idf").intake.bucket, pub.manifest_key)
+    assert all(e["full"] for e in manifest["tables"].values()) and manifest["key_versions"]["transport"] == "v2"
+    assert not net.consolidate().rejected
+    with pytest.raises(TransportRotationInProgress, match=r"v1 -> v2.*hosp_b"):
+        net.night()
+    local_night("hosp_b", day1 + dt.timedelta(days=1), new)
+    assert not net.consolidate().rejected
+    pkg2, _, a2 = net.night()
+    assert pkg2.kind == "full" and a2.status == "applied", (pkg2.kind, a2)  # the HDH replaces the partition
+    assert net.warehouse_counts() == wh1
+    assert net.national_counts(tmp_path) == nat1
+    for t in touched:
+        (wh_before, nat_before), wh_after, nat_after = before[t], warehouse_ids(t), national_ids(t)
+        assert len(wh_after) == len(wh_before) and len(nat_after) == len(nat_before), t
+        if t != "person":  # level-1 person ids come from the key holder's OPRF: the transport key does not key them
+            assert not wh_before & wh_after, t
+        assert not nat_before & nat_after, t

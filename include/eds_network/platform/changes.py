@@ -49,9 +49,16 @@ def reconcile_due(conn: psycopg.Connection, every_days: int) -> bool:
     return bool(conn.execute("SELECT now() - %s >= make_interval(days => %s)", (last, every_days)).fetchone()[0])
 
 
-def record_package(conn: psycopg.Connection, delivery_id: str, kind: str, since: int | None, upto: int) -> None:
+def record_package(
+    conn: psycopg.Connection,
+    delivery_id: str,
+    kind: str,
+    since: int | None,
+    upto: int,
+    transport_version: str | None = None,
+) -> None:
     conn.execute(
-        "INSERT INTO eds_platform.packaged (delivery_id, kind, since_seq, upto_seq) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (delivery_id) DO NOTHING",
-        (delivery_id, kind, since, upto),
+        "INSERT INTO eds_platform.packaged (delivery_id, kind, since_seq, upto_seq, transport_version)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING",
+        (delivery_id, kind, since, upto, transport_version),
     )

@@ -341,12 +341,13 @@ def _apply(
                 timer=tm,
             )
             tm.start("ledger")
+            transport = (manifest.get("key_versions") or {}).get("transport")
             manifests_check.record_accepted(conn, manifest, msha)
             faults.inject("consolidate.mid_merge", conn=conn)  # tests: warehouse lost mid-merge
             conn.execute(
-                "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, data_interval_start, rows) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (bid, msha, manifest["base"], manifest["data_interval"]["start"], json.dumps(r)),
+                "INSERT INTO eds_platform.ledger (batch_id, manifest_sha256, base_id, data_interval_start, rows,"
+                " transport_version) VALUES (%s, %s, %s, %s, %s, %s)",
+                (bid, msha, manifest["base"], manifest["data_interval"]["start"], json.dumps(r), transport),
             )
         conn.commit()
     tm.stop()

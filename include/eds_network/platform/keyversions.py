@@ -117,4 +117,45 @@ def require_single_version(
     )
 
 
+class TransportRotationInProgress(KeyRotationInProgress):
+    """The members' live batches were published under two transport key versions: packaging waits for the rest."""
+
+
+def transport_version(conn: psycopg.Connection, platform_id: str) -> str | None:
+    """The transport key version of every member's live rows: the version of each base's latest applied batch
+    (a new version re-extracts every table in full, so that batch replaced the base's rows). None when no batch
+    records one. Raises `TransportRotationInProgress` while two bases are on different versions."""
+    latest = dict(
+        conn.execute(
+            "SELECT DISTINCT ON (base_id) base_id, transport_version FROM eds_platform.ledger"
+            " WHERE replaced_at IS NULL AND transport_version IS NOT NULL"
+            " ORDER BY base_id, applied_at DESC, batch_id DESC"
+        ).fetchall()
+    )
+    versions = sorted(set(latest.values()), key=_version_order)
+    if len(versions) <= 1:
+        return versions[0] if versions else None
+    newest = versions[-1]
+    behind = sorted(b for b, v in latest.items() if v != newest)
+    raise TransportRotationInProgress(
+        f"platform {platform_id}: transport key rotation in progress ({', '.join(versions[:-1])} -> {newest}); "
+        f"bases still under the old version: {', '.join(behind)}. The platform is packaged again once they have "
+        "published their re-keying run (a full extraction under the new version)."
+    )
+
+
+def last_packaged_transport_version(conn: psycopg.Connection) -> str | None:
+    """The transport key version of the platform's latest package that recorded one."""
+    row = conn.execute(
+        "SELECT transport_version FROM eds_platform.packaged WHERE transport_version IS NOT NULL"
+        " ORDER BY packaged_at DESC, delivery_id DESC LIMIT 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    digits = version.lstrip("v")
+    return (int(digits), version) if digits.isdigit() else (-1, version)
+
+
 # -- embedded stack: rotating a key in the secrets file ----------------------------------------------------

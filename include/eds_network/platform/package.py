@@ -114,7 +114,7 @@ def package(
     bucket, prefix = platform.outbox.bucket, platform.outbox.prefix
     ack = read_ack(s3, platform, res.trust)
     MIGRATIONS.ensure(res.warehouse_dsn)
-    kind, since, full = _kind_of_package(platform, res, tables, ack, full, reconcile)
+    kind, since, full, transport = _kind_of_package(platform, res, tables, ack, full, reconcile)
     with psycopg.connect(res.warehouse_dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one consistent state for every file
         conn.read_only = True
@@ -163,7 +163,7 @@ def package(
         manifest = sign_document(manifest, res.signing_key, zones.platform(platform.id))
     put_json(s3, bucket, manifest_key, manifest)
     with psycopg.connect(res.warehouse_dsn) as conn:
-        changes.record_package(conn, delivery_id, kind, since, upto)
+        changes.record_package(conn, delivery_id, kind, since, upto, transport)
     put_json(s3, bucket, f"{prefix}_latest.json", {"delivery_id": delivery_id, "manifest_key": manifest_key})
     log.info(
         "%s: %s delivery %s packaged (changes %s..%s): %s; deletes %s",
@@ -176,12 +176,19 @@ def package(
 
 def _kind_of_package(
     platform: Platform, res: PlatformResources, tables: list[str], ack: dict | None, full, reconcile
-) -> tuple[str, int | None, bool]:
-    """(kind, since, full): `full`, `reconcile` or `incremental` (changes after `since`, the acknowledged
-    watermark; `full`: every table's file, even empty).
-    The deletions the HDH acknowledged are pruned first: no objector's token outlives its erasure."""
+) -> tuple[str, int | None, bool, str | None]:
+    """(kind, since, full, transport version): `full`, `reconcile` or `incremental` (changes after `since`, the
+    acknowledged watermark; `full`: every table's file, even empty).
+    The deletions the HDH acknowledged are pruned first: no objector's token outlives its erasure. A new transport
+    key version makes the package full: every national person id changes with it (the HDH derives them from the
+    tokens), so the HDH replaces the platform's partition instead of adding the new ids beside the old ones."""
     with psycopg.connect(res.warehouse_dsn) as conn:
         keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
+        transport = keyversions.transport_version(conn, platform.id)
+        before = keyversions.last_packaged_transport_version(conn)
+        if full is None and transport is not None and before is not None and transport != before:
+            log.info("%s: transport key version %s -> %s: a full delivery", platform.id, before, transport)
+            full = True
         if ack is not None and ack.get("upto_seq") is not None:
             pruned = changes.prune(conn, int(ack["upto_seq"]))
             if pruned:
@@ -191,7 +198,7 @@ def _kind_of_package(
     if full is None:
         full = reconcile or ack is None or bool(ack.get("full_requested"))
     since = None if full else int(ack["upto_seq"])
-    return ("reconcile" if reconcile else ("full" if full else "incremental")), since, full
+    return ("reconcile" if reconcile else ("full" if full else "incremental")), since, full, transport
 
 
 @dataclass(frozen=True)
