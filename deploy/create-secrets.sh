@@ -51,11 +51,8 @@ put airflow_jwt_secret "$(hex 32)"
 put airflow_api_secret_key "$(hex 32)"
 put airflow_admin_password "$(hex 16)"
 put redis_password "$(hex 24)"
-# eds-db: superuser, then the three roles of deploy/postgres/initdb/10-eds-roles.sql
+# eds-db: the superuser (provision.py creates the zones' roles with it)
 put eds_db_admin_password "$(hex 24)"
-put eds_catalogue_db_password "$(hex 24)"
-put eds_warehouse_db_password "$(hex 24)"
-put eds_source_db_password "$(hex 24)"
 # MinIO: root, then one service user per Airflow connection (see deploy/minio/minio-init.sh)
 put minio_root_user "eds-root-$(hex 4)"
 put minio_root_password "$(hex 24)"
@@ -63,6 +60,17 @@ put minio_eds_s3_access_key "eds-platforms-$(hex 6)"
 put minio_eds_s3_secret_key "$(hex 24)"
 put minio_hdh_access_key "eds-hdh-$(hex 6)"
 put minio_hdh_secret_key "$(hex 24)"
+
+# The zones' own secrets: every secret deploy/compose.zones.yaml declares (rendered from the network file by
+# deploy/render-zones.py: one per zone), by the kind its name says.
+zones_file="${EDS_ZONES_COMPOSE:-$here/compose.zones.yaml}"
+[[ -r $zones_file ]] || { echo "create-secrets.sh: $zones_file is missing (make compose-zones)" >&2; exit 1; }
+while read -r name; do
+    case "$name" in
+        pg_password_*) put "$name" "$(hex 24)" ;;
+        *) echo "create-secrets.sh: no generator for secret $name of $zones_file" >&2; exit 1 ;;
+    esac
+done < <(sed -nE 's#^[[:space:]]+file:[[:space:]]*\./deploy/secrets/([A-Za-z0-9_.-]+)[[:space:]]*$#\1#p' "$zones_file")
 
 # Pseudonymisation keys, one per *key_connection_id of the network file (defaults of
 # eds_network.core.config when the file does not name them).

@@ -1,9 +1,15 @@
 """Provision the docker-compose stack from config/network.yaml (run by the `airflow-init` job).
 
 1. render every Airflow connection the network file names, from connections.template.yaml and the Docker
-   secrets, and import them into the metadata DB (`airflow connections import --overwrite`);
-2. create the demo warehouse and source databases on the compose PostgreSQL (`x-create-database`);
-3. create any missing bucket (platform intakes and outboxes, HDH landing zone) through the connection
+   secrets; each database connection logs in with its zone's own PostgreSQL role (`eds_local_<base>`,
+   `eds_platform_<p>`, `eds_national`; the catalogue with the operator's `eds_operator`);
+2. as the eds-db superuser `eds_admin`: create the catalogue, warehouse, source (demo) and HDH tables databases
+   (`x-create-database`), migrate the catalogue schema (so `eds_admin` owns its audit table and trigger), and
+   apply the zones' roles and grants, the very statements the embedded stack applies
+   (`eds_network.orchestration.grants.pg_statements`), with each role's password from its Docker secret
+   `pg_password_<role>` (deploy/create-secrets.sh);
+3. import the connections into the metadata DB (`airflow connections import --overwrite`);
+4. create any missing bucket (platform intakes and outboxes, HDH landing zone) through the connection
    that owns it, so the credentials the DAGs will use are exercised once before the first run.
 
 The template and the secrets are the source of truth: re-running (every `make compose-up`) re-imports
@@ -39,7 +45,8 @@ SECRETS_DIR = Path(os.environ.get("EDS_SECRETS_DIR", "/run/secrets"))
 KEYS_SECRET = "eds_keys"
 
 CONNECTION_FIELDS = {"conn_type", "description", "host", "login", "password", "schema", "port", "extra"}
-_VAR = re.compile(r"\{(conn_id|platform|base)\}")
+_VAR = re.compile(r"\{(conn_id|platform|base|principal)\}")
+ADMIN_PASSWORD_SECRET = "eds_db_admin_password"
 _REF = re.compile(r"\$\{(secret|key|env):([^}]*)\}")
 
 Lookup = Callable[[str, str], str]
@@ -55,14 +62,23 @@ class ProvisionError(RuntimeError):
 def connection_roles(network: Any) -> dict[str, dict[str, str]]:
     """Map every connection id named by the network configuration to its role and context.
 
-    `network` is an `eds_network.core.config.Network`. Returns {conn_id: {"role", "conn_id", "platform", "base"}}.
-    """
+    `network` is an `eds_network.core.config.Network`. Returns {conn_id: {"role", "conn_id", "platform", "base",
+    "principal"}}: `principal` is the PostgreSQL role of the zone a database connection belongs to."""
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import principal
+
     roles: dict[str, dict[str, str]] = {}
 
-    def add(conn_id: str, role: str, platform: str = "", base: str = "") -> None:
+    def add(conn_id: str, role: str, platform: str = "", base: str = "", zone: str = "") -> None:
         seen = roles.get(conn_id)
         if seen is None:
-            roles[conn_id] = {"role": role, "conn_id": conn_id, "platform": platform, "base": base}
+            roles[conn_id] = {
+                "role": role,
+                "conn_id": conn_id,
+                "platform": platform,
+                "base": base,
+                "principal": principal(zone) if zone else "",
+            }
         elif seen["role"] != role:
             raise ProvisionError(
                 f"connection {conn_id!r} is named both as {seen['role']} and as {role} in the network file; "
@@ -70,20 +86,63 @@ def connection_roles(network: Any) -> dict[str, dict[str, str]]:
             )
 
     landing = network.national.landing_zone.connection_id
-    add(network.catalogue_connection_id, "catalogue")
+    add(network.catalogue_connection_id, "catalogue", zone=zones.OPERATOR)
     add(landing, "hdh_landing")
+    add(network.national.tables_connection_id, "national_tables", zone=zones.NATIONAL)
     for platform in network.platforms:
-        add(platform.warehouse_connection_id, "warehouse", platform=platform.id)
+        add(platform.warehouse_connection_id, "warehouse", platform=platform.id, zone=zones.platform(platform.id))
         add(platform.key_connection_id, "platform_key", platform=platform.id)
         for location in (platform.intake, platform.outbox):
             if location.connection_id != landing:
                 add(location.connection_id, "object_storage")
         for base in platform.members:
-            add(base.source_connection_id, "source", platform=platform.id, base=base.id)
+            add(base.source_connection_id, "source", platform=platform.id, base=base.id, zone=zones.local(base.id))
     add(network.transport_key_connection_id, "transport_key")
     add(network.national.key_connection_id, "national_key")
     add(network.national.box_key_connection_id, "national_box_key")
     return roles
+
+
+def database_zones(network: Any) -> list[str]:
+    """The zones with a PostgreSQL role on eds-db: every zone of the network, and the operator (catalogue)."""
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import all_zones
+
+    return [*all_zones(network), zones.OPERATOR]
+
+
+def pg_password_secret(zone: str) -> str:
+    """The Docker secret holding `zone`'s PostgreSQL password (`pg_password_eds_local_hosp_a`)."""
+    from eds_network.orchestration.zone_connections import principal
+
+    return f"pg_password_{principal(zone)}"
+
+
+def zone_passwords(network: Any, lookup: Lookup) -> dict[str, str]:
+    return {zone: lookup("secret", pg_password_secret(zone)) for zone in database_zones(network)}
+
+
+def eds_db_databases(network: Any, connections: Mapping[str, Mapping[str, Any]], created: list[str]) -> Any:
+    """The `Databases` of eds-db the grants apply to: those provisioning creates there (`x-create-database`); a
+    source pointed at a hospital's own server by an override is granted by that hospital, not here."""
+    from eds_network.orchestration.grants import Databases
+
+    def on_eds_db(conn_id: str) -> str | None:
+        return connections[conn_id]["schema"] if conn_id in created else None
+
+    catalogue = on_eds_db(network.catalogue_connection_id)
+    national = on_eds_db(network.national.tables_connection_id)
+    if catalogue is None or national is None:
+        raise ProvisionError("the catalogue and the HDH tables databases must be created on eds-db (x-create-database)")
+    sources = {b.id: on_eds_db(b.source_connection_id) for b in network.local_bases}
+    warehouses = {p.id: on_eds_db(p.warehouse_connection_id) for p in network.platforms}
+    return Databases(
+        catalogue=catalogue,
+        sources={k: v for k, v in sources.items() if v},
+        warehouses={k: v for k, v in warehouses.items() if v},
+        national=national,
+        others=("postgres",),
+    )
 
 
 def bucket_locations(network: Any) -> list[tuple[str, str]]:
@@ -231,31 +290,70 @@ def import_connections(connections: Mapping[str, Mapping[str, Any]]) -> None:
         subprocess.run(["airflow", "connections", "import", "--overwrite", str(path)], check=True)
 
 
-def create_databases(connections: Mapping[str, Mapping[str, Any]], conn_ids: list[str]) -> None:
+def admin_connect(lookup: Lookup, dbname: str) -> Any:
+    """A connection to eds-db as its superuser (EDS_DB_ADMIN_USER, default eds_admin), retried while it starts."""
     import psycopg
+
+    params = {
+        "host": lookup("env", "EDS_DB_HOST:-eds-db"),
+        "port": int(lookup("env", "EDS_DB_PORT:-5432")),
+        "user": lookup("env", "EDS_DB_ADMIN_USER:-eds_admin"),
+        "password": lookup("secret", ADMIN_PASSWORD_SECRET),
+        "dbname": dbname,
+        "autocommit": True,
+        "connect_timeout": 10,
+    }
+    return _retry(f"connect to eds-db/{dbname}", lambda: psycopg.connect(**params))
+
+
+def admin_dsn(lookup: Lookup, dbname: str) -> str:
+    from urllib.parse import quote
+
+    user = quote(lookup("env", "EDS_DB_ADMIN_USER:-eds_admin"), safe="")
+    password = quote(lookup("secret", ADMIN_PASSWORD_SECRET), safe="")
+    host, port = lookup("env", "EDS_DB_HOST:-eds-db"), lookup("env", "EDS_DB_PORT:-5432")
+    return f"postgresql+psycopg://{user}:{password}@{host}:{port}/{dbname}"
+
+
+def create_databases(lookup: Lookup, databases: Any) -> None:
+    """Every database of `databases` (a grants.Databases) that is missing, created by the superuser."""
     from psycopg import sql
 
-    for conn_id in conn_ids:
-        conn = connections[conn_id]
-        name = conn["schema"]
-
-        def ensure(conn: Mapping[str, Any] = conn, name: str = name) -> str:
-            with psycopg.connect(
-                host=conn["host"],
-                port=int(conn.get("port") or 5432),
-                user=conn["login"],
-                password=conn["password"],
-                dbname="postgres",
-                autocommit=True,
-                connect_timeout=10,
-            ) as db:
-                if db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                    return "exists"
+    with admin_connect(lookup, "postgres") as db:
+        for name in databases.all():
+            if name in databases.others:
+                continue
+            if db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                state = "exists"
+            else:
                 db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                db.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-                return "created"
+                state = "created"
+            print(f"  database {name}: {state}", flush=True)
 
-        print(f"  database {name} ({conn_id}): {_retry(f'database {name}', ensure)}", flush=True)
+
+def migrate_catalogue(lookup: Lookup, databases: Any, network: Any) -> None:
+    """The catalogue schema at head and the network registered, as the superuser (who then owns the audit table)."""
+    from eds_network import catalogue
+
+    dsn = admin_dsn(lookup, databases.catalogue)
+    _retry("catalogue migration", lambda: catalogue.create_schema(dsn))
+    catalogue.register_network(dsn, network)
+    print(f"  catalogue {databases.catalogue}: migrated, network registered", flush=True)
+
+
+def apply_grants(lookup: Lookup, network: Any, databases: Any) -> int:
+    """The zones' roles and grants (`grants.pg_statements`, as in the embedded stack), as the superuser."""
+    from eds_network.orchestration.grants import pg_statements
+
+    statements = pg_statements(network, zone_passwords(network, lookup), databases)
+    count = 0
+    for dbname, stmts in statements.items():
+        with admin_connect(lookup, dbname) as db:
+            for stmt in stmts:
+                db.execute(stmt)
+                count += 1
+    print(f"  grants: {count} statements on {len(statements)} databases, {len(database_zones(network))} roles")
+    return count
 
 
 def ensure_buckets(connections: Mapping[str, Mapping[str, Any]], buckets: list[tuple[str, str]]) -> None:
@@ -331,7 +429,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.dry_run:
             return 0
-        create_databases(connections, databases)
+        lookup = secrets_lookup()
+        on_eds_db = eds_db_databases(network, connections, databases)
+        create_databases(lookup, on_eds_db)
+        migrate_catalogue(lookup, on_eds_db, network)
+        apply_grants(lookup, network, on_eds_db)
         import_connections(connections)
         ensure_buckets(connections, bucket_locations(network))
     except ProvisionError as exc:

@@ -1,7 +1,7 @@
 """The production rehearsal: the production path end to end on this machine, without a container engine.
 
 A stack of its own (state in $EDS_HOME/rehearsal, ports one above the test stack's): PostgreSQL with one role per
-zone (dev/access.py, the roles deploy/postgres's init scripts create), the S3 endpoint **behind TLS with a private
+zone (orchestration/grants.py, the statements compose's airflow-init applies to eds-db), the S3 endpoint **behind TLS with a private
 CA** (moto's own TLS, a CA made with `cryptography`, dev/tls.py): every client verifies it with the CA given in
 its connection's extra `verify`, never the system's trust store. The catalogue is migrated when the stack starts;
 the sources are seeded through `eds seed --connections FILE` (the path a non-embedded stack takes); the

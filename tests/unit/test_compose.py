@@ -24,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
+ZONES_COMPOSE = ROOT / "deploy" / "compose.zones.yaml"
 HEAD_OVERRIDE = ROOT / "deploy" / "compose.head.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements.txt"
@@ -64,9 +65,27 @@ def load_compose(path: Path = COMPOSE) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+def merge_compose(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`docker compose -f base -f override`, as far as these tests look: services merged key by key (the lists of
+    secrets and configs joined), new services and top-level secrets, configs and volumes added."""
+    out = {**base, "services": {k: dict(v) for k, v in base["services"].items()}}
+    for name, service in (override.get("services") or {}).items():
+        merged = out["services"].setdefault(name, {})
+        for key, value in service.items():
+            if key in ("secrets", "configs") and key in merged:
+                merged[key] = [*merged[key], *(v for v in value if v not in merged[key])]
+            else:
+                merged[key] = value
+    for section in ("secrets", "configs", "volumes"):
+        if override.get(section):
+            out[section] = {**(base.get(section) or {}), **override[section]}
+    return out
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_compose()
+    """The stack `make compose-up` starts: docker-compose.yaml merged with the rendered deploy/compose.zones.yaml."""
+    return merge_compose(load_compose(), load_compose(ZONES_COMPOSE))
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +326,7 @@ def test_no_service_pins_a_container_name(services: dict[str, Any]) -> None:
 
 
 def test_no_secret_literal_in_the_compose_files() -> None:
-    for path in (COMPOSE, HEAD_OVERRIDE):
+    for path in (COMPOSE, HEAD_OVERRIDE, ZONES_COMPOSE):
         assert find_secret_literals(load_compose(path)) == [], path.name
 
 
@@ -590,12 +609,112 @@ def test_minio_init_creates_every_bucket_of_the_network_with_confined_users(
     assert not any("--insecure" in c for c in calls), "minio-init must verify the CA, not skip TLS checks"
 
 
-def test_init_sql_reads_role_passwords_from_docker_secrets() -> None:
-    sql = (DEPLOY / "postgres" / "initdb" / "10-eds-roles.sql").read_text()
-    passwords = re.findall(r"PASSWORD\s+(\S+)", sql)
-    assert passwords and all(p.startswith(":'") for p in passwords), passwords
-    for role in ("catalogue", "warehouse", "source"):
-        assert f"`cat /run/secrets/eds_{role}_db_password`" in sql, role
+@pytest.fixture(scope="module")
+def render_zones() -> Any:
+    spec = importlib.util.spec_from_file_location("eds_render_zones", DEPLOY / "render-zones.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_zones_compose_file_is_a_fresh_render_of_the_network(render_zones: Any, network: Any) -> None:
+    assert ZONES_COMPOSE.read_text() == render_zones.render_text(network), (
+        "deploy/compose.zones.yaml is stale: run `make compose-zones` (deploy/render-zones.py) and commit it"
+    )
+    assert "-f deploy/compose.zones.yaml" in (DEPLOY / "Makefile.compose").read_text()
+
+
+def test_create_secrets_makes_one_postgresql_password_per_zone(secrets_dir: Path, network: Any, provision: Any) -> None:
+    from eds_network.orchestration.zone_connections import all_zones, principal
+
+    made = {p.name for p in secrets_dir.iterdir() if p.name.startswith("pg_password_")}
+    want = {f"pg_password_{principal(z)}" for z in [*all_zones(network), "operator"]}
+    assert made == want, made ^ want
+    assert {provision.pg_password_secret(z) for z in provision.database_zones(network)} == want
+    values = [(secrets_dir / name).read_text() for name in sorted(want)]
+    assert len(set(values)) == len(values) and all(len(v) >= 32 for v in values), "zones share a password"
+
+
+def test_no_database_role_is_made_by_an_init_script_nor_mounted_in_eds_db(services: dict[str, Any]) -> None:
+    """Roles and grants are provision.py's alone (one definition, grants.py): eds-db knows only its superuser."""
+    assert not (DEPLOY / "postgres").exists()
+    assert [s if isinstance(s, str) else s["source"] for s in services["eds-db"]["secrets"]] == [
+        "eds_db_admin_password"
+    ]
+    assert "configs" not in services["eds-db"]
+    init = set(services["airflow-init"]["secrets"])
+    assert "eds_db_admin_password" in init and {s for s in init if s.startswith("pg_password_")}
+
+
+class _Recorder:
+    """A stand-in for a psycopg connection to eds-db that records the statements run on each database."""
+
+    def __init__(self, log: dict[str, list[str]], dbname: str) -> None:
+        self.log, self.dbname = log, dbname
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, stmt: str, *args: Any) -> None:
+        self.log.setdefault(self.dbname, []).append(stmt)
+
+
+def test_compose_provisioning_applies_the_embedded_stacks_grants(
+    provision: Any, network: Any, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """airflow-init runs on eds-db the very statements `dev/access.apply_pg_roles` runs on the embedded stack (one
+    function, `grants.pg_statements`): only the database names and the passwords differ."""
+    from eds_network.orchestration import grants
+    from eds_network.orchestration.zone_connections import all_zones
+
+    lookup = provision.secrets_lookup(secrets_dir, env={})
+    connections, created = provision.render_connections(
+        provision.load_template(), provision.connection_roles(network), lookup
+    )
+    databases = provision.eds_db_databases(network, connections, created)
+    assert databases == grants.compose_databases(network)
+    ran: dict[str, list[str]] = {}
+    monkeypatch.setattr(provision, "admin_connect", lambda lookup, dbname: _Recorder(ran, dbname))
+    provision.apply_grants(lookup, network, databases)
+
+    passwords = provision.zone_passwords(network, lookup)
+    assert set(passwords) == {*all_zones(network), "operator"}
+    embedded = grants.pg_statements(network, passwords, grants.embedded_databases(network))
+    rename = {"catalogue": databases.catalogue, grants.NATIONAL_DATABASE: databases.national}
+    rename |= {f"src_{b}": db for b, db in databases.sources.items()}
+    rename |= {f"wh_{p}": db for p, db in databases.warehouses.items()}
+    pattern = re.compile(r"\bDATABASE (" + "|".join(map(re.escape, rename)) + r")\b")
+
+    def as_compose(stmt: str) -> str:  # a database's name, not the catalogue's schema `catalogue`
+        return pattern.sub(lambda m: f"DATABASE {rename[m.group(1)]}", stmt)
+
+    expected = {rename.get(db, db): [as_compose(s) for s in stmts] for db, stmts in embedded.items()}
+    expected["postgres"] = [s for s in expected["postgres"] if s != "REVOKE ALL ON DATABASE airflow FROM PUBLIC"]
+    assert ran == expected
+    # every zone's role gets its own password, from its own Docker secret
+    for zone, password in passwords.items():
+        assert password == (secrets_dir / provision.pg_password_secret(zone)).read_text()
+        assert any(password in s and "ALTER ROLE" in s for s in ran["postgres"]), zone
+    # and every database connection logs in with the role of its zone
+    assert connections[network.catalogue_connection_id]["login"] == "eds_operator"
+    assert connections[network.national.tables_connection_id]["login"] == "eds_national"
+    for p in network.platforms:
+        assert connections[p.warehouse_connection_id]["login"] == f"eds_platform_{p.id}"
+        for b in p.members:
+            assert connections[b.source_connection_id]["login"] == f"eds_local_{b.id}"
+
+
+def test_embedded_stack_applies_the_grants_module(monkeypatch: pytest.MonkeyPatch, network: Any) -> None:
+    """dev/access.py keeps no copy of the grants: it runs orchestration/grants.py's statements."""
+    from eds_network.dev import access
+    from eds_network.orchestration import grants
+
+    assert access.pg_statements is grants.pg_statements and access.s3_policy is grants.s3_policy
+    assert access.minio_policies is grants.minio_policies
 
 
 # -- connections ------------------------------------------------------------------------------------
@@ -611,7 +730,7 @@ def test_connection_template_renders_every_connection_of_the_network(
 
     named = {network.catalogue_connection_id, network.transport_key_connection_id}
     named |= {network.national.landing_zone.connection_id, network.national.key_connection_id}
-    named |= {network.national.box_key_connection_id}
+    named |= {network.national.box_key_connection_id, network.national.tables_connection_id}
     for p in network.platforms:
         named |= {p.warehouse_connection_id, p.key_connection_id, p.intake.connection_id, p.outbox.connection_id}
         named |= {b.source_connection_id for b in p.members}
@@ -622,7 +741,7 @@ def test_connection_template_renders_every_connection_of_the_network(
     for p in network.platforms:
         wh = connections[p.warehouse_connection_id]
         assert wh["conn_type"] == "postgres" and wh["schema"] == p.warehouse_connection_id and wh["port"] == 5432
-        assert wh["password"] == (secrets_dir / "eds_warehouse_db_password").read_text()
+        assert wh["password"] == (secrets_dir / f"pg_password_eds_platform_{p.id}").read_text()
         assert connections[p.key_connection_id]["password"] == keys[p.key_connection_id]
         for b in p.members:
             assert connections[b.source_connection_id]["schema"] == b.source_connection_id
@@ -644,6 +763,7 @@ def test_connection_template_renders_every_connection_of_the_network(
     storage = connections[network.platforms[0].intake.connection_id]
     assert storage["login"] == (secrets_dir / "minio_eds_s3_access_key").read_text()
     expected_dbs = {p.warehouse_connection_id for p in network.platforms}
+    expected_dbs |= {network.catalogue_connection_id, network.national.tables_connection_id}
     expected_dbs |= {b.source_connection_id for b in network.local_bases}
     assert set(databases) == expected_dbs
 
@@ -661,8 +781,8 @@ def test_connection_template_honours_environment_and_overrides(provision: Any, n
 
 
 def test_provision_names_the_fix_when_a_key_is_missing(provision: Any, network: Any, tmp_path: Path) -> None:
-    for name in ("eds_catalogue_db_password", "eds_warehouse_db_password", "eds_source_db_password"):
-        (tmp_path / name).write_text("x")
+    for zone in provision.database_zones(network):
+        (tmp_path / provision.pg_password_secret(zone)).write_text("x")
     for name in ("minio_eds_s3_access_key", "minio_eds_s3_secret_key", "minio_hdh_access_key", "minio_hdh_secret_key"):
         (tmp_path / name).write_text("x")
     (tmp_path / "eds_keys").write_text('"unrelated": "x"\n')

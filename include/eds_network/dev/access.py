@@ -1,31 +1,21 @@
 """Least privilege in the embedded stack's stores: each trust zone's own PostgreSQL role and S3 user.
 
-PostgreSQL (enforced by the server): one LOGIN role per zone, `principal(zone)` (`eds_local_hosp_a`, ...).
-    local:<base>     CONNECT + SELECT on its own source database `src_<base>` only
-    platform:<p>     owns its warehouse database `wh_<p>` (and everything in it) only
-    national         owns the HDH database `hdh` (Iceberg SQL catalog + apply ledger) only
-    keys:<p>, every  the catalogue through the NOLOGIN group `eds_task`: read/write on the catalogue's tables,
-    zone             INSERT only on `catalogue.audit` (no SELECT, UPDATE, DELETE, TRUNCATE, no ownership)
-    keys:<p>         also EXECUTE on `catalogue.key_evaluations_on` (migration 0006, SECURITY DEFINER): its
-                     nightly count of evaluations per member, the one number its ceiling needs from the audit
-The audit table and its append-only trigger stay owned by the stack's administrator (`eds`), a role no task
-connection of a zone logs in with, so no task can disable the trigger. CONNECT is revoked from PUBLIC on every
-database: a zone role reaches only the databases granted here.
+What each zone may do is defined once, in production code (`orchestration/grants.py`: `pg_statements`,
+`s3_policy`, `minio_policies`); docker-compose's `airflow-init` job applies the same statements
+(deploy/airflow/provision.py). This module applies them to the embedded stack:
+
+PostgreSQL: `apply_pg_roles` runs `pg_statements` on the embedded server's databases (`src_<base>`, `wh_<p>`,
+`hdh`, `catalogue`) as the stack's administrator (`eds`), who owns the catalogue's audit table and its trigger;
+each zone's password is generated once into .eds/secrets/zone_logins.json.
 
 S3 (moto server started with INITIAL_NO_AUTH_ACTION_COUNT, so it checks the SigV4 signature of every request and
-evaluates the caller's IAM policies): one IAM user per zone with the policy `s3_policy(network, zone)`:
-    local:<base>     read/write/delete `<intake bucket>/<intake prefix><base>/*` (its own batches only) and
-                     its own prefix `<base>/` of its key holder's exchange area (blinded elements, evaluations)
-    keys:<p>         read/write/delete its exchange area (every member's prefix)
-    platform:<p>     read its intake (and delete batches the HDH acknowledged); read/write/delete its outbox
-    national         read every outbox, write its `_ack.json` and delete the deletes files it applied;
-                     everything in the landing zone bucket
+evaluates the caller's IAM policies): one IAM user per zone with the policy `s3_policy(network, zone)`.
 The stack's administrator user (every action) creates buckets and users; it is the operator's credential, not a
 zone's. Gap of moto 5.2: it does not evaluate `Condition` blocks against request values (a conditional Allow is
 treated as a Deny), so ListBucket cannot be confined to a prefix there: in the embedded stack a hospital can
 list (not read) the key names of the other members' batches in its platform's intake bucket and exchange
-area. The MinIO policy
-files (deploy/minio/policies, written by `write_minio_policies`) carry the `s3:prefix` condition.
+area. The MinIO policy files (deploy/minio/policies, written by `write_minio_policies`) carry the `s3:prefix`
+condition.
 
 Also the zones' Ed25519 signing keys and the trust store of their public keys.
 """
@@ -39,6 +29,12 @@ from pathlib import Path
 
 from eds_network.core import zones
 from eds_network.core.config import Network
+from eds_network.orchestration.grants import (
+    embedded_databases,
+    minio_policies,
+    pg_statements,
+    s3_policy,
+)
 from eds_network.orchestration.zone_connections import (
     Login,
     ZoneLogins,
@@ -48,90 +44,13 @@ from eds_network.orchestration.zone_connections import (
     trust_store,
 )
 
-TASK_GROUP = "eds_task"
-LOCAL_STATE_SCHEMA = "eds_local"
 ADMIN_S3_USER = "eds-admin"
 # The requests moto serves before it enforces IAM: create the admin user, its policy and its access key.
 MOTO_NO_AUTH_ACTIONS = 3
 MINIO_POLICY_DIR = Path(__file__).resolve().parents[3] / "deploy" / "minio" / "policies"
 
 
-# -- S3 policies -------------------------------------------------------------------------------------------
-def _arn(bucket: str, key: str | None = None) -> str:
-    return f"arn:aws:s3:::{bucket}" + ("" if key is None else f"/{key}")
-
-
-def _area(bucket: str, prefix: str, actions: list[str], *, prefix_conditions: bool) -> list[dict]:
-    """Statements granting `actions` on the objects under `bucket/prefix` and listing that prefix."""
-    listing: dict = {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [_arn(bucket)]}
-    if prefix and prefix_conditions:
-        listing["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
-    objects = {"Effect": "Allow", "Action": actions, "Resource": [_arn(bucket, f"{prefix}*")]}
-    return [listing, objects]
-
-
-READ = ["s3:GetObject"]
-WRITE = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
-
-
-def s3_policy(network: Network, zone: str, *, prefix_conditions: bool = True) -> dict | None:
-    """The IAM policy of `zone`'s S3 user (None: the zone has no S3 access). `prefix_conditions=False` leaves out
-    the `s3:prefix` conditions on ListBucket, which moto cannot evaluate (see the module doc)."""
-    kind, stmts = zones.kind(zone), []
-    pc = {"prefix_conditions": prefix_conditions}
-    if kind == "local":
-        base = network.base(zone.split(":", 1)[1])
-        intake = network.platform_of(base.id).intake
-        exchange = network.platform_of(base.id).key_holder.exchange
-        stmts = [
-            *_area(intake.bucket, f"{intake.prefix}{base.id}/", WRITE, **pc),
-            *_area(exchange.bucket, f"{exchange.prefix}{base.id}/", WRITE, **pc),
-        ]
-    elif kind == "keys":
-        exchange = network.platform(zone.split(":", 1)[1]).key_holder.exchange
-        stmts = _area(exchange.bucket, exchange.prefix, WRITE, **pc)
-    elif kind == "platform":
-        p = network.platform(zone.split(":", 1)[1])
-        stmts = [
-            *_area(p.intake.bucket, p.intake.prefix, [*READ, "s3:DeleteObject"], **pc),
-            *_area(p.outbox.bucket, p.outbox.prefix, WRITE, **pc),
-        ]
-    elif kind == zones.NATIONAL:
-        for p in network.platforms:
-            stmts += _area(p.outbox.bucket, p.outbox.prefix, READ, **pc)
-            # its signed acknowledgement of what the national tables hold (national/ack.py), nothing else
-            stmts.append(
-                {
-                    "Effect": "Allow",
-                    "Action": ["s3:PutObject"],
-                    "Resource": [_arn(p.outbox.bucket, f"{p.outbox.prefix}_ack.json")],
-                }
-            )
-            # and the deletes files of the deliveries it applied (national/ack.py purge_applied_deletes)
-            stmts.append(
-                {
-                    "Effect": "Allow",
-                    "Action": ["s3:DeleteObject"],
-                    "Resource": [_arn(p.outbox.bucket, f"{p.outbox.prefix}*.deletes.*")],
-                }
-            )
-        landing = network.national.landing_zone.bucket
-        stmts.append({"Effect": "Allow", "Action": ["s3:*"], "Resource": [_arn(landing), _arn(landing, "*")]})
-    if not stmts:
-        return None
-    return {"Version": "2012-10-17", "Statement": stmts}
-
-
-def minio_policies(network: Network) -> dict[str, dict]:
-    """File name -> policy of every zone with S3 access, as deploy/minio/policies holds them."""
-    out = {}
-    for zone in all_zones(network):
-        policy = s3_policy(network, zone)
-        if policy is not None:
-            out[f"{principal(zone)}.json"] = policy
-    return out
-
-
+# -- S3 policies (orchestration/grants.py) ----------------------------------------------------------------
 def write_minio_policies(network: Network, folder: Path = MINIO_POLICY_DIR) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -142,120 +61,13 @@ def write_minio_policies(network: Network, folder: Path = MINIO_POLICY_DIR) -> l
     return written
 
 
-# -- PostgreSQL roles --------------------------------------------------------------------------------------
-NATIONAL_DATABASE = "hdh"  # the embedded stack's HDH database (connection `tables_connection_id`)
-
-
-def pg_statements(network: Network, passwords: dict[str, str]) -> dict[str, list[str]]:
-    """Database -> SQL that creates the zones' roles and grants (run as the administrator, idempotent).
-
-    `passwords` maps each zone to its role's password. Database names are the embedded stack's
-    (`src_<base>`, `wh_<platform>`, `catalogue`)."""
-    q = _quote_literal
-    server = [
-        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TASK_GROUP}') "
-        f"THEN CREATE ROLE {TASK_GROUP} NOLOGIN; END IF; END $$"
-    ]
-    for zone in all_zones(network):
-        role = principal(zone)
-        server += [
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
-            f"THEN CREATE ROLE {role} LOGIN; END IF; END $$",
-            f"ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD {q(passwords[zone])}",
-            f"GRANT {TASK_GROUP} TO {role}",
-        ]
-    databases = ["airflow", "postgres", "catalogue"]
-    databases += [f"src_{b.id}" for b in network.local_bases] + [f"wh_{p.id}" for p in network.platforms]
-    databases += [NATIONAL_DATABASE]
-    server += [f"REVOKE ALL ON DATABASE {db} FROM PUBLIC" for db in databases]
-    server += [f"GRANT CONNECT, TEMPORARY ON DATABASE catalogue TO {TASK_GROUP}"]
-    out = {"postgres": server, "catalogue": _catalogue_grants(network)}
-    for b in network.local_bases:
-        role = principal(zones.local(b.id))
-        out[f"src_{b.id}"] = [
-            f"GRANT CONNECT, TEMPORARY ON DATABASE src_{b.id} TO {role}",
-            _for_each_schema(f"GRANT USAGE ON SCHEMA %I TO {role}"),
-            _for_each_schema(f"GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role}"),
-            f"ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {role}",
-            f"ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {role}",
-            # its own state (quarantine, snapshot state, key state): the schema `eds_local`, which it owns
-            f"CREATE SCHEMA IF NOT EXISTS {LOCAL_STATE_SCHEMA} AUTHORIZATION {role}",
-            _reassign_to(role, LOCAL_STATE_SCHEMA),
-        ]
-    for p in network.platforms:
-        role = principal(zones.platform(p.id))
-        out[f"wh_{p.id}"] = [
-            f"ALTER DATABASE wh_{p.id} OWNER TO {role}",
-            f"GRANT CONNECT ON DATABASE wh_{p.id} TO {role}",
-            f"ALTER SCHEMA public OWNER TO {role}",
-            _reassign_to(role),
-            f"ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO {role}",
-            f"ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO {role}",
-        ]
-    role = principal(zones.NATIONAL)
-    out[NATIONAL_DATABASE] = [
-        f"ALTER DATABASE {NATIONAL_DATABASE} OWNER TO {role}",
-        f"GRANT CONNECT ON DATABASE {NATIONAL_DATABASE} TO {role}",
-        f"ALTER SCHEMA public OWNER TO {role}",
-        _reassign_to(role),
-    ]
-    return out
-
-
-def _catalogue_grants(network: Network) -> list[str]:
-    g = TASK_GROUP
-    # the key holder's nightly ceiling: its count of evaluations (one number), never a read of the audit
-    count = "catalogue.key_evaluations_on(text, text, date)"
-    keys = ", ".join(principal(zones.keys(p.id)) for p in network.platforms)
-    return [
-        f"GRANT USAGE ON SCHEMA catalogue TO {g}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA catalogue TO {g}",
-        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA catalogue TO {g}",
-        f"REVOKE ALL ON catalogue.audit FROM {g}",
-        f"GRANT INSERT ON catalogue.audit TO {g}",
-        f"REVOKE ALL ON FUNCTION {count} FROM PUBLIC, {g}",
-        *([f"GRANT EXECUTE ON FUNCTION {count} TO {keys}"] if keys else []),
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA catalogue GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {g}",
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA catalogue GRANT USAGE, SELECT ON SEQUENCES TO {g}",
-        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
-    ]
-
-
-def _for_each_schema(template: str) -> str:
-    return (
-        "DO $$ DECLARE s text; BEGIN FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-        f"AND nspname <> 'information_schema' LOOP EXECUTE format('{template}', s); END LOOP; END $$"
-    )
-
-
-def _reassign_to(role: str, schema: str | None = None) -> str:
-    """Every table, sequence and view of the database's own schemas (or of `schema`) owned by someone else, and
-    the schemas themselves, go to `role`."""
-    only = f"AND nspname = '{schema}' " if schema else ""
-    return (
-        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','v','m','S') "
-        "AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' "
-        f"{only}AND c.relowner <> '{role}'::regrole AND NOT (c.relkind = 'S' AND EXISTS (SELECT FROM pg_depend d "
-        "WHERE d.objid = c.oid AND d.deptype IN ('a','i'))) LOOP "
-        "EXECUTE format(CASE r.relkind WHEN 'S' THEN 'ALTER SEQUENCE %I.%I OWNER TO ' "
-        "WHEN 'v' THEN 'ALTER VIEW %I.%I OWNER TO ' WHEN 'm' THEN 'ALTER MATERIALIZED VIEW %I.%I OWNER TO ' "
-        f"ELSE 'ALTER TABLE %I.%I OWNER TO ' END || '{role}', r.nspname, r.relname); END LOOP; "
-        "FOR r IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> "
-        f"'information_schema' {only}LOOP EXECUTE format('ALTER SCHEMA %I OWNER TO {role}', r.nspname); END LOOP; END $$"
-    )
-
-
-def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
+# -- PostgreSQL roles (orchestration/grants.py) -----------------------------------------------------------
 def apply_pg_roles(stack, network: Network) -> None:
     """Create (or refresh) every zone's role and its grants on the running embedded PostgreSQL."""
     import psycopg
 
     passwords = {z: login.password for z, login in pg_logins(stack, network).items()}
-    for db, statements in pg_statements(network, passwords).items():
+    for db, statements in pg_statements(network, passwords, embedded_databases(network)).items():
         with psycopg.connect(stack.dsn(db), autocommit=True) as conn:
             for stmt in statements:
                 conn.execute(stmt)

@@ -11,12 +11,13 @@ import json
 
 from eds_network.core.config import Network
 from eds_network.dev import access
+from eds_network.orchestration import grants
 
 
 def area_policy(network: Network, project_id: str) -> dict:
     bucket = network.national.landing_zone.bucket
     prefix = f"projects/{project_id}/"
-    return {"Version": "2012-10-17", "Statement": access._area(bucket, prefix, access.READ, prefix_conditions=False)}
+    return {"Version": "2012-10-17", "Statement": grants._area(bucket, prefix, grants.READ, prefix_conditions=False)}
 
 
 def project_area_login(stack, network: Network, project_id: str) -> access.Login:
