@@ -109,6 +109,8 @@ def _zones_of_dag(dag_id: str, tags: list[str]) -> set[str]:
     if "mutualised" in tags:
         platform = next(p for p in network.platforms if p.dag_id == dag_id)
         return {zones.platform(platform.id), zones.keys(platform.id)}
+    if "feasibility" in tags:  # each platform counts its bases (sealed), the HDH the rest and protects
+        return {zones.NATIONAL, *(zones.platform(p.id) for p in network.platforms)}
     if "national" in tags:
         return {zones.NATIONAL}
     if "onboarding" in tags:  # the operator registers and backfills; each hospital checks its own source
@@ -116,7 +118,7 @@ def _zones_of_dag(dag_id: str, tags: list[str]) -> set[str]:
     if "selftest" in tags:  # one probe per zone, on that zone's own worker
         keys_and_platforms = {z for p in network.platforms for z in (zones.platform(p.id), zones.keys(p.id))}
         return {*(zones.local(b.id) for b in network.local_bases), zones.NATIONAL, zones.OPERATOR, *keys_and_platforms}
-    raise AssertionError(f"{dag_id}: tagged with no level (local, mutualised, national, onboarding)")
+    raise AssertionError(f"{dag_id}: tagged with no level (local, mutualised, national, feasibility, onboarding)")
 
 
 def test_every_task_runs_on_a_queue_of_its_dags_zones(parsed):

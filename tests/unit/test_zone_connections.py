@@ -75,8 +75,10 @@ def test_platform_holds_key_versions_only_and_hospitals_the_public_box_key(files
         mine = by_zone[zones.platform(p.id)]
         assert "password" not in mine[p.key_connection_id]
         assert mine[p.key_connection_id]["extra"]["version"] == all_conns[p.key_connection_id]["extra"]["version"]
-        for other in (NETWORK.transport_key_connection_id, box, NETWORK.national.key_connection_id):
+        for other in (NETWORK.transport_key_connection_id, NETWORK.national.key_connection_id):
             assert other not in mine
+        # the box *public* key only (feasibility counts are sealed to the HDH): never the private key
+        assert "password" not in mine[box] and mine[box]["extra"]["public_key"]
         assert not any(b.source_connection_id in mine for b in NETWORK.local_bases)
     for b in NETWORK.local_bases:
         mine = by_zone[zones.local(b.id)]

@@ -14,7 +14,7 @@ What each zone holds (and why):
                         pseudonyms are an OPRF evaluated by the key holder (docs/pseudonymisation.md).
     keys:<platform>     the platform's level-1 key; its exchange area; the catalogue (evaluation counts).
     platform:<p>        its warehouse; its intake and outbox; the catalogue; its signing key; the *version* of
-                        its level-1 key (never the key).
+                        its level-1 key (never the key); the national box *public* key (feasibility counts).
     national            the national HMAC key, the national box *private* key, the landing zone, the national
                         tables' database (Iceberg catalog + apply ledger), the outboxes
                         (read), the catalogue, its signing key.
@@ -110,6 +110,7 @@ def _grants(network: Network, zone: str) -> list[_Grant]:
             cat,
             _Grant(signing_connection_id(zone), "secret"),
             _Grant(p.key_connection_id, "version"),
+            _Grant(network.national.box_key_connection_id, "public"),  # feasibility counts sealed to the HDH
         ]
     if kind == zones.NATIONAL:
         return [
