@@ -50,16 +50,11 @@ put airflow_fernet_key "$(fernet)"
 put airflow_jwt_secret "$(hex 32)"
 put airflow_api_secret_key "$(hex 32)"
 put airflow_admin_password "$(hex 16)"
-put redis_password "$(hex 24)"
 # eds-db: the superuser (provision.py creates the zones' roles with it)
 put eds_db_admin_password "$(hex 24)"
-# MinIO: root, then one service user per Airflow connection (see deploy/minio/minio-init.sh)
+# MinIO: root (administration only; the zones' users are declared in compose.zones.yaml, below)
 put minio_root_user "eds-root-$(hex 4)"
 put minio_root_password "$(hex 24)"
-put minio_eds_s3_access_key "eds-platforms-$(hex 6)"
-put minio_eds_s3_secret_key "$(hex 24)"
-put minio_hdh_access_key "eds-hdh-$(hex 6)"
-put minio_hdh_secret_key "$(hex 24)"
 
 # The zones' own secrets: every secret deploy/compose.zones.yaml declares (rendered from the network file by
 # deploy/render-zones.py: one per zone), by the kind its name says.
@@ -68,6 +63,8 @@ zones_file="${EDS_ZONES_COMPOSE:-$here/compose.zones.yaml}"
 while read -r name; do
     case "$name" in
         pg_password_*) put "$name" "$(hex 24)" ;;
+        s3_access_key_*) put "$name" "$(hex 10)" ;;  # 20 characters: MinIO's access key length
+        s3_secret_key_*) put "$name" "$(hex 24)" ;;
         *) echo "create-secrets.sh: no generator for secret $name of $zones_file" >&2; exit 1 ;;
     esac
 done < <(sed -nE 's#^[[:space:]]+file:[[:space:]]*\./deploy/secrets/([A-Za-z0-9_.-]+)[[:space:]]*$#\1#p' "$zones_file")

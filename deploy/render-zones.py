@@ -4,9 +4,14 @@
 The zones follow the network file (each hospital, each platform's key holder, each platform, the HDH), so their
 part of compose is generated rather than written by hand; the result is committed and merged by
 `make compose-up` (`-f docker-compose.yaml -f deploy/compose.zones.yaml`). It declares, per zone:
-  - the Docker secret of the zone's PostgreSQL role password, `pg_password_<role>` (deploy/create-secrets.sh
-    generates every secret this file declares), mounted only in `airflow-init`, which sets the roles' passwords
-    and grants (deploy/airflow/provision.py, eds_network/orchestration/grants.py).
+  - its Docker secrets: the password of its PostgreSQL role, `pg_password_<role>`, and its MinIO key pair,
+    `s3_access_key_<role>` / `s3_secret_key_<role>` (deploy/create-secrets.sh generates every secret this file
+    declares), mounted only in the provisioning jobs: `minio-init` (one MinIO user per zone with its policy file
+    of deploy/minio/policies) and `airflow-init` (roles, grants, and the zone's connections file);
+  - its volume `zone-<queue>`, where airflow-init writes the zone's connections file (its own logins only);
+  - its Edge worker `airflow-edge-<queue>` (the `x-airflow-edge-worker` template of docker-compose.yaml), serving
+    the zone's queue only, with that volume mounted read-only and `[workers] secrets_backend` reading it: no
+    other service but airflow-init mounts it, and the worker mounts no other zone's secret.
 
     deploy/render-zones.py            rewrite deploy/compose.zones.yaml
     deploy/render-zones.py --check    exit 1 when the committed file differs from a fresh render
@@ -17,7 +22,9 @@ tests/unit/test_compose.py checks that the committed file equals a fresh render 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,21 +53,118 @@ def _provision() -> Any:
     return module
 
 
+ZONE_DIR = "/opt/eds/zone"  # in a zone's worker: its own connections file, connections.json
+ZONES_DIR = "/opt/eds/zones"  # in airflow-init: every zone's folder, one volume each
+AIRFLOW_UID = "50000"  # the image's airflow user, who owns the zone folders
+
+
+def cluster_zones(network: Any) -> list[str]:
+    """Every zone that gets a worker: each hospital, key holder, platform, the HDH, and the operator."""
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import all_zones
+
+    return [*all_zones(network), zones.OPERATOR]
+
+
+def s3_zones(network: Any) -> dict[str, str]:
+    """Zone -> its MinIO policy file name (deploy/minio/policies), for every zone with S3 access."""
+    from eds_network.orchestration.grants import minio_policies
+    from eds_network.orchestration.zone_connections import principal
+
+    files = minio_policies(network)
+    return {z: f"{principal(z)}.json" for z in cluster_zones(network) if f"{principal(z)}.json" in files}
+
+
 def zone_secrets(network: Any) -> dict[str, list[str]]:
-    """Zone -> the Docker secrets that belong to it."""
+    """Zone -> the Docker secrets that belong to it (its PostgreSQL password, its S3 key pair)."""
     provision = _provision()
-    return {zone: [provision.pg_password_secret(zone)] for zone in provision.database_zones(network)}
+    s3 = s3_zones(network)
+    out = {}
+    for zone in provision.database_zones(network):
+        names = [provision.pg_password_secret(zone)]
+        if zone in s3:
+            names += list(provision.s3_key_secrets(zone))
+        out[zone] = names
+    return out
+
+
+def buckets(network: Any) -> list[str]:
+    """Every bucket the network uses (landing zone, intakes, outboxes, key holders' exchange areas)."""
+    out = [network.national.landing_zone.bucket]
+    for p in network.platforms:
+        out += [p.intake.bucket, p.outbox.bucket, p.key_holder.exchange.bucket]
+    return list(dict.fromkeys(out))
+
+
+def _volume(zone: str) -> str:
+    from eds_network.core import zones
+
+    return f"zone-{zones.queue(zone)}"
+
+
+def worker_service(template: dict[str, Any], zone: str) -> dict[str, Any]:
+    """The Edge worker of `zone`: the template of docker-compose.yaml, its queue, its own connections file."""
+    from eds_network.core import zones
+
+    queue = zones.queue(zone)
+    own = json.dumps({"connections_file_path": f"{ZONE_DIR}/connections.json"})
+    service = copy.deepcopy(template)
+    service["command"] = ["edge", "worker", "--queues", queue, "--edge-hostname", queue,
+                          "--concurrency", "${AIRFLOW_WORKER_CONCURRENCY:-4}"]  # fmt: skip
+    service["environment"] = {
+        **service["environment"],
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": own,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": own,
+        "EDS_ZONE": zone,
+    }
+    service["volumes"] = [f"{_volume(zone)}:{ZONE_DIR}:ro"]
+    return service
 
 
 def render(network: Any) -> dict[str, Any]:
     """The compose document of the zones' part (services extend those of docker-compose.yaml)."""
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import principal
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text(encoding="utf-8"))
+    template = compose["x-airflow-edge-worker"]
     per_zone = zone_secrets(network)
     names = [name for names in per_zone.values() for name in names]
-    return {
-        "services": {
-            "airflow-init": {"secrets": names},
+    s3 = s3_zones(network)
+    s3_names = [n for z in s3 for n in per_zone[z] if not n.startswith("pg_password_")]
+    volumes = {z: _volume(z) for z in cluster_zones(network)}
+    folders = " ".join(f"{ZONES_DIR}/{zones.queue(z)}" for z in volumes)
+    services: dict[str, Any] = {
+        # the zone folders belong to the image's airflow user, mode 0700 (a new volume is root's)
+        "zone-volumes": {
+            "image": compose["x-airflow-common"]["image"],
+            "user": "0:0",
+            "entrypoint": ["/bin/sh", "-c"],
+            "command": [f"chown {AIRFLOW_UID}:0 {folders} && chmod 0700 {folders}"],
+            "volumes": [f"{v}:{ZONES_DIR}/{zones.queue(z)}" for z, v in volumes.items()],
+            "restart": "no",
         },
+        "minio-init": {
+            "environment": {"EDS_BUCKETS": " ".join(buckets(network))},
+            "secrets": s3_names,
+            "configs": [
+                {"source": f"minio_policy_{principal(z)}", "target": f"/opt/eds/policies/{f}"} for z, f in s3.items()
+            ],
+        },
+        "airflow-init": {
+            "environment": {"EDS_ZONES_DIR": ZONES_DIR},
+            "secrets": names,
+            "volumes": [f"{v}:{ZONES_DIR}/{zones.queue(z)}" for z, v in volumes.items()],
+            "depends_on": {"zone-volumes": {"condition": "service_completed_successfully"}},
+        },
+    }
+    for zone in cluster_zones(network):
+        services[f"airflow-edge-{zones.queue(zone)}"] = worker_service(template, zone)
+    return {
+        "services": services,
+        "configs": {f"minio_policy_{principal(z)}": {"file": f"./deploy/minio/policies/{f}"} for z, f in s3.items()},
         "secrets": {name: {"file": f"./deploy/secrets/{name}"} for name in names},
+        "volumes": {v: None for v in volumes.values()},
     }
 
 

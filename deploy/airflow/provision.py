@@ -8,12 +8,15 @@
    apply the zones' roles and grants, the very statements the embedded stack applies
    (`eds_network.orchestration.grants.pg_statements`), with each role's password from its Docker secret
    `pg_password_<role>` (deploy/create-secrets.sh);
-3. import the connections into the metadata DB (`airflow connections import --overwrite`);
-4. create any missing bucket (platform intakes and outboxes, HDH landing zone) through the connection
-   that owns it, so the credentials the DAGs will use are exercised once before the first run.
+3. write each zone's connections file (`orchestration/zone_connections.zone_connections`, as the embedded cluster
+   does) with the zone's own PostgreSQL role and MinIO user, into `$EDS_ZONES_DIR/<queue>/connections.json`, the
+   zone's volume, mounted in that zone's Edge worker only;
+4. import into the metadata DB the central side's connections only: the operator's catalogue connection (no
+   zone's login, no key). Buckets and MinIO users are minio-init's (deploy/minio/minio-init.sh).
 
 The template and the secrets are the source of truth: re-running (every `make compose-up`) re-imports
-the connections, so a rotated secret reaches Airflow without manual edits.
+the connections and rewrites the zone files, so a rotated secret reaches Airflow without manual edits (restart the
+zone's worker).
 
     python provision.py             # everything (inside airflow-init)
     python provision.py --dry-run   # list the connections it would import (secrets masked)
@@ -118,6 +121,61 @@ def pg_password_secret(zone: str) -> str:
     return f"pg_password_{principal(zone)}"
 
 
+def s3_key_secrets(zone: str) -> tuple[str, str]:
+    """The Docker secrets holding `zone`'s MinIO access key and secret key (`s3_access_key_eds_national`, ...)."""
+    from eds_network.orchestration.zone_connections import principal
+
+    return f"s3_access_key_{principal(zone)}", f"s3_secret_key_{principal(zone)}"
+
+
+def zone_connection_files(
+    network: Any, connections: Mapping[str, Mapping[str, Any]], lookup: Lookup
+) -> dict[str, dict[str, Any]]:
+    """Zone -> the connections file its Edge worker alone reads: `zone_connections` (the function the embedded
+    cluster uses, orchestration/zone_connections.py) over the rendered connections, with the zone's own PostgreSQL
+    role and MinIO user. The operator's holds the catalogue (role eds_operator) only."""
+    from eds_network.core import zones
+    from eds_network.orchestration.grants import minio_policies
+    from eds_network.orchestration.zone_connections import Login, ZoneLogins, principal, zone_connections
+
+    full = {}
+    for conn_id, conn in connections.items():
+        extra = conn.get("extra")
+        full[conn_id] = {**conn, "extra": json.loads(extra)} if isinstance(extra, str) else dict(conn)
+    with_s3 = minio_policies(network)
+    out = {}
+    for zone in database_zones(network):
+        if zone == zones.OPERATOR:
+            out[zone] = {network.catalogue_connection_id: full[network.catalogue_connection_id]}
+            continue
+        s3 = None
+        if f"{principal(zone)}.json" in with_s3:
+            access, secret = s3_key_secrets(zone)
+            s3 = Login(lookup("secret", access), lookup("secret", secret))
+        pg = Login(principal(zone), lookup("secret", pg_password_secret(zone)))
+        out[zone] = zone_connections(network, zone, full, ZoneLogins(pg=pg, s3=s3))
+    return out
+
+
+def central_connections(network: Any, connections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What the central metadata DB holds: the operator's catalogue connection only (no zone's login, no key)."""
+    return {network.catalogue_connection_id: connections[network.catalogue_connection_id]}
+
+
+def write_zone_files(files: Mapping[str, Mapping[str, Any]], folder: Path) -> None:
+    """Each zone's file into its own folder `<folder>/<queue>/connections.json` (a volume mounted in its worker)."""
+    from eds_network.core import zones
+
+    for zone, conns in files.items():
+        target = folder / zones.queue(zone)
+        if not target.is_dir():
+            raise ProvisionError(f"{target} is missing: mount the zone's volume in airflow-init (compose.zones.yaml)")
+        tmp = target / "connections.json.tmp"
+        write_private(tmp, json.dumps(conns, indent=2, sort_keys=True))
+        tmp.replace(target / "connections.json")
+        print(f"  zone {zone}: {len(conns)} connections -> {target}/connections.json", flush=True)
+
+
 def zone_passwords(network: Any, lookup: Lookup) -> dict[str, str]:
     return {zone: lookup("secret", pg_password_secret(zone)) for zone in database_zones(network)}
 
@@ -143,19 +201,6 @@ def eds_db_databases(network: Any, connections: Mapping[str, Mapping[str, Any]],
         national=national,
         others=("postgres",),
     )
-
-
-def bucket_locations(network: Any) -> list[tuple[str, str]]:
-    """(connection id, bucket) of every bucket the network uses, in file order, without duplicates."""
-    out: list[tuple[str, str]] = []
-    locations = [network.national.landing_zone]
-    for platform in network.platforms:
-        locations += [platform.intake, platform.outbox]
-    for location in locations:
-        pair = (location.connection_id, location.bucket)
-        if pair not in out:
-            out.append(pair)
-    return out
 
 
 # -- rendering --------------------------------------------------------------------------------------
@@ -356,39 +401,6 @@ def apply_grants(lookup: Lookup, network: Any, databases: Any) -> int:
     return count
 
 
-def ensure_buckets(connections: Mapping[str, Mapping[str, Any]], buckets: list[tuple[str, str]]) -> None:
-    import boto3
-    from botocore.exceptions import ClientError
-
-    for conn_id, bucket in buckets:
-        conn = connections[conn_id]
-        extra = json.loads(conn.get("extra") or "{}")
-        region = extra.get("region_name")
-        client = boto3.client(
-            "s3",
-            endpoint_url=extra.get("endpoint_url"),
-            region_name=region,
-            aws_access_key_id=conn.get("login"),
-            aws_secret_access_key=conn.get("password"),
-            verify=extra.get("verify", True),
-        )
-
-        def ensure(client: Any = client, bucket: str = bucket, region: str | None = region) -> str:
-            try:
-                client.head_bucket(Bucket=bucket)
-                return "exists"
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-                    raise
-            kwargs: dict[str, Any] = {"Bucket": bucket}
-            if region and region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            client.create_bucket(**kwargs)
-            return "created"
-
-        print(f"  bucket {bucket} ({conn_id}): {_retry(f'bucket {bucket}', ensure)}", flush=True)
-
-
 def connections_env(connections: Mapping[str, Mapping[str, Any]]) -> str:
     """The connections as Airflow `AIRFLOW_CONN_<ID>` environment variables (JSON form), one per line."""
     lines = []
@@ -430,12 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         lookup = secrets_lookup()
+        files = zone_connection_files(network, connections, lookup)
         on_eds_db = eds_db_databases(network, connections, databases)
         create_databases(lookup, on_eds_db)
         migrate_catalogue(lookup, on_eds_db, network)
         apply_grants(lookup, network, on_eds_db)
-        import_connections(connections)
-        ensure_buckets(connections, bucket_locations(network))
+        write_zone_files(files, Path(os.environ.get("EDS_ZONES_DIR", "/opt/eds/zones")))
+        import_connections(central_connections(network, connections))
     except ProvisionError as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 1

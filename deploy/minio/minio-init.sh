@@ -2,20 +2,20 @@
 # Bucket and access bootstrap of the compose MinIO, which stands for both the platforms' object storage
 # (intake buckets, outboxes) and the Health Data Hub landing zone. Run by the `minio-init` service
 # (minio/mc image, POSIX sh) with the root credentials; idempotent.
-#   - two service users, one per Airflow connection, each confined to its buckets by a policy:
-#       eds_s3           access key in secret minio_eds_s3_access_key  buckets ${EDS_PLATFORM_BUCKETS:-eds-*}
-#       eds_hdh_landing  access key in secret minio_hdh_access_key     buckets ${EDS_HDH_BUCKETS:-hdh-*}
-#   - every `bucket:` of config/network.yaml, plus the remote-logging bucket.
-# airflow-init then checks (and creates if missing) each bucket through the connection that owns it.
-# EDS_SECRETS_DIR, EDS_CA_FILE and EDS_MC_DIR override the container paths (tests/unit/test_compose.py).
+#   - one user per trust zone, confined by its own policy: for every policy file <role>.json mounted in
+#     ${EDS_POLICY_DIR:-/opt/eds/policies} (deploy/minio/policies, generated from eds_network/orchestration/grants.py,
+#     the policies the embedded S3 endpoint enforces, with `s3:prefix` conditions), the policy <role> and the user
+#     whose keys are the Docker secrets s3_access_key_<role> / s3_secret_key_<role> (deploy/compose.zones.yaml);
+#   - every bucket of ${EDS_BUCKETS} (rendered from the network file into compose.zones.yaml; without it, every
+#     `bucket:` of config/network.yaml), plus the remote-logging bucket.
+# EDS_SECRETS_DIR, EDS_CA_FILE, EDS_MC_DIR and EDS_POLICY_DIR override the container paths (tests/unit/test_compose.py).
 set -euf  # -f: no globbing (bucket patterns contain *)
 
 secrets_dir="${EDS_SECRETS_DIR:-/run/secrets}"
 secret() { cat "$secrets_dir/$1"; }
 endpoint="${EDS_S3_ENDPOINT:-https://minio:9000}"
 config="${EDS_NETWORK_CONFIG:-/opt/eds/network.yaml}"
-platform_buckets="${EDS_PLATFORM_BUCKETS:-eds-*}"
-hdh_buckets="${EDS_HDH_BUCKETS:-hdh-*}"
+policy_dir="${EDS_POLICY_DIR:-/opt/eds/policies}"
 
 # mc trusts the compose CA through its config dir (no --insecure).
 mc_dir="${EDS_MC_DIR:-/tmp/mc}"
@@ -30,19 +30,6 @@ until mc alias set eds "$endpoint" "$(secret minio_root_user)" "$(secret minio_r
     sleep 2
 done
 
-policy() { # policy NAME BUCKET_PATTERN
-    cat > "$mc_dir/$1.json" <<EOF
-{
-  "Version": "2012-10-17",
-  "Statement": [
-    {"Effect": "Allow", "Action": ["s3:*"],
-     "Resource": ["arn:aws:s3:::$2", "arn:aws:s3:::$2/*"]}
-  ]
-}
-EOF
-    mc admin policy create eds "$1" "$mc_dir/$1.json" >/dev/null
-}
-
 user() { # user ACCESS_SECRET SECRET_SECRET POLICY
     access="$(secret "$1")"
     mc admin user add eds "$access" "$(secret "$2")" >/dev/null
@@ -56,14 +43,24 @@ user() { # user ACCESS_SECRET SECRET_SECRET POLICY
     echo "user for policy $3 ready"
 }
 
-policy eds-platforms "$platform_buckets"
-policy eds-hdh-landing "$hdh_buckets"
-user minio_eds_s3_access_key minio_eds_s3_secret_key eds-platforms
-user minio_hdh_access_key minio_hdh_secret_key eds-hdh-landing
+users=0
+for file in $(ls "$policy_dir" 2>/dev/null); do
+    case "$file" in
+        *.json) ;;
+        *) continue ;;
+    esac
+    role="${file%.json}"
+    mc admin policy create eds "$role" "$policy_dir/$file" >/dev/null
+    user "s3_access_key_$role" "s3_secret_key_$role" "$role"
+    users=$((users + 1))
+done
+[ "$users" -gt 0 ] || { echo "minio-init: no policy file in $policy_dir" >&2; exit 1; }
 
 # Buckets: every `bucket: NAME` of the network file (block or flow style), then the log bucket.
-buckets=""
-if [ -r "$config" ]; then
+buckets="${EDS_BUCKETS:-}"
+if [ -n "$buckets" ]; then
+    :
+elif [ -r "$config" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
         line="${line%%#*}"
         while :; do

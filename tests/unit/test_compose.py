@@ -34,7 +34,6 @@ DEPLOY = ROOT / "deploy"
 REQUIRED_SERVICES = {
     "airflow-db",
     "eds-db",
-    "redis",
     "minio",
     "minio-init",
     "airflow-init",
@@ -42,7 +41,6 @@ REQUIRED_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
-    "airflow-worker",
 }
 LONG_RUNNING = REQUIRED_SERVICES - {"minio-init", "airflow-init"}
 AIRFLOW_SERVICES = {
@@ -51,8 +49,9 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
-    "airflow-worker",
 }
+CENTRAL_SERVICES = AIRFLOW_SERVICES - {"airflow-init"}
+EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
 SENSITIVE_NAME = re.compile(r"PASSW(OR)?D|SECRET|TOKEN|(^|_)KEY($|_)|CREDENTIAL|PRIVATE_KEY", re.IGNORECASE)
 VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 URL_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:([^@\s/]+)@", re.IGNORECASE)
@@ -72,8 +71,10 @@ def merge_compose(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
     for name, service in (override.get("services") or {}).items():
         merged = out["services"].setdefault(name, {})
         for key, value in service.items():
-            if key in ("secrets", "configs") and key in merged:
+            if key in ("secrets", "configs", "volumes") and key in merged:
                 merged[key] = [*merged[key], *(v for v in value if v not in merged[key])]
+            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
             else:
                 merged[key] = value
     for section in ("secrets", "configs", "volumes"):
@@ -138,7 +139,7 @@ def find_secret_literals(doc: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     for name, service in (doc.get("services") or {}).items():
         for key, value in environment(service).items():
-            if not SENSITIVE_NAME.search(key):
+            if not SENSITIVE_NAME.search(key) or re.search(r"SECRETS__?BACKEND", key):  # its class and file path
                 continue
             if key.endswith("_FILE") and value.startswith("/run/secrets/"):
                 continue
@@ -278,16 +279,78 @@ def test_airflow_version_agrees_between_requirements_dockerfile_and_compose(comp
     assert from_tag.split("-python")[0] == pin
     image = with_default(compose["x-airflow-common"]["image"])
     assert image.rsplit(":", 1)[1] == pin, f"compose image {image!r} is not tagged with Airflow {pin}"
-    for name in AIRFLOW_SERVICES:
+    for name in AIRFLOW_SERVICES | set(edge_workers(compose["services"])):
         assert with_default(compose["services"][name]["image"]) == image, f"{name} does not run the project image"
 
 
-def test_executor_is_celery_for_every_airflow_service(services: dict[str, Any]) -> None:
-    for name in AIRFLOW_SERVICES:
+def edge_workers(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in services.items() if n.startswith("airflow-edge-")}
+
+
+def mounted_secrets(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
+
+
+def mounted_volumes(service: dict[str, Any]) -> set[str]:
+    return {(v.split(":", 1)[0] if isinstance(v, str) else v.get("source", "")) for v in service.get("volumes") or []}
+
+
+def test_executor_is_the_edge_executor_for_every_airflow_service(services: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES | set(edge_workers(services)):
         env = environment(services[name])
-        assert env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor", name
-        assert "AIRFLOW__CELERY__BROKER_URL_CMD" in env or "AIRFLOW__CELERY__BROKER_URL" in env, name
-    assert services["airflow-worker"]["command"][:2] == ["celery", "worker"]
+        assert env.get("AIRFLOW__CORE__EXECUTOR") == EDGE_EXECUTOR, name
+        assert not any(k.startswith("AIRFLOW__CELERY__") for k in env), name
+        assert with_default(env["AIRFLOW__EDGE__API_URL"]) == "http://airflow-apiserver:8080/edge_worker/v1/rpcapi"
+    for name in CENTRAL_SERVICES:
+        assert environment(services[name])["AIRFLOW__EDGE__API_ENABLED"] == "true", name
+    assert "redis" not in services and "airflow-worker" not in services, "no Celery broker nor Celery worker left"
+
+
+def test_every_zone_has_exactly_one_edge_worker_serving_exactly_its_queue(
+    services: dict[str, Any], network: Any
+) -> None:
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import all_zones
+
+    wanted = {zones.queue(z): z for z in [*all_zones(network), zones.OPERATOR]}
+    served: dict[str, list[str]] = {}
+    for name, worker in edge_workers(services).items():
+        command = worker["command"]
+        assert command[:2] == ["edge", "worker"], (name, command)
+        queues = command[command.index("--queues") + 1].split(",")
+        assert len(queues) == 1, f"{name} serves several queues: {queues}"
+        served.setdefault(queues[0], []).append(name)
+        assert environment(worker)["EDS_ZONE"] == wanted.get(queues[0]), name
+        assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD" not in environment(worker), f"{name} reaches the metadata DB"
+        assert "container_name" not in worker and not worker.get("ports"), name
+    assert served == {q: [f"airflow-edge-{q}"] for q in wanted}, served
+
+
+def test_each_worker_mounts_its_own_zone_secrets_only_and_no_central_service_any(
+    services: dict[str, Any], network: Any, render_zones: Any
+) -> None:
+    from eds_network.core import zones
+
+    per_zone = render_zones.zone_secrets(network)
+    zone_secret = {name: zone for zone, names in per_zone.items() for name in names}
+    zone_volume = {f"zone-{zones.queue(z)}": z for z in render_zones.cluster_zones(network)}
+    for name, worker in edge_workers(services).items():
+        zone = environment(worker)["EDS_ZONE"]
+        assert mounted_secrets(worker) == {"airflow_jwt_secret"}, f"{name}: {mounted_secrets(worker)}"
+        assert mounted_volumes(worker) == {f"zone-{zones.queue(zone)}"}, name
+        own = json.loads(environment(worker)["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"])["connections_file_path"]
+        assert environment(worker)["AIRFLOW__WORKERS__SECRETS_BACKEND"].endswith("LocalFilesystemBackend")
+        mount = next(v for v in worker["volumes"] if v.startswith(f"zone-{zones.queue(zone)}:"))
+        assert own.startswith(mount.split(":")[1] + "/") and mount.endswith(":ro"), (name, own, mount)
+    provisioning = {"airflow-init", "minio-init", "zone-volumes"}
+    for name, service in services.items():
+        if name in provisioning or name in edge_workers(services):
+            continue
+        assert not mounted_secrets(service) & set(zone_secret), f"{name} mounts a zone's secret"
+        assert not mounted_volumes(service) & set(zone_volume), f"{name} mounts a zone's connections volume"
+    assert set(zone_secret) <= mounted_secrets(services["airflow-init"]), "airflow-init sets every zone's logins"
+    s3 = {n for n in zone_secret if n.startswith("s3_")}
+    assert s3 and mounted_secrets(services["minio-init"]) & set(zone_secret) == s3, "minio-init: the S3 keys only"
 
 
 def test_metadata_database_is_postgresql(services: dict[str, Any]) -> None:
@@ -297,28 +360,15 @@ def test_metadata_database_is_postgresql(services: dict[str, Any]) -> None:
     assert url.startswith("postgresql"), conn
     host = re.search(r"@([^:/]+)", url).group(1)
     assert host in services and services[host]["image"].startswith("postgres:"), host
-    backend = with_default(env.get("AIRFLOW__CELERY__RESULT_BACKEND_CMD", "")).split()[-1]
-    assert backend.startswith("db+postgresql://"), backend
 
 
 def test_execution_api_server_url_points_at_the_api_server_service(services: dict[str, Any]) -> None:
-    for name in AIRFLOW_SERVICES:
+    for name in AIRFLOW_SERVICES | set(edge_workers(services)):
         url = with_default(environment(services[name])["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
         match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)/execution/", url)
         assert match, f"{name}: {url!r}"
         assert match.group(1) == "airflow-apiserver" and match.group(2) == "8080"
     assert services["airflow-apiserver"]["command"] == "api-server"
-
-
-def test_workers_are_scalable_without_container_name_host_port_or_hostname(services: dict[str, Any]) -> None:
-    worker = services["airflow-worker"]
-    assert "container_name" not in worker
-    assert "hostname" not in worker
-    for port in worker.get("ports") or []:
-        published = port.get("published") if isinstance(port, dict) else str(port).rsplit(":", 1)[0]
-        assert not published or str(port).count(":") == 0, f"worker publishes a host port: {port!r}"
-    assert not worker.get("ports"), "a scaled worker cannot bind a host port"
-    assert str(worker.get("deploy", {}).get("replicas", 1)) != "0"
 
 
 def test_no_service_pins_a_container_name(services: dict[str, Any]) -> None:
@@ -367,8 +417,6 @@ def test_airflow_secret_options_read_secrets_mounted_in_the_same_service(service
         "AIRFLOW__CORE__FERNET_KEY",
         "AIRFLOW__API_AUTH__JWT_SECRET",
         "AIRFLOW__API__SECRET_KEY",
-        "AIRFLOW__CELERY__BROKER_URL",
-        "AIRFLOW__CELERY__RESULT_BACKEND",
     }
     for name in AIRFLOW_SERVICES:
         env = environment(services[name])
@@ -398,7 +446,6 @@ def test_state_lives_in_named_volumes(services: dict[str, Any]) -> None:
     expected = {
         "airflow-db": "/var/lib/postgresql/data",
         "eds-db": "/var/lib/postgresql/data",
-        "redis": "/data",
         "minio": "/data",
     }
     for name, target in expected.items():
@@ -424,7 +471,7 @@ def test_minio_serves_tls_with_certificates_from_deploy_certs(services: dict[str
 
 def test_head_override_publishes_infrastructure_but_never_workers() -> None:
     override = load_compose(HEAD_OVERRIDE)["services"]
-    assert "airflow-worker" not in override
+    assert not [n for n in override if n.startswith("airflow-edge-")]
     assert set(override) <= set(load_compose()["services"])
     for name, service in override.items():
         for port in service["ports"]:
@@ -573,11 +620,14 @@ def test_eds_secret_prints_the_secret_without_newline_and_quotes_it_into_urls(tm
     assert missing.returncode != 0 and missing.stdout == ""
 
 
-def test_minio_init_creates_every_bucket_of_the_network_with_confined_users(
-    tmp_path: Path, secrets_dir: Path, network: Any
+def test_minio_init_creates_every_bucket_and_one_user_per_zone_with_its_own_policy(
+    tmp_path: Path, secrets_dir: Path, network: Any, services: dict[str, Any]
 ) -> None:
     if not shutil.which("sh"):
         pytest.skip("needs sh")
+    from eds_network.orchestration.grants import minio_policies
+    from eds_network.orchestration.zone_connections import all_zones, principal
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "mc.log"
@@ -585,28 +635,108 @@ def test_minio_init_creates_every_bucket_of_the_network_with_confined_users(
     (bin_dir / "mc").chmod(0o755)
     ca = tmp_path / "ca.crt"
     ca.write_text("test CA\n")
+    # the policy files as compose mounts them into minio-init (configs of compose.zones.yaml)
+    init = services["minio-init"]
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for config in init["configs"]:
+        if config["target"].startswith("/opt/eds/policies/"):
+            source = ROOT / load_compose(ZONES_COMPOSE)["configs"][config["source"]]["file"]
+            shutil.copy(source, policies / Path(config["target"]).name)
     env = {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "EDS_SECRETS_DIR": str(secrets_dir),
         "EDS_CA_FILE": str(ca),
         "EDS_MC_DIR": str(tmp_path / "mc"),
+        "EDS_POLICY_DIR": str(policies),
         "EDS_NETWORK_CONFIG": str(NETWORK),
+        "EDS_BUCKETS": environment(init)["EDS_BUCKETS"],
     }
     run(["sh", str(DEPLOY / "minio" / "minio-init.sh")], env=env)
     calls = log.read_text().splitlines()
-    buckets = {loc.bucket for p in network.platforms for loc in (p.intake, p.outbox)}
+    buckets = {loc.bucket for p in network.platforms for loc in (p.intake, p.outbox, p.key_holder.exchange)}
     buckets |= {network.national.landing_zone.bucket, "eds-airflow-logs"}
     created = {c.rsplit("eds/", 1)[1] for c in calls if " mb --ignore-existing eds/" in c}
     assert created == buckets
-    access = (secrets_dir / "minio_eds_s3_access_key").read_text()
-    hdh = (secrets_dir / "minio_hdh_access_key").read_text()
-    assert any(f"admin policy attach eds eds-platforms --user {access}" in c for c in calls)
-    assert any(f"admin policy attach eds eds-hdh-landing --user {hdh}" in c for c in calls)
-    policy = json.loads((tmp_path / "mc" / "eds-hdh-landing.json").read_text())
-    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::hdh-*", "arn:aws:s3:::hdh-*/*"]
+    files = minio_policies(network)
+    zones_with_s3 = [z for z in all_zones(network) if f"{principal(z)}.json" in files]
+    assert len(zones_with_s3) == len(all_zones(network)), "every zone of the network has its S3 user"
+    access_keys = set()
+    for zone in zones_with_s3:
+        role = principal(zone)
+        access = (secrets_dir / f"s3_access_key_{role}").read_text()
+        secret = (secrets_dir / f"s3_secret_key_{role}").read_text()
+        access_keys.add(access)
+        assert any(c.endswith(f" admin policy create eds {role} {policies}/{role}.json") for c in calls), role
+        assert any(c.endswith(f" admin user add eds {access} {secret}") for c in calls), role
+        assert any(c.endswith(f" admin policy attach eds {role} --user {access}") for c in calls), role
+        # the file compose mounts is the zone's own policy, the one the embedded S3 endpoint enforces
+        assert json.loads((policies / f"{role}.json").read_text()) == files[f"{role}.json"], role
+    assert len(access_keys) == len(zones_with_s3), "two zones share an S3 user"
+    assert len([c for c in calls if " admin user add " in c]) == len(zones_with_s3), "a user beyond the zones'"
+    assert not any("s3:*" in p.read_text() and "arn:aws:s3:::eds-*" in p.read_text() for p in policies.iterdir())
     assert (tmp_path / "mc" / "certs" / "CAs" / "eds-ca.crt").read_text() == "test CA\n"
     assert not any("--insecure" in c for c in calls), "minio-init must verify the CA, not skip TLS checks"
+
+
+def test_create_secrets_makes_one_s3_key_pair_per_zone(secrets_dir: Path, network: Any) -> None:
+    from eds_network.orchestration.zone_connections import all_zones, principal
+
+    for zone in all_zones(network):
+        access = (secrets_dir / f"s3_access_key_{principal(zone)}").read_text()
+        secret = (secrets_dir / f"s3_secret_key_{principal(zone)}").read_text()
+        assert 3 <= len(access) <= 20 and len(secret) >= 40, zone
+    made = {p.name for p in secrets_dir.iterdir() if p.name.startswith("s3_")}
+    assert len(made) == 2 * len(all_zones(network))
+
+
+def test_zone_connection_files_hold_each_zones_own_logins_and_the_metadata_db_none(
+    provision: Any, network: Any, secrets_dir: Path, tmp_path: Path
+) -> None:
+    """airflow-init writes each zone's file with `zone_connections` (the embedded cluster's function) and its own
+    role and MinIO user; the metadata DB gets the operator's catalogue connection only."""
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import all_zones, principal, zone_connection_ids
+
+    lookup = provision.secrets_lookup(secrets_dir, env={})
+    connections, _ = provision.render_connections(
+        provision.load_template(), provision.connection_roles(network), lookup
+    )
+    files = provision.zone_connection_files(network, connections, lookup)
+    assert set(files) == {*all_zones(network), zones.OPERATOR}
+    keys = yaml.safe_load((secrets_dir / "eds_keys").read_text())
+    for zone in all_zones(network):
+        conns, role = files[zone], principal(zone)
+        assert set(conns) <= set(zone_connection_ids(network, zone)), zone
+        pg_password = (secrets_dir / f"pg_password_{role}").read_text()
+        s3_access = (secrets_dir / f"s3_access_key_{role}").read_text()
+        for conn_id, conn in conns.items():
+            if conn["conn_type"] == "postgres":
+                assert (conn["login"], conn["password"]) == (role, pg_password), (zone, conn_id)
+            if conn["conn_type"] == "aws":
+                assert conn["login"] == s3_access, (zone, conn_id)
+        text = json.dumps(conns)
+        for other in all_zones(network):
+            if other != zone:
+                assert (secrets_dir / f"pg_password_{principal(other)}").read_text() not in text, (zone, other)
+                assert (secrets_dir / f"s3_secret_key_{principal(other)}").read_text() not in text, (zone, other)
+    national_box = keys[network.national.box_key_connection_id]
+    assert national_box in json.dumps(files[zones.NATIONAL])
+    assert not any(national_box in json.dumps(files[z]) for z in files if z != zones.NATIONAL)
+    for b in network.local_bases:
+        assert network.national.key_connection_id not in files[zones.local(b.id)]
+    central = provision.central_connections(network, connections)
+    assert set(central) == {network.catalogue_connection_id}
+    assert central[network.catalogue_connection_id]["login"] == "eds_operator"
+    assert not any(v in json.dumps(central) for v in keys.values() if len(str(v)) > 8)
+    work = tmp_path / "zones"
+    for zone in files:
+        (work / zones.queue(zone)).mkdir(parents=True)
+    provision.write_zone_files(files, work)
+    for zone in files:
+        path = work / zones.queue(zone) / "connections.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and json.loads(path.read_text()) == files[zone]
 
 
 @pytest.fixture(scope="module")
@@ -759,9 +889,7 @@ def test_connection_template_renders_every_connection_of_the_network(
     extra = json.loads(landing["extra"])
     assert landing["conn_type"] == "aws" and extra["endpoint_url"].startswith("https://")
     assert extra["verify"] == "/opt/eds/certs/ca.crt"
-    assert landing["login"] == (secrets_dir / "minio_hdh_access_key").read_text()
-    storage = connections[network.platforms[0].intake.connection_id]
-    assert storage["login"] == (secrets_dir / "minio_eds_s3_access_key").read_text()
+    assert "login" not in landing and "password" not in landing, "S3 logins are each zone's, in its own file"
     expected_dbs = {p.warehouse_connection_id for p in network.platforms}
     expected_dbs |= {network.catalogue_connection_id, network.national.tables_connection_id}
     expected_dbs |= {b.source_connection_id for b in network.local_bases}
@@ -783,8 +911,6 @@ def test_connection_template_honours_environment_and_overrides(provision: Any, n
 def test_provision_names_the_fix_when_a_key_is_missing(provision: Any, network: Any, tmp_path: Path) -> None:
     for zone in provision.database_zones(network):
         (tmp_path / provision.pg_password_secret(zone)).write_text("x")
-    for name in ("minio_eds_s3_access_key", "minio_eds_s3_secret_key", "minio_hdh_access_key", "minio_hdh_secret_key"):
-        (tmp_path / name).write_text("x")
     (tmp_path / "eds_keys").write_text('"unrelated": "x"\n')
     with pytest.raises(provision.ProvisionError, match="create-secrets.sh"):
         provision.render_connections(
@@ -840,10 +966,10 @@ def test_make_fragment_defines_compose_targets_with_tab_indented_recipes(tmp_pat
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     (tmp_path / "Makefile").write_text(f"include {fragment}\n")
-    plan = run(["make", "-n", "-C", str(tmp_path), "compose-up", "WORKERS=3"]).stdout
+    plan = run(["make", "-n", "-C", str(tmp_path), "compose-up"]).stdout
     order = [plan.index(s) for s in ("create-secrets.sh", "make-certs.sh", "up -d --build")]
     assert order == sorted(order), plan
-    assert "--scale airflow-worker=3" in plan and f"cd {ROOT}" in plan
+    assert "-f docker-compose.yaml -f deploy/compose.zones.yaml up -d" in plan and f"cd {ROOT}" in plan
 
 
 def test_the_image_carries_no_dev_dependency() -> None:
