@@ -17,7 +17,9 @@ any zone; **raw counts never reach the central side in clear**:
 
 The form asks one criterion (table, concept ids, descendants), a period `[start, end)`, age and sex filters and k;
 `cohort_json` (the whole cohort model of `core/cohort.py` as JSON, several criteria) replaces the fields when
-given. The same cohort gives the same answer as `eds project feasibility --cohort FILE`.
+given. The same cohort gives the same answer as `eds project feasibility --cohort FILE`. The operator page's form
+("Ask a feasibility question" on `/eds/projects`) records the question as *requested* and triggers this DAG with
+its `request_id`: the answer marks it *answered* on the page.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def _cohort():
         "age_max": Param(None, type=["null", "integer"], minimum=0, title="Maximum age"),
         "sex": Param([], type="array", items={"type": "string", "enum": sorted(SEX_CONCEPTS)}, title="Sex"),
         "k": Param(11, type="integer", minimum=2, title="Small-cell threshold k"),
+        "request_id": Param(
+            None,
+            type=["null", "integer"],
+            title="Request (operator page)",
+            description="Set by the operator page's form: the question this run answers. Empty otherwise.",
+        ),
         "cohort_json": Param(
             "",
             type="string",
@@ -116,9 +124,11 @@ def eds_project_feasibility():
         private, _ = box_private_key(network.national.box_key_connection_id)
         per_base = feasibility_tasks.open_counts(sealed_counts, private)
         resolved, sources = feasibility_tasks.resolve(cohort, expanded)
-        k = int(get_current_context()["params"]["k"])
+        params = get_current_context()["params"]
+        k = int(params["k"])
         out = feasibility_tasks.national_answer(res.national, network, cohort, resolved, sources, per_base, k=k)
-        feasibility_tasks.record(res.catalogue_dsn, cohort, out, actor=_operator())
+        rid = params.get("request_id")
+        feasibility_tasks.record(res.catalogue_dsn, cohort, out, actor=_operator(), request_id=rid)
         return out
 
     answer(expansions, sealed)

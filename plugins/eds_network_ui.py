@@ -4,7 +4,9 @@
   Airflow's own authentication (`requires_access_view(WEBSITE)`: whoever may use the Airflow UI);
 - an external view "EDS network" in the Airflow navigation that shows `/eds/` inside the UI;
 - the milestone form (`POST /eds/milestones`): recorded under the logged-in Airflow user's name, by a user who
-  may edit the `eds_national` DAG (what a milestone unblocks); audited in the catalogue.
+  may edit the `eds_national` DAG (what a milestone unblocks); audited in the catalogue;
+- the feasibility form (`POST /eds/projects/feasibility`): a question recorded under the user's name (who may edit
+  `eds_project_feasibility`), then the DAG triggered through Airflow's REST API with the request id.
 
 The catalogue is read through the `eds_catalogue` connection (Airflow's secrets backend; `$EDS_CATALOGUE_DSN`
 overrides it); Data Docs, when a
@@ -63,6 +65,33 @@ def _recorder(user: GetUserDep) -> str:
     return user.get_name()
 
 
+ASK_PERMISSION_DAG = "eds_project_feasibility"
+
+
+def _asker(user: GetUserDep) -> str:
+    """The logged-in Airflow user's name, if they may edit the feasibility DAG (else HTTP 403)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from fastapi import HTTPException
+
+    allowed = get_auth_manager().is_authorized_dag(method="PUT", details=DagDetails(id=ASK_PERMISSION_DAG), user=user)
+    if not allowed:
+        raise HTTPException(
+            status_code=403, detail=f"asking a feasibility question needs edit access to the {ASK_PERMISSION_DAG} DAG"
+        )
+    return user.get_name()
+
+
+def _trigger(conf: dict) -> str:
+    """The feasibility DAG run of a question asked on the page, through Airflow's REST API (the official client)
+    as the operator zone's API user (`eds_airflow_api`)."""
+    from airflow_client.client import TriggerDAGRunPostBody
+
+    from eds_network.orchestration.connections import airflow_api
+
+    api = airflow_api("eds_airflow_api")
+    return api.runs.trigger_dag_run(ASK_PERMISSION_DAG, TriggerDAGRunPostBody(logical_date=None, conf=conf)).dag_run_id
+
+
 app = ui.create_app(
     _dsn,
     load_network,
@@ -71,6 +100,8 @@ app = ui.create_app(
     data_docs_dir=_data_docs_dir(),
     prefix=PREFIX,
     recorder=_recorder,
+    asker=_asker,
+    trigger=_trigger,
 )
 
 

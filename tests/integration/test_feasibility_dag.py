@@ -11,7 +11,7 @@ import json
 import psycopg
 import pytest
 
-from eds_network.catalogue import projects
+from eds_network.catalogue import feasibility_requests, projects
 from eds_network.core.config import load_network
 from eds_network.orchestration import feasibility_tasks, project_tasks
 from tests.integration import test_projects as tp
@@ -89,7 +89,79 @@ def test_the_zoned_dag_records_the_clis_protected_answer_and_xcom_holds_no_raw_c
 def test_an_invalid_cohort_fails_the_run_naming_the_field(tp_night, stack):
     rc, out = _run(stack, {"name": "bad-period", "start": "2027-01-01", "end": "2000-01-01"})
     assert rc != 0 or "state=failed" in out
-    assert "invalid field(s) period" in out
+    assert "invalid field(s) start/end" in out
+
+
+def _page_client(stack, triggered: list):
+    from fastapi.testclient import TestClient
+
+    from eds_network import ui
+
+    def trigger(conf: dict) -> str:
+        triggered.append(conf)
+        return f"manual__page_{len(triggered)}"
+
+    app = ui.create_app(lambda: stack.dsn("catalogue"), load_network, recorder=lambda: "alice", trigger=trigger)
+    return TestClient(app)
+
+
+BEARER = {"authorization": "Bearer test"}  # a request with a Bearer header needs no anti-forgery token
+
+
+def test_the_operator_page_asks_a_question_and_shows_the_dags_protected_answer(tp_night, stack):
+    concept = tp._small_cell_concept(stack)
+    name = f"page-c{concept}"
+    expected = project_tasks.feasibility(
+        NETWORK, tp_night["warehouses"], tp_night["national"], tp._cohort(concept, name=name), k=K
+    )
+    triggered: list = []
+    client = _page_client(stack, triggered)
+    assert "id='feasibility-form'" in client.get("/projects").text
+    form = {"name": name, "table": "condition_occurrence", "concepts": str(concept), "descendants": "on"}
+    form |= {"start": "2000-01-01", "end": "2027-01-01", "k": str(K)}
+    r = client.post("/projects/feasibility", data=form, headers=BEARER, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    (conf,) = triggered
+    rid = conf["request_id"]
+    html = client.get("/projects").text
+    assert f"data-request='{rid}' data-status='requested'" in html
+    rc, out = _run(stack, conf)
+    assert rc == 0 and "state=failed" not in out, out[-4000:]
+    html = client.get("/projects").text
+    assert f"data-request='{rid}' data-status='answered'" in html
+    row = html.split(f"data-request='{rid}'", 1)[1].split("</tr>", 1)[0]
+    net = expected["network"]
+    assert (f"data-count='{net}'" if net is not None else "data-count='suppressed'") in row
+    (asked,) = [q for q in feasibility_requests.requests(stack.dsn("catalogue"), limit=50) if q["id"] == rid]
+    assert asked["requested_by"] == "alice" and asked["answered_at"] is not None
+    assert {key: asked["answer"][key] for key in COMPARED} == {key: expected[key] for key in COMPARED}
+    with psycopg.connect(stack.dsn("catalogue")) as conn:
+        actions = [
+            a for (a,) in conn.execute(
+                "SELECT action FROM catalogue.audit WHERE object = %s ORDER BY id", (f"feasibility_request:{rid}",)
+            )
+        ]  # fmt: skip
+    assert actions == ["project.feasibility_requested", "project.feasibility"]
+
+
+def test_a_bad_field_of_the_form_is_named_and_its_value_never_echoed(stack):
+    triggered: list = []
+    client = _page_client(stack, triggered)
+    good = {"name": "ok", "table": "condition_occurrence", "concepts": "201826", "start": "2000-01-01"}
+    good |= {"end": "2027-01-01", "k": "11"}
+    cases = {
+        "start/end": {"start": "2027-01-01", "end": "2000-01-01"},
+        "table": {"table": "<b>NOT-A-TABLE-zq</b>"},
+        "concepts": {"concepts": "SECRET-zq"},
+        "age_max": {"age_min": "60", "age_max": "18"},
+        "k": {"k": "1"},
+    }
+    for field, bad in cases.items():
+        r = client.post("/projects/feasibility", data=good | bad | {"name": "NAME-zq"}, headers=BEARER)
+        assert r.status_code == 400, field
+        assert f"invalid field(s) {field}" in r.text, (field, r.text[-2000:])
+        assert "-zq" not in r.text, field
+    assert triggered == []
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,16 @@ Every DAG writes here through this module only. Tables:
   project, project_event         research projects and data permits, status timeline (catalogue.projects)
   project_dataset                per project extract: pinned snapshots, prefix, bytes, rows; deletion at expiry
   project_withdrawal             withdrawal notices (project pseudonym) after an objection
+  feasibility_query              protected feasibility answers (never a raw count)
+  feasibility_request            questions asked on the operator page: requested -> answered (who, when)
 """
 
 from __future__ import annotations
 
-from eds_network.catalogue import projects  # noqa: F401,E402 (its tables join the metadata)
+from eds_network.catalogue import (
+    feasibility_requests,  # noqa: F401,E402 (its table joins the metadata)
+    projects,  # noqa: F401,E402 (its tables join the metadata)
+)
 from eds_network.catalogue.db import (
     BASELINE_REVISION,
     MIGRATIONS,

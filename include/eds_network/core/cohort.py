@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from eds_network.core.errors import ConfigError
 
 # table -> (concept column, event date column): the columns a criterion filters on
 EVENT_COLUMNS: dict[str, tuple[str, str]] = {
@@ -112,6 +116,62 @@ class Cohort(_Model):
 
     def digest_doc(self) -> dict:
         return json.loads(self.model_dump_json())
+
+
+class CohortError(ConfigError):
+    """A cohort that does not validate: names the field(s), never echoes a value (a form's free text)."""
+
+
+# a validation error's location -> the field of the feasibility form (and of the DAG's Params form)
+_FORM_FIELD = {
+    "period": "start/end",
+    "period.start": "start",
+    "period.end": "end",
+    "criteria": "concepts",
+    "criteria.0": "table",
+    "criteria.0.table": "table",
+    "criteria.0.concepts": "concepts",
+    "criteria.0.descendants": "descendants",
+}
+
+
+def validate(doc: Mapping[str, Any]) -> Cohort:
+    """`Cohort.model_validate(doc)`, refusing with a CohortError naming the invalid field(s) only."""
+    from pydantic import ValidationError
+
+    try:
+        return Cohort.model_validate(doc)
+    except ValidationError as exc:
+        locs = set()
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e["loc"])
+            if not loc:  # a check across fields of the cohort: the one its message is about
+                loc = next((f for f in ("age_max", "sex") if e.get("msg", "").find(f) >= 0), "cohort")
+            locs.add(loc)
+        if any(x.startswith("criteria.") for x in locs):
+            locs.discard("criteria")  # the list's own error follows from its item's
+        names = {_FORM_FIELD.get(x, x) for x in locs}
+        raise CohortError(f"feasibility cohort: invalid field(s) {', '.join(sorted(names))}") from None
+
+
+def from_fields(fields: Mapping[str, Any]) -> Cohort:
+    """A cohort of one criterion from a form's fields: name, table, concepts (ids separated by commas or spaces),
+    descendants, start, end, age_min, age_max, sex (list)."""
+    try:
+        concepts = [int(c) for c in str(fields.get("concepts") or "").replace(",", " ").split()]
+    except ValueError:
+        raise CohortError("feasibility cohort: invalid field(s) concepts (integer concept ids)") from None
+    doc = {
+        "name": fields.get("name") or "cohort",
+        "period": {"start": fields.get("start") or None, "end": fields.get("end") or None},
+        "criteria": [
+            {"table": fields.get("table"), "concepts": concepts, "descendants": bool(fields.get("descendants"))}
+        ],
+        "age_min": fields.get("age_min"),
+        "age_max": fields.get("age_max"),
+        "sex": list(fields.get("sex") or []),
+    }
+    return validate(doc)
 
 
 def load_cohort(path: str | Path) -> Cohort:

@@ -18,9 +18,9 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from eds_network.catalogue import feasibility as disclosure
-from eds_network.catalogue import projects
+from eds_network.catalogue import feasibility_requests, projects
 from eds_network.catalogue.stats import DEFAULT_K
-from eds_network.core.cohort import Cohort
+from eds_network.core.cohort import Cohort, CohortError, from_fields, validate
 from eds_network.core.config import Platform
 from eds_network.core.errors import ConfigError
 from eds_network.national.projects import feasibility as national_feasibility
@@ -34,31 +34,15 @@ SEALED_KIND = "eds-feasibility-counts/1"
 
 def cohort_from_params(params: Mapping) -> Cohort:
     """The cohort a DAG run asks about: `cohort_json` when given (the whole model as JSON), else the form's fields
-    (one criterion). An invalid cohort fails naming the field, never echoing a free-text value."""
-    from pydantic import ValidationError
-
+    (one criterion). An invalid cohort fails naming the field (`CohortError`), never echoing a value."""
     text = str(params.get("cohort_json") or "").strip()
+    if not text:
+        return from_fields(params)
     try:
-        if text:
-            doc = json.loads(text)
-        else:
-            concepts = [int(c) for c in str(params.get("concepts", "")).replace(",", " ").split()]
-            doc = {
-                "name": params.get("name") or "cohort",
-                "period": {"start": params.get("start"), "end": params.get("end")},
-                "criteria": [
-                    {"table": params.get("table"), "concepts": concepts, "descendants": bool(params.get("descendants"))}
-                ],
-                "age_min": params.get("age_min"),
-                "age_max": params.get("age_max"),
-                "sex": list(params.get("sex") or []),
-            }
-        return Cohort.model_validate(doc)
-    except ValidationError as exc:
-        fields = sorted({".".join(str(x) for x in e["loc"]) or "cohort" for e in exc.errors()})
-        raise ConfigError(f"feasibility cohort: invalid field(s) {', '.join(fields)}") from None
+        doc = json.loads(text)
     except ValueError:
-        raise ConfigError("feasibility cohort: cohort_json is not JSON, or concepts are not integers") from None
+        raise CohortError("feasibility cohort: invalid field(s) cohort_json (not JSON)") from None
+    return validate(doc)
 
 
 def platform_expansion(warehouse_dsn: str, cohort: Cohort) -> dict:
@@ -139,9 +123,14 @@ def national_answer(
     return answer
 
 
-def record(catalogue_dsn: str, cohort: Cohort, answer: Mapping, *, actor: str) -> None:
-    """Record the protected answer in the catalogue (audited)."""
-    projects.record_feasibility(catalogue_dsn, cohort.model_dump(mode="json"), answer, actor=actor)
+def record(catalogue_dsn: str, cohort: Cohort, answer: Mapping, *, actor: str, request_id: int | None = None) -> None:
+    """Record the protected answer in the catalogue (audited); with `request_id` (a question asked on the operator
+    page) the request becomes answered with it."""
+    doc = cohort.model_dump(mode="json")
+    if request_id is None:
+        projects.record_feasibility(catalogue_dsn, doc, answer, actor=actor)
+    else:
+        feasibility_requests.answer(catalogue_dsn, int(request_id), doc, answer, actor=actor)
     log.info(
         "feasibility %s: network %s, %d suppressed (%d secondary)",
         cohort.name,

@@ -3,38 +3,22 @@
 # No `from __future__ import annotations`: FastAPI must see the route parameters' types (Request) as objects.
 
 import datetime as dt
-import hashlib
 import hmac
 import mimetypes
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from eds_network.catalogue import milestone_records
 from eds_network.core.config import Network
+from eds_network.ui.forms import (  # noqa: F401 (csrf_token is the app's, for its callers)
+    FORM_MAX_BYTES,
+    SESSION_COOKIE,
+    _same_origin,
+    csrf_token,
+)
 from eds_network.ui.render import STATIC, milestone_form, render_html
 from eds_network.ui.view import MILESTONE_LABELS, data_docs_file, network_view, recent_audit
-
-SESSION_COOKIE = "_token"  # Airflow's session cookie (its JWT): the form's anti-forgery token is bound to it
-_CSRF_CONTEXT = b"eds-network operator page: milestone form"
-FORM_MAX_BYTES = 8192
-
-
-def csrf_token(session: str | None) -> str:
-    """The anti-forgery token of a session: HMAC-SHA-256 keyed by the session cookie, which another site can
-    neither read nor guess (empty without a session: a request with a Bearer header needs none)."""
-    if not session:
-        return ""
-    return hmac.new(session.encode(), _CSRF_CONTEXT, hashlib.sha256).hexdigest()
-
-
-def _same_origin(request) -> bool:
-    """A browser's Origin (when it sends one) must be this server, as the client reached it."""
-    origin = request.headers.get("origin")
-    if not origin:
-        return True
-    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")} - {""}
-    return urlsplit(origin).netloc in hosts
 
 
 def create_app(
@@ -46,18 +30,22 @@ def create_app(
     data_docs_dir: Path | None = None,
     prefix: str = "/eds",
     recorder: Callable | None = None,
+    asker: Callable | None = None,
+    trigger: Callable[[dict], str | None] | None = None,
 ):
     """The FastAPI app mounted at `prefix`: `/` (the page), `/api/...` (JSON), `/static/<file>`, `/data-docs/<base>/`,
     `POST /milestones` (the milestone form).
 
     `auth` is a FastAPI dependency applied to every route (the plugin passes Airflow's); an unauthenticated
     browser asking for the page is redirected to `login_url(next)`. `recorder` is a dependency returning the
-    name of the user recording a milestone (and refusing one who may not); without it nobody may record."""
+    name of the user recording a milestone (and refusing one who may not); without it nobody may record. `asker`
+    does the same for the feasibility form (default: `recorder`), `trigger(conf)` starts the feasibility DAG run of
+    a question asked with it and returns its run id (without it the question waits for a run by hand)."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
     def _nobody() -> str:
-        raise HTTPException(status_code=403, detail="recording milestones is not enabled on this server")
+        raise HTTPException(status_code=403, detail="recording (milestones, questions) is not enabled on this server")
 
     deps = [Depends(auth)] if auth is not None else []
     app = FastAPI(title="EDS network", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
@@ -94,7 +82,7 @@ def create_app(
     _catalogue_routes(app, deps, dsn, view, base_or_404)
     from eds_network.ui.projects import project_routes
 
-    project_routes(app, deps, dsn, prefix)
+    project_routes(app, deps, dsn, prefix, asker or recorder or _nobody, trigger)
     return app
 
 

@@ -5,14 +5,15 @@ From the catalogue only: each project with its permit, status timeline, lead tim
 sizes and withdrawal notices; the latest feasibility answers as they were published (suppressed counts are null,
 shown "suppressed"). One project's view adds what the permit allows (bases, tables and columns, cohort, period),
 every timeline event with its actor and details, and each dataset (pins, rows per table, persons, size, its
-deletion and why). Reading a project is audited like every other access to it.
+deletion and why). Reading a project is audited like every other access to it. `/projects` also holds the
+feasibility form (`ui/feasibility_form.py`) and the questions asked with it, requested -> answered.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the route parameters' types (Request) as objects.
 
 from collections.abc import Callable
 
-from eds_network.catalogue import projects
+from eds_network.catalogue import feasibility_requests, projects
 from eds_network.ui.render import environment
 
 ACTOR = "operator-page"
@@ -23,7 +24,24 @@ def projects_view(dsn: str, *, actor: str = ACTOR) -> dict:
     for p in items:
         p["lead_time_hours"] = None if p["lead_time_days"] is None else round(p["lead_time_days"] * 24, 2)
         p["live_datasets"] = [d for d in p["datasets"] if d["deleted_at"] is None]
-    return {"projects": items, "feasibility": projects.feasibility_answers(dsn, limit=10)}
+    return {
+        "projects": items,
+        "feasibility": projects.feasibility_answers(dsn, limit=10),
+        "requests": feasibility_requests.requests(dsn, limit=20),
+    }
+
+
+def feasibility_form(prefix: str, *, csrf_token: str = "", error=None, notice=None) -> dict:
+    """What the feasibility form needs: where it posts, its anti-forgery token, the criterion tables, a message."""
+    from eds_network.core.cohort import EVENT_COLUMNS
+
+    return {
+        "action": f"{prefix}/projects/feasibility",
+        "csrf_token": csrf_token,
+        "error": error,
+        "notice": notice,
+        "tables": sorted(EVENT_COLUMNS),
+    }
 
 
 def project_view(dsn: str, project_id: str, *, actor: str = ACTOR, today=None) -> dict:
@@ -49,22 +67,39 @@ def render_project(p: dict, *, static_prefix: str = "/eds/static", api_prefix: s
     return environment().get_template("project.html").render(p=p, static_prefix=static_prefix, api_prefix=api_prefix)
 
 
-def render_projects(view: dict, *, static_prefix: str = "/eds/static", api_prefix: str = "/eds/api") -> str:
+def render_projects(
+    view: dict, *, static_prefix: str = "/eds/static", api_prefix: str = "/eds/api", form: dict | None = None
+) -> str:
     return (
         environment()
         .get_template("projects.html")
-        .render(view=view, static_prefix=static_prefix, api_prefix=api_prefix)
+        .render(view=view, static_prefix=static_prefix, api_prefix=api_prefix, form=form)
     )
 
 
-def project_routes(app, deps: list, dsn: Callable[[], str], prefix: str) -> None:
+def project_routes(app, deps: list, dsn: Callable[[], str], prefix: str, recorder=None, trigger=None) -> None:
+    """The project pages and their JSON; the feasibility form (`recorder` names who asks, `trigger` starts the
+    DAG run of a question)."""
+    from fastapi import Request
     from fastapi.encoders import jsonable_encoder
     from fastapi.responses import HTMLResponse
 
-    @app.get("/projects", response_class=HTMLResponse, dependencies=deps)
-    def projects_page() -> HTMLResponse:
+    from eds_network.ui.feasibility_form import feasibility_routes
+    from eds_network.ui.forms import SESSION_COOKIE, csrf_token
+
+    def page(request: Request, status: int = 200, error=None, notice=None) -> HTMLResponse:
+        form = feasibility_form(prefix, csrf_token=csrf_token(request.cookies.get(SESSION_COOKIE)), error=error)
+        form["notice"] = notice
         v = projects_view(dsn())
-        return HTMLResponse(render_projects(v, static_prefix=f"{prefix}/static", api_prefix=f"{prefix}/api"))
+        html = render_projects(v, static_prefix=f"{prefix}/static", api_prefix=f"{prefix}/api", form=form)
+        return HTMLResponse(html, status_code=status)
+
+    @app.get("/projects", response_class=HTMLResponse, dependencies=deps)
+    def projects_page(request: Request, asked: int | None = None) -> HTMLResponse:
+        notice = None if asked is None else f"Question {asked} recorded: its answer appears below once the DAG ran."
+        return page(request, notice=notice)
+
+    feasibility_routes(app, deps, dsn, prefix, recorder, trigger, page)
 
     @app.get("/api/projects", dependencies=deps)
     def api_projects() -> list[dict]:
