@@ -114,4 +114,14 @@ for id in $(printf '%s\n' "${!key_ids[@]}" | sort); do
     fi
 done
 
+# The Ed25519 signing key of each publishing zone (hospitals, platforms, the HDH: `x-eds-signing-keys` of
+# compose.zones.yaml): `<id>` = the 32-byte seed, `<id>.public` = the public key, base64 (airflow-init puts the
+# seed in that zone's file only and every public key in the trust store).
+while read -r id; do
+    has_key "$id" && continue
+    pem="$(openssl genpkey -algorithm ed25519)"
+    add_key "$id" "$(printf '%s\n' "$pem" | openssl pkey -outform DER | tail -c 32 | openssl base64 -A)"
+    add_key "$id.public" "$(printf '%s\n' "$pem" | openssl pkey -pubout -outform DER | tail -c 32 | openssl base64 -A)"
+done < <(sed -n '/^x-eds-signing-keys:/,/^[^ -]/s/^-[[:space:]]*\([A-Za-z0-9_.-]*\)[[:space:]]*$/\1/p' "$zones_file")
+
 echo "create-secrets.sh: $created new secret(s) in $dir"

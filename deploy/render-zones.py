@@ -8,6 +8,7 @@ part of compose is generated rather than written by hand; the result is committe
     `s3_access_key_<role>` / `s3_secret_key_<role>` (deploy/create-secrets.sh generates every secret this file
     declares), mounted only in the provisioning jobs: `minio-init` (one MinIO user per zone with its policy file
     of deploy/minio/policies) and `airflow-init` (roles, grants, and the zone's connections file);
+  - its Ed25519 signing key's connection id (`x-eds-signing-keys`, for create-secrets.sh's `eds_keys`);
   - its volume `zone-<queue>`, where airflow-init writes the zone's connections file (its own logins only);
   - its Edge worker `airflow-edge-<queue>` (the `x-airflow-edge-worker` template of docker-compose.yaml), serving
     the zone's queue only, with that volume mounted read-only and `[workers] secrets_backend` reading it: no
@@ -160,7 +161,11 @@ def render(network: Any) -> dict[str, Any]:
     }
     for zone in cluster_zones(network):
         services[f"airflow-edge-{zones.queue(zone)}"] = worker_service(template, zone)
+    from eds_network.orchestration.zone_connections import signing_connection_id, signing_zones
+
     return {
+        # the Ed25519 signing key of each publishing zone: create-secrets.sh adds it to eds_keys (seed and .public)
+        "x-eds-signing-keys": [signing_connection_id(z) for z in signing_zones(network)],
         "services": services,
         "configs": {f"minio_policy_{principal(z)}": {"file": f"./deploy/minio/policies/{f}"} for z, f in s3.items()},
         "secrets": {name: {"file": f"./deploy/secrets/{name}"} for name in names},

@@ -48,7 +48,7 @@ SECRETS_DIR = Path(os.environ.get("EDS_SECRETS_DIR", "/run/secrets"))
 KEYS_SECRET = "eds_keys"
 
 CONNECTION_FIELDS = {"conn_type", "description", "host", "login", "password", "schema", "port", "extra"}
-_VAR = re.compile(r"\{(conn_id|platform|base|principal)\}")
+_VAR = re.compile(r"\{(conn_id|platform|base|principal|zone)\}")
 ADMIN_PASSWORD_SECRET = "eds_db_admin_password"
 _REF = re.compile(r"\$\{(secret|key|env):([^}]*)\}")
 
@@ -68,7 +68,7 @@ def connection_roles(network: Any) -> dict[str, dict[str, str]]:
     `network` is an `eds_network.core.config.Network`. Returns {conn_id: {"role", "conn_id", "platform", "base",
     "principal"}}: `principal` is the PostgreSQL role of the zone a database connection belongs to."""
     from eds_network.core import zones
-    from eds_network.orchestration.zone_connections import principal
+    from eds_network.orchestration.zone_connections import principal, signing_connection_id, signing_zones
 
     roles: dict[str, dict[str, str]] = {}
 
@@ -81,6 +81,7 @@ def connection_roles(network: Any) -> dict[str, dict[str, str]]:
                 "platform": platform,
                 "base": base,
                 "principal": principal(zone) if zone else "",
+                "zone": zone,
             }
         elif seen["role"] != role:
             raise ProvisionError(
@@ -103,6 +104,8 @@ def connection_roles(network: Any) -> dict[str, dict[str, str]]:
     add(network.transport_key_connection_id, "transport_key")
     add(network.national.key_connection_id, "national_key")
     add(network.national.box_key_connection_id, "national_box_key")
+    for zone in signing_zones(network):
+        add(signing_connection_id(zone), "signing_key", zone=zone)
     return roles
 
 
@@ -136,12 +139,24 @@ def zone_connection_files(
     role and MinIO user. The operator's holds the catalogue (role eds_operator) only."""
     from eds_network.core import zones
     from eds_network.orchestration.grants import minio_policies
-    from eds_network.orchestration.zone_connections import Login, ZoneLogins, principal, zone_connections
+    from eds_network.orchestration.zone_connections import (
+        TRUST_STORE_CONNECTION_ID,
+        Login,
+        ZoneLogins,
+        principal,
+        signing_connection_id,
+        signing_zones,
+        trust_store,
+        zone_connections,
+    )
 
     full = {}
     for conn_id, conn in connections.items():
         extra = conn.get("extra")
         full[conn_id] = {**conn, "extra": json.loads(extra)} if isinstance(extra, str) else dict(conn)
+    # the trust store: every signing zone's public key (no secret), in every zone's file
+    public = {z: full[signing_connection_id(z)]["extra"]["public_key"] for z in signing_zones(network)}
+    full[TRUST_STORE_CONNECTION_ID] = trust_store(public)
     with_s3 = minio_policies(network)
     out = {}
     for zone in database_zones(network):

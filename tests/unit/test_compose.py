@@ -730,6 +730,20 @@ def test_zone_connection_files_hold_each_zones_own_logins_and_the_metadata_db_no
     assert set(central) == {network.catalogue_connection_id}
     assert central[network.catalogue_connection_id]["login"] == "eds_operator"
     assert not any(v in json.dumps(central) for v in keys.values() if len(str(v)) > 8)
+    # each publishing zone signs with its own Ed25519 key, in its file only; every file has the trust store
+    nacl_signing = pytest.importorskip("nacl.signing")
+    signers = {f"local:{b.id}" for b in network.local_bases} | {f"platform:{p.id}" for p in network.platforms}
+    signers |= {zones.NATIONAL}
+    for zone in all_zones(network):
+        sign_id = f"eds_sign_{zone.replace(':', '_')}"
+        for other in all_zones(network):
+            assert (sign_id in files[other]) == (other == zone and zone in signers), (sign_id, other)
+        store = files[zone]["eds_trust_store"]["extra"]["public_keys"]
+        assert set(store) == signers and "password" not in files[zone]["eds_trust_store"]
+        if zone in signers:
+            seed = base64.b64decode(files[zone][sign_id]["password"])
+            public = bytes(nacl_signing.SigningKey(seed).verify_key)
+            assert base64.b64encode(public).decode() == store[zone] == keys[f"{sign_id}.public"], zone
     work = tmp_path / "zones"
     for zone in files:
         (work / zones.queue(zone)).mkdir(parents=True)
@@ -861,6 +875,8 @@ def test_connection_template_renders_every_connection_of_the_network(
     named = {network.catalogue_connection_id, network.transport_key_connection_id}
     named |= {network.national.landing_zone.connection_id, network.national.key_connection_id}
     named |= {network.national.box_key_connection_id, network.national.tables_connection_id}
+    named |= {f"eds_sign_{z.replace(':', '_')}" for z in [*(f"local:{b.id}" for b in network.local_bases)]}
+    named |= {f"eds_sign_platform_{p.id}" for p in network.platforms} | {"eds_sign_national"}
     for p in network.platforms:
         named |= {p.warehouse_connection_id, p.key_connection_id, p.intake.connection_id, p.outbox.connection_id}
         named |= {b.source_connection_id for b in p.members}

@@ -27,7 +27,6 @@ import json
 import secrets
 from pathlib import Path
 
-from eds_network.core import zones
 from eds_network.core.config import Network
 from eds_network.orchestration.grants import (
     embedded_databases,
@@ -41,6 +40,7 @@ from eds_network.orchestration.zone_connections import (
     all_zones,
     principal,
     signing_connection_id,
+    signing_zones,
     trust_store,
 )
 
@@ -170,16 +170,6 @@ def zone_logins(stack, network: Network, zone: str) -> ZoneLogins:
 
 
 # -- signing keys --------------------------------------------------------------------------------------------
-def signing_zones(network: Network) -> list[str]:
-    """The zones that publish signed documents: each hospital (batch manifests), each platform (package
-    manifests), the HDH (receipts)."""
-    return [
-        *(zones.local(b.id) for b in network.local_bases),
-        *(zones.platform(p.id) for p in network.platforms),
-        zones.NATIONAL,
-    ]
-
-
 def new_signing_key(zone: str) -> dict:
     """A fresh Ed25519 signing key as a connection: the seed (base64) as password, the public key in extra."""
     from nacl.signing import SigningKey

@@ -55,6 +55,16 @@ def all_zones(network: Network) -> list[str]:
     return [*out, zones.NATIONAL]
 
 
+def signing_zones(network: Network) -> list[str]:
+    """The zones that publish signed documents: each hospital (batch manifests), each platform (package
+    manifests), the HDH (receipts)."""
+    return [
+        *(zones.local(b.id) for b in network.local_bases),
+        *(zones.platform(p.id) for p in network.platforms),
+        zones.NATIONAL,
+    ]
+
+
 @dataclass(frozen=True)
 class Login:
     login: str
