@@ -1,5 +1,5 @@
 # eds-network production image: the official Airflow image + the pinned runtime lock + this project.
-# Used by every Airflow service of docker-compose.yaml (and, unchanged, by remote Celery workers or the
+# Used by every Airflow service of docker-compose.yaml (and, unchanged, by a zone's Edge worker on its own host or the
 # official Helm chart). The Airflow version below, the image tag in docker-compose.yaml and the
 # `apache-airflow==` pin of requirements.txt must agree: tests/unit/test_compose.py checks it.
 #
@@ -48,5 +48,5 @@ COPY --chown=airflow:0 --chmod=0755 deploy/bin/ /opt/eds/bin/
 # 4. Fail the build, not the deployment: the Airflow version matches the lock, the providers the
 #    compose stack relies on are importable, and the network configuration baked in is valid.
 RUN python -c "import sys, airflow; lock = {l.split('==')[0]: l.split('==')[1].strip() for l in open('/opt/eds/requirements.txt') if '==' in l}; sys.exit(0 if lock['apache-airflow'] == airflow.__version__ else 'requirements.txt pins apache-airflow ' + lock['apache-airflow'] + ' but the image runs ' + airflow.__version__)" \
- && python -c "import airflow.providers.celery, airflow.providers.fab, airflow.providers.amazon, airflow.providers.postgres" \
+ && python -c "import airflow.providers.edge3, airflow.providers.fab, airflow.providers.amazon, airflow.providers.postgres" \
  && python -c "from eds_network.core.config import load_network; n = load_network(); print('network', n.name, [p.id for p in n.platforms])"

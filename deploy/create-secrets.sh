@@ -6,9 +6,10 @@
 #   deploy/create-secrets.sh [SECRETS_DIR]        default: deploy/secrets beside this script
 #   EDS_NETWORK_CONFIG=path/network.yaml          network file whose *key_connection_id are keyed
 #
-# One file per Docker secret (declared under `secrets:` in docker-compose.yaml), written without a
+# One file per Docker secret (declared under `secrets:` in docker-compose.yaml and in the generated
+# deploy/compose.zones.yaml: the zones' role passwords and MinIO keys), written without a
 # trailing newline. The directory is 0700 (only you); the files are 0644 because compose bind-mounts them
-# as they are and the containers read them as their own users (postgres, redis, airflow, minio).
+# as they are and the containers read them as their own users (postgres, airflow, minio).
 # `eds_keys` is a YAML mapping, by Airflow connection id, of the pseudonymisation keys: base64 of 32
 # random bytes; for the X25519 box key, `<id>` is the private key and `<id>.public` the public key;
 # `<id>.version` is the key's version (v1 when absent), stamped on everything keyed with it.
@@ -88,6 +89,8 @@ else
     echo "create-secrets.sh: no network file at $config; only the default national and transport keys" >&2
     key_ids[eds_key_transport]=transport_key_connection_id
 fi
+# the hospitals' date-shift key (used once a base sets pseudonymisation.date_shift_days), at its default id
+grep -qE '^[[:space:]-]*date_shift_key_connection_id:' "$config" 2>/dev/null || key_ids[eds_key_date_shift]=date_shift_key_connection_id
 # the national section's defaults
 national_keys=$(sed -n '/^national:/,/^[^[:space:]#]/p' "$config" 2>/dev/null || true)
 grep -qE '^[[:space:]]+key_connection_id:' <<< "$national_keys" || key_ids[eds_key_national]=key_connection_id

@@ -12,7 +12,8 @@ part of compose is generated rather than written by hand; the result is committe
   - its volume `zone-<queue>`, where airflow-init writes the zone's connections file (its own logins only);
   - its Edge worker `airflow-edge-<queue>` (the `x-airflow-edge-worker` template of docker-compose.yaml), serving
     the zone's queue only, with that volume mounted read-only and `[workers] secrets_backend` reading it: no
-    other service but airflow-init mounts it, and the worker mounts no other zone's secret.
+    other service but airflow-init mounts it, and the worker mounts no other zone's secret; a platform's worker
+    also mounts the OMOP vocabulary archive (`EDS_VOCABULARY_DIR`/`EDS_VOCABULARY_FILE`, deploy/vocabulary/).
 
     deploy/render-zones.py            rewrite deploy/compose.zones.yaml
     deploy/render-zones.py --check    exit 1 when the committed file differs from a fresh render
@@ -57,6 +58,9 @@ def _provision() -> Any:
 ZONE_DIR = "/opt/eds/zone"  # in a zone's worker: its own connections file, connections.json
 ZONES_DIR = "/opt/eds/zones"  # in airflow-init: every zone's folder, one volume each
 AIRFLOW_UID = "50000"  # the image's airflow user, who owns the zone folders
+# a platform's OMOP vocabulary archive (an Athena export, not shipped): deploy/vocabulary/ on the host, read-only
+VOCABULARY_MOUNT = "${EDS_VOCABULARY_DIR:-./deploy/vocabulary}:/opt/eds/vocabulary:ro"
+VOCABULARY_ZIP = "/opt/eds/vocabulary/${EDS_VOCABULARY_FILE:-vocabulary.zip}"
 
 
 def cluster_zones(network: Any) -> list[str]:
@@ -119,6 +123,9 @@ def worker_service(template: dict[str, Any], zone: str) -> dict[str, Any]:
         "EDS_ZONE": zone,
     }
     service["volumes"] = [f"{_volume(zone)}:{ZONE_DIR}:ro"]
+    if zones.kind(zone) == "platform":  # the OMOP vocabulary its consolidation standardises with (read-only)
+        service["environment"]["EDS_VOCABULARY_ZIP"] = VOCABULARY_ZIP
+        service["volumes"].append(VOCABULARY_MOUNT)
     return service
 
 

@@ -20,6 +20,9 @@ zone's worker).
 
     python provision.py             # everything (inside airflow-init)
     python provision.py --dry-run   # list the connections it would import (secrets masked)
+    EDS_SECRETS_DIR=deploy/secrets python deploy/airflow/provision.py --zone-files DIR [--zone local:hosp_a]
+                                    # only write each zone's connections file, DIR/<queue>/connections.json
+                                    # (mode 0600), e.g. for a zone's worker on its own host or in Kubernetes
     EDS_SECRETS_DIR=deploy/secrets python deploy/airflow/provision.py --export-env conns.env
                                     # AIRFLOW_CONN_<ID>=<json> lines (mode 0600), e.g. for a Kubernetes
                                     # Secret consumed through the Helm chart's extraEnvFrom
@@ -68,7 +71,12 @@ def connection_roles(network: Any) -> dict[str, dict[str, str]]:
     `network` is an `eds_network.core.config.Network`. Returns {conn_id: {"role", "conn_id", "platform", "base",
     "principal"}}: `principal` is the PostgreSQL role of the zone a database connection belongs to."""
     from eds_network.core import zones
-    from eds_network.orchestration.zone_connections import principal, signing_connection_id, signing_zones
+    from eds_network.orchestration.zone_connections import (
+        CENTRAL_CONNECTION_IDS,
+        principal,
+        signing_connection_id,
+        signing_zones,
+    )
 
     roles: dict[str, dict[str, str]] = {}
 
@@ -104,8 +112,12 @@ def connection_roles(network: Any) -> dict[str, dict[str, str]]:
     add(network.transport_key_connection_id, "transport_key")
     add(network.national.key_connection_id, "national_key")
     add(network.national.box_key_connection_id, "national_box_key")
+    if any(b.pseudonymisation.date_shift_days for b in network.local_bases):
+        add(network.date_shift_key_connection_id, "date_shift_key")
     for zone in signing_zones(network):
         add(signing_connection_id(zone), "signing_key", zone=zone)
+    for conn_id in CENTRAL_CONNECTION_IDS:  # the operator's worker: Airflow's REST API (onboarding backfills)
+        add(conn_id, "airflow_api", zone=zones.OPERATOR)
     return roles
 
 
@@ -136,10 +148,12 @@ def zone_connection_files(
 ) -> dict[str, dict[str, Any]]:
     """Zone -> the connections file its Edge worker alone reads: `zone_connections` (the function the embedded
     cluster uses, orchestration/zone_connections.py) over the rendered connections, with the zone's own PostgreSQL
-    role and MinIO user. The operator's holds the catalogue (role eds_operator) only."""
+    role and MinIO user. The operator's holds the catalogue (role eds_operator) and Airflow's REST API (the onboarding
+    DAG's backfills), as the embedded cluster's operator worker does, and no data connection."""
     from eds_network.core import zones
     from eds_network.orchestration.grants import minio_policies
     from eds_network.orchestration.zone_connections import (
+        CENTRAL_CONNECTION_IDS,
         TRUST_STORE_CONNECTION_ID,
         Login,
         ZoneLogins,
@@ -161,7 +175,8 @@ def zone_connection_files(
     out = {}
     for zone in database_zones(network):
         if zone == zones.OPERATOR:
-            out[zone] = {network.catalogue_connection_id: full[network.catalogue_connection_id]}
+            ids = [network.catalogue_connection_id, *CENTRAL_CONNECTION_IDS]
+            out[zone] = {c: full[c] for c in ids if c in full}
             continue
         s3 = None
         if f"{principal(zone)}.json" in with_s3:
@@ -177,12 +192,15 @@ def central_connections(network: Any, connections: Mapping[str, Mapping[str, Any
     return {network.catalogue_connection_id: connections[network.catalogue_connection_id]}
 
 
-def write_zone_files(files: Mapping[str, Mapping[str, Any]], folder: Path) -> None:
-    """Each zone's file into its own folder `<folder>/<queue>/connections.json` (a volume mounted in its worker)."""
+def write_zone_files(files: Mapping[str, Mapping[str, Any]], folder: Path, *, create: bool = False) -> None:
+    """Each zone's file into its own folder `<folder>/<queue>/connections.json` (a volume mounted in its worker);
+    `create`: make the folders, mode 0700 (`--zone-files`, outside the containers)."""
     from eds_network.core import zones
 
     for zone, conns in files.items():
         target = folder / zones.queue(zone)
+        if create:
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not target.is_dir():
             raise ProvisionError(f"{target} is missing: mount the zone's volume in airflow-init (compose.zones.yaml)")
         tmp = target / "connections.json.tmp"
@@ -436,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="list the connections, secrets masked")
     parser.add_argument("--export-env", type=Path, metavar="FILE", help="only write AIRFLOW_CONN_* lines to FILE")
+    parser.add_argument("--zone-files", type=Path, metavar="DIR", help="only write the zones' connections files to DIR")
+    parser.add_argument("--zone", action="append", help="with --zone-files: this zone only (repeatable)")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
     parser.add_argument("--config", help="network file (default: $EDS_NETWORK_CONFIG)")
     args = parser.parse_args(argv)
@@ -458,6 +478,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         lookup = secrets_lookup()
         files = zone_connection_files(network, connections, lookup)
+        if args.zone_files:
+            unknown = sorted(set(args.zone or ()) - set(files))
+            if unknown:
+                raise ProvisionError(f"unknown zone(s) {', '.join(unknown)}; the zones are {', '.join(files)}")
+            chosen = {z: c for z, c in files.items() if not args.zone or z in args.zone}
+            write_zone_files(chosen, args.zone_files, create=True)
+            print(f"wrote {len(chosen)} zone file(s) under {args.zone_files} (secrets: hand each to its zone only)")
+            return 0
         on_eds_db = eds_db_databases(network, connections, databases)
         create_databases(lookup, on_eds_db)
         migrate_catalogue(lookup, on_eds_db, network)

@@ -337,7 +337,10 @@ def test_each_worker_mounts_its_own_zone_secrets_only_and_no_central_service_any
     for name, worker in edge_workers(services).items():
         zone = environment(worker)["EDS_ZONE"]
         assert mounted_secrets(worker) == {"airflow_jwt_secret"}, f"{name}: {mounted_secrets(worker)}"
-        assert mounted_volumes(worker) == {f"zone-{zones.queue(zone)}"}, name
+        vocabulary = (
+            mounted_volumes({"volumes": [render_zones.VOCABULARY_MOUNT]}) if zones.kind(zone) == "platform" else set()
+        )
+        assert mounted_volumes(worker) == {f"zone-{zones.queue(zone)}", *vocabulary}, name
         own = json.loads(environment(worker)["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"])["connections_file_path"]
         assert environment(worker)["AIRFLOW__WORKERS__SECRETS_BACKEND"].endswith("LocalFilesystemBackend")
         mount = next(v for v in worker["volumes"] if v.startswith(f"zone-{zones.queue(zone)}:"))
@@ -473,6 +476,9 @@ def test_head_override_publishes_infrastructure_but_never_workers() -> None:
     override = load_compose(HEAD_OVERRIDE)["services"]
     assert not [n for n in override if n.startswith("airflow-edge-")]
     assert set(override) <= set(load_compose()["services"])
+    # what a remote zone's worker reaches: its data stores; never the metadata DB (an Edge worker calls the API)
+    assert set(override) == {"eds-db", "minio"}, set(override)
+    assert "celery" not in HEAD_OVERRIDE.read_text().lower() and "redis" not in HEAD_OVERRIDE.read_text().lower()
     for name, service in override.items():
         for port in service["ports"]:
             assert port.startswith("${EDS_PRIVATE_ADDR:?"), f"{name} publishes {port!r} beyond the private address"
@@ -481,9 +487,13 @@ def test_head_override_publishes_infrastructure_but_never_workers() -> None:
 def test_env_example_documents_every_compose_variable_and_holds_no_secret() -> None:
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     documented = dict(line.split("=", 1) for line in example.splitlines() if line.strip() and not line.startswith("#"))
-    used = {m.group(1) for path in (COMPOSE, HEAD_OVERRIDE) for m in VAR_REF.finditer(path.read_text())}
+    files = (COMPOSE, ZONES_COMPOSE, HEAD_OVERRIDE)
+    used = {m.group(1) for path in files for m in VAR_REF.finditer(path.read_text())}
     assert used - set(documented) == set(), "variables used but not in .env.example"
     assert [k for k in documented if SENSITIVE_NAME.search(k)] == []
+    # plain `docker compose` commands (docs) see the zones' services: the files make compose-up merges
+    assert documented["COMPOSE_FILE"].split(":") == ["docker-compose.yaml", "deploy/compose.zones.yaml"]
+    assert all((ROOT / f).is_file() for f in documented["COMPOSE_FILE"].split(":"))
 
 
 # -- Dockerfile and build context -----------------------------------------------------------------
@@ -753,6 +763,110 @@ def test_zone_connection_files_hold_each_zones_own_logins_and_the_metadata_db_no
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 and json.loads(path.read_text()) == files[zone]
 
 
+def test_the_operators_zone_file_holds_the_catalogue_and_the_airflow_api_as_the_embedded_cluster(
+    provision: Any, network: Any, secrets_dir: Path
+) -> None:
+    """The onboarding DAG's backfill runs on the operator's worker through `eds_airflow_api`: compose provisions it
+    there (and nowhere else), as the embedded cluster's operator worker has it."""
+    from eds_network.core import zones
+    from eds_network.orchestration.zone_connections import CENTRAL_CONNECTION_IDS
+
+    lookup = provision.secrets_lookup(secrets_dir, env={})
+    connections, _ = provision.render_connections(
+        provision.load_template(), provision.connection_roles(network), lookup
+    )
+    files = provision.zone_connection_files(network, connections, lookup)
+    operator = files[zones.OPERATOR]
+    assert set(operator) == {network.catalogue_connection_id, *CENTRAL_CONNECTION_IDS}
+    api = operator["eds_airflow_api"]
+    assert api["conn_type"] == "http" and api["login"] == "admin"
+    assert api["password"] == (secrets_dir / "airflow_admin_password").read_text()
+    assert api["extra"]["base_url"] == "http://airflow-apiserver:8080"  # a dict in the zone files
+    assert not [z for z, conns in files.items() if z != zones.OPERATOR and "eds_airflow_api" in conns]
+    assert "eds_airflow_api" not in provision.central_connections(network, connections)
+
+
+def test_provision_writes_one_zones_file_for_a_worker_on_its_own_host(
+    network: Any, secrets_dir: Path, tmp_path: Path
+) -> None:
+    """`provision.py --zone-files DIR --zone Z` (docs/production.md: a hospital's worker, a Kubernetes Secret) writes
+    that zone's file only, 0600 in a 0700 folder, touching no database; an unknown zone is refused by name."""
+    env = {**os.environ, "EDS_SECRETS_DIR": str(secrets_dir), "EDS_NETWORK_CONFIG": str(NETWORK)}
+    script = str(DEPLOY / "airflow" / "provision.py")
+    base = network.local_bases[0]
+    out = tmp_path / "zone-files"
+    done = subprocess.run(
+        [sys.executable, script, "--zone-files", str(out), "--zone", f"local:{base.id}"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out.iterdir()] == [f"local-{base.id}"]
+    folder = out / f"local-{base.id}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "connections.json").stat().st_mode) == 0o600
+    conns = json.loads((folder / "connections.json").read_text())
+    assert base.source_connection_id in conns and network.national.key_connection_id not in conns
+    assert conns[base.source_connection_id]["login"] == f"eds_local_{base.id}"
+    bad = subprocess.run(
+        [sys.executable, script, "--zone-files", str(tmp_path / "bad"), "--zone", "local:nowhere"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "unknown zone(s) local:nowhere" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_date_shift_key_reaches_the_hospitals_of_a_network_that_shifts_dates(
+    provision: Any, secrets_dir: Path, tmp_path: Path
+) -> None:
+    from eds_network.core import zones
+    from eds_network.core.config import load_network
+
+    text = NETWORK.read_text()
+    assert "date_shift_days: 0" in text
+    shifted = tmp_path / "network.yaml"
+    shifted.write_text(text.replace("date_shift_days: 0", "date_shift_days: 3", 1))
+    network = load_network(shifted)
+    key_id = network.date_shift_key_connection_id
+    assert yaml.safe_load((secrets_dir / "eds_keys").read_text())[key_id], "create-secrets.sh makes the key"
+    lookup = provision.secrets_lookup(secrets_dir, env={})
+    connections, _ = provision.render_connections(
+        provision.load_template(), provision.connection_roles(network), lookup
+    )
+    files = provision.zone_connection_files(network, connections, lookup)
+    shifting = {zones.local(b.id) for b in network.local_bases if b.pseudonymisation.date_shift_days}
+    assert shifting and {z for z, conns in files.items() if key_id in conns} == shifting
+
+
+def test_each_platforms_worker_mounts_the_vocabulary_archive_and_no_other_worker_does(
+    services: dict[str, Any], render_zones: Any
+) -> None:
+    from eds_network.core import zones
+
+    for name, worker in edge_workers(services).items():
+        zone = environment(worker)["EDS_ZONE"]
+        env = environment(worker)
+        if zones.kind(zone) == "platform":
+            assert with_default(env["EDS_VOCABULARY_ZIP"]) == "/opt/eds/vocabulary/vocabulary.zip", name
+            mount = with_default(render_zones.VOCABULARY_MOUNT)
+            assert render_zones.VOCABULARY_MOUNT in worker["volumes"] and mount.endswith(":/opt/eds/vocabulary:ro")
+            assert (ROOT / mount.split(":")[0]).is_dir(), "the default vocabulary folder is in the checkout"
+        else:
+            assert "EDS_VOCABULARY_ZIP" not in env and render_zones.VOCABULARY_MOUNT not in worker["volumes"], name
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/vocabulary/vocabulary.zip"], cwd=ROOT)
+    assert ignored.returncode == 0, "a licensed vocabulary archive would be committed"
+    assert "deploy/vocabulary/" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_render_zones_check_fails_on_a_stale_file_and_passes_on_the_committed_one(tmp_path: Path) -> None:
+    script = [sys.executable, str(DEPLOY / "render-zones.py"), "--config", str(NETWORK)]
+    fresh = subprocess.run([*script, "--check"], capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    stale = tmp_path / "compose.zones.yaml"
+    stale.write_text(ZONES_COMPOSE.read_text().replace("airflow-edge-national", "airflow-edge-old"))
+    drift = subprocess.run([*script, "--check", "--output", str(stale)], capture_output=True, text=True, timeout=120)
+    assert drift.returncode == 1 and "not a fresh render" in drift.stderr
+
+
 @pytest.fixture(scope="module")
 def render_zones() -> Any:
     spec = importlib.util.spec_from_file_location("eds_render_zones", DEPLOY / "render-zones.py")
@@ -876,7 +990,7 @@ def test_connection_template_renders_every_connection_of_the_network(
     named |= {network.national.landing_zone.connection_id, network.national.key_connection_id}
     named |= {network.national.box_key_connection_id, network.national.tables_connection_id}
     named |= {f"eds_sign_{z.replace(':', '_')}" for z in [*(f"local:{b.id}" for b in network.local_bases)]}
-    named |= {f"eds_sign_platform_{p.id}" for p in network.platforms} | {"eds_sign_national"}
+    named |= {f"eds_sign_platform_{p.id}" for p in network.platforms} | {"eds_sign_national", "eds_airflow_api"}
     for p in network.platforms:
         named |= {p.warehouse_connection_id, p.key_connection_id, p.intake.connection_id, p.outbox.connection_id}
         named |= {b.source_connection_id for b in p.members}
@@ -986,6 +1100,11 @@ def test_make_fragment_defines_compose_targets_with_tab_indented_recipes(tmp_pat
     order = [plan.index(s) for s in ("create-secrets.sh", "make-certs.sh", "up -d --build")]
     assert order == sorted(order), plan
     assert "-f docker-compose.yaml -f deploy/compose.zones.yaml up -d" in plan and f"cd {ROOT}" in plan
+
+
+def test_the_image_build_checks_the_edge_provider_the_stack_runs() -> None:
+    checks = [ln for ln in DOCKERFILE.read_text().splitlines() if "import airflow.providers." in ln]
+    assert checks and "airflow.providers.edge3" in checks[0], "the build must fail when the Edge provider is missing"
 
 
 def test_the_image_carries_no_dev_dependency() -> None:
