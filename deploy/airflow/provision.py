@@ -23,6 +23,10 @@ zone's worker).
     EDS_SECRETS_DIR=deploy/secrets python deploy/airflow/provision.py --zone-files DIR [--zone local:hosp_a]
                                     # only write each zone's connections file, DIR/<queue>/connections.json
                                     # (mode 0600), e.g. for a zone's worker on its own host or in Kubernetes
+    EDS_SECRETS_DIR=deploy/secrets EDS_DB_HOST=127.0.0.1 EDS_DB_PORT=5433 \
+        python deploy/airflow/provision.py --seed-connections FILE
+                                    # the demo's seeding file (catalogue and sources as eds_admin, mode 0600)
+                                    # for `eds seed --connections FILE`
     EDS_SECRETS_DIR=deploy/secrets python deploy/airflow/provision.py --export-env conns.env
                                     # AIRFLOW_CONN_<ID>=<json> lines (mode 0600), e.g. for a Kubernetes
                                     # Secret consumed through the Helm chart's extraEnvFrom
@@ -207,6 +211,20 @@ def write_zone_files(files: Mapping[str, Mapping[str, Any]], folder: Path, *, cr
         write_private(tmp, json.dumps(conns, indent=2, sort_keys=True))
         tmp.replace(target / "connections.json")
         print(f"  zone {zone}: {len(conns)} connections -> {target}/connections.json", flush=True)
+
+
+def seed_connections(
+    network: Any, connections: Mapping[str, Mapping[str, Any]], lookup: Lookup
+) -> dict[str, dict[str, Any]]:
+    """The demo's seeding file for `eds seed --connections FILE`: the catalogue and every source database as the
+    eds-db superuser (the zones' roles cannot create the demo schemas; the superuser's default privileges give each
+    hospital's role SELECT on what it creates). No zone's login, no key."""
+    admin = {
+        "login": lookup("env", "EDS_DB_ADMIN_USER:-eds_admin"),
+        "password": lookup("secret", ADMIN_PASSWORD_SECRET),
+    }
+    ids = [network.catalogue_connection_id, *(b.source_connection_id for b in network.local_bases)]
+    return {c: {**connections[c], **admin} for c in ids}
 
 
 def zone_passwords(network: Any, lookup: Lookup) -> dict[str, str]:
@@ -456,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-env", type=Path, metavar="FILE", help="only write AIRFLOW_CONN_* lines to FILE")
     parser.add_argument("--zone-files", type=Path, metavar="DIR", help="only write the zones' connections files to DIR")
     parser.add_argument("--zone", action="append", help="with --zone-files: this zone only (repeatable)")
+    parser.add_argument("--seed-connections", type=Path, metavar="FILE", help="only write the demo's seeding file")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
     parser.add_argument("--config", help="network file (default: $EDS_NETWORK_CONFIG)")
     args = parser.parse_args(argv)
@@ -477,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         lookup = secrets_lookup()
+        if args.seed_connections:
+            write_private(args.seed_connections, json.dumps(seed_connections(network, connections, lookup), indent=2))
+            print(f"wrote {args.seed_connections} (the eds-db superuser's password: delete it after `eds seed`)")
+            return 0
         files = zone_connection_files(network, connections, lookup)
         if args.zone_files:
             unknown = sorted(set(args.zone or ()) - set(files))

@@ -815,6 +815,37 @@ def test_provision_writes_one_zones_file_for_a_worker_on_its_own_host(
     assert not (tmp_path / "bad").exists()
 
 
+def test_provision_writes_the_demos_seeding_file_for_eds_seed_as_the_superuser_only(
+    network: Any, secrets_dir: Path, tmp_path: Path
+) -> None:
+    """`provision.py --seed-connections FILE` then `eds seed --connections FILE` (docs/production.md) seeds the compose
+    demo sources and catalogue as eds_admin: the file names those databases only, with no zone's login nor key."""
+    from eds_network.dev.demo import seed_dsns
+
+    env = {**os.environ, "EDS_SECRETS_DIR": str(secrets_dir), "EDS_NETWORK_CONFIG": str(NETWORK)}
+    env |= {"EDS_DB_HOST": "127.0.0.1", "EDS_DB_PORT": "5433"}
+    out = tmp_path / "seed.json"
+    done = subprocess.run(
+        [sys.executable, str(DEPLOY / "airflow" / "provision.py"), "--seed-connections", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    conns = json.loads(out.read_text())
+    admin = (secrets_dir / "eds_db_admin_password").read_text()
+    assert set(conns) == {network.catalogue_connection_id, *(b.source_connection_id for b in network.local_bases)}
+    assert {(c["login"], c["password"], c["host"], c["port"]) for c in conns.values()} == {
+        ("eds_admin", admin, "127.0.0.1", 5433)
+    }
+    dsns = seed_dsns(network, str(out))
+    assert dsns[network.catalogue_connection_id].endswith(f"@127.0.0.1:5433/{network.catalogue_connection_id}")
+    text = out.read_text()
+    assert not [
+        p.name for p in secrets_dir.iterdir() if p.name.startswith(("pg_password_", "s3_")) and p.read_text() in text
+    ]
+    assert not any(str(v) in text for v in yaml.safe_load((secrets_dir / "eds_keys").read_text()).values())
+
+
 def test_a_date_shift_key_reaches_the_hospitals_of_a_network_that_shifts_dates(
     provision: Any, secrets_dir: Path, tmp_path: Path
 ) -> None:
