@@ -514,3 +514,41 @@ def test_an_operator_records_the_missing_milestone_on_the_page_and_the_next_nati
     assert row.locator("[data-lead-state]").get_attribute("data-lead-state") in ("within", "over")  # no longer pending
     page.screenshot(path=str(ARTIFACTS / "eds_milestone_recorded.png"), full_page=True)
     ctx.close()
+
+
+def test_a_feasibility_question_asked_on_the_page_triggers_the_dag_through_the_rest_api(stack, api_server, ui_db):
+    """The plugin's own trigger: the form's question recorded (requested, by the Airflow user) and a run of
+    `eds_project_feasibility` created through Airflow's REST API with its request id and cohort."""
+    from eds_network.catalogue import feasibility_requests
+
+    base, token = api_server
+    dsn, _ = ui_db
+    stack.airflow("dags", "reserialize")  # the API server triggers only DAGs it knows (no DAG processor here)
+    form = {"name": "page-q", "table": "condition_occurrence", "concepts": "201826", "descendants": "on"}
+    form |= {"start": "2000-01-01", "end": "2027-01-01", "k": "11"}
+    req = urllib.request.Request(
+        f"{base}/eds/projects/feasibility",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        out = json.loads(resp.read())
+    rid = out["request_id"]
+    (asked,) = [q for q in feasibility_requests.requests(dsn) if q["id"] == rid]
+    assert out["run_id"] and asked["run_id"] == out["run_id"], asked["detail"]
+    assert asked["requested_by"] == "admin" and asked["status"] == "requested"
+    run_url = f"{base}/api/v2/dags/eds_project_feasibility/dagRuns/{urllib.parse.quote(out['run_id'])}"
+    status, body = _http(run_url, token=token)
+    assert status == 200, body
+    conf = json.loads(body)["conf"]
+    assert conf["request_id"] == rid and json.loads(conf["cohort_json"])["name"] == "page-q"
+    html = _http(f"{base}/eds/projects", token=token, accept="text/html")[1].decode()
+    assert f"data-request='{rid}' data-status='requested'" in html
+    # no scheduler here: the run stays queued; leave nothing for a later one
+    urllib.request.urlopen(
+        urllib.request.Request(run_url, method="DELETE", headers={"Authorization": f"Bearer {token}"}), timeout=30
+    )

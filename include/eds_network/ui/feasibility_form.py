@@ -48,6 +48,7 @@ def feasibility_routes(app, deps: list, dsn: Callable[[], str], prefix: str, rec
     returns the DAG run id (None: nothing triggers runs here), `page(status, error, notice)` renders /projects."""
     from fastapi import Depends, HTTPException, Request
     from fastapi.responses import JSONResponse, RedirectResponse
+    from starlette.concurrency import run_in_threadpool
 
     from eds_network.ui.forms import FORM_MAX_BYTES, SESSION_COOKIE, _same_origin, csrf_token
 
@@ -72,16 +73,19 @@ def feasibility_routes(app, deps: list, dsn: Callable[[], str], prefix: str, rec
             if wants_json:
                 return JSONResponse({"detail": error}, status_code=status)
             return page(request, status, error=error)
-        rid = feasibility_requests.request(dsn(), cohort, k, actor=who)
+        # blocking calls off the event loop: the trigger goes through the REST API of this very server
+        rid = await run_in_threadpool(feasibility_requests.request, dsn(), cohort, k, actor=who)
         run_id, detail = None, None
         if trigger is not None:
             try:
-                run_id = trigger({"request_id": rid, "cohort_json": json.dumps(cohort), "k": k})
+                run_id = await run_in_threadpool(
+                    trigger, {"request_id": rid, "cohort_json": json.dumps(cohort), "k": k}
+                )
             except EdsError as exc:
                 detail = str(exc)
             except Exception as exc:  # Airflow refused or is unreachable: the request stays requested
                 detail = f"{type(exc).__name__}: the run could not be triggered"
-        feasibility_requests.set_triggered(dsn(), rid, run_id=run_id, detail=detail)
+        await run_in_threadpool(feasibility_requests.set_triggered, dsn(), rid, run_id=run_id, detail=detail)
         if wants_json:
             return JSONResponse({"request_id": rid, "run_id": run_id, "status": "requested"})
         return RedirectResponse(f"{prefix}/projects?asked={rid}#feasibility-form", 303)
