@@ -194,18 +194,32 @@ def _national_resources(stack: Stack, net, ep):
     )
 
 
-def _night(p, pres, target, hdh, nres, ep, **kw) -> tuple[float, int, str]:
-    """One delivery end to end, timed: package → transfer → receipt → apply → acknowledgement."""
+def _night(p, pres, target, hdh, nres, ep, phases: dict | None = None, **kw) -> tuple[float, int, str]:
+    """One delivery end to end, timed: package → transfer → receipt → apply → acknowledgement (each phase's
+    seconds into `phases`, when given)."""
     from eds_network.national import ack, receipt
     from eds_network.national import tables as national_tables
     from eds_network.platform import package as packaging
 
-    t0 = time.perf_counter()
+    phases = {} if phases is None else phases
+    t0 = last = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        phases[name] = round(now - last, 2)
+        last = now
+
     pkg = packaging.package(p, pres, {}, **kw)
+    lap("package")
     d = transfer.transfer_platform(p, target, nres)
+    lap("transfer")
     receipt.receipt(target, ep, d.delivery_id)
+    lap("receipt")
     applied = national_tables.apply_delivery(target, hdh, d.delivery_id)
+    lap("apply")
     ack.acknowledge(p, ep, hdh.dsn, applied.ref())
+    lap("acknowledge")
     if applied.status != "applied":
         raise RuntimeError(f"{pkg.kind} delivery not applied: {applied.status}")
     return time.perf_counter() - t0, int(pkg.ref()["bytes"]), pkg.kind
@@ -234,6 +248,8 @@ def run_deliveries(stack: Stack, *, patients: int, reps: int, change: float = 0.
     ep = S3Endpoint(stack.s3_endpoint, *stack.s3_login)
     nres = _national_resources(stack, net, ep)
     full_s, inc_s, full_b, inc_b, changed, rows = [], [], [], [], 0, 0
+    inc_phases: list[dict] = []
+    full_phases: list[dict] = []
     for i in range(reps):
         tag = uuid.uuid4().hex[:8]
         p = platform.model_copy(
@@ -267,12 +283,14 @@ def run_deliveries(stack: Stack, *, patients: int, reps: int, change: float = 0.
                 (max(1, n // 10),),
             )
             changed = n + max(1, n // 10)
-        el, b, kind = night()
+        inc_phases.append({})
+        el, b, kind = night(phases=inc_phases[-1])
         if kind != "incremental":
             raise RuntimeError(f"expected an incremental delivery, got {kind}")
         inc_s.append(el)
         inc_b.append(b)
-        el, b, kind = night(full=True)
+        full_phases.append({})
+        el, b, kind = night(phases=full_phases[-1], full=True)
         full_s.append(el)
         full_b.append(b)
         log.info(
@@ -298,4 +316,7 @@ def run_deliveries(stack: Stack, *, patients: int, reps: int, change: float = 0.
         "full_bytes": int(sorted(full_b)[len(full_b) // 2]),
         "time_ratio": ratio(si, sf),
         "bytes_ratio": sorted(inc_b)[len(inc_b) // 2] / sorted(full_b)[len(full_b) // 2],
+        # seconds per phase (package, transfer, receipt, apply, acknowledge), one dict per run
+        "incremental_phases": inc_phases,
+        "full_phases": full_phases,
     }
