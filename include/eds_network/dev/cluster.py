@@ -33,7 +33,7 @@ from eds_network.core import zones
 from eds_network.core.config import REPO_ROOT, Network, load_network
 from eds_network.core.errors import EdsError
 from eds_network.dev.postgres import wait_port
-from eds_network.dev.processes import MARKER
+from eds_network.dev.processes import MARKER, group_alive
 from eds_network.orchestration.airflow_api import AirflowApi, AirflowApiError
 from eds_network.orchestration.zone_connections import CENTRAL_CONNECTION_IDS, all_zones
 
@@ -372,10 +372,10 @@ class Cluster:
                 continue
             _signal_group(pids[name], signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_group_alive(p) for p in pids.values()):
+        while time.monotonic() < deadline and any(group_alive(p) for p in pids.values()):
             time.sleep(0.5)
         for name, pid in pids.items():
-            if _group_alive(pid):
+            if group_alive(pid):
                 _signal_group(pid, signal.SIGKILL)
             self._pidfile(name).unlink(missing_ok=True)
 
@@ -440,11 +440,3 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

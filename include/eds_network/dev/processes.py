@@ -40,7 +40,9 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether a process group has a running member: a zombie (exited, not yet reaped by its parent, as a
+    process this one started and has not waited for) does not count, though the kernel still signals it."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -91,7 +93,7 @@ def _end(pids: Sequence[int], *, group: bool, grace: float) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             send(pid, signal.SIGTERM)
-    alive = _group_alive if group else _alive
+    alive = group_alive if group else _alive
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
@@ -133,7 +135,7 @@ class ProcessRegistry:
                 pgid = int(f.read_text().strip())
             except ValueError:
                 pgid = 0
-            if pgid and _group_alive(pgid):
+            if pgid and group_alive(pgid):
                 out[f.stem] = pgid
             else:
                 f.unlink(missing_ok=True)
@@ -157,7 +159,7 @@ class ProcessRegistry:
         try:
             yield proc
         finally:
-            if proc.poll() is None or _group_alive(proc.pid):
+            if proc.poll() is None or group_alive(proc.pid):
                 _end([proc.pid], group=True, grace=GRACE_S)
                 proc.wait()
             self.forget(name)
