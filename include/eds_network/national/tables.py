@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
@@ -39,7 +42,8 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     ValidationException,
 )
-from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.expressions import EqualTo
+from pyiceberg.io.pyarrow import _dataframe_to_data_files  # pinned pyiceberg 0.12: see _rewrite_without
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.transforms import IdentityTransform
@@ -240,7 +244,7 @@ def _commit_changes(
         keys += gone
     if not keys:
         return "unchanged", 0, 0, None
-    flt = And(EqualTo(PLATFORM_COLUMN, platform), In(key, sorted(set(keys))))
+    doomed = pa.array(sorted(set(keys)), pa.int64())
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         tbl = ensure_table(catalog, table)
         snap = applied_snapshot(tbl, props[PROP_DELIVERY])
@@ -249,9 +253,7 @@ def _commit_changes(
         n = 0
         try:
             with tbl.transaction() as tx:
-                with warnings.catch_warnings():  # new rows only: nothing to delete
-                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
-                    tx.delete(flt, snapshot_properties=props)
+                _rewrite_without(tx, tbl, table, platform, key, doomed, props)
                 if rows is not None:
                     for chunk in _chunks(rows, table, platform):
                         tx.append(chunk, snapshot_properties=props)
@@ -264,6 +266,37 @@ def _commit_changes(
         tbl = catalog.load_table((NAMESPACE, table))
         return "applied", n, n_deleted, tbl.metadata.current_snapshot_id
     raise IntegrityError(f"could not commit after {COMMIT_ATTEMPTS} attempts (concurrent writers)", table=table)
+
+
+def _rewrite_without(tx, tbl: IcebergTable, table: str, platform: str, key: str, doomed: pa.Array, props) -> int:
+    """Copy-on-write delete in `tx` of the platform's rows whose `key` is in `doomed`: only the data files holding
+    one are rewritten (found by each file's key column alone; a row-filter delete reads every file in full, its
+    statistics cannot prune an IN list of many keys). Returns the data files rewritten."""
+    hits = []
+    for task in tbl.scan(row_filter=EqualTo(PLATFORM_COLUMN, platform)).plan_files():
+        if task.delete_files:  # never written by this module: a copy-on-write table has none
+            raise IntegrityError("unexpected delete files in a national table", table=table)
+        with tbl.io.new_input(task.file.file_path).open() as f:
+            held = pq.read_table(f, columns=[key]).column(key)
+        if pc.any(pc.is_in(held, value_set=doomed)).as_py():
+            hits.append(task.file)
+    if not hits:
+        return 0
+    schema = arrow_schema(table)
+    commit_uuid, counter = uuid.uuid4(), itertools.count(0)
+    with tx.update_snapshot(snapshot_properties=props).overwrite(commit_uuid=commit_uuid) as ow:
+        for data_file in hits:
+            with tbl.io.new_input(data_file.file_path).open() as f:
+                kept = pq.read_table(f).select(schema.names)
+            kept = kept.filter(pc.invert(pc.is_in(kept.column(key), value_set=doomed))).cast(schema)
+            ow.delete_data_file(data_file)
+            if kept.num_rows:
+                # pyiceberg's writer, as its own delete uses it: rewritten files belong to the overwrite snapshot
+                for new in _dataframe_to_data_files(
+                    table_metadata=tx.table_metadata, df=kept, io=tbl.io, write_uuid=commit_uuid, counter=counter
+                ):
+                    ow.append_data_file(new)
+    return len(hits)
 
 
 def _manifest_props(body: bytes, manifest: dict, delivery_id: str) -> dict[str, str]:
