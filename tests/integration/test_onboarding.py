@@ -172,7 +172,7 @@ def _wait(ready, timeout: float, procs: dict[Path, subprocess.Popen] | None = No
                 raise AssertionError(f"{proc.args[-1]} exited with {proc.returncode}; the end of {log}:\n{tail}")
         if ready():
             return
-        time.sleep(3)
+        time.sleep(1)
     raise AssertionError(f"not ready after {timeout:.0f}s")
 
 
