@@ -80,16 +80,46 @@ def rehearsal():
             s.stop()
 
 
+def _ids(s, c) -> dict:
+    """Every platform's warehouse visit ids, and per national table and platform its ids, read as the HDH zone
+    reads them (its own PostgreSQL role and S3 credential, from its zone's connections file)."""
+    from urllib.parse import quote
+
+    from eds_network.core.storage import S3Endpoint
+    from eds_network.national import tables
+
+    out: dict = {"warehouse": {}, "national": {}}
+    for p in NETWORK.platforms:
+        with psycopg.connect(s.dsn(f"wh_{p.id}")) as conn:
+            out["warehouse"][p.id] = {
+                r[0] for r in conn.execute("SELECT visit_occurrence_id FROM omop.visit_occurrence")
+            }
+    own = json.loads(c.zone_connections_file(zones.NATIONAL).read_text())
+    pg, s3 = own[NETWORK.national.tables_connection_id], own[NETWORK.national.landing_zone.connection_id]
+    dsn = f"postgresql://{quote(pg['login'])}:{quote(pg['password'], safe='')}@{pg['host']}:{pg['port']}/{pg['schema']}"
+    landing = S3Endpoint(s3["extra"]["endpoint_url"], s3["login"], s3["password"], verify=s3["extra"]["verify"])
+    res = tables.NationalTables(dsn, landing)
+    catalog = res.catalog(NETWORK.national)
+    for name in ("person", "visit_occurrence"):
+        key = "person_id" if name == "person" else "visit_occurrence_id"
+        for p in NETWORK.platforms:
+            out["national"][(name, p.id)] = set(tables.platform_rows(catalog, name, p.id).column(key).to_pylist())
+    return out
+
+
 @pytest.fixture(scope="module")
 def rotated(rehearsal):
-    """The platform idf's level-1 key rotated (new secret, version bumped), then the same night again."""
+    """The platform idf's level-1 key and the network's transport key rotated (new secrets, versions bumped), then
+    the same night again: every base re-extracts in full under the new versions."""
     from eds_network.dev.keys import rotate_stack_key
 
     s, c = rehearsal["stack"], rehearsal["cluster"]
+    before = _ids(s, c)
     old, new = rotate_stack_key(s, NETWORK, IDF.key_connection_id)
+    transport = rotate_stack_key(s, NETWORK, NETWORK.transport_key_connection_id)
     c.write_secrets()  # each zone's own file: the key holder gets the new key, the others its version at most
     states = c.run_night(rehearsal["night"], timeout=2400)
-    return {"old": old, "new": new, "states": states}
+    return {"old": old, "new": new, "transport": transport, "states": states, "before": before, "after": _ids(s, c)}
 
 
 def _all_dags() -> set[str]:
@@ -182,3 +212,20 @@ def test_a_key_rotation_bumps_the_version_re_extracts_and_retires_the_old_one(re
     assert [d for (d,) in retired if d.get("version") == "v1"], retired  # audited: the old version is retired
     # the counts of the re-keyed night are those of the first night: nothing lost, nothing doubled
     assert cli.summary_counts(s.dsn("catalogue"))["mutualised:idf"] == rehearsal["counts"]["mutualised:idf"]
+
+
+def test_the_transport_key_rotation_keeps_every_count_and_changes_every_id_down_to_the_national_tables(
+    rehearsal, rotated
+):
+    s = rehearsal["stack"]
+    assert rotated["transport"] == ("v1", "v2")
+    assert rotated["states"] == dict.fromkeys(_all_dags(), "success")
+    assert cli.summary_counts(s.dsn("catalogue")) == rehearsal["counts"]  # every level, every table, every scope
+    before, after = rotated["before"], rotated["after"]
+    for p, ids in before["warehouse"].items():  # level-1 row ids are keyed by the transport key
+        assert ids and len(after["warehouse"][p]) == len(ids) and not ids & after["warehouse"][p], p
+    for key, ids in before["national"].items():  # national ids come from the tokens: all new, as many
+        assert ids and len(after["national"][key]) == len(ids) and not ids & after["national"][key], key
+    with psycopg.connect(s.dsn(f"wh_{IDF.id}")) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM eds_platform.packaged ORDER BY packaged_at")]
+    assert kinds[-1] == "full"  # the first package under the new transport version replaces the HDH's partition

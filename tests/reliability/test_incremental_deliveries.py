@@ -672,3 +672,5 @@ def test_rotating_the_transport_key_keeps_every_count_and_changes_every_id_down_
         if t != "person":  # level-1 person ids come from the key holder's OPRF: the transport key does not key them
             assert not wh_before & wh_after, t
         assert not nat_before & nat_after, t
+    pkg3, _, _ = net.night()  # the HDH acknowledged the full package: the next night is incremental again
+    assert pkg3.kind == "unchanged"

@@ -144,11 +144,15 @@ def transport_version(conn: psycopg.Connection, platform_id: str) -> str | None:
     )
 
 
-def last_packaged_transport_version(conn: psycopg.Connection) -> str | None:
-    """The transport key version of the platform's latest package that recorded one."""
+def acknowledged_transport_version(conn: psycopg.Connection, upto_seq: int | None) -> str | None:
+    """The transport key version of the package the HDH acknowledged (the one packaged up to `upto_seq`), so that
+    a full package made but never applied is made again."""
+    if upto_seq is None:
+        return None
     row = conn.execute(
-        "SELECT transport_version FROM eds_platform.packaged WHERE transport_version IS NOT NULL"
-        " ORDER BY packaged_at DESC, delivery_id DESC LIMIT 1"
+        "SELECT transport_version FROM eds_platform.packaged WHERE upto_seq = %s AND transport_version IS NOT NULL"
+        " ORDER BY packaged_at DESC, delivery_id DESC LIMIT 1",
+        (int(upto_seq),),
     ).fetchone()
     return row[0] if row else None
 

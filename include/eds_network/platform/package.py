@@ -185,7 +185,7 @@ def _kind_of_package(
     with psycopg.connect(res.warehouse_dsn) as conn:
         keyversions.require_single_version(conn, platform.id, tables, {b.site_number: b.id for b in platform.members})
         transport = keyversions.transport_version(conn, platform.id)
-        before = keyversions.last_packaged_transport_version(conn)
+        before = keyversions.acknowledged_transport_version(conn, (ack or {}).get("upto_seq"))
         if full is None and transport is not None and before is not None and transport != before:
             log.info("%s: transport key version %s -> %s: a full delivery", platform.id, before, transport)
             full = True
