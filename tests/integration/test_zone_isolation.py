@@ -120,9 +120,12 @@ def test_a_platform_task_cannot_obtain_a_hospital_source_the_transport_key_or_th
         got = _probe(probes, zones.platform(p.id))
         for b in NETWORK.local_bases:
             assert b.source_connection_id in got["refused"], (p.id, b.id)
-        for conn_id in (NETWORK.transport_key_connection_id, NETWORK.national.box_key_connection_id):
-            assert conn_id in got["refused"], (p.id, conn_id)
-            assert "isn't defined" in got["refused"][conn_id], got["refused"][conn_id]  # Airflow's own refusal
+        conn_id = NETWORK.transport_key_connection_id
+        assert conn_id in got["refused"], (p.id, conn_id)
+        assert "isn't defined" in got["refused"][conn_id], got["refused"][conn_id]  # Airflow's own refusal
+        # the box key's public half only (feasibility counts are sealed to the HDH): its private key is not there
+        assert NETWORK.national.box_key_connection_id in got["held"], p.id
+        assert NETWORK.national.box_key_connection_id not in got["with_secret"], p.id
         assert p.warehouse_connection_id in got["held"]
         # the platform knows its level-1 key's version, never the key
         assert p.key_connection_id in got["held"] and p.key_connection_id not in got["with_secret"]
