@@ -362,22 +362,30 @@ class Cluster:
         raise EdsError(f"the night did not finish within {timeout:.0f}s: {seen}")
 
     def stop(self, grace: float = 20) -> None:
-        """End every process of the cluster (workers first), by the process group each was started in: all are
-        asked at once (SIGTERM), those still there after `grace` seconds are killed."""
-        pids: dict[str, int] = {}
-        for name in reversed(self.process_names()):
-            try:
-                pids[name] = int(self._pidfile(name).read_text())
-            except (OSError, ValueError):
-                continue
-            _signal_group(pids[name], signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(group_alive(p) for p in pids.values()):
-            time.sleep(0.5)
-        for name, pid in pids.items():
-            if group_alive(pid):
-                _signal_group(pid, signal.SIGKILL)
-            self._pidfile(name).unlink(missing_ok=True)
+        """End every process of the cluster by the process group each was started in: the zones' Edge workers
+        first, while the API server they report to is still up, then the central processes.
+
+        A worker asked to stop (SIGTERM) ends its running jobs and then tells the central side it is offline,
+        through the API server; asked at the same time as the API server, it retries that call until it is
+        killed (20-40 s). Each phase waits at most `grace` seconds, then kills what is left."""
+        workers = [self.worker_name(z) for z in cluster_zones(self.network)]
+        central = [n for n in reversed(self.process_names()) if n not in workers]
+        for phase in (workers, central):
+            pids: dict[str, int] = {}
+            for name in phase:
+                try:
+                    pids[name] = int(self._pidfile(name).read_text())
+                except (OSError, ValueError):
+                    continue
+                _signal_group(pids[name], signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(group_alive(p) for p in pids.values()):
+                time.sleep(0.2)
+            for name, pid in pids.items():
+                if group_alive(pid):
+                    log.warning("%s still running %.0fs after SIGTERM: killed", name, grace)
+                    _signal_group(pid, signal.SIGKILL)
+                self._pidfile(name).unlink(missing_ok=True)
 
     def workers(self) -> list[dict]:
         """The Edge workers the central side knows: hostname, state, queues, last heartbeat."""
