@@ -8,9 +8,10 @@ manifested batch in a bench prefix of the platform intake; then, per run, in a f
          unindexed table with the same columns: the floor of getting these rows into PostgreSQL.
 
 Item 5, national upload: a file of random (incompressible) bytes, per run:
-  ours   the `transfer` upload path: SHA-256 of the file, multipart upload with SSE and the checksum in the
-         metadata (`transfer._upload_once`), then `transfer.verify_object` (HEAD: encryption, then the whole
-         object read back and hashed);
+  ours   the `transfer` upload path: SHA-256 of the file (the manifest's; the key is named by it), multipart
+         upload with SSE, the SHA-256 in the metadata and one SHA-256 checksum per part computed while sending
+         (`transfer._upload_once`, `core.uploads`), then `landing.verify_upload` (one HEAD: encryption, size,
+         and the store's composite checksum of its copy against ours; no read-back);
   raw    boto3 `upload_file` of the same bytes to the same endpoint (default transfer settings).
 """
 
@@ -35,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_local  # noqa: E402
 from common import ratio, stats  # noqa: E402
 
-from eds_network.core import omop
+from eds_network.core import omop, uploads
 from eds_network.core.storage import delete_prefix, download, ensure_bucket, sha256_file  # noqa: E402
 from eds_network.dev.stack import Stack  # noqa: E402
 from eds_network.local import extract, publish
-from eds_network.national import transfer  # noqa: E402
+from eds_network.national import landing, transfer  # noqa: E402
 from eds_network.platform import consolidate
 
 log = logging.getLogger("bench.platform")
@@ -151,9 +152,15 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
             key = f"{UPLOAD_PREFIX}ours-{i}.bin"
             t0 = time.perf_counter()
             sha = sha256_file(path)
-            transfer._upload_once(s3, path, bucket, key, sha, sse, "bench")
-            transfer.verify_object(s3, bucket, {"key": key, "sha256": sha, "bytes": size_bytes, "table": "bench"})
+            checksum = transfer._upload_once(s3, path, bucket, key, sha, sse, "bench")
+            f = {"key": key, "sha256": sha, "bytes": size_bytes, "table": "bench"}
+            landing.verify_upload(s3, bucket, f, checksum)
             ours.append(time.perf_counter() - t0)
+            if (
+                not checksum
+                or uploads.stored_checksum_matches(uploads.head_with_checksum(s3, bucket, key), checksum) is not True
+            ):
+                raise RuntimeError("the store reported no checksum: the upload was verified by a read-back")
             delete_prefix(s3, bucket, UPLOAD_PREFIX)
             t0 = time.perf_counter()
             s3.upload_file(str(path), bucket, f"{UPLOAD_PREFIX}raw-{i}.bin")

@@ -337,10 +337,10 @@ def test_a_corrupted_object_fails_verification_names_platform_and_file_and_no_ma
 ):
     platform = _platform("idf", tag)
     _package(stack, platform, _tokens(25))
-    real_verify = transfer.verify_object
+    real_verify = transfer.verify_upload
     corrupted: list[str] = []
 
-    def corrupt_then_verify(s3, bucket, f, **kw):
+    def corrupt_then_verify(s3, bucket, f, checksum, **kw):
         if f["table"] == "measurement" and not corrupted:
             # same key, same metadata, encrypted: only the bytes differ
             s3.put_object(
@@ -351,9 +351,9 @@ def test_a_corrupted_object_fails_verification_names_platform_and_file_and_no_ma
                 ServerSideEncryption="AES256",
             )
             corrupted.append(f["key"])
-        return real_verify(s3, bucket, f, **kw)
+        return real_verify(s3, bucket, f, checksum, **kw)
 
-    monkeypatch.setattr(transfer, "verify_object", corrupt_then_verify)
+    monkeypatch.setattr(transfer, "verify_upload", corrupt_then_verify)
     with pytest.raises(IntegrityError) as err:
         transfer.transfer_platform(platform, target, _resources(stack), milestones=ALL_MILESTONES)
     msg = str(err.value)
@@ -361,7 +361,7 @@ def test_a_corrupted_object_fails_verification_names_platform_and_file_and_no_ma
     assert _manifests(stack, target) == []
     assert corrupted[0] not in _landing(stack, target)  # the bad object is removed: a retry sends it again
 
-    monkeypatch.setattr(transfer, "verify_object", real_verify)
+    monkeypatch.setattr(transfer, "verify_upload", real_verify)
     d = transfer.transfer_platform(platform, target, _resources(stack), milestones=ALL_MILESTONES)
     assert d.status == "delivered" and d.reused == 1
     s3 = stack.s3_client()

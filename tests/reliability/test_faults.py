@@ -28,7 +28,7 @@ from eds_network.core.crypto import Key
 from eds_network.core.errors import AlreadyDelivered, SourceError, TransferError
 from eds_network.core.storage import S3Endpoint, list_keys, object_exists, read_json, sha256_file
 from eds_network.local import extract, publish
-from eds_network.national import transfer
+from eds_network.national import landing, transfer
 from eds_network.platform import consolidate, warehouse
 from eds_network.platform import package as packaging
 
@@ -291,7 +291,7 @@ def test_failed_multipart_upload_leaves_no_incomplete_upload_and_a_retry_complet
     monkeypatch.delenv(faults.ENV)
     transfer._upload_once(s3, path, bucket, key, sha, res, PLATFORM.id)
     f = {"key": key, "sha256": sha, "bytes": path.stat().st_size, "table": "x"}
-    transfer.verify_object(s3, bucket, f)  # SHA-256 read back, size, encryption at rest
+    landing.verify_object(s3, bucket, f)  # SHA-256 read back, size, encryption at rest
     _no_incomplete_uploads(s3, bucket)
     s3.delete_object(Bucket=bucket, Key=key)
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from eds_network.core.config import NationalTarget
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.storage import S3Endpoint, download, object_exists, put_json, read_json
-from eds_network.national.transfer import encrypted
+from eds_network.national.landing import encrypted
 
 log = logging.getLogger(__name__)
 

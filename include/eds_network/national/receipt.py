@@ -15,8 +15,9 @@ from eds_network.core.config import NationalTarget
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
 from eds_network.core.signing import sign_document
-from eds_network.core.storage import S3Endpoint, download, put_json, read_json
-from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix, verify_object
+from eds_network.core.storage import S3Endpoint, download, object_exists, put_json, read_json
+from eds_network.national.landing import check_digest, check_stored
+from eds_network.national.transfer import FORBIDDEN_COLUMNS, landing_prefix
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ def receipt(target: NationalTarget, landing: S3Endpoint, delivery_id: str, *, si
     with tempfile.TemporaryDirectory(prefix="eds-receipt-") as tmp:
         for f in manifest["files"]:
             try:
-                verify_object(s3, bucket, f)
+                check_stored(object_exists(s3, bucket, f["key"]), f)
                 path = Path(tmp) / "f.parquet"
-                download(s3, bucket, f["key"], path)
+                check_digest(f, *download(s3, bucket, f["key"], path))  # one read: hashed while downloaded
                 rows = pq.read_metadata(path).num_rows
                 if f.get("rows") is not None and rows != f["rows"]:
                     problems.append(f"{f['table']}: {rows} rows, the manifest says {f['rows']}")

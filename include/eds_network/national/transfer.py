@@ -1,10 +1,14 @@
 """National level: re-pseudonymise a platform delivery with the national key, transfer it to the HDH landing zone.
 
 - The endpoint must be TLS (https); plain http only for an explicitly allowed loopback endpoint (embedded stack).
-- Every object is uploaded with boto3's transfer manager (multipart above 8 MiB), encryption at rest requested
-  (SSE-KMS with a key id when configured, else SSE-S3) and checked on the stored object; a file already present
-  with the right SHA-256 is not sent again, so a retry resumes.
-- Every object is read back and hashed before the manifest is written. The manifest is written last with a
+- Every object is uploaded with SHA-256 checksums computed while sending (`core.uploads`: multipart above 8 MiB,
+  one checksum per part, checked by the store on arrival), encryption at rest requested (SSE-KMS with a key id
+  when configured, else SSE-S3) and checked on the stored object; a file already present with the right SHA-256
+  is not sent again, so a retry resumes.
+- Every object is verified before the manifest is written: size, encryption and the store's own checksum of what
+  it keeps, against the one computed while sending (one HEAD, no read-back); an object the store reports no
+  checksum for (a store without checksums, an object left by an earlier attempt) is read back and hashed. The
+  HDH's receipt reads every object once more, in the HDH zone. The manifest is written last with a
   conditional write (If-None-Match: *): a delivery is published exactly once even if two runs race; the loser
   gets `AlreadyDelivered`.
 - A failed or interrupted attempt leaves no incomplete multipart upload behind once the delivery is published
@@ -46,8 +50,9 @@ from eds_network.core.storage import (
     object_exists,
     read_json,
     sha256_file,
-    sha256_object,
 )
+from eds_network.core.uploads import upload_checksummed
+from eds_network.national.landing import encrypted, verify_upload
 from eds_network.national.level2 import level2_files, national_person_digests, national_person_ids
 from eds_network.national.migrations import MIGRATIONS
 
@@ -221,8 +226,9 @@ def transfer_platform(
         try:
             if object_exists(land, bucket, manifest_key):
                 raise _PublishedMeanwhile("manifest present")
-            reused = _upload_files(land, bucket, manifest_key, prefix, files, res, platform.id)
-            _verify_files(land, bucket, manifest_key, files, platform.id)
+            checksums = _upload_files(land, bucket, manifest_key, prefix, files, res, platform.id)
+            reused = sum(c is None for c in checksums.values())
+            _verify_files(land, bucket, manifest_key, files, platform.id, checksums)
             doc = {
                 "kind": "eds-network/national-delivery",
                 "delivery_id": delivery_id,
@@ -329,29 +335,34 @@ def _content_digest(manifest: dict, files: list[dict]) -> str:
     return hashlib.sha256(f"{kind}|{since}|{upto}|{name}".encode()).hexdigest()
 
 
-def _upload_files(land, bucket: str, manifest_key: str, prefix: str, files: list[dict], res, platform: str) -> int:
-    """Upload each file once (content-addressed keys: one already there is not sent again); returns how many
-    were there already. Each file's local `path` is replaced by its `key`."""
-    reused = 0
+def _upload_files(
+    land, bucket: str, manifest_key: str, prefix: str, files: list[dict], res, platform: str
+) -> dict[str, str | None]:
+    """Upload each file once (content-addressed keys: one already there is not sent again). Returns, per key,
+    the checksum the store must report (None: the file was there already). Each file's local `path` is replaced
+    by its `key`."""
+    sent: dict[str, str | None] = {}
     for f in files:
         stem = f"{f['table']}.deletes" if f.get("role") == "deletes" else f["table"]
         f["key"] = f"{prefix}{stem}.{f['sha256'][:16]}.parquet"
         try:
-            sent = _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res, platform)
+            sent[f["key"]] = _upload_once(land, f.pop("path"), bucket, f["key"], f["sha256"], res, platform)
         except TransferError:
             if object_exists(land, bucket, manifest_key):
                 raise _PublishedMeanwhile("published by a concurrent run") from None
             raise
-        reused += not sent
-    return reused
+    return sent
 
 
-def _verify_files(land, bucket: str, manifest_key: str, files: list[dict], platform: str) -> None:
-    """Every object read back (size, SHA-256, encryption) before the manifest. A stored object that is not ours
-    must not stay (a retry sends it again); nor may any object of this attempt stored unencrypted."""
+def _verify_files(
+    land, bucket: str, manifest_key: str, files: list[dict], platform: str, checksums: Mapping[str, str | None]
+) -> None:
+    """Every object verified (size, encryption, the store's checksum or a read-back: `verify_upload`) before the
+    manifest. A stored object that is not ours must not stay (a retry sends it again); nor may any object of
+    this attempt stored unencrypted."""
     for f in files:
         try:
-            verify_object(land, bucket, f, platform=platform)
+            verify_upload(land, bucket, f, checksums.get(f["key"]), platform=platform)
         except (IntegrityError, TransferError):
             if object_exists(land, bucket, manifest_key):
                 raise _PublishedMeanwhile("published by a concurrent run") from None
@@ -414,12 +425,9 @@ def register_national_digests(dsn: str, pairs: Iterable[tuple[int, bytes]], plat
         return digests.register_pairs(conn, REGISTRY_SCHEMA, pairs, zone=f"national (platform {platform})")
 
 
-def encrypted(head: dict | None) -> bool:
-    return bool(head) and head.get("ServerSideEncryption") in ("AES256", "aws:kms")
-
-
-def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalResources, platform: str) -> bool:
-    """Upload unless the very same bytes are already there (encrypted). Returns whether the file was sent."""
+def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalResources, platform: str) -> str | None:
+    """Upload unless the very same bytes are already there (encrypted). Returns the checksum the store must
+    report for what was sent (`core.uploads`), None when nothing was sent."""
     head = object_exists(s3, bucket, key)
     if (
         head
@@ -427,15 +435,18 @@ def _upload_once(s3, path: Path, bucket: str, key: str, sha: str, res: NationalR
         and head["ContentLength"] == path.stat().st_size
         and encrypted(head)
     ):
-        return False  # already there from an interrupted attempt: resume, do not resend
+        return None  # already there from an interrupted attempt: resume, do not resend
     try:
-        s3.upload_file(
-            str(path), bucket, key, Config=MULTIPART, ExtraArgs={"Metadata": {"sha256": sha}, **_sse_args(res)}
+        return upload_checksummed(
+            *(s3, path, bucket, key),
+            threshold=MULTIPART.multipart_threshold,
+            part_size=MULTIPART.multipart_chunksize,
+            concurrency=MULTIPART.max_concurrency,
+            extra={"Metadata": {"sha256": sha}, **_sse_args(res)},
         )
     except Exception as exc:
         _abort_multipart(s3, bucket, key)
         raise TransferError(f"platform {platform}: upload of {key} failed: {type(exc).__name__}") from exc
-    return True
 
 
 def _abort_multipart(s3, bucket: str, key: str) -> None:
@@ -472,21 +483,3 @@ def check_package_manifest(platform: Platform, manifest: dict, trust: Mapping[st
     verify_document(manifest, public, what=what)
     if manifest.get("platform") != platform.id:
         raise IntegrityError(f"{what}: names platform {manifest.get('platform')!r}")
-
-
-def verify_object(s3, bucket: str, f: dict, *, platform: str | None = None) -> None:
-    where = f"platform {platform}: " if platform else ""
-    head = object_exists(s3, bucket, f["key"])
-    if head is None:
-        raise IntegrityError(f"{where}{f['key']} is missing from the landing zone", table=f.get("table"))
-    if not encrypted(head):
-        raise TransferError(
-            f"{where}{f['key']}: the landing zone did not apply encryption at rest", table=f.get("table")
-        )
-    sha, size = sha256_object(s3, bucket, f["key"])
-    if sha != f["sha256"] or size != f["bytes"]:
-        raise IntegrityError(
-            f"{where}{f['key']}: stored object does not match what was sent "
-            f"(sha256 {sha[:12]}… vs {f['sha256'][:12]}…, {size} vs {f['bytes']} bytes)",
-            table=f.get("table"),
-        )
