@@ -66,3 +66,20 @@ def test_each_zone_worker_has_the_openlineage_transport_and_a_patient_execution_
         assert {k: env.get(k) for k in want} == want, zone
         # a loaded API server answers late: the default of 5 s fails a task before it starts
         assert float(env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"]) >= 30, zone
+
+
+def test_a_worker_row_older_than_the_workers_process_does_not_count_as_up(cluster):
+    """A worker killed with an earlier cluster leaves its row 'idle': only a report made after this cluster's
+    worker process started (its pid file) says that worker is up."""
+    import datetime as dt
+    import os
+
+    pid = cluster._pidfile("edge-national")
+    pid.parent.mkdir(parents=True, exist_ok=True)
+    pid.write_text("1")
+    started = dt.datetime(2026, 12, 3, 6, 0, tzinfo=dt.UTC)
+    os.utime(pid, (started.timestamp(), started.timestamp()))
+    assert cluster._reported_since_start("national", started + dt.timedelta(seconds=3))
+    assert not cluster._reported_since_start("national", started - dt.timedelta(minutes=5))  # the stale row
+    assert not cluster._reported_since_start("national", None)
+    assert not cluster._reported_since_start("platform-idf", started + dt.timedelta(seconds=3))  # no process

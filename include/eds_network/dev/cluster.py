@@ -410,9 +410,9 @@ class Cluster:
         while time.monotonic() < deadline:
             try:
                 seen = self.workers()
+                up = self._reporting()
             except Exception:  # the Edge tables may not exist yet
-                seen = []
-            up = {w["worker"] for w in seen if w["state"] in ("idle", "running")}
+                seen, up = [], set()
             if up - said:
                 log.info("Edge workers up after %.0fs: %d of %d", time.monotonic() - t0, len(up & want), len(want))
                 said |= up
@@ -422,8 +422,24 @@ class Cluster:
             if dead:
                 raise EdsError(f"cluster process(es) exited: {dead} (see {self.stack.logs})")
             time.sleep(2)
-        late = sorted(want - {w["worker"] for w in seen if w["state"] in ("idle", "running")})
+        late = sorted(want - up)
         raise EdsError(f"Edge workers not up after {timeout:.0f}s (EDS_CLUSTER_WAIT): {late}")
+
+    def _reporting(self) -> set[str]:
+        """The workers idle or running by a report newer than their process's start (its pid file): a row left
+        'idle' by a worker of an earlier cluster that was killed is not this cluster's worker being up."""
+        import psycopg
+
+        with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
+            rows = conn.execute("SELECT worker_name, state, last_update FROM edge_worker").fetchall()
+        return {w for w, state, last in rows if state in ("idle", "running") and self._reported_since_start(w, last)}
+
+    def _reported_since_start(self, worker: str, last: dt.datetime | None) -> bool:
+        try:
+            started = self._pidfile(f"edge-{worker}").stat().st_mtime
+        except OSError:
+            return False
+        return last is not None and last.timestamp() >= started
 
 
 def latest_night(network: Network, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
