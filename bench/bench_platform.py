@@ -37,7 +37,7 @@ import bench_local  # noqa: E402
 from common import ratio, stats  # noqa: E402
 
 from eds_network.core import omop, uploads
-from eds_network.core.storage import delete_prefix, download, ensure_bucket, sha256_file  # noqa: E402
+from eds_network.core.storage import delete_prefix, download, ensure_bucket, object_exists, sha256_file  # noqa: E402
 from eds_network.dev.stack import Stack  # noqa: E402
 from eds_network.local import extract, publish
 from eds_network.national import landing, transfer  # noqa: E402
@@ -158,7 +158,8 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
             ours.append(time.perf_counter() - t0)
             if (
                 not checksum
-                or uploads.stored_checksum_matches(uploads.head_with_checksum(s3, bucket, key), checksum) is not True
+                or uploads.stored_checksum_matches(object_exists(s3, bucket, key, ChecksumMode="ENABLED"), checksum)
+                is not True
             ):
                 raise RuntimeError("the store reported no checksum: the upload was verified by a read-back")
             delete_prefix(s3, bucket, UPLOAD_PREFIX)

@@ -15,7 +15,7 @@ import pytest
 
 from eds_network.core import uploads
 from eds_network.core.errors import IntegrityError
-from eds_network.core.storage import ensure_bucket, sha256_file
+from eds_network.core.storage import ensure_bucket, object_exists, sha256_file
 from eds_network.national import landing
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def test_a_multipart_upload_is_proven_by_the_stores_composite_checksum_without_r
     parts = [hashlib.sha256(data[i : i + PART]).digest() for i in range(0, len(data), PART)]
     assert len(parts) == 4 and s3.calls["UploadPart"] == 4
     assert checksum == base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
-    head = uploads.head_with_checksum(s3, BUCKET, key)
+    head = object_exists(s3, BUCKET, key, ChecksumMode="ENABLED")
     assert uploads.stored_checksum_matches(head, checksum) is True  # the store computed it from its copy
     s3.calls.clear()
     landing.verify_upload(s3, BUCKET, _entry(big, key), checksum)

@@ -166,9 +166,10 @@ def download(s3, bucket: str, key: str, dest: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def object_exists(s3, bucket: str, key: str) -> dict | None:
+def object_exists(s3, bucket: str, key: str, **head_args) -> dict | None:
+    """The object's HEAD (`head_args`: e.g. ChecksumMode="ENABLED" for its stored checksum), None if absent."""
     try:
-        return s3.head_object(Bucket=bucket, Key=key)
+        return s3.head_object(Bucket=bucket, Key=key, **head_args)
     except ClientError as exc:
         if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
             return None

@@ -20,8 +20,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from botocore.exceptions import ClientError
-
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
@@ -65,8 +63,7 @@ def upload_checksummed(
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="eds-upload") as pool:
         futures = [pool.submit(send, i) for i in range(-(-size // part_size))]
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    failed = [e for e in errors if not isinstance(e, _Stopped)]
+    failed = [e for f in futures if (e := f.exception()) is not None and not isinstance(e, _Stopped)]
     if failed:
         raise failed[0]
     parts = [f.result() for f in futures]
@@ -76,18 +73,8 @@ def upload_checksummed(
     return _b64(hashlib.sha256(b"".join(d for _, d in parts)).digest())
 
 
-def head_with_checksum(s3, bucket: str, key: str) -> dict | None:
-    """HEAD asking for the stored checksum; None when there is no such object."""
-    try:
-        return s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
-
-
 def stored_checksum_matches(head: dict, expected: str) -> bool | None:
-    """Whether the store's SHA-256 checksum of the object (from `head_with_checksum`) is `expected`; None when the
+    """Whether the store's SHA-256 checksum of the object (a HEAD with ChecksumMode="ENABLED": `storage.object_exists`) is `expected`; None when the
     store reports none (a store without checksums, or an object sent without one)."""
     got = head.get("ChecksumSHA256")
     if not got:

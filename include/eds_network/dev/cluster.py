@@ -387,14 +387,17 @@ class Cluster:
                     _signal_group(pid, signal.SIGKILL)
                 self._pidfile(name).unlink(missing_ok=True)
 
-    def workers(self) -> list[dict]:
-        """The Edge workers the central side knows: hostname, state, queues, last heartbeat."""
+    def _worker_rows(self) -> list[tuple]:
         import psycopg
 
         with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
-            rows = conn.execute(
+            return conn.execute(
                 "SELECT worker_name, state, queues, last_update FROM edge_worker ORDER BY worker_name"
             ).fetchall()
+
+    def workers(self, rows: list[tuple] | None = None) -> list[dict]:
+        """The Edge workers the central side knows: hostname, state, queues, last heartbeat."""
+        rows = self._worker_rows() if rows is None else rows
         return [{"worker": w, "state": s, "queues": q, "last_heartbeat": str(t)} for w, s, q, t in rows]
 
     def wait_workers(self, timeout: float | None = None) -> list[dict]:
@@ -409,8 +412,8 @@ class Cluster:
         said: set[str] = set()
         while time.monotonic() < deadline:
             try:
-                seen = self.workers()
-                up = self._reporting()
+                rows = self._worker_rows()
+                seen, up = self.workers(rows), self._reporting(rows)
             except Exception:  # the Edge tables may not exist yet
                 seen, up = [], set()
             if up - said:
@@ -425,18 +428,17 @@ class Cluster:
         late = sorted(want - up)
         raise EdsError(f"Edge workers not up after {timeout:.0f}s (EDS_CLUSTER_WAIT): {late}")
 
-    def _reporting(self) -> set[str]:
+    def _reporting(self, rows: list[tuple]) -> set[str]:
         """The workers idle or running by a report newer than their process's start (its pid file): a row left
         'idle' by a worker of an earlier cluster that was killed is not this cluster's worker being up."""
-        import psycopg
+        return {w for w, state, _, last in rows if state in ("idle", "running") and self._reported_since_start(w, last)}
 
-        with psycopg.connect(self.stack.dsn(self.stack.airflow_db)) as conn:
-            rows = conn.execute("SELECT worker_name, state, last_update FROM edge_worker").fetchall()
-        return {w for w, state, last in rows if state in ("idle", "running") and self._reported_since_start(w, last)}
-
-    def _reported_since_start(self, worker: str, last: dt.datetime | None) -> bool:
+    def _reported_since_start(self, hostname: str, last: dt.datetime | None) -> bool:
+        process = {zones.queue(z): self.worker_name(z) for z in cluster_zones(self.network)}.get(hostname)
+        if process is None:
+            return False
         try:
-            started = self._pidfile(f"edge-{worker}").stat().st_mtime
+            started = self._pidfile(process).stat().st_mtime
         except OSError:
             return False
         return last is not None and last.timestamp() >= started

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.storage import object_exists, sha256_object
-from eds_network.core.uploads import head_with_checksum, stored_checksum_matches
+from eds_network.core.uploads import stored_checksum_matches
 
 
 def encrypted(head: dict | None) -> bool:
@@ -22,7 +22,7 @@ def verify_upload(s3, bucket: str, f: dict, checksum: str | None, *, platform: s
     """What was just sent is what the store keeps: present, encrypted, the size and SHA-256 metadata sent, and the
     store's checksum of its copy equal to `checksum`, computed while sending (one HEAD). Without a checksum on
     either side the object is read back (`verify_object`)."""
-    head = head_with_checksum(s3, bucket, f["key"])
+    head = object_exists(s3, bucket, f["key"], ChecksumMode="ENABLED")
     check_stored(head, f, platform=platform)
     matches = stored_checksum_matches(head, checksum) if checksum else None
     if matches is None:
