@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EDS := $(VENV)/bin/eds
+# make test's pytest-xdist workers, each with an embedded stack of its own (tests/conftest.py); 0 = in the pytest process itself
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
@@ -66,8 +68,8 @@ browser-deps: ## headless Chromium from the system packages, for the operator-pa
 test-fast: install ## the fast lane (< 3 min): unit tests + DAG integrity, no data system started (EDS_NO_STACK)
 	EDS_NO_STACK=1 $(PY) -m pytest -q tests/unit tests/dags
 
-test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs)
-	$(PY) -m pytest -q --durations=40 -m "not slow and not rehearsal" tests
+test: install browser-deps ## the whole test suite (real PostgreSQL, real S3 endpoint, real Airflow runs), on TEST_WORKERS workers
+	$(PY) -m pytest -q --durations=40 -m "not slow and not rehearsal" -n $(TEST_WORKERS) --dist loadscope tests
 
 rehearsal: install ## the production rehearsal: TLS S3 (private CA), per-zone Edge workers, a night, a key rotation
 	$(PY) -m pytest -q -x -m rehearsal tests/rehearsal

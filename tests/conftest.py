@@ -1,4 +1,5 @@
-"""Shared fixtures: one real embedded stack (PostgreSQL + S3 endpoint + migrated Airflow DB) per test session.
+"""Shared fixtures: one real embedded stack (PostgreSQL + S3 endpoint + migrated Airflow DB) per test session
+(under pytest-xdist, per worker: see below).
 
 `EDS_NO_STACK=1` (the fast lane, `make test-fast`) starts nothing: a test that asks for the stack is skipped.
 
@@ -20,10 +21,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Under pytest-xdist (`make test`: -n 2) every worker has a stack of its own: its own state folder and ports,
+# WORKER_PORT_STEP apart (each stack also uses a few ports above its API port: log servers, test_processes' own).
+WORKER_PORT_STEP = 20
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... (unset without xdist)
+_N = int(_WORKER[2:]) if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
+
+
+def _own(var: str, default: int) -> None:
+    os.environ[var] = str(int(os.environ.get(var, default)) + _N * WORKER_PORT_STEP)
+
+
 os.environ.setdefault("EDS_HOME", str(REPO / ".eds-test"))
-os.environ.setdefault("EDS_PG_PORT", "26432")
-os.environ.setdefault("EDS_S3_PORT", "26900")
-os.environ.setdefault("EDS_API_PORT", "26080")
+if _N:
+    os.environ["EDS_HOME"] += f"-{_WORKER}"
+_own("EDS_PG_PORT", 26432)
+_own("EDS_S3_PORT", 26900)
+_own("EDS_API_PORT", 26080)
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +54,65 @@ def stack():
         s.stop()
 
 
+# -- pytest-xdist (`make test`: -n 2): what runs together on one worker -------------------------------------------
+# The tests of the shared night form one group (one worker runs the night once, its readers then its mutators);
+# every other module is a group of its own (a module-scoped fixture is built once). xdist's own `--dist loadgroup`
+# groups nothing with pytest 9.2 (pytest-dev/pytest-xdist#1386): the first worker writes each test's group to a
+# file when its collection is done, and the controller's scheduler (`--dist loadscope`, scopes = those groups)
+# reads it.
+_GROUPS_FILE = "eds_groups_file"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput[_GROUPS_FILE] = str(_groups_path(node.config))
+
+
+def _groups_path(config) -> Path:
+    return Path(str(config.rootpath)) / ".pytest_cache" / f"eds-xdist-groups-{os.getpid()}.json"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    path = _groups_path(config)
+
+    class ByGroup(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                import json
+
+                self.groups = json.loads(path.read_text()) if path.is_file() else {}
+                path.unlink(missing_ok=True)
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return ByGroup(config, log)
+
+
+def _write_groups(config, items) -> None:
+    """On the first worker: each test's group, for the controller's scheduler (above)."""
+    target = getattr(config, "workerinput", {}).get(_GROUPS_FILE)
+    if not target or config.workerinput.get("workerid") != "gw0":
+        return
+    import json
+
+    groups = {
+        i.nodeid: "night" if "network_night" in getattr(i, "fixturenames", ()) else i.nodeid.split("::", 1)[0]
+        for i in items
+    }
+    tmp = Path(target).with_suffix(".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(groups))
+    tmp.replace(target)
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
 def pytest_collection_modifyitems(config, items):
     """The tests of the shared night as one block at the place of the first of them, its mutators last."""
+    _write_groups(config, items)
     uses = [i for i in items if "network_night" in getattr(i, "fixturenames", ())]
     if not uses:
         return

@@ -39,7 +39,11 @@ def _copy_with(tmp_path: Path, replace: dict[str, tuple[str, str]]) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
     for entry in REPO_ROOT.iterdir():
-        if entry.name in (".git", ".venv", ".eds", ".eds-test") or entry.name in {p.split("/")[0] for p in replace}:
+        if (
+            entry.name in (".git", ".venv", ".eds", ".eds-test")
+            or entry.name.startswith(".eds-test-")
+            or entry.name in {p.split("/")[0] for p in replace}
+        ):
             continue
         os.symlink(entry, root / entry.name)
     for rel in replace:

@@ -108,10 +108,14 @@ def connection_ids(network=None) -> set[str]:
 def repo_files(root: Path) -> tuple[set[str], set[str]]:
     """(top-level entries, basenames of every file) of the checkout, generated state left out."""
     skip = {".git", ".venv", ".eds", ".eds-test", "node_modules", "__pycache__", ".ruff_cache", ".pytest_cache"}
-    top = {p.name for p in root.iterdir() if p.name not in skip}
+
+    def kept(name: str) -> bool:  # .eds-test-gw1, ...: the state folders of the test workers (tests/conftest.py)
+        return name not in skip and not name.startswith(".eds-test-")
+
+    top = {p.name for p in root.iterdir() if kept(p.name)}
     names: set[str] = set()
     for _folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if d not in skip]
+        dirs[:] = [d for d in dirs if kept(d)]
         names.update(files)
     return top, names
 

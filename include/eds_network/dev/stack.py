@@ -41,6 +41,11 @@ def home() -> Path:
     return state_home()
 
 
+# The Airflow log servers (the LocalExecutor scheduler's, the triggerer's) listen on api_port + 3 and api_port + 5:
+# a second stack at api_port + 1 (the rehearsal's) or + 7 (test_processes') gets ports of its own.
+LOG_SERVER_OFFSETS = (3, 5)
+
+
 def _port(var: str, default: int) -> int:
     return int(os.environ.get(var, default))
 
@@ -217,6 +222,10 @@ class Stack(EmbeddedPostgres, StackConnections):
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__BASE_URL": f"http://localhost:{self.api_port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{self.api_port}/execution/",
+            # the log servers of the LocalExecutor's scheduler and of the triggerer, beside this stack's API port
+            # (Airflow's defaults, 8793/8794, would collide between two stacks of one machine)
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.api_port + LOG_SERVER_OFFSETS[0]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.api_port + LOG_SERVER_OFFSETS[1]),
             "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
             "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"connections_file_path": str(self.connections_file)}),
             "AIRFLOW__WORKERS__SECRETS_BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
