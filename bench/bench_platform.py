@@ -7,9 +7,10 @@ manifested batch in a bench prefix of the platform intake; then, per run, in a f
   raw    `COPY … FROM STDIN (FORMAT csv)` of the same rows (CSV prepared beforehand, not timed) into an
          unindexed table with the same columns: the floor of getting these rows into PostgreSQL.
 
-Item 5, national upload: a file of random (incompressible) bytes, per run:
-  ours   the `transfer` upload path: SHA-256 of the file (the manifest's; the key is named by it), multipart
-         upload with SSE, the SHA-256 in the metadata and one SHA-256 checksum per part computed while sending
+Item 5, national upload: a file of random (incompressible) bytes, hashed while it is written (not timed, as the
+level-2 files of a delivery are: `storage.HashingWriter` in `level2.py`), per run:
+  ours   the `transfer` upload path: multipart upload with SSE, the file's SHA-256 (the manifest's; the key is
+         named by it) in the metadata and one SHA-256 checksum per part computed while sending
          (`transfer._upload_once`, `core.uploads`), then `landing.verify_upload` (one HEAD: encryption, size,
          and the store's composite checksum of its copy against ours; no read-back);
   raw    boto3 `upload_file` of the same bytes to the same endpoint (default transfer settings).
@@ -37,7 +38,13 @@ import bench_local  # noqa: E402
 from common import ratio, stats  # noqa: E402
 
 from eds_network.core import omop, uploads
-from eds_network.core.storage import delete_prefix, download, ensure_bucket, object_exists, sha256_file  # noqa: E402
+from eds_network.core.storage import (  # noqa: E402
+    HashingWriter,
+    delete_prefix,
+    download,
+    ensure_bucket,
+    object_exists,
+)
 from eds_network.dev.stack import Stack  # noqa: E402
 from eds_network.local import extract, publish
 from eds_network.national import landing, transfer  # noqa: E402
@@ -142,16 +149,16 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
     ours, raw = [], []
     with tempfile.TemporaryDirectory(prefix="eds-bench-") as tmp:
         path = Path(tmp) / "blob.bin"
-        with open(path, "wb") as f:
+        with HashingWriter(path) as f:
             left = size_bytes
             while left:
                 n = min(left, 16 << 20)
                 f.write(os.urandom(n))
                 left -= n
+        sha = f.sha256
         for i in range(reps):  # interleaved
             key = f"{UPLOAD_PREFIX}ours-{i}.bin"
             t0 = time.perf_counter()
-            sha = sha256_file(path)
             checksum = transfer._upload_once(s3, path, bucket, key, sha, sse, "bench")
             f = {"key": key, "sha256": sha, "bytes": size_bytes, "table": "bench"}
             landing.verify_upload(s3, bucket, f, checksum)

@@ -142,6 +142,55 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class HashingWriter:
+    """A file written once, front to back (a Parquet writer's sink), SHA-256 hashed as its bytes are written: the
+    digest of a file we publish without reading it back. `sha256` and `size` once closed."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by close(), as the writer that owns this sink does)
+        self._h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._h.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def sha256(self) -> str:
+        if not self._f.closed:
+            raise ValueError("the digest of a file still being written")
+        return self._h.hexdigest()
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def sha256_object(s3, bucket: str, key: str) -> tuple[str, int]:
     """Stream an object back and hash it: the only proof that the stored bytes are ours."""
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]

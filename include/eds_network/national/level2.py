@@ -20,7 +20,7 @@ from eds_network.core import omop, rowids
 from eds_network.core.crypto import Key, hmac256, id63
 from eds_network.core.errors import EdsError, IntegrityError
 from eds_network.core.exchange import TOKEN_COLUMN
-from eds_network.core.storage import sha256_file
+from eds_network.core.storage import HashingWriter
 
 
 def national_person_ids(
@@ -90,13 +90,14 @@ def level2_files(
     files = []
     for t, path in local.items():
         out = tmp / f"{t}.parquet"
-        n = _level2_table(t, path, out, mapping, row_key, frozenset(drop))
-        files.append({"table": t, "path": out, "sha256": sha256_file(out), "bytes": out.stat().st_size, "rows": n})
+        with HashingWriter(out) as sink:  # the file's SHA-256 as it is written: never read back to hash it
+            n = _level2_table(t, path, sink, mapping, row_key, frozenset(drop))
+        files.append({"table": t, "path": out, "sha256": sink.sha256, "bytes": sink.size, "rows": n})
     return files
 
 
-def _level2_table(table: str, path: Path, out: Path, mapping, row_key: bytes, drop: frozenset[str]) -> int:
-    """One table to its level-2 file, streamed by batches (forbidden columns dropped); returns its rows."""
+def _level2_table(table: str, path: Path, out: HashingWriter, mapping, row_key: bytes, drop: frozenset[str]) -> int:
+    """One table to its level-2 file (`out`), streamed by batches (forbidden columns dropped); returns its rows."""
     seen_ids: list = []
     pf = pq.ParquetFile(path)
     cols = [c for c in pf.schema_arrow.names if c not in drop]

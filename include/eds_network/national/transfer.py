@@ -45,11 +45,11 @@ from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
 from eds_network.core.signing import verify_document
 from eds_network.core.storage import (
+    HashingWriter,
     S3Endpoint,
     download,
     object_exists,
     read_json,
-    sha256_file,
 )
 from eds_network.core.uploads import upload_checksummed
 from eds_network.national.landing import encrypted, verify_upload
@@ -317,8 +317,9 @@ def _level2_delivery(out_s3, platform: Platform, manifest: dict, tmp: Path, res:
     for t, path in gone.items():
         out = tmp / f"{t}.deletes.parquet"
         ids = _level2_deletes(pq.read_table(path), t, row_key, res)
-        pq.write_table(pa.table({"id": ids}), out, compression="zstd")
-        size, sha = out.stat().st_size, sha256_file(out)
+        with HashingWriter(out) as sink:
+            pq.write_table(pa.table({"id": ids}), sink, compression="zstd")
+        size, sha = sink.size, sink.sha256
         files.append({"table": t, "role": "deletes", "path": out, "sha256": sha, "bytes": size, "rows": len(ids)})
     return files
 
