@@ -36,7 +36,7 @@ from eds_network.core.crypto import Key
 from eds_network.core.errors import IntegrityError, TransferError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION, TOKEN_COLUMN
 from eds_network.core.signing import sign_document, verify_document
-from eds_network.core.storage import S3Endpoint, list_keys, read_json, sha256_object
+from eds_network.core.storage import S3Endpoint, delete_prefix, list_keys, read_json, sha256_object
 from eds_network.national import linkage as nlinkage
 from eds_network.national import receipt, transfer
 from eds_network.orchestration.zone_connections import signing_connection_id
@@ -98,9 +98,14 @@ def tag() -> str:
 
 
 @pytest.fixture
-def target(tag) -> NationalTarget:
+def target(tag, stack):
+    """The HDH target of one test: its landing zone and the platforms' outboxes under a prefix of its own, deleted
+    afterwards (a tampered or half-sent object must not reach a later test's scan of every object)."""
     zone = NETWORK.national.landing_zone.model_copy(update={"prefix": f"t-{tag}/"})
-    return NETWORK.national.model_copy(update={"landing_zone": zone})
+    yield NETWORK.national.model_copy(update={"landing_zone": zone})
+    s3 = stack.s3_client()
+    for bucket in {zone.bucket, *(p.outbox.bucket for p in NETWORK.platforms)}:
+        delete_prefix(s3, bucket, f"t-{tag}/")
 
 
 def _platform(pid: str, tag: str) -> Platform:
