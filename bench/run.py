@@ -207,7 +207,7 @@ def targets(doc: dict) -> list[dict]:
         u = r["upload"]
         rows.append(
             {
-                "what": "5. national upload path (sha256 + multipart with per-part SHA-256 checksums + SSE + HEAD verify)"
+                "what": "5. national upload path (multipart with per-part SHA-256 checksums + SSE + HEAD verify; file SHA-256 taken while written)"
                 " vs boto3 `upload_file`",
                 "rows": f"{u['bytes'] / 2**20:,.0f} MiB",
                 "ours": _s(u["upload_s"]),
