@@ -92,6 +92,11 @@ def pytest_xdist_make_scheduler(config, log):
     return ByGroup(config, log)
 
 
+def _uses_night(item) -> bool:
+    """Whether a test reads or changes the session's network night (and so runs in its group, on one worker)."""
+    return "network_night" in getattr(item, "fixturenames", ())
+
+
 def _write_groups(config, items) -> None:
     """On the first worker: each test's group, for the controller's scheduler (above)."""
     target = getattr(config, "workerinput", {}).get(_GROUPS_FILE)
@@ -99,10 +104,7 @@ def _write_groups(config, items) -> None:
         return
     import json
 
-    groups = {
-        i.nodeid: "night" if "network_night" in getattr(i, "fixturenames", ()) else i.nodeid.split("::", 1)[0]
-        for i in items
-    }
+    groups = {i.nodeid: "night" if _uses_night(i) else i.nodeid.split("::", 1)[0] for i in items}
     tmp = Path(target).with_suffix(".tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(groups))
@@ -113,11 +115,11 @@ def _write_groups(config, items) -> None:
 def pytest_collection_modifyitems(config, items):
     """The tests of the shared night as one block at the place of the first of them, its mutators last."""
     _write_groups(config, items)
-    uses = [i for i in items if "network_night" in getattr(i, "fixturenames", ())]
+    uses = [i for i in items if _uses_night(i)]
     if not uses:
         return
     first = items.index(uses[0])
-    others = [i for i in items if "network_night" not in getattr(i, "fixturenames", ())]
+    others = [i for i in items if not _uses_night(i)]
     readers = [i for i in uses if i.get_closest_marker("mutates_night") is None]
     # the readers that look for identifiers last: the one scan of the outputs (`night_scan`) sees all the others wrote
     readers = [i for i in readers if "night_scan" not in i.fixturenames] + [
