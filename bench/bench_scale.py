@@ -21,7 +21,7 @@ seeded database the other benches reuse is left as it is), for a later data inte
 updated (`value_as_number + 1`), 9 % added (new rows of existing patients) and 1 % deleted (the source's deletion
 log); the local step extracts PERSON and MEASUREMENT for that interval and publishes the signed batch
 (`extract.extract_table`, `publish.publish_batch`). On each warehouse, each step in a fresh child process
-(`common.run_child`: its wall time, its CPU time, and its peak RSS):
+(`common.run_child`: its wall time, its CPU time, and its peak RSS, VmHWM of its own address space):
   consolidation  `consolidate.consolidate` of the night's intake prefix (manifest signature and file SHA-256
                  verified, merged in one transaction, ledger, then the statistics phases); the batch must be
                  applied and its rows found in the warehouse; its own per-phase wall and CPU seconds
@@ -82,6 +82,7 @@ SHARES = {"update": 0.90, "insert": 0.09, "delete": 0.01}
 # Consolidation's statistics phases (`consolidate._after_batches`): the platform's checks.
 CHECK_PHASES = ("key_versions", "linkage_stats", "platform_checks", "duplicates", "unmapped")
 STEPS = ("consolidation", "checks", "packaging")
+TARGET = 1.5  # the big warehouse's night's consolidation over the small one's, at most
 
 
 def _db(label: str) -> str:
@@ -376,6 +377,15 @@ def make_night(stack: Stack, net: Network, src: str, i: int, changed: int) -> di
 # -- child processes ------------------------------------------------------------------------------------
 
 
+def vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM of its own address space). Not `ru_maxrss`: Linux carries the parent's
+    high-water mark over fork + exec into it, so a child of a large parent would report the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(argv: list[str]) -> None:
     """`--child consolidate PATIENTS LABEL PREFIX` / `--child package PATIENTS LABEL`: one step, JSON on stdout."""
     logging.basicConfig(level=logging.WARNING)
@@ -397,11 +407,12 @@ def child(argv: list[str]) -> None:
             rows=c.rows,
             timings=c.timings,
             cpu_timings=c.cpu_timings,
+            vm_hwm_mb=vm_hwm_mb(),
         )
     elif kind == "package":
         pkg = packaging.package(p, pres, {})
         el = time.perf_counter() - t0
-        child_report(seconds=el, cpu_s=time.process_time() - c0, **pkg.ref())
+        child_report(seconds=el, cpu_s=time.process_time() - c0, vm_hwm_mb=vm_hwm_mb(), **pkg.ref())
     else:
         raise SystemExit(f"unknown child {kind!r}")
 
@@ -438,14 +449,14 @@ def run_night(stack: Stack, net: Network, patients: int, label: str, night: dict
             "seconds": c["seconds"],
             "cpu_s": c["cpu_s"],
             "server_cpu_s": c["server_cpu_s"],
-            "peak_rss_mb": c["peak_rss_mb"],
+            "peak_rss_mb": c["vm_hwm_mb"],
         },
         "checks": {"seconds": sum(checks.values()), "cpu_s": sum(checks_cpu.values()), "phases": checks},
         "packaging": {
             "seconds": p["seconds"],
             "cpu_s": p["cpu_s"],
             "server_cpu_s": p["server_cpu_s"],
-            "peak_rss_mb": p["peak_rss_mb"],
+            "peak_rss_mb": p["vm_hwm_mb"],
             "bytes": p["bytes"],
             "rows": p["rows"],
             "deleted": p["deleted"],
@@ -459,11 +470,14 @@ def run_night(stack: Stack, net: Network, patients: int, label: str, night: dict
 # -- the plot -------------------------------------------------------------------------------------------
 
 
-def svg_plot(points: dict[str, list[tuple[float, float]]], title: str, path: Path) -> Path:
-    """A line plot (x: warehouse rows, y: seconds), one line per series, with axes, ticks, labels and a legend."""
+def svg_plot(
+    points: dict[str, list[tuple[float, float]]], title: str, path: Path, dashed: tuple[str, ...] = ()
+) -> Path:
+    """A line plot (x: warehouse rows, y: seconds), one line per series (those named in `dashed`: dashed, no
+    markers), with axes, ticks, labels and a legend."""
     import math
 
-    w, h, left, right, top, bottom = 640, 400, 70, 170, 40, 55
+    w, h, left, right, top, bottom = 700, 400, 70, 230, 40, 55
     xs = [x for pts in points.values() for x, _ in pts]
     ys = [y for pts in points.values() for _, y in pts]
     x_max = max(xs) * 1.05
@@ -490,7 +504,7 @@ def svg_plot(points: dict[str, list[tuple[float, float]]], title: str, path: Pat
     def rows(x: float) -> str:
         return f"{x / 1e6:g} M" if x >= 1e6 else f"{x / 1e3:g} k" if x >= 1e3 else f"{x:g}"
 
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"]
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
         'font-family="sans-serif" font-size="12">',
@@ -520,16 +534,17 @@ def svg_plot(points: dict[str, list[tuple[float, float]]], title: str, path: Pat
         c = colours[i % len(colours)]
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         out.append(f'<polyline points="{coords}" fill="none" stroke="{c}" stroke-width="2"/>')
-        for x, y in pts:
+        dash = ' stroke-dasharray="6 4"' if name in dashed else ""
+        out[-1] = out[-1].replace("/>", f"{dash}/>")
+        for x, y in pts if not dash else ():
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{c}"/>')
-            out.append(f'<text x="{px(x) + 6:.1f}" y="{py(y) - 6:.1f}" fill="{c}" font-size="11">{y:.2f}</text>')
         ly = top + 10 + 20 * i
         out.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 40}" y2="{ly}" stroke="{c}" '
-                   'stroke-width="2"/>')  # fmt: skip
+                   f'stroke-width="2"{dash}/>')  # fmt: skip
         out.append(f'<text x="{left + pw + 46}" y="{ly + 4}">{name}</text>')
     out.append("</svg>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n")
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
     return path
 
 
@@ -609,14 +624,14 @@ def run(stack: Stack, *, quick: bool, reps: int) -> dict:
     out["build_s"] = round(build_s, 1)
     out["nights_s"] = round(nights_s, 1)
     plot = RESULTS_DIR / ("scale-quick.svg" if quick else "scale.svg")
-    svg_plot(
-        {
-            step: [(out["sizes"][lb]["measurement_rows"], out["sizes"][lb][step]["seconds"]["median"]) for lb in labels]
-            for step in STEPS
-        },
-        f"A night of {changed:,} changed rows, by warehouse size",
-        plot,
-    )
+    series = {
+        step: [(out["sizes"][lb]["measurement_rows"], out["sizes"][lb][step]["seconds"]["median"]) for lb in labels]
+        for step in STEPS
+    }
+    (x0, y0), (x1, _) = series["consolidation"]
+    target = f"target ≤ {TARGET:g}x ({small_label})"
+    series[target] = [(x0, y0), (x1, TARGET * y0)]
+    svg_plot(series, f"A night of {changed:,} changed rows, by warehouse size", plot, dashed=(target,))
     out["plot"] = str(plot.relative_to(SCRIPT.parents[1]))
     return out
 
