@@ -80,8 +80,9 @@ ID_SHIFT = 10**11  # measurement id of copy k: + k * ID_SHIFT (the site's namesp
 PERSON_SHIFT = 59  # person id of copy k: XOR k << 59 (k <= 9 < 16: bits 59-62 of a 63-bit id)
 FULL_NIGHT, QUICK_NIGHT = 20_000, 200
 SHARES = {"update": 0.90, "insert": 0.09, "delete": 0.01}
-# Consolidation's statistics phases (`consolidate._after_batches`): the platform's checks.
-CHECK_PHASES = ("key_versions", "linkage_stats", "platform_checks", "duplicates", "unmapped")
+# Consolidation's statistics phases (`consolidate._after_batches`; `statistics`: where a merge times its own
+# statistics work): the platform's checks. A phase not timed in a run counts 0.
+CHECK_PHASES = ("key_versions", "linkage_stats", "platform_checks", "duplicates", "unmapped", "statistics")
 STEPS = ("consolidation", "checks", "packaging")
 TARGET = 1.5  # the big warehouse's night's consolidation over the small one's, at most
 
