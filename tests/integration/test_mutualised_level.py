@@ -351,3 +351,18 @@ def test_at_the_deadline_a_missing_member_is_late_a_tampered_batch_rejected_the_
             ).fetchall()
         )
     assert set(got.values()) == {extract.batch_id("hosp_b", END, NEXT_END)} and len(got) == 5
+
+
+def test_the_statistics_the_warehouse_maintains_equal_a_count_from_its_rows(night, stack):
+    """After the nights above (bulk loads of empty tables, upserts, a replaced batch, a rejected one, a late
+    member), the counts, orphan rows and duplicate events the triggers and the nights' refreshes kept (stats.py)
+    are those a count of the whole warehouse gives; and they are not empty (the planted duplicate is there)."""
+    from eds_network.platform import stats
+
+    with _wh(stack) as conn:
+        got, want = stats.maintained(conn), stats.from_scratch(conn)
+    assert got == want
+    planted = night["planted"]
+    assert ("measurement", _ns(planted[2], planted[3])) in got["duplicates"]
+    assert sum(r for (t, _), (r, _, _) in got["table_stats"].items() if t == "measurement") > 1000
+    assert any(bad for (_, _), (_, bad, _) in got["table_stats"].items())

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -16,9 +17,11 @@ from eds_network import catalogue, cli, quality
 from eds_network.core import omop, omopzip
 from eds_network.core.config import load_network
 from eds_network.core.errors import QualityError
+from eds_network.core.timing import PhaseTimer
 from eds_network.dev import seed
 from eds_network.local import extract
 from eds_network.local.pseudonymise import ID_NAMESPACE
+from eds_network.platform import stats as platform_stats
 from eds_network.platform.migrations import MIGRATIONS as warehouse_migrations
 
 pytestmark = [pytest.mark.integration]
@@ -274,6 +277,15 @@ def _warehouse(dsn: str) -> None:
                 " VALUES (%s, %s, 3013721, %s, 32817, %s, 8645, %s, %s, 'b')",
                 (mid, pid, day, value, visit, site),
             )
+        # what consolidation keeps beside the rows: where each person is treated, and the night's statistics
+        conn.execute(
+            "INSERT INTO eds_platform.person_site (person_id, base_id, site_number) VALUES "
+            "(1, 'hosp_a', 1), (1, 'hosp_b', 2), (2, 'hosp_a', 1)"
+        )
+        members = [SimpleNamespace(id="hosp_a", site_number=1), SimpleNamespace(id="hosp_b", site_number=2)]
+        platform_stats.refresh(
+            conn, SimpleNamespace(id="idf", members=members), ["visit_occurrence", "measurement"], PhaseTimer()
+        )
 
 
 def test_warehouse_checks_find_orphans_cross_site_visits_and_duplicate_events(fresh_db):

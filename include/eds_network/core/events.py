@@ -2,10 +2,10 @@
 
 Two rows of an event table are the same event when they belong to the same (linked) person and agree on the
 columns below: the event's concept, its date, and the values that tell two events of one day apart. The
-platform flags such rows in `eds_platform.duplicate_event` (`platform.linkage.flag_duplicates`) and the
-mutualised quality check `crossSiteDuplicates` (`quality.warehouse`) counts them: both read this table, so the
-operator page's duplicate count and the check measure the same thing. NULL values compare equal (SQL's
-GROUP BY / PARTITION BY semantics, used by both).
+platform flags such rows in `eds_platform.duplicate_event` (`platform.stats`, for the persons each night
+touched) and the mutualised quality check `crossSiteDuplicates` (`quality.warehouse`) counts them: both read
+this table, so the operator page's duplicate count and the check measure the same thing. NULL values compare
+equal (SQL's GROUP BY / PARTITION BY semantics, used by both).
 """
 
 from __future__ import annotations

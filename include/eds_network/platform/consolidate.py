@@ -43,9 +43,9 @@ from eds_network.core.errors import IntegrityError
 from eds_network.core.exchange import MANIFEST, SCHEMA_VERSION
 from eds_network.core.storage import download, list_keys
 from eds_network.core.timing import PhaseTimer
-from eds_network.platform import keyversions, standardise
+from eds_network.platform import keyversions, standardise, stats
 from eds_network.platform import manifests as manifests_check
-from eds_network.platform.linkage import flag_duplicates, linkage_stats, platform_checks
+from eds_network.platform.linkage import linkage_stats
 from eds_network.platform.merge import apply_batch
 from eds_network.platform.migrations import MIGRATIONS
 from eds_network.platform.warehouse import (
@@ -164,7 +164,7 @@ def consolidate(
         for base_id, bid, msha, why in refused:
             rejected[bid] = _record_rejection(conn, platform, bid, msha, base_id, why)
         if vocabulary is not None:
-            standardise.ensure_vocabulary(conn, vocabulary)
+            _ensure_vocabulary(conn, vocabulary)
         for manifest, msha in manifests:
             bid = manifest["batch_id"]
             if _applied_before(conn, bid, msha):
@@ -214,21 +214,26 @@ def consolidate(
     )
 
 
+def _ensure_vocabulary(conn, vocabulary: Path) -> None:
+    """The vocabulary loaded into the warehouse; a new one changes which concepts are standard, so what is
+    unmapped is counted again from the rows."""
+    if standardise.ensure_vocabulary(conn, vocabulary):
+        stats.rebuild(conn)
+        conn.commit()
+
+
 def _after_batches(conn, platform: Platform, tables: list[str], tm: PhaseTimer) -> tuple:
     """Once the batches are merged, each phase timed: the level-1 key versions retired and those still live, the
-    linkage statistics, the platform checks, the duplicate events flagged and the codes left unmapped."""
+    linkage statistics, then from what the batches touched (`stats.refresh`, never a scan of the warehouse): the
+    platform checks, the duplicate events flagged and the codes left unmapped."""
     tm.start("key_versions")
     retired = keyversions.retire_unused(conn, tables)
     live = keyversions.live_versions(conn)
     conn.commit()
     tm.start("linkage_stats")
     linkage = linkage_stats(conn)
-    tm.start("platform_checks")
-    checks = platform_checks(conn, tables)
-    tm.start("duplicates")
-    duplicates = flag_duplicates(conn, platform, tables)
-    tm.start("unmapped")
-    std = standardise.unmapped(conn, platform, tables)
+    checks, duplicates, std = stats.refresh(conn, platform, tables, tm)
+    conn.commit()
     tm.stop()
     return retired, live, linkage, checks, duplicates, std
 

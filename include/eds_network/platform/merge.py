@@ -21,7 +21,7 @@ from psycopg import sql
 from eds_network.core import digests, omop
 from eds_network.core.errors import IntegrityError
 from eds_network.core.timing import PhaseTimer
-from eds_network.platform import changes, keyversions, standardise
+from eds_network.platform import changes, keyversions, standardise, stats
 from eds_network.platform.warehouse import (
     conflict_key,
     expected_columns,
@@ -197,7 +197,9 @@ def _bulk_load(
             sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(ident, sql.Identifier(c), sql.Literal(v))
         )
     # Empty, locked: truncating it lets COPY write the rows frozen and all-visible (index-only scans at once).
+    # The statistics triggers are off for the load (no transition table of every row): counted once below.
     conn.execute(sql.SQL("TRUNCATE {}").format(ident))
+    stats.set_tracking(conn, table, False)
     n = _copy_parquet(conn, path, ident, cols, freeze=True)
     for c in meta:
         conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(ident, sql.Identifier(c)))
@@ -213,6 +215,8 @@ def _bulk_load(
             rows[f"{table}.mapped_concepts"] = std.mapped
         if std.units:
             rows[f"{table}.units_normalised"] = std.units
+    tm.start("statistics")
+    stats.recount(conn, table, resume_tracking=True)
     tm.start("index_build")
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     for _name, idx, con, cdef in indexes:

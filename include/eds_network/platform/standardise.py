@@ -10,8 +10,9 @@
 - Units (measurement, observation): `unit_concept_id` is set from `unit_source_value` (kept verbatim, as
   OMOP wants) when it is 0: UCUM codes as they are, and a small table of common non-UCUM spellings with
   their conversion factor (values and ranges are converted to the UCUM unit).
-- Rates: `unmapped(conn, platform)` counts, per table and member base, the rows whose concept is still 0
-  (or non-standard) in the warehouse, and the rows whose unit is still unknown.
+- Rates: per table and member base, the rows whose concept is still 0 (or non-standard) in the warehouse, and
+  the rows whose unit is still unknown, kept up to date by the warehouse's statistics triggers
+  (`platform/stats.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import psycopg
 from psycopg import sql
 
 from eds_network.core import omop
-from eds_network.core.config import Platform
 from eds_network.core.omopzip import load_vocabulary
 from eds_network.core.storage import sha256_file
 
@@ -213,43 +213,3 @@ def standardise_stage(conn: psycopg.Connection, table: str, stage: sql.Composabl
         )
         units = cur.rowcount
     return StageResult(mapped, units)
-
-
-def unmapped(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> dict[str, dict[str, dict]]:
-    """{base: {table: {rows, unmapped_concepts, unmapped_rate, unmapped_units}}} over the warehouse."""
-    v = sql.Identifier(VOCAB_SCHEMA)
-    have_vocab = conn.execute("SELECT to_regclass('vocab.standard_concept')").fetchone()[0] is not None
-    bases = {b.site_number: b.id for b in platform.members}
-    out: dict[str, dict[str, dict]] = {b.id: {} for b in platform.members}
-    for t in tables:
-        cols = concept_columns(t)
-        if not cols:
-            continue
-        cc = sql.Identifier(cols[0])
-        bad = (
-            sql.SQL(
-                "coalesce({cc}, 0) = 0 OR NOT EXISTS (SELECT 1 FROM {v}.standard_concept c WHERE c.concept_id = {cc})"
-            ).format(cc=cc, v=v)
-            if have_vocab
-            else sql.SQL("coalesce({cc}, 0) = 0").format(cc=cc)
-        )
-        unit = (
-            sql.SQL("unit_source_value IS NOT NULL AND coalesce(unit_concept_id, 0) = 0")
-            if t in UNIT_TABLES and omop.table(t).has("unit_source_value")
-            else sql.SQL("false")
-        )
-        q = sql.SQL(
-            "SELECT _site, count(*), count(*) FILTER (WHERE {bad}), count(*) FILTER (WHERE {unit}) "
-            "FROM omop.{t} GROUP BY _site"
-        ).format(bad=bad, unit=unit, t=sql.Identifier(t))
-        for site, rows, n_bad, n_unit in conn.execute(q):
-            base = bases.get(site)
-            if base is None:
-                continue
-            out[base][t] = {
-                "rows": rows,
-                "unmapped_concepts": n_bad,
-                "unmapped_rate": round(n_bad / rows, 6) if rows else 0.0,
-                "unmapped_units": n_unit,
-            }
-    return out

@@ -56,10 +56,31 @@ _DUPLICATES = (
 )
 
 
-def _foreign_key(conn, platform: str, table: str, column: str, query: str, description: str) -> CheckResult:
+def _maintained(conn) -> dict[str, dict[str, int]] | None:
+    """The statistics the warehouse keeps up to date (the platform's `eds_platform.table_stats`, `orphan_rows`,
+    `orphan_visit_rows` and `duplicate_event`, brought up to date by each consolidation from what it touched):
+    {table: {rows, orphans, visit_orphans, duplicates}}, so that the checks cost what the night changed, not a
+    scan of the warehouse. None for a warehouse without them."""
+    if conn.execute("SELECT to_regclass('eds_platform.table_stats')").fetchone()[0] is None:
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for query, what in (
+        ("SELECT table_name, sum(rows) FROM eds_platform.table_stats GROUP BY 1", "rows"),
+        ("SELECT table_name, sum(rows) FROM eds_platform.orphan_rows GROUP BY 1", "orphans"),
+        ("SELECT table_name, count(*) FROM eds_platform.duplicate_event GROUP BY 1", "duplicates"),
+        ("SELECT table_name, sum(rows) FROM eds_platform.orphan_visit_rows GROUP BY 1", "visit_orphans"),
+    ):
+        for t, n in conn.execute(query):
+            out.setdefault(t, {})[what] = int(n)
+    return out
+
+
+def _foreign_key(
+    conn, platform: str, table: str, column: str, query: str, description: str, counted: tuple[int, int] | None = None
+) -> CheckResult:
     from psycopg import sql
 
-    total, bad = conn.execute(sql.SQL(query).format(sql.Identifier(table))).fetchone()
+    total, bad = counted or conn.execute(sql.SQL(query).format(sql.Identifier(table))).fetchone()
     return _warehouse_result(
         platform,
         table,
@@ -74,11 +95,13 @@ def _foreign_key(conn, platform: str, table: str, column: str, query: str, descr
     )
 
 
-def _duplicates(conn, platform: str, table: str, cols: tuple[str, ...]) -> CheckResult:
+def _duplicates(
+    conn, platform: str, table: str, cols: tuple[str, ...], counted: tuple[int, int] | None = None
+) -> CheckResult:
     from psycopg import sql
 
     part = sql.SQL(", ").join(map(sql.Identifier, cols))
-    total, bad = conn.execute(sql.SQL(_DUPLICATES).format(part, sql.Identifier(table))).fetchone()
+    total, bad = counted or conn.execute(sql.SQL(_DUPLICATES).format(part, sql.Identifier(table))).fetchone()
     return _warehouse_result(
         platform,
         table,
@@ -105,24 +128,30 @@ def warehouse_checks(conn, platform: str, tables: Iterable[str]) -> list[CheckRe
       to a visit of site B).
     - crossSiteDuplicates (characterization, 5 %): rows of an event (`core.events`) that a lower-numbered
       site also reported: the rows the platform flags in eds_platform.duplicate_event.
-    Results are in the DQD shape (`base` is the platform); not evaluated when a table is missing."""
+    Results are in the DQD shape (`base` is the platform); not evaluated when a table is missing. The counts are
+    those the warehouse maintains when it has them (`_maintained`), else one query over the table per check."""
     present = {
         r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'omop'")
     }
+    kept = _maintained(conn)
     out: list[CheckResult] = []
     for t in tables:
         if t not in present or t == "person":
             continue
         spec = omop.table(t)
+        n = kept.get(t, {}) if kept is not None else None
         if spec.has("person_id") and "person" in present:
             what = "person_id found in PERSON (consolidated warehouse, all sites)"
-            out.append(_foreign_key(conn, platform, t, "person_id", _PERSON_FK, what))
+            counted = (n.get("rows", 0), n.get("orphans", 0)) if n is not None else None
+            out.append(_foreign_key(conn, platform, t, "person_id", _PERSON_FK, what, counted))
         if t != "visit_occurrence" and spec.has("visit_occurrence_id") and "visit_occurrence" in present:
             what = "visit_occurrence_id found in VISIT_OCCURRENCE at the same site"
-            out.append(_foreign_key(conn, platform, t, "visit_occurrence_id", _VISIT_FK, what))
+            counted = (n.get("rows", 0), n.get("visit_orphans", 0)) if n is not None else None
+            out.append(_foreign_key(conn, platform, t, "visit_occurrence_id", _VISIT_FK, what, counted))
         cols = identity_columns(t)
         if cols:
-            out.append(_duplicates(conn, platform, t, cols))
+            counted = (n.get("rows", 0), n.get("duplicates", 0)) if n is not None else None
+            out.append(_duplicates(conn, platform, t, cols, counted))
     return out
 
 

@@ -1,0 +1,439 @@
+"""The warehouse's per-night statistics, kept up to date by the warehouse itself, so that a night's statistics
+cost what the night changed and not the size of the warehouse (issue 23).
+
+- `eds_platform.table_stats` (table, site): rows, rows whose main concept is unmapped (0 or not a valid standard
+  concept) and rows whose unit is unknown. Three statement-level AFTER triggers on every `omop` table (INSERT,
+  UPDATE, DELETE, each with its transition table) add what a statement wrote and subtract what it removed, so
+  every path that changes the warehouse (upsert, tombstones, erasure, a full replacement, a replaced batch, an
+  operator's SQL) keeps them exact. The bulk load of an empty table switches them off and counts the table once
+  (`recount`), which costs the same as the triggers would and no transition table of millions of rows.
+- `eds_platform.touched_person`: the persons one of whose rows was written or removed since the last
+  statistics. The night's duplicate detection and foreign-key check look at these persons only (`refresh`).
+- `eds_platform.orphan_rows` (table, person): rows whose person the warehouse does not hold (DQD isForeignKey).
+  Only a touched person can become or stop being one, and a touched person's rows are counted only when the
+  person is missing (normally none), so the check costs a look-up per touched person.
+- `eds_platform.visit_ref` (table, visit, site): how many rows of a site point to a visit, kept by the same
+  triggers; `touched_visit`, the visits written or removed and those newly pointed to or no longer;
+  `orphan_visit_rows`: the references to a visit their own site does not hold (an event of site A must not
+  point to a visit of site B), looked at again for the touched visits only.
+
+`rebuild` counts everything from the rows (the migration that introduced the tables, a new vocabulary, whose
+standard concepts change what is unmapped); `from_scratch` computes the same without writing, the reference the
+tests compare the maintained statistics with.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+
+from eds_network.core import omop
+from eds_network.core.config import Platform
+from eds_network.core.events import identity_columns
+from eds_network.core.timing import PhaseTimer
+from eds_network.platform.standardise import UNIT_TABLES, VOCAB_SCHEMA, concept_columns
+from eds_network.platform.warehouse import conflict_key
+
+log = logging.getLogger(__name__)
+TRIGGERS = {"INSERT": "eds_stats_ins", "UPDATE": "eds_stats_upd", "DELETE": "eds_stats_del"}
+
+
+def warehouse_tables(conn: psycopg.Connection) -> list[str]:
+    """The OMOP tables of this warehouse's `omop` schema."""
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'omop' AND table_type = 'BASE TABLE'"
+        )
+    }
+    return sorted(have & set(omop.schema()))
+
+
+def columns(conn: psycopg.Connection, table: str) -> set[str]:
+    """The columns omop.<table> has in this warehouse (one taken over from before the migrations may lack some
+    of the CDM's): what the statistics look at is what the table has."""
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'omop' AND table_name = %s",
+            (table,),
+        )
+    }
+
+
+def _has_person(table: str, have: set[str] | None = None) -> bool:
+    return "person_id" in have if have is not None else omop.table(table).has("person_id")
+
+
+def _visits(table: str, have: set[str]) -> str:
+    """'visits' for visit_occurrence, 'refs' for a table whose rows point to a visit, '' otherwise."""
+    if table == "visit_occurrence":
+        return "visits"
+    return "refs" if "visit_occurrence_id" in have else ""
+
+
+def _conditions(table: str, have: set[str], *, vocab: bool) -> tuple[sql.Composable, sql.Composable]:
+    """(unmapped concept, unknown unit) conditions on a row `r` of `table`, whose columns are `have`."""
+    cols = concept_columns(table)
+    if not cols or cols[0] not in have:
+        bad: sql.Composable = sql.SQL("false")
+    else:
+        cc = sql.SQL("r.{}").format(sql.Identifier(cols[0]))
+        bad = sql.SQL("coalesce({cc}, 0) = 0").format(cc=cc)
+        if vocab:
+            bad = sql.SQL(
+                "coalesce({cc}, 0) = 0 OR NOT EXISTS (SELECT 1 FROM {v}.standard_concept c WHERE c.concept_id = {cc})"
+            ).format(cc=cc, v=sql.Identifier(VOCAB_SCHEMA))
+    unit: sql.Composable = (
+        sql.SQL("r.unit_source_value IS NOT NULL AND coalesce(r.unit_concept_id, 0) = 0")
+        if table in UNIT_TABLES and {"unit_source_value", "unit_concept_id"} <= have
+        else sql.SQL("false")
+    )
+    return bad, unit
+
+
+def _has_vocab(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('vocab.standard_concept')").fetchone()[0] is not None
+
+
+def _count_query(conn: psycopg.Connection, table: str) -> sql.Composable:
+    """(site, rows, unmapped concepts, unknown units) of every row of omop.<table>, per site."""
+    bad, unit = _conditions(table, columns(conn, table), vocab=_has_vocab(conn))
+    return sql.SQL(
+        "SELECT r._site, count(*), count(*) FILTER (WHERE {bad}), count(*) FILTER (WHERE {unit}) "
+        "FROM omop.{t} r GROUP BY r._site"
+    ).format(bad=bad, unit=unit, t=sql.Identifier(table))
+
+
+def trigger_arguments(table: str, have: set[str]) -> list[sql.Composable | str]:
+    """What `eds_platform.track_stats` is given for `table` (see the migration 0006_incremental_stats): the
+    unmapped-concept condition with a vocabulary and without one, the unknown-unit condition, 'persons' when
+    the table has person_id, 'refs' / 'visits' / '' (`_visits`). `have`: the table's columns."""
+    with_vocab, unit = _conditions(table, have, vocab=True)
+    without, _ = _conditions(table, have, vocab=False)
+    return [with_vocab, without, unit, "persons" if _has_person(table, have) else "", _visits(table, have)]
+
+
+def set_tracking(conn: psycopg.Connection, table: str, enabled: bool) -> None:
+    """Switch the table's statistics triggers on or off, inside the caller's transaction (a bulk load)."""
+    for name in TRIGGERS.values():
+        conn.execute(
+            sql.SQL("ALTER TABLE omop.{} {} TRIGGER {}").format(
+                sql.Identifier(table), sql.SQL("ENABLE" if enabled else "DISABLE"), sql.Identifier(name)
+            )
+        )
+
+
+def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = False) -> None:
+    """Count one table from its rows, and mark each of its persons and visits touched (after a bulk load: every
+    row of the table is the batch's; `resume_tracking` then switches its triggers back on)."""
+    if resume_tracking:
+        set_tracking(conn, table, True)
+    conn.execute("DELETE FROM eds_platform.table_stats WHERE table_name = %s", (table,))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO eds_platform.table_stats (site_number, rows, unmapped_concepts, unmapped_units, table_name) "
+            "SELECT *, %s FROM ({}) x"
+        ).format(_count_query(conn, table)),
+        (table,),
+    )
+    ident, have = sql.Identifier(table), columns(conn, table)
+    if _has_person(table, have):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.touched_person (person_id) SELECT DISTINCT person_id FROM omop.{} "
+                "WHERE person_id IS NOT NULL ON CONFLICT DO NOTHING"
+            ).format(ident)
+        )
+    if _visits(table, have) == "refs":
+        conn.execute("DELETE FROM eds_platform.visit_ref WHERE table_name = %s", (table,))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.visit_ref (table_name, visit_id, site_number, rows) "
+                "SELECT %s, visit_occurrence_id, _site, count(*) FROM omop.{} WHERE visit_occurrence_id IS NOT NULL "
+                "GROUP BY 2, 3"
+            ).format(ident),
+            (table,),
+        )
+    if _visits(table, have):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.touched_visit (visit_id) SELECT DISTINCT visit_occurrence_id FROM omop.{} "
+                "WHERE visit_occurrence_id IS NOT NULL ON CONFLICT DO NOTHING"
+            ).format(ident)
+        )
+
+
+def _orphans_query(table: str, persons: sql.Composable | None) -> sql.Composable:
+    """(person, rows) of omop.<table> whose person the warehouse does not hold, among `persons` (a query of
+    person ids), or among all."""
+    among = sql.SQL("e.person_id IN ({}) AND ").format(persons) if persons is not None else sql.SQL("")
+    return sql.SQL(
+        "SELECT e.person_id, count(*) FROM omop.{t} e WHERE {among}e.person_id IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id) GROUP BY e.person_id"
+    ).format(t=sql.Identifier(table), among=among)
+
+
+def _event_tables(conn: psycopg.Connection) -> list[str]:
+    return [t for t in warehouse_tables(conn) if t != "person" and _has_person(t, columns(conn, t))]
+
+
+def _orphan_visits_query(visits: sql.Composable | None) -> sql.Composable:
+    """(table, visit, site, rows) of the rows pointing to a visit their own site does not hold, among `visits`
+    (a query of visit ids) or among all, from `visit_ref`."""
+    among = sql.SQL("r.visit_id IN ({}) AND ").format(visits) if visits is not None else sql.SQL("")
+    return sql.SQL(
+        "SELECT r.table_name, r.visit_id, r.site_number, r.rows FROM eds_platform.visit_ref r WHERE {among}"
+        "r.rows > 0 AND NOT EXISTS (SELECT 1 FROM omop.visit_occurrence v WHERE v.visit_occurrence_id = r.visit_id "
+        "AND v._site = r.site_number)"
+    ).format(among=among)
+
+
+def _has_visits(conn: psycopg.Connection) -> bool:
+    return "visit_occurrence" in warehouse_tables(conn)
+
+
+def rebuild(conn: psycopg.Connection) -> None:
+    """Every count from the rows themselves (a full scan: a new warehouse schema, a new vocabulary)."""
+    conn.execute("DELETE FROM eds_platform.table_stats")
+    conn.execute("DELETE FROM eds_platform.orphan_rows")
+    for t in warehouse_tables(conn):
+        recount(conn, t)
+    for t in _event_tables(conn):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.orphan_rows (person_id, rows, table_name) SELECT *, %s FROM ({}) x"
+            ).format(_orphans_query(t, None)),
+            (t,),
+        )
+    conn.execute("DELETE FROM eds_platform.orphan_visit_rows")
+    if _has_visits(conn):
+        conn.execute(sql.SQL("INSERT INTO eds_platform.orphan_visit_rows {}").format(_orphan_visits_query(None)))
+    log.info("warehouse statistics counted from the rows (%d tables)", len(warehouse_tables(conn)))
+
+
+# -- the night's statistics -------------------------------------------------------------------------------------
+
+TOUCHED = sql.SQL("SELECT person_id FROM eds_night_touched")
+
+
+def _take_touched(conn: psycopg.Connection) -> int:
+    """The persons touched since the last statistics into the transaction's temp table `eds_night_touched`, and
+    out of `touched_person` (put back if the transaction rolls back). Returns how many."""
+    conn.execute("DROP TABLE IF EXISTS eds_night_touched")
+    n = conn.execute(
+        "CREATE TEMP TABLE eds_night_touched ON COMMIT DROP AS WITH d AS "
+        "(DELETE FROM eds_platform.touched_person RETURNING person_id) SELECT person_id FROM d"
+    ).rowcount
+    conn.execute("ALTER TABLE eds_night_touched ADD PRIMARY KEY (person_id)")
+    conn.execute("ANALYZE eds_night_touched")
+    return n
+
+
+def _refresh_orphans(conn: psycopg.Connection) -> None:
+    """Orphan rows again for the touched persons, and orphan visit references for the touched visits."""
+    conn.execute("DROP TABLE IF EXISTS eds_night_visits")
+    conn.execute(
+        "CREATE TEMP TABLE eds_night_visits ON COMMIT DROP AS WITH d AS "
+        "(DELETE FROM eds_platform.touched_visit RETURNING visit_id) SELECT visit_id FROM d"
+    )
+    conn.execute("DELETE FROM eds_platform.orphan_visit_rows o USING eds_night_visits t WHERE o.visit_id = t.visit_id")
+    if _has_visits(conn):
+        conn.execute(
+            sql.SQL("INSERT INTO eds_platform.orphan_visit_rows {}").format(
+                _orphan_visits_query(sql.SQL("SELECT visit_id FROM eds_night_visits"))
+            )
+        )
+    conn.execute("DELETE FROM eds_platform.orphan_rows o USING eds_night_touched t WHERE o.person_id = t.person_id")
+    for t in _event_tables(conn):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.orphan_rows (person_id, rows, table_name) SELECT *, %s FROM ({}) x"
+            ).format(_orphans_query(t, TOUCHED)),
+            (t,),
+        )
+
+
+def duplicates_query(table: str, persons: sql.Composable) -> sql.Composable | None:
+    """(row id, id of the row it duplicates, person, site) of the events of `table` a second site reported for
+    the same linked person, among `persons` (a query of person ids); None for a table without events.
+
+    Only a person linked at two sites or more can have an event reported twice: the window runs over their rows
+    (through the person_id index). The first site's row (lowest site number, then lowest id) is the reference."""
+    cols = identity_columns(table)
+    if not cols:
+        return None
+    key = sql.Identifier(conflict_key(table))
+    multi = sql.SQL(
+        "SELECT ps.person_id FROM eds_platform.person_site ps WHERE ps.person_id IN ({p}) "
+        "GROUP BY ps.person_id HAVING count(*) > 1"
+    ).format(p=persons)
+    return sql.SQL(
+        "SELECT id, first_id, person_id, _site FROM ("
+        " SELECT {key} AS id, person_id, _site, first_value({key}) OVER w AS first_id,"
+        " first_value(_site) OVER w AS first_site FROM omop.{t} WHERE person_id IN ({multi})"
+        " WINDOW w AS (PARTITION BY {part} ORDER BY _site, {key})) x "
+        "WHERE _site <> first_site"
+    ).format(key=key, t=sql.Identifier(table), multi=multi, part=sql.SQL(", ").join(map(sql.Identifier, cols)))
+
+
+def _refresh_duplicates(conn: psycopg.Connection, tables: list[str]) -> None:
+    """The duplicate events of the touched persons, flagged again (those of every other person are unchanged:
+    an event is a duplicate of another event of the same person)."""
+    conn.execute("DELETE FROM eds_platform.duplicate_event d USING eds_night_touched t WHERE d.person_id = t.person_id")
+    for t in tables:
+        q = duplicates_query(t, TOUCHED)
+        if q is None:
+            continue
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO eds_platform.duplicate_event (row_id, duplicate_of, person_id, site_number, table_name) "
+                "SELECT *, %s FROM ({}) x"
+            ).format(q),
+            (t,),
+        )
+
+
+def refresh(conn: psycopg.Connection, platform: Platform, tables: list[str], tm: PhaseTimer) -> tuple:
+    """The night's cross-site checks, duplicate events and unmapped rates, in one transaction, from what the
+    night's batches touched: (checks, duplicates, standardisation) as `report` gives them."""
+    with conn.transaction():
+        tm.start("platform_checks")
+        n = _take_touched(conn)
+        _refresh_orphans(conn)
+        tm.start("duplicates")
+        _refresh_duplicates(conn, tables)
+        tm.start("unmapped")
+        out = report(conn, platform, tables)
+    log.info("%s: statistics brought up to date from the %d persons the night touched", platform.id, n)
+    return out
+
+
+def report(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> tuple[dict, dict, dict]:
+    """Read the maintained statistics: (checks {isForeignKey:<t>.person_id: {rows, violating_rows, passed}},
+    duplicates {base: {table: flagged rows}}, standardisation {base: {table: {rows, unmapped_concepts,
+    unmapped_rate, unmapped_units}}})."""
+    bases = {b.site_number: b.id for b in platform.members}
+    counts: dict[str, dict[int, tuple[int, int, int]]] = {}
+    for t, site, rows, bad, unit in conn.execute(
+        "SELECT table_name, site_number, rows, unmapped_concepts, unmapped_units FROM eds_platform.table_stats "
+        "WHERE table_name = ANY(%s) AND rows > 0 ORDER BY 1, 2",
+        (tables,),
+    ):
+        counts.setdefault(t, {})[site] = (int(rows), int(bad), int(unit))
+    orphans = dict(
+        conn.execute(
+            "SELECT table_name, sum(rows) FROM eds_platform.orphan_rows WHERE table_name = ANY(%s) GROUP BY 1",
+            (tables,),
+        ).fetchall()
+    )
+    checks = {}
+    for t in tables:
+        if t == "person" or not _has_person(t):
+            continue
+        total, bad = sum(r for r, _, _ in counts.get(t, {}).values()), int(orphans.get(t, 0))
+        checks[f"isForeignKey:{t}.person_id"] = {"rows": total, "violating_rows": bad, "passed": bad == 0}
+    duplicates: dict[str, dict[str, int]] = {b.id: {} for b in platform.members}
+    for t, site, n in conn.execute(
+        "SELECT table_name, site_number, count(*) FROM eds_platform.duplicate_event GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        if site in bases:
+            duplicates[bases[site]][t] = n
+    std: dict[str, dict[str, dict]] = {b.id: {} for b in platform.members}
+    for t in tables:
+        if not concept_columns(t):
+            continue
+        for site, (rows, bad, unit) in counts.get(t, {}).items():
+            if site in bases:
+                std[bases[site]][t] = {
+                    "rows": rows,
+                    "unmapped_concepts": bad,
+                    "unmapped_rate": round(bad / rows, 6) if rows else 0.0,
+                    "unmapped_units": unit,
+                }
+    return checks, duplicates, std
+
+
+def from_scratch(conn: psycopg.Connection) -> dict:
+    """The statistics counted from the rows, nothing written: {"table_stats": {(table, site): (rows, unmapped,
+    units)}, "orphans": {(table, person): rows}, "duplicates": {(table, row id): (duplicate of, person, site)}}.
+    What the maintained tables must equal (the tests compare them)."""
+    ts = {}
+    for t in warehouse_tables(conn):
+        for site, rows, bad, unit in conn.execute(_count_query(conn, t)):
+            ts[(t, site)] = (rows, bad, unit)
+    orphans = {}
+    for t in _event_tables(conn):
+        for person, rows in conn.execute(_orphans_query(t, None)):
+            orphans[(t, person)] = rows
+    refs = {}
+    for t in warehouse_tables(conn):
+        if _visits(t, columns(conn, t)) == "refs":
+            for visit, site, rows in conn.execute(
+                sql.SQL(
+                    "SELECT visit_occurrence_id, _site, count(*) FROM omop.{} WHERE visit_occurrence_id IS NOT NULL "
+                    "GROUP BY 1, 2"
+                ).format(sql.Identifier(t))
+            ):
+                refs[(t, visit, site)] = rows
+    held = (
+        {tuple(r) for r in conn.execute("SELECT visit_occurrence_id, _site FROM omop.visit_occurrence")}
+        if _has_visits(conn)
+        else None
+    )
+    orphan_visits = {k: n for k, n in refs.items() if held is not None and (k[1], k[2]) not in held}
+    dup = {}
+    every = sql.SQL("SELECT person_id FROM eds_platform.person_site")
+    for t in warehouse_tables(conn):
+        q = duplicates_query(t, every)
+        if q is not None:
+            for rid, first, person, site in conn.execute(q):
+                dup[(t, rid)] = (first, person, site)
+    return {
+        "table_stats": ts,
+        "orphans": orphans,
+        "visit_refs": refs,
+        "orphan_visits": orphan_visits,
+        "duplicates": dup,
+    }
+
+
+def maintained(conn: psycopg.Connection) -> dict:
+    """The maintained statistics, in `from_scratch`'s shape (sites and persons with no row left omitted)."""
+    ts = {
+        (t, s): (r, b, u)
+        for t, s, r, b, u in conn.execute(
+            "SELECT table_name, site_number, rows, unmapped_concepts, unmapped_units FROM eds_platform.table_stats "
+            "WHERE rows <> 0 OR unmapped_concepts <> 0 OR unmapped_units <> 0"
+        )
+    }
+    orphans = {
+        (t, p): r for t, p, r in conn.execute("SELECT table_name, person_id, rows FROM eds_platform.orphan_rows")
+    }
+    dup = {
+        (t, rid): (first, p, s)
+        for t, rid, first, p, s in conn.execute(
+            "SELECT table_name, row_id, duplicate_of, person_id, site_number FROM eds_platform.duplicate_event"
+        )
+    }
+    refs = {
+        (t, v, s): r
+        for t, v, s, r in conn.execute(
+            "SELECT table_name, visit_id, site_number, rows FROM eds_platform.visit_ref WHERE rows <> 0"
+        )
+    }
+    orphan_visits = {
+        (t, v, s): r
+        for t, v, s, r in conn.execute(
+            "SELECT table_name, visit_id, site_number, rows FROM eds_platform.orphan_visit_rows"
+        )
+    }
+    return {
+        "table_stats": ts,
+        "orphans": orphans,
+        "visit_refs": refs,
+        "orphan_visits": orphan_visits,
+        "duplicates": dup,
+    }
