@@ -239,8 +239,6 @@ def rebuild(conn: psycopg.Connection) -> None:
 
 # -- the night's statistics -------------------------------------------------------------------------------------
 
-TOUCHED = sql.SQL("SELECT person_id FROM eds_night_touched")
-
 
 def _take_touched(conn: psycopg.Connection) -> int:
     """The persons touched since the last statistics into the transaction's temp table `eds_night_touched`, and
@@ -290,33 +288,37 @@ def _refresh_orphans(conn: psycopg.Connection) -> None:
 
 def duplicates_query(table: str, persons: sql.Composable) -> sql.Composable | None:
     """(row id, id of the row it duplicates, person, site) of the events of `table` a second site reported for
-    the same linked person, among `persons` (a query of person ids); None for a table without events.
-
-    Only a person linked at two sites or more can have an event reported twice: the window runs over their rows
+    the same linked person, among `persons` (a query of the ids of persons linked at two sites or more: only
+    they can have an event reported twice); None for a table without events. The window runs over their rows
     (through the person_id index). The first site's row (lowest site number, then lowest id) is the reference."""
     cols = identity_columns(table)
     if not cols:
         return None
     key = sql.Identifier(conflict_key(table))
-    multi = sql.SQL(
-        "SELECT ps.person_id FROM eds_platform.person_site ps WHERE ps.person_id IN ({p}) "
-        "GROUP BY ps.person_id HAVING count(*) > 1"
-    ).format(p=persons)
     return sql.SQL(
         "SELECT id, first_id, person_id, _site FROM ("
         " SELECT {key} AS id, person_id, _site, first_value({key}) OVER w AS first_id,"
-        " first_value(_site) OVER w AS first_site FROM omop.{t} WHERE person_id IN ({multi})"
+        " first_value(_site) OVER w AS first_site FROM omop.{t} WHERE person_id IN ({persons})"
         " WINDOW w AS (PARTITION BY {part} ORDER BY _site, {key})) x "
         "WHERE _site <> first_site"
-    ).format(key=key, t=sql.Identifier(table), multi=multi, part=sql.SQL(", ").join(map(sql.Identifier, cols)))
+    ).format(key=key, t=sql.Identifier(table), persons=persons, part=sql.SQL(", ").join(map(sql.Identifier, cols)))
 
 
 def _refresh_duplicates(conn: psycopg.Connection, tables: list[str]) -> None:
     """The duplicate events of the touched persons, flagged again (those of every other person are unchanged:
     an event is a duplicate of another event of the same person)."""
     conn.execute("DELETE FROM eds_platform.duplicate_event d USING eds_night_touched t WHERE d.person_id = t.person_id")
+    # Only a person linked at two sites or more can have an event reported twice (normally few of the touched).
+    conn.execute("DROP TABLE IF EXISTS eds_night_multi")
+    multi = conn.execute(
+        "CREATE TEMP TABLE eds_night_multi ON COMMIT DROP AS SELECT ps.person_id FROM eds_platform.person_site ps "
+        "JOIN eds_night_touched t ON t.person_id = ps.person_id GROUP BY ps.person_id HAVING count(*) > 1"
+    ).rowcount
+    if not multi:
+        return
+    conn.execute("ANALYZE eds_night_multi")
     for t in tables:
-        q = duplicates_query(t, TOUCHED)
+        q = duplicates_query(t, sql.SQL("SELECT person_id FROM eds_night_multi"))
         if q is None:
             continue
         conn.execute(
@@ -417,7 +419,7 @@ def from_scratch(conn: psycopg.Connection) -> dict:
     )
     orphan_visits = {k: n for k, n in refs.items() if held is not None and (k[1], k[2]) not in held}
     dup = {}
-    every = sql.SQL("SELECT person_id FROM eds_platform.person_site")
+    every = sql.SQL("SELECT person_id FROM eds_platform.person_site GROUP BY person_id HAVING count(*) > 1")
     for t in warehouse_tables(conn):
         q = duplicates_query(t, every)
         if q is not None:
