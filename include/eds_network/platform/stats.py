@@ -5,8 +5,8 @@ cost what the night changed and not the size of the warehouse (issue 23).
   concept) and rows whose unit is unknown. Three statement-level AFTER triggers on every `omop` table (INSERT,
   UPDATE, DELETE, each with its transition table) add what a statement wrote and subtract what it removed, so
   every path that changes the warehouse (upsert, tombstones, erasure, a full replacement, a replaced batch, an
-  operator's SQL) keeps them exact. The bulk load of an empty table switches them off and counts the table once
-  (`recount`), which costs the same as the triggers would and no transition table of millions of rows.
+  operator's SQL) keeps them exact. The bulk load of an empty table switches them off and counts the table in
+  one scan (`recount`) rather than have PostgreSQL keep a transition table of millions of rows.
 - `eds_platform.touched_person`: the persons one of whose rows was written or removed since the last
   statistics. The night's duplicate detection and foreign-key check look at these persons only (`refresh`).
 - `eds_platform.orphan_rows` (table, person): rows whose person the warehouse does not hold (DQD isForeignKey).
@@ -219,7 +219,8 @@ def _has_visits(conn: psycopg.Connection) -> bool:
 
 
 def rebuild(conn: psycopg.Connection) -> None:
-    """Every count from the rows themselves (a full scan: a new warehouse schema, a new vocabulary)."""
+    """Every count from the rows themselves (a full scan: a new warehouse schema, a new vocabulary). Every person
+    and visit is marked touched, so the next refresh also flags the duplicate events of the whole warehouse once."""
     conn.execute("DELETE FROM eds_platform.table_stats")
     conn.execute("DELETE FROM eds_platform.orphan_rows")
     for t in warehouse_tables(conn):
