@@ -86,7 +86,8 @@ def test_the_warehouse_has_every_table_a_member_may_send_with_the_platform_colum
         "alembic_version", "ledger", "person_site", "rejected", "duplicate_event", "key_version", "manifest_state",
         "vocabulary_load", "change_log", "packaged", "person_digest",
         # the statistics the warehouse maintains (platform/stats.py)
-        "table_stats", "touched_person", "orphan_rows", "visit_ref", "touched_visit", "orphan_visit_rows",
+        "table_stats", "touched_person", "event_person", "orphan_rows", "visit_ref", "touched_visit",
+        "orphan_visit_rows",
     }  # fmt: skip
     # change tracking (incremental deliveries): every OMOP table has `_seq` and its two triggers
     for t in omop_tables:

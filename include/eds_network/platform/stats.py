@@ -9,9 +9,10 @@ cost what the night changed and not the size of the warehouse (issue 23).
   one scan (`recount`) rather than have PostgreSQL keep a transition table of millions of rows.
 - `eds_platform.touched_person`: the persons one of whose rows was written or removed since the last
   statistics. The night's duplicate detection and foreign-key check look at these persons only (`refresh`).
-- `eds_platform.orphan_rows` (table, person): rows whose person the warehouse does not hold (DQD isForeignKey).
-  Only a touched person can become or stop being one, and a touched person's rows are counted only when the
-  person is missing (normally none), so the check costs a look-up per touched person.
+- `eds_platform.event_person` (table, person): how many rows of a table each person has, kept by the same
+  triggers; `orphan_rows` (table, person): those of a person the warehouse does not hold (DQD isForeignKey).
+  Only a touched person can become or stop being one, and it is read from `event_person`: the check costs a
+  look-up per touched person and never reads an event table.
 - `eds_platform.visit_ref` (table, visit, site): how many rows of a site point to a visit, kept by the same
   triggers; `touched_visit`, the visits written or removed and those newly pointed to or no longer;
   `orphan_visit_rows`: the references to a visit their own site does not hold (an event of site A must not
@@ -113,7 +114,8 @@ def trigger_arguments(table: str, have: set[str]) -> list[sql.Composable | str]:
     the table has person_id, 'refs' / 'visits' / '' (`_visits`). `have`: the table's columns."""
     with_vocab, unit = _conditions(table, have, vocab=True)
     without, _ = _conditions(table, have, vocab=False)
-    return [with_vocab, without, unit, "persons" if _has_person(table, have) else "", _visits(table, have)]
+    persons = ("persons" if table == "person" else "events") if _has_person(table, have) else ""
+    return [with_vocab, without, unit, persons, _visits(table, have)]
 
 
 def set_tracking(conn: psycopg.Connection, table: str, enabled: bool) -> None:
@@ -168,6 +170,13 @@ def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = Fal
             "INSERT INTO eds_platform.touched_person (person_id) SELECT DISTINCT p FROM eds_recount "
             "WHERE kind = 0 AND p IS NOT NULL ON CONFLICT DO NOTHING"
         )
+    if person and table != "person":
+        conn.execute("DELETE FROM eds_platform.event_person WHERE table_name = %s", (table,))
+        conn.execute(
+            "INSERT INTO eds_platform.event_person (table_name, person_id, rows) "
+            "SELECT %s, p, sum(n) FROM eds_recount WHERE kind = 0 AND p IS NOT NULL GROUP BY p",
+            (table,),
+        )
     if refs:
         visit_set = 1 if person else 0
         conn.execute("DELETE FROM eds_platform.visit_ref WHERE table_name = %s", (table,))
@@ -189,14 +198,12 @@ def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = Fal
     conn.execute("DROP TABLE eds_recount")
 
 
-def _orphans_query(table: str, persons: sql.Composable | None) -> sql.Composable:
-    """(person, rows) of omop.<table> whose person the warehouse does not hold, among `persons` (a query of
-    person ids), or among all."""
-    among = sql.SQL("e.person_id IN ({}) AND ").format(persons) if persons is not None else sql.SQL("")
+def _rows_per_person(table: str) -> sql.Composable:
+    """(person, rows, held: whether the warehouse holds the person) of omop.<table>, counted from its rows."""
     return sql.SQL(
-        "SELECT e.person_id, count(*) FROM omop.{t} e WHERE {among}e.person_id IS NOT NULL AND NOT EXISTS "
-        "(SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id) GROUP BY e.person_id"
-    ).format(t=sql.Identifier(table), among=among)
+        "SELECT e.person_id, count(*), EXISTS (SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id) "
+        "FROM omop.{t} e WHERE e.person_id IS NOT NULL GROUP BY e.person_id"
+    ).format(t=sql.Identifier(table))
 
 
 def _event_tables(conn: psycopg.Connection) -> list[str]:
@@ -225,13 +232,11 @@ def rebuild(conn: psycopg.Connection) -> None:
     conn.execute("DELETE FROM eds_platform.orphan_rows")
     for t in warehouse_tables(conn):
         recount(conn, t)
-    for t in _event_tables(conn):
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO eds_platform.orphan_rows (person_id, rows, table_name) SELECT *, %s FROM ({}) x"
-            ).format(_orphans_query(t, None)),
-            (t,),
-        )
+    conn.execute(
+        "INSERT INTO eds_platform.orphan_rows (table_name, person_id, rows) SELECT e.table_name, e.person_id, e.rows "
+        "FROM eds_platform.event_person e WHERE e.rows > 0 "
+        "AND NOT EXISTS (SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id)"
+    )
     conn.execute("DELETE FROM eds_platform.orphan_visit_rows")
     if _has_visits(conn):
         conn.execute(sql.SQL("INSERT INTO eds_platform.orphan_visit_rows {}").format(_orphan_visits_query(None)))
@@ -268,23 +273,13 @@ def _refresh_orphans(conn: psycopg.Connection) -> None:
                 _orphan_visits_query(sql.SQL("SELECT visit_id FROM eds_night_visits"))
             )
         )
+    # A touched person the warehouse does not hold (normally none): its rows per table, from event_person.
     conn.execute("DELETE FROM eds_platform.orphan_rows o USING eds_night_touched t WHERE o.person_id = t.person_id")
-    # The touched persons the warehouse does not hold (normally none): only their rows are looked up.
-    conn.execute("DROP TABLE IF EXISTS eds_night_missing")
-    missing = conn.execute(
-        "CREATE TEMP TABLE eds_night_missing ON COMMIT DROP AS SELECT person_id FROM eds_night_touched t "
-        "WHERE NOT EXISTS (SELECT 1 FROM omop.person p WHERE p.person_id = t.person_id)"
-    ).rowcount
-    if not missing:
-        return
-    conn.execute("ANALYZE eds_night_missing")
-    for t in _event_tables(conn):
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO eds_platform.orphan_rows (person_id, rows, table_name) SELECT *, %s FROM ({}) x"
-            ).format(_orphans_query(t, sql.SQL("SELECT person_id FROM eds_night_missing"))),
-            (t,),
-        )
+    conn.execute(
+        "INSERT INTO eds_platform.orphan_rows (table_name, person_id, rows) SELECT e.table_name, e.person_id, e.rows "
+        "FROM eds_platform.event_person e JOIN eds_night_touched t ON t.person_id = e.person_id WHERE e.rows > 0 "
+        "AND NOT EXISTS (SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id)"
+    )
 
 
 def duplicates_query(table: str, persons: sql.Composable) -> sql.Composable | None:
@@ -393,16 +388,19 @@ def report(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> t
 
 def from_scratch(conn: psycopg.Connection) -> dict:
     """The statistics counted from the rows, nothing written: {"table_stats": {(table, site): (rows, unmapped,
-    units)}, "orphans": {(table, person): rows}, "duplicates": {(table, row id): (duplicate of, person, site)}}.
-    What the maintained tables must equal (the tests compare them)."""
+    units)}, "rows_per_person" and "orphans": {(table, person): rows}, "visit_refs" and "orphan_visits":
+    {(table, visit, site): rows}, "duplicates": {(table, row id): (duplicate of, person, site)}}. What the
+    maintained tables must equal (the tests compare them)."""
     ts = {}
     for t in warehouse_tables(conn):
         for site, rows, bad, unit in conn.execute(_count_query(conn, t)):
             ts[(t, site)] = (rows, bad, unit)
-    orphans = {}
+    orphans, per_person = {}, {}
     for t in _event_tables(conn):
-        for person, rows in conn.execute(_orphans_query(t, None)):
-            orphans[(t, person)] = rows
+        for person, rows, held in conn.execute(_rows_per_person(t)):
+            per_person[(t, person)] = rows
+            if not held:
+                orphans[(t, person)] = rows
     refs = {}
     for t in warehouse_tables(conn):
         if _visits(t, columns(conn, t)) == "refs":
@@ -428,6 +426,7 @@ def from_scratch(conn: psycopg.Connection) -> dict:
                 dup[(t, rid)] = (first, person, site)
     return {
         "table_stats": ts,
+        "rows_per_person": per_person,
         "orphans": orphans,
         "visit_refs": refs,
         "orphan_visits": orphan_visits,
@@ -446,6 +445,10 @@ def maintained(conn: psycopg.Connection) -> dict:
     }
     orphans = {
         (t, p): r for t, p, r in conn.execute("SELECT table_name, person_id, rows FROM eds_platform.orphan_rows")
+    }
+    per_person = {
+        (t, p): r
+        for t, p, r in conn.execute("SELECT table_name, person_id, rows FROM eds_platform.event_person WHERE rows <> 0")
     }
     dup = {
         (t, rid): (first, p, s)
@@ -467,6 +470,7 @@ def maintained(conn: psycopg.Connection) -> dict:
     }
     return {
         "table_stats": ts,
+        "rows_per_person": per_person,
         "orphans": orphans,
         "visit_refs": refs,
         "orphan_visits": orphan_visits,

@@ -33,13 +33,15 @@ CREATE TABLE eds_platform.visit_ref (
     table_name text NOT NULL, visit_id bigint NOT NULL, site_number integer NOT NULL, rows bigint NOT NULL,
     PRIMARY KEY (visit_id, site_number, table_name));
 CREATE TABLE eds_platform.touched_visit (visit_id bigint PRIMARY KEY);
+CREATE TABLE eds_platform.event_person (
+    table_name text NOT NULL, person_id bigint NOT NULL, rows bigint NOT NULL, PRIMARY KEY (person_id, table_name));
 CREATE TABLE eds_platform.orphan_visit_rows (
     table_name text NOT NULL, visit_id bigint NOT NULL, site_number integer NOT NULL, rows bigint NOT NULL,
     PRIMARY KEY (visit_id, site_number, table_name));
 """
 
 # TG_ARGV: [0] the unmapped-concept condition with a vocabulary, [1] without one, [2] the unknown-unit condition,
-# [3] 'persons' when the table has person_id, [4] 'refs' when its rows point to a visit (visit_occurrence_id),
+# [3] 'events' for a table of events (person_id), 'persons' for person itself, [4] 'refs' when its rows point to a visit (visit_occurrence_id),
 # 'visits' for visit_occurrence itself. The conditions are written by `_conditions` (one source for the triggers
 # and for `rebuild`), over the alias r.
 FUNCTION = """
@@ -54,6 +56,9 @@ DECLARE
         || 'unmapped_units = s.unmapped_units + EXCLUDED.unmapped_units';
     touch text := 'INSERT INTO eds_platform.touched_person (person_id) SELECT DISTINCT person_id FROM %I '
         || 'WHERE person_id IS NOT NULL ON CONFLICT DO NOTHING';
+    per_person text := 'INSERT INTO eds_platform.event_person AS s (table_name, person_id, rows) '
+        || 'SELECT %L, person_id, %s * count(*) FROM %I WHERE person_id IS NOT NULL GROUP BY 2 '
+        || 'ON CONFLICT (person_id, table_name) DO UPDATE SET rows = s.rows + EXCLUDED.rows';
     refs text := 'INSERT INTO eds_platform.visit_ref AS s (table_name, visit_id, site_number, rows) '
         || 'SELECT %L, visit_occurrence_id, _site, %s * count(*) FROM %I WHERE visit_occurrence_id IS NOT NULL '
         || 'GROUP BY 2, 3 ON CONFLICT (visit_id, site_number, table_name) DO UPDATE SET rows = s.rows + EXCLUDED.rows';
@@ -66,8 +71,11 @@ BEGIN
                                    ELSE ARRAY['old_rows', 'new_rows'] END LOOP
         sign := CASE tt WHEN 'old_rows' THEN -1 ELSE 1 END;
         EXECUTE format(agg, TG_TABLE_NAME, sign, sign, bad, sign, TG_ARGV[2], tt);
-        IF TG_ARGV[3] = 'persons' THEN
+        IF TG_ARGV[3] <> '' THEN
             EXECUTE format(touch, tt);
+        END IF;
+        IF TG_ARGV[3] = 'events' THEN
+            EXECUTE format(per_person, TG_TABLE_NAME, sign, tt);
         END IF;
         IF TG_ARGV[4] = 'refs' THEN
             EXECUTE format(refs, TG_TABLE_NAME, sign, tt);
@@ -110,7 +118,7 @@ def _uninstall(conn) -> None:
             )
     conn.execute(
         "DROP FUNCTION IF EXISTS eds_platform.track_stats(); DROP TABLE IF EXISTS eds_platform.orphan_rows; "
-        "DROP TABLE IF EXISTS eds_platform.visit_ref; DROP TABLE IF EXISTS eds_platform.touched_visit; "
+        "DROP TABLE IF EXISTS eds_platform.visit_ref; DROP TABLE IF EXISTS eds_platform.event_person; DROP TABLE IF EXISTS eds_platform.touched_visit; "
         "DROP TABLE IF EXISTS eds_platform.orphan_visit_rows; "
         "DROP TABLE IF EXISTS eds_platform.touched_person; DROP TABLE IF EXISTS eds_platform.table_stats"
     )
