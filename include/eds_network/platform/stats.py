@@ -231,7 +231,12 @@ def rebuild(conn: psycopg.Connection) -> None:
     conn.execute("DELETE FROM eds_platform.table_stats")
     conn.execute("DELETE FROM eds_platform.orphan_rows")
     for t in warehouse_tables(conn):
-        recount(conn, t)
+        held = sql.SQL("SELECT EXISTS (SELECT 1 FROM omop.{})").format(sql.Identifier(t))
+        if conn.execute(held).fetchone()[0]:  # an empty table has nothing to count (a new warehouse: none)
+            recount(conn, t)
+        else:
+            conn.execute("DELETE FROM eds_platform.event_person WHERE table_name = %s", (t,))
+            conn.execute("DELETE FROM eds_platform.visit_ref WHERE table_name = %s", (t,))
     conn.execute(
         "INSERT INTO eds_platform.orphan_rows (table_name, person_id, rows) SELECT e.table_name, e.person_id, e.rows "
         "FROM eds_platform.event_person e WHERE e.rows > 0 "
