@@ -110,8 +110,9 @@ def _count_query(conn: psycopg.Connection, table: str) -> sql.Composable:
 
 def trigger_arguments(table: str, have: set[str]) -> list[sql.Composable | str]:
     """What `eds_platform.track_stats` is given for `table` (see the migration 0006_incremental_stats): the
-    unmapped-concept condition with a vocabulary and without one, the unknown-unit condition, 'persons' when
-    the table has person_id, 'refs' / 'visits' / '' (`_visits`). `have`: the table's columns."""
+    unmapped-concept condition with a vocabulary and without one, the unknown-unit condition, 'events' for a
+    table of events (person_id) or 'persons' for person itself, 'refs' / 'visits' / '' (`_visits`). `have`: the
+    table's columns."""
     with_vocab, unit = _conditions(table, have, vocab=True)
     without, _ = _conditions(table, have, vocab=False)
     persons = ("persons" if table == "person" else "events") if _has_person(table, have) else ""
