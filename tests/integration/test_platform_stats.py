@@ -180,3 +180,30 @@ def test_an_event_pointing_to_a_visit_its_own_site_does_not_hold_is_counted_unti
     _refresh(conn)
     got = _agree(conn)
     assert got["orphan_visits"] == {("measurement", 500, 1): 1, ("measurement", 500, 2): 1}
+
+
+def test_a_person_whose_rows_all_go_leaves_no_trace_in_the_statistics(warehouse):
+    """An objector's erasure: once the night's refresh has run, no statistics row names the person or its visit."""
+    conn = warehouse
+    conn.execute(
+        "INSERT INTO omop.measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
+        "visit_occurrence_id, _site, _batch_id) VALUES (50, 1, 3000, DATE '2026-11-30', 700, 1, 'b1')"
+    )
+    conn.commit()
+    _refresh(conn)
+    assert conn.execute("SELECT count(*) FROM eds_platform.event_person WHERE person_id = 1").fetchone()[0] == 1
+    conn.execute("DELETE FROM omop.measurement WHERE person_id = 1")
+    conn.execute("DELETE FROM omop.person WHERE person_id = 1")
+    conn.commit()
+    _refresh(conn)
+    _agree(conn)
+    for table, col, value in (
+        ("event_person", "person_id", 1),
+        ("orphan_rows", "person_id", 1),
+        ("touched_person", "person_id", 1),
+        ("visit_ref", "visit_id", 700),
+        ("orphan_visit_rows", "visit_id", 700),
+        ("touched_visit", "visit_id", 700),
+    ):
+        q = f"SELECT count(*) FROM eds_platform.{table} WHERE {col} = %s"
+        assert conn.execute(q, (value,)).fetchone()[0] == 0, table

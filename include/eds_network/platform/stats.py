@@ -272,6 +272,13 @@ def _refresh_orphans(conn: psycopg.Connection) -> None:
         "CREATE TEMP TABLE eds_night_visits ON COMMIT DROP AS WITH d AS "
         "(DELETE FROM eds_platform.touched_visit RETURNING visit_id) SELECT visit_id FROM d"
     )
+    # A visit or person no row refers to any more leaves no trace here (an objector's ids go with their rows).
+    conn.execute(
+        "DELETE FROM eds_platform.visit_ref r USING eds_night_visits t WHERE r.visit_id = t.visit_id AND r.rows = 0"
+    )
+    conn.execute(
+        "DELETE FROM eds_platform.event_person e USING eds_night_touched t WHERE e.person_id = t.person_id AND e.rows = 0"
+    )
     conn.execute("DELETE FROM eds_platform.orphan_visit_rows o USING eds_night_visits t WHERE o.visit_id = t.visit_id")
     if _has_visits(conn):
         conn.execute(
