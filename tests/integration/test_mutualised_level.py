@@ -105,9 +105,16 @@ def _shared_person(net) -> tuple[int, int]:
 
 def _reset_platform(stack) -> None:
     s3 = stack.s3_client()
-    for loc in (PLATFORM.intake, PLATFORM.outbox):
-        for key in list_keys(s3, loc.bucket, ""):
-            s3.delete_object(Bucket=loc.bucket, Key=key)
+    # Only the prefixes the platform's DAG reads and writes: other modules keep batches of their own under
+    # prefixes of their own in the same buckets (the reliability suite's session-wide `world`), which a test
+    # module running before them on the same xdist worker must not take away.
+    areas = [(PLATFORM.intake.bucket, f"{PLATFORM.intake.prefix}{b}/") for b in MEMBERS]
+    areas.append((PLATFORM.outbox.bucket, PLATFORM.outbox.prefix))
+    for bucket, prefix in areas:
+        for key in list_keys(s3, bucket, prefix):
+            if bucket == PLATFORM.outbox.bucket and key.startswith("test-"):
+                continue
+            s3.delete_object(Bucket=bucket, Key=key)
     with psycopg.connect(stack.dsn("catalogue"), autocommit=True) as conn:  # arrivals of earlier sessions
         conn.execute("DELETE FROM catalogue.member_arrival WHERE platform_id = %s", (PLATFORM.id,))
     with psycopg.connect(stack.dsn(f"wh_{PLATFORM.id}"), autocommit=True) as conn:
