@@ -364,10 +364,10 @@ def test_the_statistics_the_warehouse_maintains_equal_a_count_from_its_rows(nigh
     """After the nights above (bulk loads of empty tables, upserts, a replaced batch, a rejected one, a late
     member), the counts, orphan rows and duplicate events the triggers and the nights' refreshes kept (stats.py)
     are those a count of the whole warehouse gives; and they are not empty (the planted duplicate is there)."""
-    from eds_network.platform import stats
+    from eds_network.platform import statscheck
 
     with _wh(stack) as conn:
-        got, want = stats.maintained(conn), stats.from_scratch(conn)
+        got, want = statscheck.maintained(conn), statscheck.from_scratch(conn)
     assert got == want
     planted = night["planted"]
     assert ("measurement", _ns(planted[2], planted[3])) in got["duplicates"]

@@ -5,14 +5,18 @@ refresh looks only at the persons it touched."""
 
 from __future__ import annotations
 
+import datetime as dt
 from types import SimpleNamespace
 
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from eds_network.core.timing import PhaseTimer
-from eds_network.platform import stats
+from eds_network.platform import loadcounts, merge, stats, statscheck
 from eds_network.platform.migrations import MIGRATIONS
+from eds_network.platform.warehouse import expected_columns
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +44,7 @@ def _refresh(conn):
 
 
 def _agree(conn) -> dict:
-    got, want = stats.maintained(conn), stats.from_scratch(conn)
+    got, want = statscheck.maintained(conn), statscheck.from_scratch(conn)
     assert got == want
     return got
 
@@ -110,7 +114,7 @@ def test_every_kind_of_write_keeps_the_statistics_equal_to_a_count_from_the_rows
     )
     conn.execute("DELETE FROM omop.person WHERE person_id = 3")
     conn.commit()
-    assert stats.maintained(conn) != stats.from_scratch(conn)  # the night's refresh has not run yet
+    assert statscheck.maintained(conn) != statscheck.from_scratch(conn)  # the night's refresh has not run yet
     checks, dups, std = _refresh(conn)
     _agree(conn)
     # person 3's two rows are orphans now, person 99's row no longer is; 13 duplicates nothing any more
@@ -146,10 +150,10 @@ def test_the_migration_counts_an_existing_warehouse_from_its_rows(warehouse):
     _measure(conn, [(30, 1, 0, 1, None, None), (31, 77, 3000, 2, None, None)])
     stats.set_tracking(conn, "measurement", True)
     conn.commit()
-    assert stats.maintained(conn)["table_stats"].get(("measurement", 1)) is None
+    assert statscheck.maintained(conn)["table_stats"].get(("measurement", 1)) is None
     stats.rebuild(conn)
     conn.commit()
-    got = stats.maintained(conn)
+    got = statscheck.maintained(conn)
     assert got["table_stats"][("measurement", 1)] == (1, 1, 0)
     assert got["orphans"] == {("measurement", 77): 1}
 
@@ -207,3 +211,72 @@ def test_a_person_whose_rows_all_go_leaves_no_trace_in_the_statistics(warehouse)
     ):
         q = f"SELECT count(*) FROM eds_platform.{table} WHERE {col} = %s"
         assert conn.execute(q, (value,)).fetchone()[0] == 0, table
+
+
+def _measurement_file(path) -> None:
+    """100 measurement rows: persons 1, 2, 3 and 9 (not in the warehouse) 25 rows each; concepts 0 (34 rows),
+    999 (33, not standard) and 3000 (33); 26 unknown units (one of them an empty unit string, not a NULL); visits
+    500-504, 15 rows with none."""
+    n = 100
+    cols = {c: pa.nulls(n, pa.int64()) for c in expected_columns("measurement")}
+    cols.update(
+        measurement_id=pa.array(range(1000, 1000 + n), pa.int64()),
+        person_id=pa.array([(1, 2, 3, 9)[i % 4] for i in range(n)], pa.int64()),
+        measurement_concept_id=pa.array([(0, 999, 3000)[i % 3] for i in range(n)], pa.int64()),
+        measurement_date=pa.array([dt.date(2026, 11, 30)] * n, pa.date32()),
+        measurement_type_concept_id=pa.array([32817] * n, pa.int64()),
+        unit_source_value=pa.array(["" if i == 1 else ("mg/dL" if i % 2 == 0 else None) for i in range(n)]),
+        unit_concept_id=pa.array([8840 if i % 4 == 0 else (0 if i % 4 == 2 else None) for i in range(n)], pa.int64()),
+        visit_occurrence_id=pa.array([None if i % 7 == 0 else 500 + i % 5 for i in range(n)], pa.int64()),
+    )
+    for c in ("measurement_source_value", "value_source_value", "measurement_time"):
+        if c in cols:
+            cols[c] = pa.nulls(n, pa.string())
+    pq.write_table(pa.table(cols), path, row_group_size=40)
+
+
+def _written(conn) -> dict:
+    """What a recount of omop.measurement wrote: its maintained statistics and the persons and visits touched."""
+    got = statscheck.maintained(conn)
+    out = {
+        k: {key: v for key, v in got[k].items() if key[0] == "measurement"}
+        for k in ("table_stats", "rows_per_person", "visit_refs")
+    }
+    out["touched"] = sorted(r[0] for r in conn.execute("SELECT person_id FROM eds_platform.touched_person"))
+    out["visits"] = sorted(r[0] for r in conn.execute("SELECT visit_id FROM eds_platform.touched_visit"))
+    return out
+
+
+@pytest.mark.parametrize("vocabulary", [True, False], ids=["vocabulary", "no-vocabulary"])
+def test_a_bulk_load_counted_from_its_batches_equals_a_scan_of_the_loaded_table(
+    warehouse, tmp_path, monkeypatch, vocabulary
+):
+    """The statistics a bulk load writes from the batches it sent (`loadcounts.py`: several batches, their groups
+    folded together) are those a scan of the loaded table gives, and the counts are the file's."""
+    conn = warehouse
+    if not vocabulary:
+        conn.execute("DROP SCHEMA vocab CASCADE")
+    conn.execute("DELETE FROM eds_platform.touched_person")
+    conn.commit()
+    monkeypatch.setattr(merge, "COPY_BATCH_ROWS", 7)
+    monkeypatch.setattr(loadcounts, "FOLD", 3)
+    path = tmp_path / "measurement.parquet"
+    _measurement_file(path)
+    rows: dict = {}
+    with conn.transaction():
+        cols = expected_columns("measurement")
+        assert merge._bulk_load(conn, "measurement", path, cols, 2, "b9", None, False, rows, PhaseTimer())
+    loaded = _written(conn)
+    with conn.transaction():
+        conn.execute("DELETE FROM eds_platform.touched_person")
+        conn.execute("DELETE FROM eds_platform.touched_visit")
+        stats.recount(conn, "measurement")  # the scan
+    assert loaded == _written(conn)
+    assert rows["measurement"] == 100
+    assert loaded["table_stats"] == {("measurement", 2): (100, 67 if vocabulary else 34, 26)}
+    assert loaded["rows_per_person"] == {("measurement", p): 25 for p in (1, 2, 3, 9)}
+    assert sum(loaded["visit_refs"].values()) == 85 and len(loaded["visit_refs"]) == 5
+    assert loaded["touched"] == [1, 2, 3, 9] and loaded["visits"] == [500, 501, 502, 503, 504]
+    conn.commit()
+    _refresh(conn)
+    assert statscheck.maintained(conn)["orphans"] == {("measurement", 9): 25}

@@ -21,7 +21,7 @@ from psycopg import sql
 from eds_network.core import digests, omop
 from eds_network.core.errors import IntegrityError
 from eds_network.core.timing import PhaseTimer
-from eds_network.platform import changes, keyversions, standardise, stats
+from eds_network.platform import changes, keyversions, loadcounts, standardise, stats
 from eds_network.platform.warehouse import (
     conflict_key,
     expected_columns,
@@ -30,13 +30,21 @@ from eds_network.platform.warehouse import (
 log = logging.getLogger(__name__)
 DIGEST = digests.DIGEST_COLUMN
 SCHEMA = "eds_platform"
+COPY_BATCH_ROWS = 100_000  # rows read, encoded and sent to COPY at a time
 
 
 def _copy_parquet(
-    conn: psycopg.Connection, path: Path, target: sql.Composable, columns: list[str], *, freeze: bool = False
+    conn: psycopg.Connection,
+    path: Path,
+    target: sql.Composable,
+    columns: list[str],
+    *,
+    freeze: bool = False,
+    counts: loadcounts.LoadCounts | None = None,
 ) -> int:
-    """COPY a Parquet file into a table, row group by row group (CSV is the fastest COPY input from Arrow).
-    `freeze`: rows written frozen (the table was truncated in this transaction): no later VACUUM rewrite."""
+    """COPY a Parquet file into a table, batch by batch (CSV is the fastest COPY input from Arrow).
+    `freeze`: rows written frozen (the table was truncated in this transaction): no later VACUUM rewrite.
+    `counts`: each batch is also counted there, in the encoder thread (a bulk load's statistics)."""
     pf = pq.ParquetFile(path)
     n = 0
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv{})").format(
@@ -45,7 +53,9 @@ def _copy_parquet(
     opts = pacsv.WriteOptions(include_header=False, quoting_style="needed")
 
     def encoded():  # read + CSV-encode (Arrow, outside the GIL) one row group while the server parses the last
-        for rb in pf.iter_batches(batch_size=100_000, columns=columns):
+        for rb in pf.iter_batches(batch_size=COPY_BATCH_ROWS, columns=columns):
+            if counts is not None:
+                counts.add(rb)
             buf = io.BytesIO()
             pacsv.write_csv(rb, buf, write_options=opts)
             yield rb.num_rows, buf.getvalue()
@@ -149,6 +159,25 @@ def apply_batch(
     return rows
 
 
+def _drop_indexes(conn: psycopg.Connection, table: str) -> list[tuple]:
+    """Drop omop.<table>'s indexes and the constraints they back; returns (name, index definition, constraint,
+    constraint definition) of each, to rebuild them."""
+    ident = sql.SQL("omop.{}").format(sql.Identifier(table))
+    indexes = conn.execute(
+        "SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid) "
+        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
+        "WHERE i.indrelid = %s::regclass ORDER BY i.indisprimary DESC, ic.relname",
+        (f"omop.{table}",),
+    ).fetchall()
+    for name, _idx, con, _cdef in indexes:
+        if con:
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(ident, sql.Identifier(con)))
+        else:
+            conn.execute(sql.SQL("DROP INDEX omop.{}").format(sql.Identifier(name)))
+    return indexes
+
+
 def _bulk_load(
     conn: psycopg.Connection,
     table: str,
@@ -176,18 +205,7 @@ def _bulk_load(
     if not conn.execute(empty).fetchone()[0]:
         return False
     tm.start("bulk_load")
-    indexes = conn.execute(
-        "SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid) "
-        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
-        "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
-        "WHERE i.indrelid = %s::regclass ORDER BY i.indisprimary DESC, ic.relname",
-        (f"omop.{table}",),
-    ).fetchall()
-    for name, _idx, con, _cdef in indexes:
-        if con:
-            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(ident, sql.Identifier(con)))
-        else:
-            conn.execute(sql.SQL("DROP INDEX omop.{}").format(sql.Identifier(name)))
+    indexes = _drop_indexes(conn, table)
     # The batch's constants as column defaults for the COPY (restored below, in the same transaction). The
     # batch's rows share one change sequence value, drawn once: they are delivered together (changes.py).
     seq = conn.execute("SELECT nextval('eds_platform.change_seq')").fetchone()[0]
@@ -197,10 +215,12 @@ def _bulk_load(
             sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(ident, sql.Identifier(c), sql.Literal(v))
         )
     # Empty, locked: truncating it lets COPY write the rows frozen and all-visible (index-only scans at once).
-    # The statistics triggers are off for the load (no transition table of every row): counted once below.
+    # The statistics triggers are off for the load (no transition table of every row): the rows are counted
+    # as the COPY sends them, and the statistics written from those counts below (no scan of the table).
     conn.execute(sql.SQL("TRUNCATE {}").format(ident))
     stats.set_tracking(conn, table, False)
-    n = _copy_parquet(conn, path, ident, cols, freeze=True)
+    counts = loadcounts.LoadCounts(conn, table, site, cols)
+    n = _copy_parquet(conn, path, ident, cols, freeze=True, counts=counts if counts.covers else None)
     for c in meta:
         conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(ident, sql.Identifier(c)))
     conn.execute(
@@ -216,7 +236,7 @@ def _bulk_load(
         if std.units:
             rows[f"{table}.units_normalised"] = std.units
     tm.start("statistics")
-    stats.recount(conn, table, resume_tracking=True)
+    stats.recount(conn, table, resume_tracking=True, counted=counts if counts.covers else None)
     tm.start("index_build")
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     for _name, idx, con, cdef in indexes:

@@ -19,13 +19,15 @@ cost what the night changed and not the size of the warehouse (issue 23).
   point to a visit of site B), looked at again for the touched visits only.
 
 `rebuild` counts everything from the rows (the migration that introduced the tables, a new vocabulary, whose
-standard concepts change what is unmapped); `from_scratch` computes the same without writing, the reference the
-tests compare the maintained statistics with.
+standard concepts change what is unmapped). A bulk load counts the rows it writes as it writes them
+(`loadcounts.py`), so that loading an empty table does not scan it again. `statscheck.from_scratch` computes
+every statistic from the rows without writing, the reference the tests compare the maintained ones with.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import psycopg
 from psycopg import sql
@@ -64,18 +66,18 @@ def columns(conn: psycopg.Connection, table: str) -> set[str]:
     }
 
 
-def _has_person(table: str, have: set[str] | None = None) -> bool:
+def has_person(table: str, have: set[str] | None = None) -> bool:
     return "person_id" in have if have is not None else omop.table(table).has("person_id")
 
 
-def _visits(table: str, have: set[str]) -> str:
+def visit_kind(table: str, have: set[str]) -> str:
     """'visits' for visit_occurrence, 'refs' for a table whose rows point to a visit, '' otherwise."""
     if table == "visit_occurrence":
         return "visits"
     return "refs" if "visit_occurrence_id" in have else ""
 
 
-def _conditions(table: str, have: set[str], *, vocab: bool) -> tuple[sql.Composable, sql.Composable]:
+def conditions(table: str, have: set[str], *, vocab: bool) -> tuple[sql.Composable, sql.Composable]:
     """(unmapped concept, unknown unit) conditions on a row `r` of `table`, whose columns are `have`."""
     cols = concept_columns(table)
     if not cols or cols[0] not in have:
@@ -95,28 +97,19 @@ def _conditions(table: str, have: set[str], *, vocab: bool) -> tuple[sql.Composa
     return bad, unit
 
 
-def _has_vocab(conn: psycopg.Connection) -> bool:
+def has_vocabulary(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT to_regclass('vocab.standard_concept')").fetchone()[0] is not None
-
-
-def _count_query(conn: psycopg.Connection, table: str) -> sql.Composable:
-    """(site, rows, unmapped concepts, unknown units) of every row of omop.<table>, per site."""
-    bad, unit = _conditions(table, columns(conn, table), vocab=_has_vocab(conn))
-    return sql.SQL(
-        "SELECT r._site, count(*), count(*) FILTER (WHERE {bad}), count(*) FILTER (WHERE {unit}) "
-        "FROM omop.{t} r GROUP BY r._site"
-    ).format(bad=bad, unit=unit, t=sql.Identifier(table))
 
 
 def trigger_arguments(table: str, have: set[str]) -> list[sql.Composable | str]:
     """What `eds_platform.track_stats` is given for `table` (see the migration 0006_incremental_stats): the
     unmapped-concept condition with a vocabulary and without one, the unknown-unit condition, 'events' for a
-    table of events (person_id) or 'persons' for person itself, 'refs' / 'visits' / '' (`_visits`). `have`: the
+    table of events (person_id) or 'persons' for person itself, 'refs' / 'visits' / '' (`visit_kind`). `have`: the
     table's columns."""
-    with_vocab, unit = _conditions(table, have, vocab=True)
-    without, _ = _conditions(table, have, vocab=False)
-    persons = ("persons" if table == "person" else "events") if _has_person(table, have) else ""
-    return [with_vocab, without, unit, persons, _visits(table, have)]
+    with_vocab, unit = conditions(table, have, vocab=True)
+    without, _ = conditions(table, have, vocab=False)
+    persons = ("persons" if table == "person" else "events") if has_person(table, have) else ""
+    return [with_vocab, without, unit, persons, visit_kind(table, have)]
 
 
 def set_tracking(conn: psycopg.Connection, table: str, enabled: bool) -> None:
@@ -129,22 +122,43 @@ def set_tracking(conn: psycopg.Connection, table: str, enabled: bool) -> None:
         )
 
 
-def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = False) -> None:
+class Counted(Protocol):
+    """What a bulk load counted of the rows it wrote (`loadcounts.LoadCounts`): `groups` fills the temp table
+    `eds_recount` as `recount`'s scan would."""
+
+    def groups(self, conn: psycopg.Connection) -> None: ...
+
+
+def recount(
+    conn: psycopg.Connection, table: str, *, resume_tracking: bool = False, counted: Counted | None = None
+) -> None:
     """Count one table from its rows, and mark each of its persons and visits touched (after a bulk load: every
     row of the table is the batch's; `resume_tracking` then switches its triggers back on).
 
-    One scan of the table: its rows grouped by (person, site) and, for a table pointing to visits, by (visit,
-    site) in the same pass (GROUPING SETS); the counts per site, the touched persons, the visit references and
-    the touched visits are read from those groups."""
+    The rows' groups (`eds_recount`) come from `counted`, what the bulk load counted of its batches as it wrote
+    them, or from one scan of the table: its rows grouped by (person, site) and, for a table pointing to visits,
+    by (visit, site) in the same pass (GROUPING SETS). The counts per site, the touched persons, the visit
+    references and the touched visits are read from those groups."""
     if resume_tracking:
         set_tracking(conn, table, True)
     have = columns(conn, table)
-    person, refs = _has_person(table, have), _visits(table, have) == "refs"
-    bad, unit = _conditions(table, have, vocab=_has_vocab(conn))
+    person, refs = has_person(table, have), visit_kind(table, have) == "refs"
+    conn.execute("DROP TABLE IF EXISTS eds_recount")
+    if counted is not None:
+        counted.groups(conn)
+    else:
+        _scan_groups(conn, table, have, person=person, refs=refs)
+    _from_groups(conn, table, have, person=person, refs=refs)
+    conn.execute("DROP TABLE eds_recount")
+
+
+def _scan_groups(conn: psycopg.Connection, table: str, have: set[str], *, person: bool, refs: bool) -> None:
+    """`eds_recount` (p person, v visit, site, kind: 0 for the first grouping set, 1 for the visits beside the
+    persons, n rows, b unmapped concepts, u unknown units) from one scan of omop.<table>."""
+    bad, unit = conditions(table, have, vocab=has_vocabulary(conn))
     sets = [s for s, on in (("r.person_id, r._site", person), ("r.visit_occurrence_id, r._site", refs)) if on]
     # the two hash tables in memory (the default 4 MB would make PostgreSQL sort every row, three times slower)
     conn.execute("SET LOCAL work_mem = '64MB'")
-    conn.execute("DROP TABLE IF EXISTS eds_recount")
     conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE eds_recount ON COMMIT DROP AS SELECT {p} AS p, {v} AS v, r._site AS site, {kind} AS kind,"
@@ -160,6 +174,10 @@ def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = Fal
             sets=sql.SQL(", ").join(sql.SQL(f"({s})") for s in (sets or ["r._site"])),
         )
     )
+
+
+def _from_groups(conn: psycopg.Connection, table: str, have: set[str], *, person: bool, refs: bool) -> None:
+    """The table's statistics from its groups in `eds_recount`."""
     conn.execute("DELETE FROM eds_platform.table_stats WHERE table_name = %s", (table,))
     conn.execute(  # the first grouping set holds every row once
         "INSERT INTO eds_platform.table_stats (table_name, site_number, rows, unmapped_concepts, unmapped_units) "
@@ -183,7 +201,7 @@ def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = Fal
         conn.execute("DELETE FROM eds_platform.visit_ref WHERE table_name = %s", (table,))
         conn.execute(
             "INSERT INTO eds_platform.visit_ref (table_name, visit_id, site_number, rows) "
-            "SELECT %s, v, site, n FROM eds_recount WHERE kind = %s AND v IS NOT NULL",
+            "SELECT %s, v, site, sum(n) FROM eds_recount WHERE kind = %s AND v IS NOT NULL GROUP BY v, site",
             (table, visit_set),
         )
         conn.execute(
@@ -191,24 +209,11 @@ def recount(conn: psycopg.Connection, table: str, *, resume_tracking: bool = Fal
             "WHERE kind = %s AND v IS NOT NULL ON CONFLICT DO NOTHING",
             (visit_set,),
         )
-    elif _visits(table, have):  # visit_occurrence itself: each of its visits
+    elif visit_kind(table, have):  # visit_occurrence itself: each of its visits
         conn.execute(
             "INSERT INTO eds_platform.touched_visit (visit_id) SELECT DISTINCT visit_occurrence_id "
             "FROM omop.visit_occurrence WHERE visit_occurrence_id IS NOT NULL ON CONFLICT DO NOTHING"
         )
-    conn.execute("DROP TABLE eds_recount")
-
-
-def _rows_per_person(table: str) -> sql.Composable:
-    """(person, rows, held: whether the warehouse holds the person) of omop.<table>, counted from its rows."""
-    return sql.SQL(
-        "SELECT e.person_id, count(*), EXISTS (SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id) "
-        "FROM omop.{t} e WHERE e.person_id IS NOT NULL GROUP BY e.person_id"
-    ).format(t=sql.Identifier(table))
-
-
-def _event_tables(conn: psycopg.Connection) -> list[str]:
-    return [t for t in warehouse_tables(conn) if t != "person" and _has_person(t, columns(conn, t))]
 
 
 def _orphan_visits_query(visits: sql.Composable | None) -> sql.Composable:
@@ -222,7 +227,7 @@ def _orphan_visits_query(visits: sql.Composable | None) -> sql.Composable:
     ).format(among=among)
 
 
-def _has_visits(conn: psycopg.Connection) -> bool:
+def has_visits(conn: psycopg.Connection) -> bool:
     return "visit_occurrence" in warehouse_tables(conn)
 
 
@@ -244,7 +249,7 @@ def rebuild(conn: psycopg.Connection) -> None:
         "AND NOT EXISTS (SELECT 1 FROM omop.person p WHERE p.person_id = e.person_id)"
     )
     conn.execute("DELETE FROM eds_platform.orphan_visit_rows")
-    if _has_visits(conn):
+    if has_visits(conn):
         conn.execute(sql.SQL("INSERT INTO eds_platform.orphan_visit_rows {}").format(_orphan_visits_query(None)))
     log.info("warehouse statistics counted from the rows (%d tables)", len(warehouse_tables(conn)))
 
@@ -280,7 +285,7 @@ def _refresh_orphans(conn: psycopg.Connection) -> None:
         "DELETE FROM eds_platform.event_person e USING eds_night_touched t WHERE e.person_id = t.person_id AND e.rows = 0"
     )
     conn.execute("DELETE FROM eds_platform.orphan_visit_rows o USING eds_night_visits t WHERE o.visit_id = t.visit_id")
-    if _has_visits(conn):
+    if has_visits(conn):
         conn.execute(
             sql.SQL("INSERT INTO eds_platform.orphan_visit_rows {}").format(
                 _orphan_visits_query(sql.SQL("SELECT visit_id FROM eds_night_visits"))
@@ -374,7 +379,7 @@ def report(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> t
     )
     checks = {}
     for t in tables:
-        if t == "person" or not _has_person(t):
+        if t == "person" or not has_person(t):
             continue
         total, bad = sum(r for r, _, _ in counts.get(t, {}).values()), int(orphans.get(t, 0))
         checks[f"isForeignKey:{t}.person_id"] = {"rows": total, "violating_rows": bad, "passed": bad == 0}
@@ -397,95 +402,3 @@ def report(conn: psycopg.Connection, platform: Platform, tables: list[str]) -> t
                     "unmapped_units": unit,
                 }
     return checks, duplicates, std
-
-
-def from_scratch(conn: psycopg.Connection) -> dict:
-    """The statistics counted from the rows, nothing written: {"table_stats": {(table, site): (rows, unmapped,
-    units)}, "rows_per_person" and "orphans": {(table, person): rows}, "visit_refs" and "orphan_visits":
-    {(table, visit, site): rows}, "duplicates": {(table, row id): (duplicate of, person, site)}}. What the
-    maintained tables must equal (the tests compare them)."""
-    ts = {}
-    for t in warehouse_tables(conn):
-        for site, rows, bad, unit in conn.execute(_count_query(conn, t)):
-            ts[(t, site)] = (rows, bad, unit)
-    orphans, per_person = {}, {}
-    for t in _event_tables(conn):
-        for person, rows, held in conn.execute(_rows_per_person(t)):
-            per_person[(t, person)] = rows
-            if not held:
-                orphans[(t, person)] = rows
-    refs = {}
-    for t in warehouse_tables(conn):
-        if _visits(t, columns(conn, t)) == "refs":
-            for visit, site, rows in conn.execute(
-                sql.SQL(
-                    "SELECT visit_occurrence_id, _site, count(*) FROM omop.{} WHERE visit_occurrence_id IS NOT NULL "
-                    "GROUP BY 1, 2"
-                ).format(sql.Identifier(t))
-            ):
-                refs[(t, visit, site)] = rows
-    held = (
-        {tuple(r) for r in conn.execute("SELECT visit_occurrence_id, _site FROM omop.visit_occurrence")}
-        if _has_visits(conn)
-        else None
-    )
-    orphan_visits = {k: n for k, n in refs.items() if held is not None and (k[1], k[2]) not in held}
-    dup = {}
-    every = sql.SQL("SELECT person_id FROM eds_platform.person_site GROUP BY person_id HAVING count(*) > 1")
-    for t in warehouse_tables(conn):
-        q = duplicates_query(t, every)
-        if q is not None:
-            for rid, first, person, site in conn.execute(q):
-                dup[(t, rid)] = (first, person, site)
-    return {
-        "table_stats": ts,
-        "rows_per_person": per_person,
-        "orphans": orphans,
-        "visit_refs": refs,
-        "orphan_visits": orphan_visits,
-        "duplicates": dup,
-    }
-
-
-def maintained(conn: psycopg.Connection) -> dict:
-    """The maintained statistics, in `from_scratch`'s shape (sites and persons with no row left omitted)."""
-    ts = {
-        (t, s): (r, b, u)
-        for t, s, r, b, u in conn.execute(
-            "SELECT table_name, site_number, rows, unmapped_concepts, unmapped_units FROM eds_platform.table_stats "
-            "WHERE rows <> 0 OR unmapped_concepts <> 0 OR unmapped_units <> 0"
-        )
-    }
-    orphans = {
-        (t, p): r for t, p, r in conn.execute("SELECT table_name, person_id, rows FROM eds_platform.orphan_rows")
-    }
-    per_person = {
-        (t, p): r
-        for t, p, r in conn.execute("SELECT table_name, person_id, rows FROM eds_platform.event_person WHERE rows <> 0")
-    }
-    dup = {
-        (t, rid): (first, p, s)
-        for t, rid, first, p, s in conn.execute(
-            "SELECT table_name, row_id, duplicate_of, person_id, site_number FROM eds_platform.duplicate_event"
-        )
-    }
-    refs = {
-        (t, v, s): r
-        for t, v, s, r in conn.execute(
-            "SELECT table_name, visit_id, site_number, rows FROM eds_platform.visit_ref WHERE rows <> 0"
-        )
-    }
-    orphan_visits = {
-        (t, v, s): r
-        for t, v, s, r in conn.execute(
-            "SELECT table_name, visit_id, site_number, rows FROM eds_platform.orphan_visit_rows"
-        )
-    }
-    return {
-        "table_stats": ts,
-        "rows_per_person": per_person,
-        "orphans": orphans,
-        "visit_refs": refs,
-        "orphan_visits": orphan_visits,
-        "duplicates": dup,
-    }

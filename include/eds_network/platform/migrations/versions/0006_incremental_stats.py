@@ -42,7 +42,7 @@ CREATE TABLE eds_platform.orphan_visit_rows (
 
 # TG_ARGV: [0] the unmapped-concept condition with a vocabulary, [1] without one, [2] the unknown-unit condition,
 # [3] 'events' for a table of events (person_id), 'persons' for person itself, [4] 'refs' when its rows point to a visit (visit_occurrence_id),
-# 'visits' for visit_occurrence itself. The conditions are written by `_conditions` (one source for the triggers
+# 'visits' for visit_occurrence itself. The conditions are written by `conditions` (one source for the triggers
 # and for `rebuild`), over the alias r.
 FUNCTION = """
 CREATE OR REPLACE FUNCTION eds_platform.track_stats() RETURNS trigger LANGUAGE plpgsql AS $$
