@@ -14,6 +14,7 @@ level-2 files of a delivery are: `storage.HashingWriter` in `level2.py`), per ru
          (`transfer._upload_once`, `core.uploads`), then `landing.verify_upload` (one HEAD: encryption, size,
          and the store's composite checksum of its copy against ours; no read-back);
   raw    boto3 `upload_file` of the same bytes to the same endpoint (default transfer settings).
+One unmeasured run of each side, then the measured runs interleaved, each side going first every other run.
 """
 
 from __future__ import annotations
@@ -156,13 +157,14 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
                 f.write(os.urandom(n))
                 left -= n
         sha = f.sha256
-        for i in range(reps):  # interleaved
+
+        def ours_once(i: int) -> float:
             key = f"{UPLOAD_PREFIX}ours-{i}.bin"
             t0 = time.perf_counter()
             checksum = transfer._upload_once(s3, path, bucket, key, sha, sse, "bench")
             f = {"key": key, "sha256": sha, "bytes": size_bytes, "table": "bench"}
             landing.verify_upload(s3, bucket, f, checksum)
-            ours.append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
             if (
                 not checksum
                 or uploads.stored_checksum_matches(object_exists(s3, bucket, key, ChecksumMode="ENABLED"), checksum)
@@ -170,10 +172,22 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
             ):
                 raise RuntimeError("the store reported no checksum: the upload was verified by a read-back")
             delete_prefix(s3, bucket, UPLOAD_PREFIX)
+            return took
+
+        def raw_once(i: int) -> float:
             t0 = time.perf_counter()
             s3.upload_file(str(path), bucket, f"{UPLOAD_PREFIX}raw-{i}.bin")
-            raw.append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
             delete_prefix(s3, bucket, UPLOAD_PREFIX)
+            return took
+
+        # One unmeasured run of each side first (the endpoint's first multipart upload is the slowest), then the
+        # measured ones interleaved, each side first every other run (no order bias).
+        ours_once(-1), raw_once(-1)
+        for i in range(reps):
+            first, second = (ours, raw) if i % 2 == 0 else (raw, ours)
+            first.append((ours_once if first is ours else raw_once)(i))
+            second.append((ours_once if second is ours else raw_once)(i))
             log.info("upload #%d: ours %.2fs, raw upload_file %.2fs", i + 1, ours[-1], raw[-1])
     so, sr = stats(ours), stats(raw)
     return {
