@@ -70,6 +70,9 @@ IDS = leakscan.Identifiers(
         ('{"n": "Dr Lef\\u00e8vre"}', {"last_name"}),  # JSON-escaped accents
         ("GIF89a\x00\x01 Roy \ufffd\ufffd\x00", set()),  # bytes of an image: short names are not looked for
         ("12 rue de la Paix", set()),
+        ("tok 3q2+7wUv9A/Roy/K0xNp4rT8sYz1bCd6eFg==", set()),  # base64 (a sealed token): random letters cut by '/'
+        ("sig: mZ4/ROY/aQ7+Lk2Jp9Hw3Xs5Vt8Nc1Bd0Ef=", set()),
+        ("Mme Roy, dossier 3/4, vue le 2025/03/01", {"last_name"}),  # a '/' in text a person wrote
     ],
 )
 def test_scanner_finds_each_kind_of_identifier_and_only_whole_tokens(text, kinds):

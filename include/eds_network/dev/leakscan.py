@@ -68,6 +68,9 @@ _DIGIT_RUN = re.compile(r"(?<![0-9a-z])[0-9]{1,4}(?: [0-9]{1,3}){2,}(?![0-9a-z])
 _SEPARATED = re.compile(r"^[0-9ab]+(?:[.-][0-9ab]+){2,}$")  # 06.12.34.56.78, 1-85-05-75-056-012-05, 2A.04…
 
 
+# Standard base64 (sealed tokens, signatures): its "/" cuts random letters into tokens, "Li" or "ROY" among them
+# now and then; a run of 24+ base64 characters holding a "/" is no text a person wrote.
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+]*/)[A-Za-z0-9+/]{24,}={0,2}")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
@@ -149,7 +152,8 @@ class Identifiers:
             and not present.isdisjoint(self._short_lower)
             and _textual(text)  # two letters occur by chance in the bytes of a font or an image
         ):
-            cased = {t.strip(_EDGE) for t in _raw_tokens(fold(text, lower=False))}
+            # ... and not as a piece of base64 ("…/Li/…" of a sealed token or a signature, 1 in ~10^7 places)
+            cased = {t.strip(_EDGE) for t in _raw_tokens(fold(_BASE64_RUN.sub(" ", text), lower=False))}
             if not cased.isdisjoint(self._short):
                 found.add("last_name")
         joined = None
