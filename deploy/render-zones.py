@@ -114,8 +114,10 @@ def worker_service(template: dict[str, Any], zone: str) -> dict[str, Any]:
     queue = zones.queue(zone)
     own = json.dumps({"connections_file_path": f"{ZONE_DIR}/connections.json"})
     service = copy.deepcopy(template)
-    service["command"] = ["edge", "worker", "--queues", queue, "--edge-hostname", queue,
-                          "--concurrency", "${AIRFLOW_WORKER_CONCURRENCY:-4}"]  # fmt: skip
+    # `airflow edge worker`, its zone's task code imported once before it forks tasks (orchestration/worker.py);
+    # the image's entrypoint runs a command starting with `python` as it is
+    service["command"] = ["python", "-m", "eds_network.orchestration.worker", "edge", "worker", "--queues", queue,
+                          "--edge-hostname", queue, "--concurrency", "${AIRFLOW_WORKER_CONCURRENCY:-4}"]  # fmt: skip
     service["environment"] = {
         **service["environment"],
         "AIRFLOW__SECRETS__BACKEND_KWARGS": own,

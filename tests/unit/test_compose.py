@@ -316,7 +316,7 @@ def test_every_zone_has_exactly_one_edge_worker_serving_exactly_its_queue(
     served: dict[str, list[str]] = {}
     for name, worker in edge_workers(services).items():
         command = worker["command"]
-        assert command[:2] == ["edge", "worker"], (name, command)
+        assert command[:5] == ["python", "-m", "eds_network.orchestration.worker", "edge", "worker"], (name, command)
         queues = command[command.index("--queues") + 1].split(",")
         assert len(queues) == 1, f"{name} serves several queues: {queues}"
         served.setdefault(queues[0], []).append(name)

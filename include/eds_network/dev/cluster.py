@@ -185,15 +185,16 @@ class Cluster:
             return False
         return True
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], program: list[str] | None = None) -> None:
+        """`airflow <args>` (or `program <args>`) in its own session, output to the stack's log of `name`."""
         if self._alive(name):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stack.logs.mkdir(parents=True, exist_ok=True)
-        airflow = str(Path(sys.executable).parent / "airflow")
+        program = program or [str(Path(sys.executable).parent / "airflow")]
         with open(self.stack.logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
-                [airflow, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                [*program, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                 start_new_session=True,
             )  # fmt: skip
         self._pidfile(name).write_text(str(proc.pid))
@@ -226,6 +227,7 @@ class Cluster:
                 ["edge", "worker", "--queues", zones.queue(zone), "--edge-hostname", zones.queue(zone),
                  "--concurrency", str(WORKER_CONCURRENCY)],
                 self.worker_env(zone),
+                program=[sys.executable, "-m", "eds_network.orchestration.worker"],  # its zone's code imported once
             )  # fmt: skip
 
     # -- a night through the scheduler -------------------------------------------------------------------
