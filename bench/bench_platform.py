@@ -184,10 +184,10 @@ def run_upload(stack: Stack, *, size_bytes: int, reps: int) -> dict:
         # One unmeasured run of each side first (the endpoint's first multipart upload is the slowest), then the
         # measured ones interleaved, each side first every other run (no order bias).
         ours_once(-1), raw_once(-1)
+        sides = ((ours, ours_once), (raw, raw_once))
         for i in range(reps):
-            first, second = (ours, raw) if i % 2 == 0 else (raw, ours)
-            first.append((ours_once if first is ours else raw_once)(i))
-            second.append((ours_once if second is ours else raw_once)(i))
+            for times, run in sides if i % 2 == 0 else sides[::-1]:
+                times.append(run(i))
             log.info("upload #%d: ours %.2fs, raw upload_file %.2fs", i + 1, ours[-1], raw[-1])
     so, sr = stats(ours), stats(raw)
     return {

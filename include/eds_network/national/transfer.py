@@ -59,7 +59,7 @@ from eds_network.national.migrations import MIGRATIONS
 log = logging.getLogger(__name__)
 
 # 8 parts in flight: with 4, two bench runs of 2026-12-04 gave 1.13x and 1.14x `upload_file` (whose default is 10
-# threads); with 8, 1.07x (BENCHMARKS.md, item 5).
+# threads); with 8, 1.02x in the run BENCHMARKS.md reports (item 5).
 MULTIPART = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=8)
 # A base's data leaves for the national level only once these catalogue milestones are reached.
 REQUIRED_MILESTONES = ("contract_signed", "preparation")
